@@ -1,0 +1,134 @@
+"""Block-sparse FlashAttention forward over a compact list of kept key blocks.
+
+Each program owns BLOCK_M query rows of one (batch, query head). Its selection block
+(`SEL_BLOCK` rows, the PBS block size) has a list of kept key blocks, ordered so that
+blocks needing no token mask come first (`KV_FULL` of them) and blocks that need the
+causal mask by original position come last (up to `KV_COUNT`). The kernel never scans a
+dense mask: it reads exactly `KV_COUNT` indices. Launch parameters are plain arguments;
+choosing them is the tuner's job, so there is no `@triton.autotune` here.
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _attend_fwd(
+    Q, K, V, POS, O, LSE, KV_COUNT, KV_FULL, KV_IDX,
+    qk_scale,  # softmax scale * log2(e): the kernel works in base 2
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_pb, stride_ph,
+    N, H, GROUP, NQB, MAXK,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SEL_BLOCK: tl.constexpr,
+    STORE_LSE: tl.constexpr,
+):
+    # Heaviest query tiles (late in the sequence) are launched first to shorten the tail.
+    start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hkv = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    k_base = K + b * stride_kb + hkv * stride_kh
+    v_base = V + b * stride_vb + hkv * stride_vh
+    pos_base = POS + b * stride_pb + hkv * stride_ph
+
+    sel = (pid_bh.to(tl.int64) * NQB + (start_m * BLOCK_M) // SEL_BLOCK)
+    n_full = tl.load(KV_FULL + sel)
+    n_total = tl.load(KV_COUNT + sel)
+    idx_base = KV_IDX + sel * MAXK
+
+    # A finite floor instead of -inf keeps fully masked tiles NaN-free.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    SUB: tl.constexpr = SEL_BLOCK // BLOCK_N
+
+    # Kept blocks entirely before every query of the tile: no mask, no bounds checks.
+    for t in range(0, n_full * SUB):
+        kb = tl.load(idx_base + t // SUB)
+        start_n = kb * SEL_BLOCK + (t % SUB) * BLOCK_N
+        k = tl.load(k_base + (start_n + offs_n)[:, None] * stride_kn + offs_d[None, :])
+        v = tl.load(v_base + (start_n + offs_n)[:, None] * stride_vn + offs_d[None, :])
+        qk = tl.dot(q, tl.trans(k))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_ij
+
+    # Blocks of the diagonal segment: causal by the keys' original positions. Keys past N
+    # carry no position (loaded as a huge value) and are masked with the same compare.
+    for t in range(n_full * SUB, n_total * SUB):
+        kb = tl.load(idx_base + t // SUB)
+        start_n = kb * SEL_BLOCK + (t % SUB) * BLOCK_N
+        col_ok = (start_n + offs_n) < N
+        k = tl.load(k_base + (start_n + offs_n)[:, None] * stride_kn + offs_d[None, :],
+                    mask=col_ok[:, None], other=0.0)
+        v = tl.load(v_base + (start_n + offs_n)[:, None] * stride_vn + offs_d[None, :],
+                    mask=col_ok[:, None], other=0.0)
+        pos = tl.load(pos_base + start_n + offs_n, mask=col_ok, other=2147483647)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        qk = tl.where(pos[None, :] <= offs_m[:, None], qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_ij
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    if STORE_LSE:
+        # Natural-log LSE of the kept scores: recall = exp(lse_sparse - lse_dense).
+        lse = (m_i + tl.math.log2(l_safe)) * 0.6931471805599453
+        tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=row_ok)
+
+
+def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size, scale,
+                  block_m, block_n, num_warps, num_stages, out=None, return_lse=False):
+    """Launch the kernel. Inputs are assumed validated by the caller (see pbs_tune.op).
+
+    q: (B, Hq, N, D); k, v: (B, Hkv, N, D) in permuted key order; positions: (B, Hkv, N)
+    int32 original key positions; kv_count/kv_full: (B, Hq, NQB) int32; kv_index:
+    (B, Hq, NQB, MAXK) int32. Returns out (and the fp32 LSE (B, Hq, N) if asked).
+    """
+    B, H, N, D = q.shape
+    group = H // k.shape[1]
+    nqb = kv_count.shape[-1]
+    if out is None:
+        out = torch.empty_like(q)
+    lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32) if return_lse else out
+    grid = (triton.cdiv(N, block_m), B * H)
+    _attend_fwd[grid](
+        q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
+        scale * 1.4426950408889634,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        positions.stride(0), positions.stride(1),
+        N, H, group, nqb, kv_index.shape[-1],
+        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size,
+        STORE_LSE=return_lse, num_warps=num_warps, num_stages=num_stages,
+    )
+    return (out, lse) if return_lse else out

@@ -1,0 +1,102 @@
+"""The PBS-Attn prefill op: permute -> select -> attend, with input checks up front."""
+import math
+import os
+
+import torch
+
+from .kernels import attend_launch
+from .launch import LaunchConfig, default_launch
+from .permutation import KeyPermutation, identity_permutation, permute_keys
+from .selection import BlockList, select_blocks
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+GPU_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None):
+    """Raise one clear TypeError/ValueError for anything the kernels cannot do exactly."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    B, Hq, N, D = q.shape
+    if k.shape[0] != B or k.shape[2] != N or k.shape[3] != D:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch, seq and head_dim")
+    if B < 1 or N < 1 or k.shape[1] < 1:
+        raise ValueError(f"empty input: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if Hq % k.shape[1]:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({k.shape[1]})")
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head_dim {D} is not supported; use one of {SUPPORTED_HEAD_DIMS}")
+    if q.device.type == "cuda":
+        if q.dtype not in GPU_DTYPES:
+            raise TypeError(f"on GPU the op takes float16 or bfloat16, got {q.dtype}")
+    elif q.device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("CPU tensors run only under Triton's interpreter: set TRITON_INTERPRET=1")
+        if q.dtype not in (torch.float32, torch.float16):
+            raise TypeError(f"on CPU (interpreter) the op takes float32 or float16, got {q.dtype}")
+    else:
+        raise ValueError(f"unsupported device {q.device}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 16 \
+            or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size!r}")
+    if not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < block_size \
+            or segment_size % block_size:
+        raise ValueError(f"segment_size must be a positive multiple of block_size={block_size}, got {segment_size!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    if launch is not None:
+        if not isinstance(launch, LaunchConfig):
+            raise TypeError(f"launch must be a LaunchConfig, got {type(launch).__name__}")
+        launch.check(block_size)
+
+
+def attend(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=None, out=None,
+           return_lse=False):
+    """Stage 3: FlashAttention forward over the kept blocks only."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    launch = launch or default_launch(blocks.block_size, q.shape[-1])
+    return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index,
+                         block_size=blocks.block_size, scale=scale, block_m=launch.block_m,
+                         block_n=launch.block_n, num_warps=launch.num_warps,
+                         num_stages=launch.num_stages, out=out, return_lse=return_lse)
+
+
+def plan(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True):
+    """Stages 1 and 2: the key permutation and the kept-block list (no attention yet)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if permute:
+        perm = permute_keys(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale)
+    else:
+        perm = identity_permutation(k, v)
+    blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size,
+                           segment_size=segment_size, threshold=threshold, scale=scale)
+    return perm, blocks
+
+
+def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, scale=None,
+                  permute=True, return_blocks=False):
+    """Causal PBS-Attn prefill. q (B, Hq, N, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
+
+    threshold=1.0 keeps every causal block (dense attention); permute=False is the
+    unpermuted block-selection baseline. Output is in the original token order.
+    With return_blocks=True, returns (out, BlockList) so callers can read the density.
+    """
+    check_inputs(q, k, v, block_size=block_size, segment_size=segment_size,
+                 threshold=threshold, launch=launch)
+    with torch.no_grad():
+        perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size,
+                            threshold=float(threshold), scale=scale, permute=permute)
+        out = attend(q, perm, blocks, launch=launch, scale=scale)
+    return (out, blocks) if return_blocks else out

@@ -1,0 +1,125 @@
+"""Stage 2 of PBS-Attn: choose key blocks per query block, as a compact index list.
+
+Scores are mean-pooled queries against mean-pooled (permuted) keys. Per query block the
+smallest set of causal key blocks outside its own segment whose softmax mass reaches the
+threshold is kept, plus every block of its own (diagonal) segment and the block holding
+key 0 (the attention sink). The attend kernel reads only the kept indices.
+"""
+from dataclasses import dataclass
+
+import torch
+
+_FULL, _MASKED, _SKIP = 0, 1, 2
+
+
+@dataclass
+class BlockList:
+    """Kept key blocks per (batch, query head, query block).
+
+    `index[b, h, i, :count]` are key-block numbers; the first `full` of them need no token
+    mask (every key precedes every query of the block), the rest are causal by position.
+    """
+
+    count: torch.Tensor  # (B, Hq, NQB) int32
+    full: torch.Tensor   # (B, Hq, NQB) int32
+    index: torch.Tensor  # (B, Hq, NQB, MAXK) int32; entries past `count` are unused
+    block_size: int
+
+    def kept_blocks(self) -> int:
+        return int(self.count.sum())
+
+    def density(self) -> float:
+        """Kept blocks over causal blocks (kb <= qb in the original block grid)."""
+        B, H, nqb = self.count.shape
+        return self.kept_blocks() / (B * H * nqb * (nqb + 1) / 2)
+
+
+def block_means(x, block_size):
+    """Mean over consecutive blocks of rows: (..., N, D) -> (..., ceil(N/b), D) float32."""
+    n = x.shape[-2]
+    n_full = n // block_size
+    parts = []
+    if n_full:
+        body = x[..., : n_full * block_size, :].unflatten(-2, (n_full, block_size))
+        parts.append(body.mean(dim=-2, dtype=torch.float32))
+    if n % block_size:
+        parts.append(x[..., n_full * block_size:, :].mean(dim=-2, keepdim=True, dtype=torch.float32))
+    return torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+
+
+def block_position_bounds(positions, block_size):
+    """Per key block: smallest and largest original position; padding counts as +inf."""
+    B, Hkv, N = positions.shape
+    nkb = -(-N // block_size)
+    big = torch.iinfo(torch.int32).max
+    padded = torch.full((B, Hkv, nkb * block_size), big, dtype=torch.int32, device=positions.device)
+    padded[..., :N] = positions
+    padded = padded.view(B, Hkv, nkb, block_size)
+    return padded.amin(dim=-1), padded.amax(dim=-1)
+
+
+def block_list_from_mask(keep, positions, block_size):
+    """Compact list from a (B, Hq, NQB, NKB) bool mask of candidate blocks.
+
+    Blocks whose keys all come after the query block (possible inside a permuted diagonal
+    segment) are dropped: they would be fully masked. Full blocks are listed first in
+    increasing key-block order, then masked ones.
+    """
+    B, Hq, nqb, nkb = keep.shape
+    Hkv = positions.shape[1]
+    group = Hq // Hkv
+    N = positions.shape[-1]
+    dev = keep.device
+    kmin, kmax = block_position_bounds(positions, block_size)          # (B, Hkv, NKB)
+    q_lo = torch.arange(nqb, device=dev) * block_size
+    q_hi = torch.clamp(q_lo + block_size, max=N) - 1
+    kmin = kmin.repeat_interleave(group, dim=1)[:, :, None, :]         # (B, Hq, 1, NKB)
+    kmax = kmax.repeat_interleave(group, dim=1)[:, :, None, :]
+    cls = torch.full(keep.shape, _MASKED, dtype=torch.int8, device=dev)
+    cls.masked_fill_(kmax <= q_lo[:, None], _FULL)
+    cls.masked_fill_((kmin > q_hi[:, None]) | ~keep, _SKIP)
+    count = (cls != _SKIP).sum(-1, dtype=torch.int32)
+    full = (cls == _FULL).sum(-1, dtype=torch.int32)
+    width = max(1, int(count.max()))
+    order = torch.sort(cls, dim=-1, stable=True).indices[..., :width]
+    return BlockList(count=count.contiguous(), full=full.contiguous(),
+                     index=order.to(torch.int32).contiguous(), block_size=block_size)
+
+
+def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale,
+                  heads_per_chunk=8):
+    """Run PBS block selection on permuted keys. Returns a BlockList."""
+    B, Hq, N, D = q.shape
+    Hkv = k_perm.shape[1]
+    group = Hq // Hkv
+    nb = -(-N // block_size)
+    dev = q.device
+    blocks_per_seg = segment_size // block_size
+    qb = torch.arange(nb, device=dev)
+    seg_first = (qb // blocks_per_seg) * blocks_per_seg                 # first block of own segment
+    kb = torch.arange(nb, device=dev)
+    outside = kb[None, :] < seg_first[:, None]                         # candidates: earlier segments
+    diagonal = (kb[None, :] >= seg_first[:, None]) & (kb[None, :] < seg_first[:, None] + blocks_per_seg)
+
+    sink = (positions == 0).to(torch.int8).argmax(dim=-1) // block_size  # (B, Hkv)
+    sink = sink.repeat_interleave(group, dim=1)                          # (B, Hq)
+
+    if threshold >= 1.0:
+        keep = (outside | diagonal).expand(B, Hq, nb, nb).clone()
+    else:
+        pooled_q = block_means(q, block_size)                          # (B, Hq, NB, D)
+        pooled_k = block_means(k_perm, block_size).repeat_interleave(group, dim=1)
+        keep = torch.empty((B, Hq, nb, nb), dtype=torch.bool, device=dev)
+        for b in range(B):
+            for h0 in range(0, Hq, heads_per_chunk):
+                h1 = min(Hq, h0 + heads_per_chunk)
+                logits = pooled_q[b, h0:h1] @ pooled_k[b, h0:h1].transpose(-1, -2) * scale
+                logits.masked_fill_(~outside, float("-inf"))
+                probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # rows with no candidate
+                sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+                before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+                chosen = torch.zeros(probs.shape, dtype=torch.bool, device=dev)
+                chosen.scatter_(-1, order, before < threshold)
+                keep[b, h0:h1] = (chosen & outside) | diagonal
+    keep.scatter_(-1, sink[:, :, None, None].expand(B, Hq, nb, 1), True)
+    return block_list_from_mask(keep, positions, block_size)
