@@ -1,0 +1,30 @@
+"""Accuracy measures of sparse attention against dense attention."""
+import torch
+import torch.nn.functional as F
+
+
+def rel_l2(out, ref) -> float:
+    """||out - ref|| / ||ref||, computed in float64."""
+    out, ref = out.double(), ref.double()
+    return float((out - ref).norm() / ref.norm())
+
+
+def recall_from_lse(lse_sparse, lse_dense) -> float:
+    """Mean share of the true softmax mass inside the kept blocks.
+
+    Per query row that share is sum_kept exp(s) / sum_all exp(s) = exp(lse_kept - lse_all),
+    so no N x N matrix is needed; both LSEs come from the attend kernel.
+    """
+    return float(torch.exp((lse_sparse - lse_dense).clamp(max=0.0)).mean())
+
+
+def dense_reference(q, k, v, chunk_heads=8):
+    """Causal attention in float32 (SDPA on upcast inputs, K/V repeated per chunk of heads)."""
+    group = q.shape[1] // k.shape[1]
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    for h0 in range(0, q.shape[1], chunk_heads):
+        h1 = min(q.shape[1], h0 + chunk_heads)
+        kv = torch.arange(h0, h1, device=q.device) // group
+        out[:, h0:h1] = F.scaled_dot_product_attention(
+            q[:, h0:h1].float(), k[:, kv].float(), v[:, kv].float(), is_causal=True)
+    return out

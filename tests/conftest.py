@@ -1,0 +1,16 @@
+import os
+
+# Triton picks the interpreter when kernels are decorated: set it before any import.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    """Fresh random inputs every run; the seed is printed so a failure can be replayed."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    print(f"torch seed: {seed}")
+    return seed

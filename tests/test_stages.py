@@ -1,0 +1,123 @@
+"""Permute and select stages on their own (pure torch, no kernel)."""
+import math
+
+import pytest
+import torch
+
+from pbs_tune import block_list_from_mask, permute_keys, select_blocks
+from pbs_tune.permutation import last_block_key_scores
+from pbs_tune.selection import block_means
+
+
+def test_permutation_sorts_each_complete_segment_and_values_follow():
+    n, seg, bs = 150, 32, 16
+    q, k, v = torch.randn(2, 6, n, 64), torch.randn(2, 3, n, 64), torch.randn(2, 3, n, 64)
+    perm = permute_keys(q, k, v, block_size=bs, segment_size=seg, scale=0.125)
+    pos = perm.positions.long()
+    scores = last_block_key_scores(q, k, block_size=bs, scale=0.125)
+    for s in range(0, n, seg):
+        e = min(n, s + seg)
+        chunk = pos[..., s:e]
+        assert torch.equal(chunk.sort(-1).values, torch.arange(s, e).expand_as(chunk))
+        if e - s == seg:
+            got = torch.gather(scores, -1, chunk)
+            assert (got[..., :-1] >= got[..., 1:]).all()
+        else:
+            assert torch.equal(chunk, torch.arange(s, e).expand_as(chunk))  # tail stays put
+    idx = pos[..., None].expand(-1, -1, -1, 64)
+    assert torch.equal(perm.k, torch.gather(k, 2, idx))
+    assert torch.equal(perm.v, torch.gather(v, 2, idx))
+
+
+def test_key_scores_are_group_mean_of_last_block_softmax():
+    n, bs = 70, 16
+    q, k = torch.randn(1, 4, n, 64), torch.randn(1, 2, n, 64)
+    got = last_block_key_scores(q, k, block_size=bs, scale=0.125)
+    for h in range(2):
+        ql = q[0, 2 * h:2 * h + 2, n - bs:].double()
+        s = ql @ k[0, h].double().T * 0.125
+        s = s.masked_fill(torch.arange(n)[None, None, :] > torch.arange(n - bs, n)[None, :, None], -math.inf)
+        want = torch.softmax(s, -1).mean(dim=(0, 1))
+        assert torch.allclose(got[0, h].double(), want, atol=1e-6)
+
+
+def test_block_means_handle_a_short_tail():
+    x = torch.randn(2, 37, 8)
+    m = block_means(x, 16)
+    assert m.shape == (2, 3, 8)
+    assert torch.allclose(m[:, 2], x[:, 32:].mean(1))
+
+
+def _kept_sets(blocks):
+    B, H, nb = blocks.count.shape
+    return [[[set(blocks.index[b, h, i, :blocks.count[b, h, i]].tolist()) for i in range(nb)]
+             for h in range(H)] for b in range(B)]
+
+
+def test_selection_keeps_smallest_set_reaching_threshold_plus_diagonal_and_sink():
+    n, bs, seg, thr = 256, 16, 64, 0.7
+    q, k = torch.randn(1, 2, n, 64) * 2, torch.randn(1, 1, n, 64) * 2
+    pos = torch.arange(n, dtype=torch.int32).expand(1, 1, n).contiguous()
+    blocks = select_blocks(q, k, pos, block_size=bs, segment_size=seg, threshold=thr, scale=0.125)
+    kept = _kept_sets(blocks)
+    pq, pk = block_means(q, bs).double(), block_means(k, bs).double()
+    nb = n // bs
+    for h in range(2):
+        for i in range(nb):
+            first = (i // 4) * 4
+            diag = set(range(first, i + 1))
+            cands = list(range(first))
+            want = set(diag) | {0}
+            if cands:
+                p = torch.softmax(pq[0, h, i] @ pk[0, 0, cands].T * 0.125, -1)
+                order = torch.argsort(p, descending=True).tolist()
+                mass = 0.0
+                for j in order:
+                    if mass >= thr:
+                        break
+                    want.add(cands[j])
+                    mass += float(p[j])
+            assert kept[0][h][i] == want, (h, i)
+            # Full blocks (no mask) come first: exactly those before the query block.
+            full = blocks.index[0, h, i, :blocks.full[0, h, i]].tolist()
+            assert set(full) == {j for j in want if j < i}
+
+
+def test_threshold_one_keeps_every_causal_block():
+    n, bs = 100, 16
+    q, k = torch.randn(2, 2, n, 64), torch.randn(2, 2, n, 64)
+    pos = torch.arange(n, dtype=torch.int32).expand(2, 2, n).contiguous()
+    blocks = select_blocks(q, k, pos, block_size=bs, segment_size=32, threshold=1.0, scale=0.125)
+    nb = 7
+    assert blocks.density() == 1.0
+    assert torch.equal(blocks.count, torch.arange(1, nb + 1, dtype=torch.int32).expand(2, 2, nb))
+
+
+def test_sink_block_follows_key_zero_after_permutation():
+    n, bs, seg = 128, 16, 64
+    q, k, v = torch.randn(1, 2, n, 64), torch.randn(1, 2, n, 64), torch.randn(1, 2, n, 64)
+    perm = permute_keys(q, k, v, block_size=bs, segment_size=seg, scale=0.125)
+    blocks = select_blocks(q, perm.k, perm.positions, block_size=bs, segment_size=seg,
+                           threshold=0.05, scale=0.125)
+    sink = (perm.positions == 0).int().argmax(-1) // bs
+    for h in range(2):
+        for i in range(4, 8):  # query blocks of the second segment
+            assert int(sink[0, h]) in blocks.index[0, h, i, :blocks.count[0, h, i]].tolist()
+
+
+def test_diagonal_blocks_entirely_in_the_future_are_dropped():
+    pos = torch.tensor([[[3, 2, 1, 0, 7, 6, 5, 4]]], dtype=torch.int32)  # blocks of 4, reversed
+    keep = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    blocks = block_list_from_mask(keep, pos, 4)
+    assert blocks.count.tolist() == [[[1, 2]]]
+    assert blocks.full.tolist() == [[[0, 1]]]
+
+
+@pytest.mark.parametrize("thr", [0.2, 0.5, 0.9])
+def test_density_grows_with_threshold(thr):
+    n, bs = 512, 16
+    q, k = torch.randn(1, 2, n, 64), torch.randn(1, 1, n, 64)
+    pos = torch.arange(n, dtype=torch.int32).expand(1, 1, n).contiguous()
+    lo = select_blocks(q, k, pos, block_size=bs, segment_size=32, threshold=thr, scale=0.125)
+    hi = select_blocks(q, k, pos, block_size=bs, segment_size=32, threshold=min(1.0, thr + 0.05), scale=0.125)
+    assert 0 < lo.density() <= hi.density() <= 1.0
