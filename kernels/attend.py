@@ -12,7 +12,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# Lengths and head counts vary per call: not specialising on them lets one compiled kernel
+# (the tuner's ahead-of-time cache) serve every sequence length.
+@triton.jit(do_not_specialize=["N", "H", "GROUP", "NQB", "MAXK", "stride_pb", "stride_ph"])
 def _attend_fwd(
     Q, K, V, POS, O, LSE, KV_COUNT, KV_FULL, KV_IDX,
     qk_scale,  # softmax scale * log2(e): the kernel works in base 2

@@ -141,11 +141,11 @@ def _masked_reference(q, perm, blocks):
     group = H // perm.k.shape[1]
     bs = blocks.block_size
     nb = blocks.count.shape[-1]
-    kept = torch.zeros((B, H, nb, nb), dtype=torch.bool, device=q.device)
+    kept = torch.zeros((B, H, nb, nb + 1), dtype=torch.bool, device=q.device)
     cols = torch.arange(blocks.index.shape[-1], device=q.device)
     valid = cols < blocks.count[..., None]
-    kept.scatter_(-1, blocks.index.long() * valid, valid)
-    tok = kept.repeat_interleave(bs, 2).repeat_interleave(bs, 3)[:, :, :n, :n]
+    kept.scatter_(-1, torch.where(valid, blocks.index.long(), nb), True)  # unused slots -> spare column
+    tok = kept[..., :nb].repeat_interleave(bs, 2).repeat_interleave(bs, 3)[:, :, :n, :n]
     pos = perm.positions.repeat_interleave(group, 1)
     allowed = tok & (pos[:, :, None, :] <= torch.arange(n, device=q.device)[:, None])
     kk = perm.k.float().repeat_interleave(group, 1)

@@ -1,0 +1,266 @@
+"""`pbs-tune`: tune PBS-Attn for this GPU, inspect profiles, build the kernel cache."""
+import functools
+import os
+import subprocess
+import sys
+
+import click
+import yaml
+
+from . import profile as profiles
+from .gpu import CPU, device_for, resolve_gpu
+from .seqlen import format_length, parse_length
+from .workloads import WORKLOADS
+
+DEFAULT_MAX_ERROR = 0.05
+DEFAULT_STORAGE = "sqlite:///cache/pbs-tune.db"
+
+
+def one_line_errors(fn):
+    """Expected failures print one line ('Error: ...') and exit 1, without a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, RuntimeError, OSError, profiles.ProfileError) as exc:
+            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    return wrapper
+
+
+def _lengths(ctx, param, values):
+    try:
+        return sorted({parse_length(v) for v in values})
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.version_option(package_name="pbs-tune")
+def main():
+    """Ahead-of-time tuning of Permuted Block-Sparse Attention for your GPU."""
+
+
+@main.command()
+@click.option("--gpu", required=True, help="Short GPU name (h100, a100, ...) or 'auto'; must match the GPU present.")
+@click.option("--seqlen", "seqlens", multiple=True, required=True, callback=_lengths,
+              help="Sequence length to tune, e.g. 32k, 131072, 1M. Repeat for several.")
+@click.option("--heads", default=32, show_default=True, help="Query heads.")
+@click.option("--kv-heads", default=8, show_default=True, help="Key/value heads (GQA).")
+@click.option("--head-dim", default=128, show_default=True, type=click.Choice(["64", "128"]), help="Head dimension.")
+@click.option("--dtype", default="bfloat16", show_default=True,
+              type=click.Choice(["bfloat16", "float16", "float32"]), help="float32 only in the CPU interpreter.")
+@click.option("--max-error", default=DEFAULT_MAX_ERROR, show_default=True, type=float,
+              help="Largest relative L2 error of the output vs dense attention a config may have.")
+@click.option("--trials", default=40, show_default=True, type=click.IntRange(min=1),
+              help="Finished trials per length (counted across all workers of the study).")
+@click.option("--timeout", default=None, type=float, help="Stop this worker after so many seconds per length.")
+@click.option("--workload", default="mixed", show_default=True, type=click.Choice(WORKLOADS),
+              help="Synthetic calibration workload.")
+@click.option("--calib", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Captured Q/K/V (pbs-tune capture) to tune on instead of a workload.")
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help="Optuna RDB storage URL.")
+@click.option("--study", "study_prefix", default=None,
+              help="Study name (a prefix when several lengths are given; default derived from the setup).")
+@click.option("--profile", "profile_path", default=None, help="Profile YAML to write (default configs/<gpu>.yaml).")
+@click.option("--cache-root", default="cache", show_default=True, help="Where compiled kernels go (<root>/<gpu>/).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the workload data and the sampler.")
+@click.option("--no-compile", is_flag=True, help="Skip building the compiled-kernel cache afterwards.")
+@one_line_errors
+def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib,
+          storage, study_prefix, profile_path, cache_root, seed, no_compile):
+    """Search block size, segment size, threshold and launch config per length.
+
+    \b
+    Example:
+      pbs-tune sweep --gpu h100 --seqlen 32k --seqlen 128k --trials 60
+    """
+    from .evaluate import DTYPES, load_calibration
+    from .sweep import (SweepSpec, choose, dense_baselines, objective_for, open_study, pareto_front,
+                        profile_entry, reference_measurement, run_trials)
+    if not 0.0 < max_error <= 1.0:
+        raise ValueError(f"--max-error must be in (0, 1], got {max_error}")
+    if heads % kv_heads:
+        raise ValueError(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
+    gpu = resolve_gpu(gpu)
+    on_gpu = gpu != CPU
+    if on_gpu and dtype == "float32":
+        raise ValueError("--dtype float32 is only for the CPU interpreter; use bfloat16 or float16")
+    if not on_gpu and dtype == "bfloat16":
+        raise ValueError("the CPU interpreter cannot run bfloat16; use --dtype float32 or float16")
+    profile_path = profile_path or profiles.default_path(gpu)
+    if os.path.exists(profile_path):
+        profiles.load(profile_path)  # fail now, not after an hour of tuning
+    source_name = "capture" if calib else workload
+    entries = []
+    for n in seqlens:
+        spec = SweepSpec(gpu=gpu, seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim), dtype=dtype,
+                         workload=source_name, max_error=max_error, trials=trials, timeout=timeout, seed=seed)
+        name = study_prefix if study_prefix and len(seqlens) == 1 else spec.study_name(study_prefix)
+        click.echo(f"== {format_length(n)}: study '{name}' in {storage}")
+        cal = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
+                               dtype=DTYPES[dtype], device=device_for(gpu), workload=workload,
+                               calib_file=calib, seed=seed)
+        baselines = dense_baselines(cal, on_gpu=on_gpu)
+        reference = reference_measurement(cal, spec, on_gpu)
+        study = open_study(spec, storage, name)
+        run_trials(study, objective_for(cal, spec, on_gpu), spec, callbacks=[_Progress(spec)])
+        click.echo("", err=True)
+        _print_front(pareto_front(study), max_error)
+        best = choose(study, max_error)
+        if best is None:
+            raise RuntimeError(f"no trial at {format_length(n)} met --max-error {max_error}; "
+                               f"raise --trials or --max-error")
+        entry = profile_entry(spec, best, baselines, reference, name, cal.source)
+        entries.append(entry)
+        click.echo("chosen: " + _entry_line(entry))
+        del cal
+    profiles.merge_entries(profile_path, entries)
+    click.echo(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {profile_path}")
+    if on_gpu and not no_compile:
+        _compile_in_fresh_process(gpu, profile_path, cache_root)
+
+
+class _Progress:
+    """One status line: trials done and the best feasible latency so far."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.best = None
+
+    def __call__(self, study, trial):
+        from .sweep import finished_count
+        rel = trial.user_attrs.get("rel_l2")
+        if trial.values and rel is not None and rel <= self.spec.max_error:
+            if self.best is None or trial.values[0] < self.best[0]:
+                self.best = (trial.values[0], rel)
+        done = finished_count(study)
+        best = f"{self.best[0]:.3f} ms (err {self.best[1]:.4f})" if self.best else "none yet"
+        bar = "#" * int(20 * min(done, self.spec.trials) / self.spec.trials)
+        click.echo(f"\r  [{bar:<20}] {done}/{self.spec.trials} trials, best feasible: {best}   ",
+                   nl=False, err=True)
+
+
+def _print_front(front, max_error):
+    click.echo("Pareto front (latency vs error):")
+    click.echo(f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'recall':>7} {'density':>7}  block seg   thr  launch")
+    for t in front:
+        c, u = t.user_attrs["config"], t.user_attrs
+        lc = c["launch"]
+        flag = "" if u["rel_l2"] <= max_error else "  (over bound)"
+        click.echo(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {u['recall']:7.4f} {u['density']:7.3f}"
+                   f"  {c['block_size']:>5} {c['segment_size']:>4} {c['threshold']:.3f}"
+                   f"  {lc['block_m']}x{lc['block_n']} w{lc['num_warps']} s{lc['num_stages']}{flag}")
+
+
+def _entry_line(e):
+    p, m, lc = e["params"], e["measured"], e["launch"]
+    sp = " ".join(f"{k}={v}x" for k, v in e["speedup"].items())
+    return (f"{format_length(e['seqlen'])} block {p['block_size']} seg {p['segment_size']} thr {p['threshold']} "
+            f"launch {lc['block_m']}x{lc['block_n']} w{lc['num_warps']} s{lc['num_stages']}: "
+            f"{m['latency_ms']} ms, err {m['rel_l2']}, recall {m['recall']}, density {m['density']} {sp}")
+
+
+def _compile_in_fresh_process(gpu, profile_path, cache_root):
+    """Kernels already in this process's memory would not be written out: use a new one."""
+    cmd = [sys.executable, "-m", "pbs_tune.cli", "compile", "--gpu", gpu, "--profile", profile_path,
+           "--cache-root", cache_root]
+    if subprocess.run(cmd).returncode:
+        raise RuntimeError("building the kernel cache failed (see above); run: " + " ".join(cmd[2:]))
+
+
+@main.command()
+@click.option("--gpu", default="auto", show_default=True, help="Profile of this GPU (a name works without a GPU).")
+@click.option("--profile", "profile_path", default=None, help="Profile YAML (default configs/<gpu>.yaml).")
+@one_line_errors
+def show(gpu, profile_path):
+    """Print a tuned profile as a table.
+
+    \b
+    Example:
+      pbs-tune show --gpu h100
+    """
+    gpu = resolve_gpu(gpu) if gpu == "auto" else gpu
+    prof = profiles.load(profile_path or profiles.default_path(gpu))
+    click.echo(f"{prof.path}: {len(prof.entries)} entries")
+    click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>14} "
+               f"{'ms':>9} {'rel_l2':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
+    for e in prof.entries:
+        p, m, lc, s = e["params"], e.get("measured", {}), e["launch"], e.get("speedup", {})
+        launch = f"{lc['block_m']}x{lc['block_n']} w{lc['num_warps']} s{lc['num_stages']}"
+        shape = f"{e['heads']}/{e['kv_heads']}/{e['head_dim']}"
+        click.echo(f"{format_length(e['seqlen']):>6} {shape:>10} {e['dtype']:>8} "
+                   f"{p['block_size']:>5} {p['segment_size']:>5} {p['threshold']:>5} {launch:>14} "
+                   f"{m.get('latency_ms', float('nan')):9.3f} {m.get('rel_l2', float('nan')):7.4f} "
+                   f"{m.get('recall', float('nan')):7.4f} {m.get('density', float('nan')):5.3f} "
+                   f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
+
+
+@main.command(name="compile")
+@click.option("--gpu", default="auto", show_default=True, help="Must match the GPU present.")
+@click.option("--profile", "profile_path", default=None, help="Profile YAML (default configs/<gpu>.yaml).")
+@click.option("--cache-root", default="cache", show_default=True, help="Kernels go to <root>/<gpu>/.")
+@one_line_errors
+def compile_cmd(gpu, profile_path, cache_root):
+    """Build the compiled-kernel cache for an existing profile.
+
+    \b
+    Example:
+      pbs-tune compile --gpu h100
+    """
+    from .kernel_cache import build
+    gpu = resolve_gpu(gpu)
+    if gpu == CPU:
+        raise ValueError("there is nothing to compile for the CPU interpreter")
+    prof = profiles.load(profile_path or profiles.default_path(gpu))
+    entries = [e for e in prof.entries if e["gpu"] == gpu]
+    if not entries:
+        raise ValueError(f"{prof.path} has no entries for {gpu}")
+    manifest = build(gpu, entries, cache_root)
+    size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(cache_root, gpu))
+               for f in fs)
+    click.echo(f"compiled {len(manifest['configs'])} config(s) into {os.path.join(cache_root, gpu)} "
+               f"({len(manifest['files'])} files, {size / 1024:.0f} KiB)")
+
+
+@main.command()
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help="Optuna RDB storage URL.")
+@click.option("--study", "study_name", required=True, help="Study to report (see `optuna studies`).")
+@click.option("--out", "out_dir", default="benchmarks/results", show_default=True, help="Folder for PNG and markdown.")
+@one_line_errors
+def report(storage, study_name, out_dir):
+    """Pareto plot (PNG) and a markdown table of a study's trials.
+
+    \b
+    Example:
+      pbs-tune report --study h100-32768-32x8x128-bfloat16-mixed
+    """
+    from .report import write_study_report
+    png, md = write_study_report(storage, study_name, out_dir)
+    click.echo(f"wrote {png} and {md}")
+
+
+@main.command()
+@click.option("--model", required=True, help="Local transformers model folder (config + weights).")
+@click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Text file to run through the model.")
+@click.option("--seqlen", required=True, callback=lambda c, p, v: parse_length(v), help="Tokens to capture, e.g. 32k.")
+@click.option("--layers", default=None, help="Comma-separated layer indices (default: all).")
+@click.option("--out", "out_file", required=True, help="Output .safetensors file.")
+@click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
+@one_line_errors
+def capture(model, text_file, seqlen, layers, out_file, dtype):
+    """Record per-layer calibration Q/K/V (after RoPE) from a transformers model.
+
+    \b
+    Example:
+      pbs-tune capture --model ./Llama-3.1-8B --text book.txt --seqlen 32k --out calib.safetensors
+      pbs-tune sweep --gpu h100 --seqlen 32k --calib calib.safetensors
+    """
+    from .capture import capture_qkv
+    layer_ids = [int(x) for x in layers.split(",")] if layers else None
+    n = capture_qkv(model, text_file, seqlen, out_file, layers=layer_ids, dtype=dtype)
+    click.echo(f"wrote {n} layers of Q/K/V to {out_file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Measure one PBS config on calibration data: latency, error, recall, density.
+
+Dense attention (output and log-sum-exp) is computed once per calibration set and reused
+by every trial; the dense baselines (SDPA cuDNN and flash) are timed on the same data.
+"""
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .metrics import dense_reference, recall_from_lse, rel_l2
+from .op import attend, check_inputs
+from .permutation import identity_permutation, permute_keys
+from .selection import block_list_from_mask, select_blocks
+from .workloads import make_qkv
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+
+
+@dataclass
+class Calibration:
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    dense_out: torch.Tensor
+    dense_lse: torch.Tensor
+    source: str
+
+    @property
+    def seqlen(self):
+        return self.q.shape[2]
+
+
+def median_ms(fn, on_gpu: bool) -> float:
+    """Median latency: do_bench on the GPU; a few wall-clock runs in the interpreter."""
+    if on_gpu:
+        import triton
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        est = (time.perf_counter() - t0) * 1e3
+        return float(triton.testing.do_bench(fn, warmup=max(25, 2 * est), rep=max(100, 6 * est),
+                                             return_mode="median"))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, workload="mixed",
+                     calib_file=None, seed=0) -> Calibration:
+    """Synthetic workload Q/K/V, or captured ones (layers stacked as the batch)."""
+    if calib_file:
+        q, k, v = _read_capture(calib_file, seqlen, dtype, device)
+        source = f"capture:{calib_file}"
+    else:
+        q, k, v = make_qkv(workload, seqlen=seqlen, heads=heads, kv_heads=kv_heads,
+                           head_dim=head_dim, dtype=dtype, device=device, seed=seed)
+        source = f"workload:{workload}"
+    if (q.shape[1], k.shape[1], q.shape[3]) != (heads, kv_heads, head_dim):
+        raise ValueError(f"calibration shape {tuple(q.shape)}/{tuple(k.shape)} does not match "
+                         f"--heads {heads} --kv-heads {kv_heads} --head-dim {head_dim}")
+    with torch.no_grad():
+        dense_out, dense_lse = _dense(q, k, v)
+    return Calibration(q, k, v, dense_out, dense_lse, source)
+
+
+def _read_capture(path, seqlen, dtype, device):
+    from safetensors.torch import load_file
+    tensors = load_file(path)
+    layers = sorted({name.split(".")[0] for name in tensors})
+    try:
+        q = torch.stack([tensors[f"{layer}.q"] for layer in layers])
+        k = torch.stack([tensors[f"{layer}.k"] for layer in layers])
+        v = torch.stack([tensors[f"{layer}.v"] for layer in layers])
+    except KeyError as exc:
+        raise ValueError(f"{path}: expected tensors '<layer>.q/.k/.v' as written by pbs-tune capture ({exc})") from None
+    if q.shape[2] < seqlen:
+        raise ValueError(f"{path}: captured {q.shape[2]} tokens, fewer than --seqlen {seqlen}")
+    cut = (slice(None), slice(None), slice(0, seqlen))
+    return (t[cut].to(device=device, dtype=dtype).contiguous() for t in (q, k, v))
+
+
+def _dense(q, k, v):
+    """Dense causal output (float32 reference) and LSE (attend kernel with every block)."""
+    perm = identity_permutation(k, v)
+    bs = 16 if q.device.type == "cpu" else 128
+    nb = -(-q.shape[2] // bs)
+    keep = torch.ones((nb, nb), dtype=torch.bool, device=q.device).tril().expand(q.shape[0], q.shape[1], nb, nb)
+    blocks = block_list_from_mask(keep, perm.positions, bs)
+    _, lse = attend(q, perm, blocks, return_lse=True)
+    return dense_reference(q, k, v), lse
+
+
+def measure(cal: Calibration, cfg, *, on_gpu: bool) -> dict:
+    """Latency of the whole op (permute + select + attend) and its accuracy."""
+    q, k, v = cal.q, cal.k, cal.v
+    check_inputs(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size,
+                 threshold=cfg.threshold, launch=cfg.launch)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+
+    def run(return_lse=False):
+        perm = permute_keys(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size, scale=scale)
+        blocks = select_blocks(q, perm.k, perm.positions, block_size=cfg.block_size,
+                               segment_size=cfg.segment_size, threshold=cfg.threshold, scale=scale)
+        return attend(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse), blocks
+
+    with torch.no_grad():
+        (out, lse), blocks = run(return_lse=True)
+        latency = median_ms(run, on_gpu)
+    return dict(latency_ms=latency, rel_l2=rel_l2(out, cal.dense_out),
+                recall=recall_from_lse(lse, cal.dense_lse), density=blocks.density())
+
+
+def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
+    """SDPA cuDNN and flash latency on the calibration data (GPU only)."""
+    if not on_gpu:
+        return {}
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    group = cal.q.shape[1] // cal.k.shape[1]
+    kk, vv = cal.k.repeat_interleave(group, 1), cal.v.repeat_interleave(group, 1)
+    out = {}
+    for name, backend in (("cudnn_ms", SDPBackend.CUDNN_ATTENTION), ("flash_ms", SDPBackend.FLASH_ATTENTION)):
+        try:
+            with sdpa_kernel(backend), torch.no_grad():
+                out[name] = median_ms(lambda: F.scaled_dot_product_attention(cal.q, kk, vv, is_causal=True), True)
+        except RuntimeError as exc:  # backend unavailable for this dtype/GPU
+            out[name.replace("_ms", "_error")] = str(exc)[:200]
+    return out

@@ -1,0 +1,155 @@
+"""The Optuna search behind `pbs-tune sweep`: one study per (GPU, length, shape, workload).
+
+The study lives in an RDB storage (SQLite under cache/ by default), so a killed sweep
+resumes where it stopped and several workers can share one study. Trials minimise
+(latency, error); trials whose error exceeds the bound are infeasible.
+"""
+import datetime as _dt
+import os
+import warnings
+from dataclasses import dataclass
+
+import optuna
+import torch
+import triton
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from . import space as search_space
+from .evaluate import Calibration, dense_baselines, measure
+
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@dataclass
+class SweepSpec:
+    gpu: str
+    seqlen: int
+    heads: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+    dtype: str = "bfloat16"
+    workload: str = "mixed"
+    max_error: float = 0.05
+    trials: int = 40
+    timeout: float | None = None
+    seed: int = 0
+
+    def study_name(self, prefix=None):
+        base = (f"{self.gpu}-{self.seqlen}-{self.heads}x{self.kv_heads}x{self.head_dim}-{self.dtype}-"
+                f"{self.workload}")
+        return f"{prefix}-{base}" if prefix else base
+
+
+def open_storage(url: str):
+    """RDB storage with heartbeats, so trials of a killed worker are failed, not lost."""
+    kwargs = {}
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, **kwargs)
+
+
+def open_study(spec: SweepSpec, storage_url: str, study_name: str) -> optuna.Study:
+    # Workers of one study must not replay each other's random start: the seed mixes in the pid.
+    sampler = optuna.samplers.TPESampler(seed=(spec.seed * 1_000_003 + os.getpid()) % (2 ** 31),
+                                         multivariate=True, n_startup_trials=10)
+    study = optuna.create_study(storage=open_storage(storage_url), study_name=study_name,
+                                directions=["minimize", "minimize"], sampler=sampler, load_if_exists=True)
+    study.set_metric_names(["latency_ms", "rel_l2"])
+    for key in ("gpu", "seqlen", "heads", "kv_heads", "head_dim", "dtype", "workload", "max_error"):
+        study.set_user_attr(key, getattr(spec, key))
+    return study
+
+
+def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
+    space = search_space.GPU_SPACE if on_gpu else search_space.CPU_SPACE
+    smem = None
+    if on_gpu:
+        props = torch.cuda.get_device_properties(0)
+        smem = getattr(props, "shared_memory_per_block_optin", None)
+    elem = cal.q.element_size()
+
+    def objective(trial):
+        cfg = search_space.suggest(trial, space, head_dim=spec.head_dim, elem_bytes=elem, smem_limit=smem)
+        try:
+            m = measure(cal, cfg, on_gpu=on_gpu)
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            if on_gpu:
+                torch.cuda.empty_cache()
+            raise
+        for key, val in m.items():
+            trial.set_user_attr(key, val)
+        trial.set_constraint("error_over_bound", m["rel_l2"] - spec.max_error)  # feasible when <= 0
+        return m["latency_ms"], m["rel_l2"]
+    return objective
+
+
+def finished_count(study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_trials(study, objective, spec: SweepSpec, callbacks=()):
+    """Run until the study holds spec.trials finished trials (across all workers)."""
+    remaining = spec.trials - finished_count(study)
+    if remaining <= 0:
+        return
+    study.optimize(objective, n_trials=remaining, timeout=spec.timeout, catch=(Exception,),
+                   callbacks=[MaxTrialsCallback(spec.trials, states=FINISHED), *callbacks])
+
+
+def feasible_trials(study, max_error):
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("rel_l2", float("inf")) <= max_error]
+
+
+def pareto_front(study):
+    """Completed trials not dominated in (latency, error), fastest first."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    front = [t for t in done if not any(
+        o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in done)]
+    return sorted(front, key=lambda t: t.values[0])
+
+
+def choose(study, max_error):
+    """Fastest feasible trial, or None."""
+    ok = feasible_trials(study, max_error)
+    return min(ok, key=lambda t: t.values[0]) if ok else None
+
+
+def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_name: str, source: str) -> dict:
+    cfg = trial.user_attrs["config"]
+    lat = trial.values[0]
+    entry = dict(
+        gpu=spec.gpu, seqlen=spec.seqlen, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
+        dtype=spec.dtype,
+        params=dict(block_size=cfg["block_size"], segment_size=cfg["segment_size"], threshold=cfg["threshold"]),
+        launch=cfg["launch"],
+        measured=dict(latency_ms=round(lat, 4), rel_l2=round(trial.user_attrs["rel_l2"], 5),
+                      recall=round(trial.user_attrs["recall"], 5), density=round(trial.user_attrs["density"], 4)),
+        baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
+        reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
+        speedup={},
+        max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
+        versions=dict(torch=str(torch.__version__), triton=str(triton.__version__), optuna=str(optuna.__version__)),
+        date=_dt.date.today().isoformat(),
+    )
+    for name, base in (("vs_cudnn", baselines.get("cudnn_ms")), ("vs_flash", baselines.get("flash_ms")),
+                       ("vs_reference", reference.get("latency_ms"))):
+        if base:
+            entry["speedup"][name] = round(base / lat, 3)
+    return entry
+
+
+def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool) -> dict:
+    """The published default config on the same data, for every profile entry."""
+    cfg = search_space.reference_config(spec.head_dim, cpu=not on_gpu)
+    try:
+        return dict(config=cfg.as_dict(), **measure(cal, cfg, on_gpu=on_gpu))
+    except Exception as exc:
+        return dict(config=cfg.as_dict(), error=f"{type(exc).__name__}: {exc}"[:300])
