@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels.key_scores import key_scores
+
 
 @dataclass
 class KeyPermutation:
@@ -18,33 +20,13 @@ class KeyPermutation:
     positions: torch.Tensor  # (B, Hkv, N) int32: original token index of each slot
 
 
-def last_block_key_scores(q, k, *, block_size, scale, chunk_bytes=1 << 29):
-    """Mean softmax mass each key receives from the last `block_size` queries.
+def last_block_key_scores(q, k, *, block_size, scale):
+    """Mean softmax mass each key receives from the last `block_size` queries: (B, Hkv, N).
 
-    Returns (B, Hkv, N) float32. Rows are the last query block of every query head of a
-    group; the causal mask applies inside that block. Work is chunked by KV head so that
-    the (group * block, N) logits stay under `chunk_bytes`.
+    Rows are the last query block of every query head of a group, causal inside that
+    block. Computed by a two-pass Triton kernel that never holds the (rows, N) logits.
     """
-    B, Hq, N, D = q.shape
-    Hkv = k.shape[1]
-    group = Hq // Hkv
-    rows = min(block_size, N)
-    q_pos = torch.arange(N - rows, N, device=q.device)
-    future = torch.arange(N, device=q.device)[None, :] > q_pos[:, None]  # (rows, N)
-    scores = torch.empty((B, Hkv, N), device=q.device, dtype=torch.float32)
-    per_head = group * rows * N * 4
-    heads_per_chunk = max(1, chunk_bytes // per_head)
-    q_last = q[:, :, N - rows:, :].reshape(B, Hkv, group, rows, D)
-    for b in range(B):
-        for h0 in range(0, Hkv, heads_per_chunk):
-            h1 = min(Hkv, h0 + heads_per_chunk)
-            ql = q_last[b, h0:h1].float()                    # (h, group, rows, D)
-            kk = k[b, h0:h1].float()                         # (h, N, D)
-            logits = torch.einsum("hgrd,hnd->hgrn", ql, kk) * scale
-            logits.masked_fill_(future, float("-inf"))
-            probs = torch.softmax(logits, dim=-1)
-            scores[b, h0:h1] = probs.mean(dim=(1, 2))
-    return scores
+    return key_scores(q, k, rows=min(block_size, q.shape[2]), scale=scale)
 
 
 def identity_permutation(k, v):

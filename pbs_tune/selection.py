@@ -78,12 +78,20 @@ def block_list_from_mask(keep, positions, block_size):
     cls = torch.full(keep.shape, _MASKED, dtype=torch.int8, device=dev)
     cls.masked_fill_(kmax <= q_lo[:, None], _FULL)
     cls.masked_fill_((kmin > q_hi[:, None]) | ~keep, _SKIP)
-    count = (cls != _SKIP).sum(-1, dtype=torch.int32)
-    full = (cls == _FULL).sum(-1, dtype=torch.int32)
+    # Compaction by prefix sums (linear, no sort): full blocks first, then masked ones,
+    # each in increasing key-block order; skipped blocks go to a spare last column.
+    is_full, is_masked = cls == _FULL, cls == _MASKED
+    full = is_full.sum(-1, dtype=torch.int32)
+    count = full + is_masked.sum(-1, dtype=torch.int32)
+    dest = torch.where(is_full, is_full.cumsum(-1, dtype=torch.int32) - 1,
+                       full[..., None] + is_masked.cumsum(-1, dtype=torch.int32) - 1)
+    dest = torch.where(is_full | is_masked, dest, nkb).long()
+    slots = torch.zeros(keep.shape[:-1] + (nkb + 1,), dtype=torch.int32, device=dev)
+    slots.scatter_(-1, dest, torch.arange(nkb, dtype=torch.int32, device=dev).expand(keep.shape))
     width = max(1, int(count.max()))
-    order = torch.sort(cls, dim=-1, stable=True).indices[..., :width]
+    order = slots[..., :width]
     return BlockList(count=count.contiguous(), full=full.contiguous(),
-                     index=order.to(torch.int32).contiguous(), block_size=block_size)
+                     index=order.contiguous(), block_size=block_size)
 
 
 def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale,

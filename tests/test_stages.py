@@ -29,16 +29,18 @@ def test_permutation_sorts_each_complete_segment_and_values_follow():
     assert torch.equal(perm.v, torch.gather(v, 2, idx))
 
 
-def test_key_scores_are_group_mean_of_last_block_softmax():
-    n, bs = 70, 16
-    q, k = torch.randn(1, 4, n, 64), torch.randn(1, 2, n, 64)
+@pytest.mark.parametrize("n,bs,hq", [(70, 16, 4), (45, 64, 8), (200, 32, 2), (130, 128, 4)])
+def test_key_scores_are_group_mean_of_last_block_softmax(n, bs, hq):
+    q, k = torch.randn(2, hq, n, 64) * 2, torch.randn(2, 2, n, 64)
     got = last_block_key_scores(q, k, block_size=bs, scale=0.125)
-    for h in range(2):
-        ql = q[0, 2 * h:2 * h + 2, n - bs:].double()
-        s = ql @ k[0, h].double().T * 0.125
-        s = s.masked_fill(torch.arange(n)[None, None, :] > torch.arange(n - bs, n)[None, :, None], -math.inf)
-        want = torch.softmax(s, -1).mean(dim=(0, 1))
-        assert torch.allclose(got[0, h].double(), want, atol=1e-6)
+    g, rows = hq // 2, min(bs, n)
+    for b in range(2):
+        for h in range(2):
+            ql = q[b, g * h:g * (h + 1), n - rows:].double()
+            s = ql @ k[b, h].double().T * 0.125
+            s = s.masked_fill(torch.arange(n)[None, None, :] > torch.arange(n - rows, n)[None, :, None], -math.inf)
+            want = torch.softmax(s, -1).mean(dim=(0, 1))
+            assert torch.allclose(got[b, h].double(), want, atol=1e-6)
 
 
 def test_block_means_handle_a_short_tail():
