@@ -24,6 +24,7 @@ class ProfileError(ValueError):
 class Profile:
     path: str
     entries: list = field(default_factory=list)
+    gpu: str | None = None  # the GPU it was loaded for (set by the loader)
 
     def for_shape(self, *, gpu, heads, kv_heads, head_dim, dtype):
         return sorted((e for e in self.entries if e["gpu"] == gpu and e["heads"] == heads

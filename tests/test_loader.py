@@ -1,0 +1,109 @@
+"""Runtime loader on a tiny Llama built from a config (interpreter mode, float32)."""
+import pytest
+import torch
+
+import pbs_tune
+from pbs_tune import profile as profiles
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_llama():
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+                                   max_position_embeddings=512, attn_implementation="sdpa")
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def write_profile(tmp_path, entries):
+    path = str(tmp_path / "cpu.yaml")
+    profiles.merge_entries(path, entries)
+    return path
+
+
+def entry(seqlen, threshold=1.0, gpu="cpu", **extra):
+    return dict(gpu=gpu, seqlen=seqlen, heads=2, kv_heads=1, head_dim=64, dtype="float32",
+                params=dict(block_size=16, segment_size=32, threshold=threshold),
+                launch=dict(block_m=16, block_n=16, num_warps=4, num_stages=1), **extra)
+
+
+@pytest.fixture(autouse=True)
+def clean_stats():
+    pbs_tune.reset_stats()
+
+
+def test_apply_at_threshold_one_matches_sdpa_and_decode_falls_back(tmp_path):
+    model = tiny_llama()
+    ids = torch.randint(0, 97, (1, 70))
+    with torch.no_grad():
+        want = model(ids).logits
+    prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(32)]))
+    pbs_tune.apply(model, prof)
+    assert model.config._attn_implementation == "pbs"
+    with torch.no_grad():
+        got = model(ids).logits
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert pbs_tune.stats() == {"pbs": 2}
+    pbs_tune.reset_stats()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 73)
+    s = pbs_tune.stats()
+    assert s["pbs"] == 2 and s["fallback:decode"] == 4  # 2 layers x 2 decode steps
+
+
+def test_short_prompt_and_padding_fall_back(tmp_path):
+    model = pbs_tune.apply(tiny_llama(), pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(64)])))
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 40)))
+        mask = torch.ones(2, 80, dtype=torch.long)
+        mask[0, :5] = 0
+        model(torch.randint(0, 97, (2, 80)), attention_mask=mask)
+    s = pbs_tune.stats()
+    assert s == {"fallback:short": 2, "fallback:mask": 2}
+
+
+def test_profile_selection_by_length_and_dense_layer(tmp_path):
+    path = write_profile(tmp_path, [entry(32, 0.5), entry(64, 0.7, layers={"1": "dense"}), entry(128, 0.9)])
+    prof = pbs_tune.load_profile("auto", path)
+    shape = dict(gpu="cpu", heads=2, kv_heads=1, head_dim=64, dtype="float32")
+    assert prof.pick(31, **shape) is None
+    assert prof.pick(32, **shape)["params"]["threshold"] == 0.5
+    assert prof.pick(127, **shape)["params"]["threshold"] == 0.7
+    assert prof.pick(10_000, **shape)["params"]["threshold"] == 0.9
+    model = pbs_tune.apply(tiny_llama(), prof)
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 100)))
+    assert pbs_tune.stats() == {"pbs": 1, "fallback:dense_layer": 1}
+
+
+def test_standalone_attention_uses_profile_and_falls_back_when_short(tmp_path):
+    prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(32)]))
+    q, k, v = torch.randn(1, 2, 50, 64), torch.randn(1, 1, 50, 64), torch.randn(1, 1, 50, 64)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert torch.allclose(pbs_tune.attention(q, k, v, profile=prof), ref, atol=1e-5)
+    assert torch.allclose(pbs_tune.attention(q[:, :, :20], k[:, :, :20], v[:, :, :20], profile=prof),
+                          ref[:, :, :20], atol=1e-6)
+    assert pbs_tune.stats() == {"pbs": 1, "fallback:short": 1}
+
+
+def test_missing_profile_says_how_to_make_one(tmp_path):
+    with pytest.raises(profiles.ProfileError, match="pbs-tune sweep --gpu cpu"):
+        pbs_tune.load_profile("auto", str(tmp_path / "nope.yaml"))
+
+
+def test_malformed_profile_names_the_line(tmp_path):
+    path = tmp_path / "cpu.yaml"
+    path.write_text("schema_version: 1\nentries:\n  - gpu: cpu\n    seqlen: [1, 2\n")
+    with pytest.raises(profiles.ProfileError, match=r"cpu.yaml:\d+"):
+        pbs_tune.load_profile("auto", str(path))
+
+
+def test_gpu_mismatch_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="does not match the GPU present"):
+        pbs_tune.load_profile("h100", write_profile(tmp_path, [entry(32)]))
+    other = tmp_path / "other"
+    other.mkdir()
+    path = write_profile(other, [entry(32, gpu="h100")])
+    with pytest.raises(profiles.ProfileError, match="no entries for cpu"):
+        pbs_tune.load_profile("auto", path)
