@@ -12,7 +12,7 @@ from .gpu import CPU, device_for, resolve_gpu
 from .seqlen import format_length, parse_length
 from .workloads import WORKLOADS
 
-DEFAULT_MAX_ERROR = 0.05
+DEFAULT_MAX_ERROR = 0.10
 DEFAULT_STORAGE = "sqlite:///cache/pbs-tune.db"
 
 

@@ -30,7 +30,7 @@ def default_launch(block_size: int, head_dim: int) -> LaunchConfig:
     """A config that is good on Hopper for D=128 (see DESIGN.md) and valid everywhere."""
     tile = min(128, block_size)
     warps = 8 if tile == 128 and head_dim == 128 else 4
-    return LaunchConfig(block_m=tile, block_n=tile, num_warps=warps, num_stages=2 if tile == 128 else 3)
+    return LaunchConfig(block_m=tile, block_n=tile, num_warps=warps, num_stages=3)
 
 
 def _is_pow2(x) -> bool:

@@ -4,15 +4,19 @@ The study lives in an RDB storage (SQLite under cache/ by default), so a killed 
 resumes where it stopped and several workers can share one study. Trials minimise
 (latency, error); trials whose error exceeds the bound are infeasible.
 """
+import contextlib
 import datetime as _dt
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
 import optuna
+import sqlalchemy.exc
 import torch
 import triton
 from optuna.study import MaxTrialsCallback
+from filelock import FileLock
 from optuna.trial import TrialState
 
 from . import space as search_space
@@ -20,7 +24,6 @@ from .evaluate import Calibration, dense_baselines, measure
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @dataclass
@@ -32,7 +35,7 @@ class SweepSpec:
     head_dim: int = 128
     dtype: str = "bfloat16"
     workload: str = "mixed"
-    max_error: float = 0.05
+    max_error: float = 0.10
     trials: int = 40
     timeout: float | None = None
     seed: int = 0
@@ -43,24 +46,47 @@ class SweepSpec:
         return f"{prefix}-{base}" if prefix else base
 
 
+def _sqlite_path(url: str):
+    return url.split("///", 1)[-1] if url.startswith("sqlite") else None
+
+
 def open_storage(url: str):
     """RDB storage with heartbeats, so trials of a killed worker are failed, not lost."""
     kwargs = {}
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
+    path = _sqlite_path(url)
+    if path:
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, **kwargs)
 
 
 def open_study(spec: SweepSpec, storage_url: str, study_name: str) -> optuna.Study:
+    """Create or join the study. Workers starting together must not both create the schema:
+    SQLite creation is serialised by a lock file, other databases retry once."""
+    path = _sqlite_path(storage_url)
+    lock = FileLock(path + ".lock", timeout=300) if path else contextlib.nullcontext()
+    for attempt in range(3):
+        try:
+            with lock:
+                return _create_study(spec, storage_url, study_name)
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)
+
+
+def _create_study(spec, storage_url, study_name):
     # Workers of one study must not replay each other's random start: the seed mixes in the pid.
     sampler = optuna.samplers.TPESampler(seed=(spec.seed * 1_000_003 + os.getpid()) % (2 ** 31),
                                          multivariate=True, n_startup_trials=10)
     study = optuna.create_study(storage=open_storage(storage_url), study_name=study_name,
                                 directions=["minimize", "minimize"], sampler=sampler, load_if_exists=True)
-    study.set_metric_names(["latency_ms", "rel_l2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["latency_ms", "rel_l2"])
     for key in ("gpu", "seqlen", "heads", "kv_heads", "head_dim", "dtype", "workload", "max_error"):
         study.set_user_attr(key, getattr(spec, key))
     return study

@@ -120,6 +120,17 @@ def part_checks(res):
         ref = _masked_reference(q, perm, blocks)
         out[f"sparse_vs_fp32_ref_{cfg.block_m}x{cfg.block_n}"] = rel_l2(o, ref)
     out["sparse_density"] = blocks.density()
+    # The key-score kernel against a float32 torch computation of the same quantity.
+    from pbs_tune.permutation import last_block_key_scores
+    n = 8192 + 5
+    q, k, _ = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device=dev, seed=2)
+    got = last_block_key_scores(q, k, block_size=128, scale=1 / math.sqrt(128))
+    ql = q[0, :, n - 128:].float().reshape(8, 4 * 128, 128)
+    s = torch.einsum("hrd,hnd->hrn", ql, k[0].float()) / math.sqrt(128)
+    pos = torch.arange(n - 128, n, device=dev).repeat(4)
+    s.masked_fill_(torch.arange(n, device=dev)[None, None, :] > pos[None, :, None], float("-inf"))
+    want = torch.softmax(s, -1).mean(1)
+    out["key_scores_rel_l2"] = rel_l2(got[0], want)
     # Ahead-of-time compilation for A100 (sm_80) and H100 (sm_90).
     from pbs_tune.kernels.aot import compile_attend
     for arch, stages in ((80, 2), (80, 3), (90, 3)):

@@ -1,0 +1,145 @@
+"""pbs-tune command line: parsing, errors, a tiny sweep, resume, concurrent workers, capture."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pbs_tune import profile as profiles
+from pbs_tune.cli import main
+
+TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "64", "--dtype", "float32", "--workload", "diffuse",
+        "--max-error", "0.9"]
+
+
+def sweep_args(tmp_path, *extra, seqlen="96", trials="3"):
+    return ["sweep", "--gpu", "auto", "--seqlen", seqlen, "--trials", trials, *TINY,
+            "--storage", f"sqlite:///{tmp_path}/study.db", "--profile", str(tmp_path / "cpu.yaml"), *extra]
+
+
+def finished_trials(tmp_path):
+    con = sqlite3.connect(tmp_path / "study.db")
+    try:
+        return con.execute("select number, state from trials").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("cmd", ["sweep", "show", "report", "capture", "compile"])
+def test_every_subcommand_has_help_with_an_example(cmd):
+    res = CliRunner().invoke(main, [cmd, "--help"])
+    assert res.exit_code == 0 and "Example" in res.output
+
+
+@pytest.mark.parametrize("args,code,msg", [
+    (["--seqlen", "12q"], 2, "bad sequence length"),
+    (["--seqlen", "0"], 2, "bad sequence length"),
+    (["--seqlen", "1k", "--max-error", "0"], 1, "--max-error must be in"),
+    (["--seqlen", "1k", "--heads", "3", "--kv-heads", "2"], 1, "multiple of --kv-heads"),
+    (["--seqlen", "1k", "--dtype", "bfloat16"], 1, "cannot run bfloat16"),
+])
+def test_sweep_rejects_bad_arguments(tmp_path, args, code, msg):
+    res = CliRunner().invoke(main, ["sweep", "--gpu", "auto", *args, "--storage", f"sqlite:///{tmp_path}/s.db"])
+    assert res.exit_code == code, res.output
+    assert msg in res.output
+    assert "Traceback" not in res.output
+
+
+def test_gpu_name_must_match_the_device(tmp_path):
+    res = CliRunner().invoke(main, sweep_args(tmp_path)[:1] + ["--gpu", "a100"] + sweep_args(tmp_path)[3:])
+    assert res.exit_code == 1
+    assert "does not match the GPU present (cpu)" in res.output
+
+
+def test_tiny_sweep_writes_a_valid_profile_and_show_prints_it(tmp_path):
+    res = CliRunner().invoke(main, sweep_args(tmp_path, seqlen="96", trials="4"))
+    assert res.exit_code == 0, res.output
+    prof = profiles.load(str(tmp_path / "cpu.yaml"))
+    (e,) = prof.entries
+    assert (e["gpu"], e["seqlen"], e["heads"], e["kv_heads"], e["head_dim"], e["dtype"]) == \
+        ("cpu", 96, 2, 1, 64, "float32")
+    assert e["params"]["segment_size"] % e["params"]["block_size"] == 0
+    assert 0 <= e["measured"]["rel_l2"] <= 0.9 and 0 < e["measured"]["recall"] <= 1.0
+    assert "latency_ms" in e["reference"] and e["speedup"]["vs_reference"] > 0
+    assert len([t for t in finished_trials(tmp_path) if t[1] == "COMPLETE"]) == 4
+    shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
+    assert shown.exit_code == 0 and "96" in shown.output
+
+
+def test_report_writes_png_and_markdown(tmp_path):
+    assert CliRunner().invoke(main, sweep_args(tmp_path, trials="3")).exit_code == 0
+    study = "cpu-96-2x1x64-float32-diffuse"
+    res = CliRunner().invoke(main, ["report", "--storage", f"sqlite:///{tmp_path}/study.db", "--study", study,
+                                    "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    png = tmp_path / "rep" / f"{study}-pareto.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| trial |" in (tmp_path / "rep" / f"{study}.md").read_text()
+
+
+def _cli(tmp_path, *args):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    return subprocess.Popen([sys.executable, "-m", "pbs_tune.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sweep_resumes_after_sigkill_without_losing_trials(tmp_path):
+    args = sweep_args(tmp_path, seqlen="160", trials="12")
+    proc = _cli(tmp_path, *args)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if os.path.exists(tmp_path / "study.db") and \
+                len([t for t in finished_trials(tmp_path) if t[1] == "COMPLETE"]) >= 3:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {n for n, s in finished_trials(tmp_path) if s == "COMPLETE"}
+    assert len(before) >= 3
+    assert not (tmp_path / "cpu.yaml").exists()
+    done = _cli(tmp_path, *args)
+    out, _ = done.communicate(timeout=600)
+    assert done.returncode == 0, out
+    after = finished_trials(tmp_path)
+    assert before <= {n for n, s in after if s == "COMPLETE"}  # nothing finished was lost
+    assert len([n for n, s in after if s in ("COMPLETE", "FAIL", "PRUNED")]) >= 12
+    assert profiles.load(str(tmp_path / "cpu.yaml")).entries
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    args = sweep_args(tmp_path, "--study", "shared", seqlen="128", trials="8")
+    workers = [_cli(tmp_path, *args) for _ in range(2)]
+    outs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outs
+    rows = finished_trials(tmp_path)
+    numbers = [n for n, _ in rows]
+    assert len(numbers) == len(set(numbers))          # no duplicated trial
+    finished = [n for n, s in rows if s in ("COMPLETE", "FAIL", "PRUNED")]
+    assert 8 <= len(finished) <= 9                     # each worker stops once the study holds 8
+    assert len(profiles.load(str(tmp_path / "cpu.yaml")).entries) == 1
+
+
+def test_capture_records_qkv_that_sweep_can_tune_on(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    (tmp_path / "book.txt").write_text("It was a bright cold day in April. " * 20)
+    calib = tmp_path / "calib.safetensors"
+    res = CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"), "--text",
+                                    str(tmp_path / "book.txt"), "--seqlen", "128", "--out", str(calib),
+                                    "--dtype", "float32"])
+    assert res.exit_code == 0, res.output
+    from safetensors.torch import load_file
+    t = load_file(calib)
+    assert sorted(t) == [f"layer00{i}.{x}" for i in range(2) for x in "kqv"]
+    assert t["layer000.q"].shape == (2, 128, 64) and t["layer000.k"].shape == (1, 128, 64)
+    args = [a for a in sweep_args(tmp_path, "--calib", str(calib)) if a not in ("--workload", "diffuse")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert profiles.load(str(tmp_path / "cpu.yaml")).entries[0]["calibration"].startswith("capture:")
