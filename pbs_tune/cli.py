@@ -103,7 +103,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         baselines = dense_baselines(cal, on_gpu=on_gpu)
         reference = reference_measurement(cal, spec, on_gpu)
         study = open_study(spec, storage, name)
-        run_trials(study, objective_for(cal, spec, on_gpu), spec, callbacks=[_Progress(spec)])
+        run_trials(study, objective_for(cal, spec, on_gpu), spec, callbacks=[_Progress(spec)], on_gpu=on_gpu)
         click.echo("", err=True)
         _print_front(pareto_front(study), max_error)
         best = choose(study, max_error)

@@ -40,10 +40,11 @@ def _file_hashes(tdir: str) -> dict:
     return out
 
 
-def write_manifest(path: str, entries) -> dict:
+def write_manifest(path: str, entries, earlier_configs=()) -> dict:
     tdir = os.path.join(path, "triton")
+    configs = list(earlier_configs) + [c for c in map(_kernel_key, entries) if c not in earlier_configs]
     manifest = dict(triton=str(triton.__version__), torch=str(torch.__version__),
-                    configs=[_kernel_key(e) for e in entries], files=_file_hashes(tdir))
+                    configs=configs, files=_file_hashes(tdir))
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
     return manifest
@@ -69,52 +70,96 @@ def check(path: str) -> str | None:
 
 
 def _kernel_key(entry) -> dict:
-    """What a compiled attend kernel depends on (not the sequence length)."""
-    return dict(dtype=entry["dtype"], head_dim=entry["head_dim"], block_size=entry["params"]["block_size"],
-                **entry["launch"])
+    """What the compiled kernels of an entry depend on (lengths only through the block count)."""
+    nb = -(-entry["seqlen"] // entry["params"]["block_size"])
+    return dict(dtype=entry["dtype"], heads=entry["heads"], kv_heads=entry["kv_heads"],
+                head_dim=entry["head_dim"], nb_pow2=1 << (nb - 1).bit_length(),
+                dense_threshold=entry["params"]["threshold"] >= 1.0, **entry["params"], **entry["launch"])
 
 
-def build(gpu: str, entries, root: str = "cache", device: str = "cuda") -> dict:
-    """Compile the attend kernel of every entry into a fresh cache/<gpu>/ and hash it."""
+def build(gpu: str, entries, root: str = "cache", device: str = "cuda", fresh: bool = True) -> dict:
+    """Compile every kernel the entries use into cache/<gpu>/ (emptied first if `fresh`).
+
+    Runs the whole op once per entry at its tuned length on random data, so the key-score,
+    selection and attend kernels are all compiled exactly as the loader will call them.
+    """
     from .evaluate import DTYPES
     from .launch import LaunchConfig
-    from .op import attend
-    from .permutation import identity_permutation
-    from .selection import block_list_from_mask
+    from .op import pbs_attention
 
     path = cache_dir(gpu, root)
-    shutil.rmtree(path, ignore_errors=True)
+    kept = []
+    if fresh:
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(os.path.join(path, MANIFEST)):
+        with open(os.path.join(path, MANIFEST)) as f:
+            kept = json.load(f).get("configs", [])
     point_triton_at(path)
     seen = set()
     for e in entries:
-        key = json.dumps(_kernel_key(e), sort_keys=True)
+        key = json.dumps({k: v for k, v in _kernel_key(e).items() if k != "threshold"}, sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
-        bs = e["params"]["block_size"]
-        n = 2 * bs
         dtype = DTYPES[e["dtype"]]
-        q = torch.randn(1, 1, n, e["head_dim"], device=device, dtype=dtype)
-        kv = torch.randn(1, 1, n, e["head_dim"], device=device, dtype=dtype)
-        perm = identity_permutation(kv, kv)
-        keep = torch.ones(2, 2, dtype=torch.bool, device=device).tril().expand(1, 1, 2, 2)
-        attend(q, perm, block_list_from_mask(keep, perm.positions, bs), launch=LaunchConfig(**e["launch"]))
+        q = torch.randn(1, e["heads"], e["seqlen"], e["head_dim"], device=device, dtype=dtype)
+        k = torch.randn(1, e["kv_heads"], e["seqlen"], e["head_dim"], device=device, dtype=dtype)
+        p = e["params"]
+        pbs_attention(q, k, k, block_size=p["block_size"], segment_size=p["segment_size"],
+                      threshold=p["threshold"], launch=LaunchConfig(**e["launch"]))
+        del q, k
+    _compile_select_buckets(entries, device)
     if device == "cuda":
         torch.cuda.synchronize()
-    return write_manifest(path, entries)
+    return write_manifest(path, entries, kept)
 
 
-def ensure(gpu: str, entries, root: str = "cache", device: str = "cuda") -> str:
-    """Point Triton at a valid cache for `entries`, rebuilding it when stale or corrupted."""
+def _compile_select_buckets(entries, device):
+    """An entry serves prompts up to the next tuned length (the last one up to 4x its own);
+    the selection kernel is compiled per power-of-two block count, so cover that range."""
+    from .kernels.select import select_rows
+    lengths = sorted({e["seqlen"] for e in entries})
+    for e in entries:
+        bs = e["params"]["block_size"]
+        longer = [n for n in lengths if n > e["seqlen"]]
+        top = -(-((longer[0] - 1) if longer else 4 * e["seqlen"]) // bs)
+        nb = 1 << (-(-e["seqlen"] // bs) - 1).bit_length()
+        while True:
+            group = e["heads"] // e["kv_heads"]  # one KV head: the kernel is not specialised on counts
+            kb = torch.zeros((1, 1, nb), dtype=torch.int32, device=device)
+            logits = torch.zeros((1, group, nb, nb), dtype=torch.float32, device=device)
+            select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs,
+                        block_size=bs, segment_size=e["params"]["segment_size"],
+                        threshold=e["params"]["threshold"])
+            if nb >= top:
+                break
+            nb *= 2
+
+
+_ensured = set()
+
+
+def ensure(gpu: str, entries, root: str = "cache", device: str = "cuda") -> str | None:
+    """Point Triton at a valid cache holding `entries`' kernels; returns what had to be fixed.
+
+    A stale or corrupted cache is rebuilt from scratch; configs it lacks are compiled into
+    it (logged by the caller: that is the one time the run compiles). Checked once per process.
+    """
     path = cache_dir(gpu, root)
+    memo = (os.path.abspath(path), tuple(sorted(json.dumps(_kernel_key(e), sort_keys=True) for e in entries)))
+    if memo in _ensured:
+        point_triton_at(path)
+        return None
     problem = check(path)
-    if problem is None:
+    if problem is not None:
+        build(gpu, entries, root, device, fresh=True)
+    else:
         with open(os.path.join(path, MANIFEST)) as f:
             have = json.load(f).get("configs", [])
         missing = [e for e in entries if _kernel_key(e) not in have]
         if missing:
-            problem = f"{len(missing)} config(s) not compiled yet"
-    if problem is not None:
-        build(gpu, entries, root, device)
+            problem = f"{len(missing)} config(s) were not compiled yet"
+            build(gpu, missing, root, device, fresh=False)
     point_triton_at(path)
+    _ensured.add(memo)
     return problem

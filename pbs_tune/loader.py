@@ -59,7 +59,18 @@ def load_profile(gpu: str = "auto", path: str | None = None) -> profiles.Profile
         raise profiles.ProfileError(f"{path} has no entries for {gpu}; make them with: "
                                     f"pbs-tune sweep --gpu {gpu} --seqlen 32k --profile {path}")
     prof.gpu = gpu
+    _use_kernel_cache(prof)
     return prof
+
+
+def _use_kernel_cache(prof, cache_root="cache"):
+    """Point Triton at cache/<gpu>/ (rebuilt if stale or corrupted) before any kernel runs."""
+    if prof.gpu == CPU:
+        return
+    entries = _shape_entries(prof, prof.gpu)
+    problem = kernel_cache.ensure(prof.gpu, entries, cache_root)
+    if problem:
+        logger.warning("pbs_tune: kernel cache under %s/%s: %s; compiled now", cache_root, prof.gpu, problem)
 
 
 class _Settings:
@@ -114,6 +125,9 @@ def _run(settings, q, k, v, scale, layer_idx, sdpa):
         logger.debug("pbs_tune: no profile entry for shape %s dtype %s at %d tokens; using SDPA",
                      tuple(q.shape), q.dtype, q.shape[2])
         return sdpa()
+    if entry.get("dense_faster"):
+        _count("fallback:dense_faster")
+        return sdpa()
     cfg = _entry_config(entry, layer_idx)
     if cfg is None:
         _count("fallback:dense_layer")
@@ -165,10 +179,7 @@ def apply(model, profile=None, min_seqlen=None, cache_root="cache"):
         raise profiles.ProfileError(f"{prof.path} has no entries for {prof.gpu}; run: pbs-tune sweep --gpu {prof.gpu}")
     smallest = min(e["seqlen"] for e in entries)
     min_seqlen = max(smallest, min_seqlen or 0)
-    if prof.gpu != CPU:
-        problem = kernel_cache.ensure(prof.gpu, entries, cache_root)
-        if problem:
-            logger.warning("pbs_tune: rebuilt kernel cache under %s (%s)", cache_root, problem)
+    _use_kernel_cache(prof, cache_root)
     _register()
     settings = _Settings(prof, min_seqlen)
     n_layers = 0
@@ -190,7 +201,9 @@ def attention(q, k, v, profile=None, scale=None):
     Usable without transformers: q (B, Hq, N, D), k/v (B, Hkv, N, D); returns (B, Hq, N, D).
     """
     prof = profile if profile is not None else load_profile()
-    prof.gpu = prof.gpu or resolve_gpu("auto")
+    if prof.gpu is None:
+        prof.gpu = resolve_gpu("auto")
+        _use_kernel_cache(prof)
     smallest = min((e["seqlen"] for e in _shape_entries(prof, prof.gpu)), default=None)
     settings = _Settings(prof, smallest if smallest is not None else float("inf"))
 

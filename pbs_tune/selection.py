@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels.select import select_rows
+
 _FULL, _MASKED, _SKIP = 0, 1, 2
 
 
@@ -94,40 +96,22 @@ def block_list_from_mask(keep, positions, block_size):
                      index=order.contiguous(), block_size=block_size)
 
 
-def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale,
-                  heads_per_chunk=8):
-    """Run PBS block selection on permuted keys. Returns a BlockList."""
+def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale):
+    """Run PBS block selection on permuted keys. Returns a BlockList.
+
+    Block logits come from one batched matmul of pooled queries and keys; the per-row
+    softmax, threshold, and compaction run in one Triton kernel (kernels/select.py).
+    """
     B, Hq, N, D = q.shape
     Hkv = k_perm.shape[1]
-    group = Hq // Hkv
     nb = -(-N // block_size)
-    dev = q.device
-    blocks_per_seg = segment_size // block_size
-    qb = torch.arange(nb, device=dev)
-    seg_first = (qb // blocks_per_seg) * blocks_per_seg                 # first block of own segment
-    kb = torch.arange(nb, device=dev)
-    outside = kb[None, :] < seg_first[:, None]                         # candidates: earlier segments
-    diagonal = (kb[None, :] >= seg_first[:, None]) & (kb[None, :] < seg_first[:, None] + blocks_per_seg)
-
-    sink = (positions == 0).to(torch.int8).argmax(dim=-1) // block_size  # (B, Hkv)
-    sink = sink.repeat_interleave(group, dim=1)                          # (B, Hq)
-
-    if threshold >= 1.0:
-        keep = (outside | diagonal).expand(B, Hq, nb, nb).clone()
-    else:
-        pooled_q = block_means(q, block_size)                          # (B, Hq, NB, D)
-        pooled_k = block_means(k_perm, block_size).repeat_interleave(group, dim=1)
-        keep = torch.empty((B, Hq, nb, nb), dtype=torch.bool, device=dev)
-        for b in range(B):
-            for h0 in range(0, Hq, heads_per_chunk):
-                h1 = min(Hq, h0 + heads_per_chunk)
-                logits = pooled_q[b, h0:h1] @ pooled_k[b, h0:h1].transpose(-1, -2) * scale
-                logits.masked_fill_(~outside, float("-inf"))
-                probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # rows with no candidate
-                sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-                before = torch.cumsum(sorted_p, dim=-1) - sorted_p
-                chosen = torch.zeros(probs.shape, dtype=torch.bool, device=dev)
-                chosen.scatter_(-1, order, before < threshold)
-                keep[b, h0:h1] = (chosen & outside) | diagonal
-    keep.scatter_(-1, sink[:, :, None, None].expand(B, Hq, nb, 1), True)
-    return block_list_from_mask(keep, positions, block_size)
+    logits = None
+    if threshold < 1.0:
+        pooled_q = block_means(q, block_size).view(B, Hkv, (Hq // Hkv) * nb, D)
+        pooled_k = block_means(k_perm, block_size)
+        logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nb, nb)
+    kmin, kmax = block_position_bounds(positions, block_size)
+    sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
+    count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,
+                                     block_size=block_size, segment_size=segment_size, threshold=threshold)
+    return BlockList(count=count, full=full, index=index, block_size=block_size)

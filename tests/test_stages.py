@@ -56,33 +56,33 @@ def _kept_sets(blocks):
              for h in range(H)] for b in range(B)]
 
 
-def test_selection_keeps_smallest_set_reaching_threshold_plus_diagonal_and_sink():
-    n, bs, seg, thr = 256, 16, 64, 0.7
-    q, k = torch.randn(1, 2, n, 64) * 2, torch.randn(1, 1, n, 64) * 2
-    pos = torch.arange(n, dtype=torch.int32).expand(1, 1, n).contiguous()
+@pytest.mark.parametrize("thr", [0.3, 0.7, 0.95])
+def test_selection_keeps_smallest_set_reaching_threshold_plus_diagonal_and_sink(thr):
+    n, bs, seg, b_, hq, hkv = 250, 16, 64, 2, 4, 2
+    q, k = torch.randn(b_, hq, n, 64) * 2, torch.randn(b_, hkv, n, 64) * 2
+    pos = torch.arange(n, dtype=torch.int32).expand(b_, hkv, n).contiguous()
     blocks = select_blocks(q, k, pos, block_size=bs, segment_size=seg, threshold=thr, scale=0.125)
     kept = _kept_sets(blocks)
     pq, pk = block_means(q, bs).double(), block_means(k, bs).double()
-    nb = n // bs
-    for h in range(2):
-        for i in range(nb):
-            first = (i // 4) * 4
-            diag = set(range(first, i + 1))
-            cands = list(range(first))
-            want = set(diag) | {0}
-            if cands:
-                p = torch.softmax(pq[0, h, i] @ pk[0, 0, cands].T * 0.125, -1)
-                order = torch.argsort(p, descending=True).tolist()
-                mass = 0.0
-                for j in order:
-                    if mass >= thr:
-                        break
-                    want.add(cands[j])
-                    mass += float(p[j])
-            assert kept[0][h][i] == want, (h, i)
-            # Full blocks (no mask) come first: exactly those before the query block.
-            full = blocks.index[0, h, i, :blocks.full[0, h, i]].tolist()
-            assert set(full) == {j for j in want if j < i}
+    nb = -(-n // bs)
+    for b in range(b_):
+        for h in range(hq):
+            for i in range(nb):
+                first = (i // 4) * 4
+                want = set(range(first, i + 1)) | {0}
+                cands = list(range(first))
+                if cands:
+                    p = torch.softmax(pq[b, h, i] @ pk[b, h // 2, cands].T * 0.125, -1)
+                    mass = 0.0
+                    for j in torch.argsort(p, descending=True).tolist():
+                        if mass >= thr:
+                            break
+                        want.add(cands[j])
+                        mass += float(p[j])
+                assert kept[b][h][i] == want, (b, h, i)
+                # Full blocks (no mask) come first: exactly those before the query block.
+                full = blocks.index[b, h, i, :blocks.full[b, h, i]].tolist()
+                assert full == sorted(j for j in want if j < i)
 
 
 def test_threshold_one_keeps_every_causal_block():

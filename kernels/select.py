@@ -1,0 +1,79 @@
+"""PBS block selection for one query block per program, straight into the compact list.
+
+Each program takes one row of block logits (pooled query vs pooled permuted keys), turns
+the causal candidates outside its own segment into a softmax, keeps the smallest set whose
+mass reaches the threshold (sort descending, cumulative sum; ties with the smallest kept
+probability are kept too), adds the diagonal segment and the sink block, and writes the
+kept key blocks: those whose keys all precede the query block first (no mask needed),
+then the ones needing the causal mask by position. Blocks of the diagonal segment whose
+keys all come after the query block are dropped.
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["N", "NB", "BPS", "BS", "H", "GROUP"])
+def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, threshold,
+                 N, NB, BPS, BS, H, GROUP,
+                 NB_P2: tl.constexpr, KEEP_ALL: tl.constexpr):
+    qb = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    hkv = (pid_bh % H) // GROUP
+    row = pid_bh.to(tl.int64) * NB + qb
+    kb = tl.arange(0, NB_P2)
+    seg_first = (qb // BPS) * BPS
+    outside = kb < seg_first
+    diagonal = (kb >= seg_first) & (kb < seg_first + BPS) & (kb < NB)
+
+    if KEEP_ALL:
+        chosen = outside
+    else:
+        x = tl.load(LOGITS + row * NB + kb, mask=outside, other=float("-inf"))
+        m = tl.max(x, 0)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        p = tl.where(outside, tl.exp(x - m), 0.0)
+        p = p / tl.maximum(tl.sum(p, 0), 1.0e-30)
+        ps = tl.sort(p, descending=True)
+        take = (tl.cumsum(ps, 0) - ps) < threshold
+        p_min = tl.min(tl.where(take, ps, float("inf")), 0)
+        chosen = outside & (p >= p_min)
+
+    kv_row = (b * (H // GROUP) + hkv).to(tl.int64) * NB
+    sink = tl.load(SINK + b * (H // GROUP) + hkv)
+    keep = chosen | diagonal | (kb == sink)
+    kmin = tl.load(KMIN + kv_row + kb, mask=kb < NB, other=2147483647)
+    kmax = tl.load(KMAX + kv_row + kb, mask=kb < NB, other=2147483647)
+    q_lo = qb * BS
+    q_hi = tl.minimum(q_lo + BS, N) - 1
+    is_full = keep & (kmax <= q_lo)
+    is_masked = keep & (kmax > q_lo) & (kmin <= q_hi)
+    n_full = tl.sum(is_full.to(tl.int32), 0)
+    n_masked = tl.sum(is_masked.to(tl.int32), 0)
+    slot_full = tl.cumsum(is_full.to(tl.int32), 0) - 1
+    slot_masked = n_full + tl.cumsum(is_masked.to(tl.int32), 0) - 1
+    tl.store(INDEX + row * NB + slot_full, kb, mask=is_full)
+    tl.store(INDEX + row * NB + slot_masked, kb, mask=is_masked)
+    tl.store(FULL + row, n_full)
+    tl.store(COUNT + row, n_full + n_masked)
+
+
+def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_size, threshold):
+    """Compact kept-block list (count, full, index) from (B, Hq, NB, NB) block logits.
+
+    `logits` may be None when threshold >= 1 (every candidate kept). kmin/kmax: (B, Hkv, NB)
+    int32 position bounds of the permuted key blocks; sink: (B, Hkv) int32 sink block.
+    """
+    B, Hkv, nb = kmin.shape
+    dev = kmin.device
+    count = torch.empty((B, heads, nb), dtype=torch.int32, device=dev)
+    full = torch.empty_like(count)
+    index = torch.empty((B, heads, nb, nb), dtype=torch.int32, device=dev)  # read only up to count
+    nb_p2 = triton.next_power_of_2(nb)
+    keep_all = threshold >= 1.0
+    _select_rows[(nb, B * heads)](
+        kmin if keep_all else logits, kmin, kmax, sink, count, full, index, float(threshold),
+        seqlen, nb, segment_size // block_size, block_size, heads, heads // Hkv,
+        NB_P2=nb_p2, KEEP_ALL=keep_all, num_warps=4 if nb_p2 <= 2048 else 8)
+    return count, full, index
