@@ -40,11 +40,23 @@ def _file_hashes(tdir: str) -> dict:
     return out
 
 
+def kernels_source_hash() -> str:
+    """SHA-256 over the Triton kernel sources: a cache built from other sources is stale."""
+    from . import kernels
+    folder = os.path.dirname(kernels.__file__)
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
 def write_manifest(path: str, entries, earlier_configs=()) -> dict:
     tdir = os.path.join(path, "triton")
     configs = list(earlier_configs) + [c for c in map(_kernel_key, entries) if c not in earlier_configs]
     manifest = dict(triton=str(triton.__version__), torch=str(torch.__version__),
-                    configs=configs, files=_file_hashes(tdir))
+                    kernels=kernels_source_hash(), configs=configs, files=_file_hashes(tdir))
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
     return manifest
@@ -62,6 +74,8 @@ def check(path: str) -> str | None:
         return f"unreadable manifest ({exc})"
     if manifest.get("triton") != triton.__version__:
         return f"built by triton {manifest.get('triton')}, running {triton.__version__}"
+    if manifest.get("kernels") != kernels_source_hash():
+        return "built from other kernel sources"
     actual = _file_hashes(os.path.join(path, "triton"))
     for name, digest in manifest.get("files", {}).items():
         if actual.get(name) != digest:

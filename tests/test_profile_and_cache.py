@@ -98,6 +98,10 @@ def test_cache_manifest_detects_corruption_and_staleness(tmp_path):
     manifest["triton"] = "0.0.1"
     json.dump(manifest, open(os.path.join(path, kernel_cache.MANIFEST), "w"))
     assert "built by triton 0.0.1" in kernel_cache.check(path)
+    manifest["triton"] = kernel_cache.triton.__version__
+    manifest["kernels"] = "0" * 64
+    json.dump(manifest, open(os.path.join(path, kernel_cache.MANIFEST), "w"))
+    assert kernel_cache.check(path) == "built from other kernel sources"
     open(os.path.join(path, kernel_cache.MANIFEST), "w").write("{not json")
     assert "unreadable manifest" in kernel_cache.check(path)
 
