@@ -22,6 +22,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pbs_tune import LaunchConfig, attend, block_list_from_mask, identity_permutation, plan
+from pbs_tune.evaluate import median_ms
 from pbs_tune.metrics import dense_reference, rel_l2
 from pbs_tune.workloads import make_qkv
 
@@ -36,14 +37,7 @@ def parse_len(text):
 
 def bench_ms(fn):
     """Median ms via do_bench, with enough repetitions for slow calls too."""
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    est = (time.perf_counter() - t0) * 1e3
-    return triton.testing.do_bench(fn, warmup=max(25, 2 * est), rep=max(100, 8 * est),
-                                   return_mode="median")
+    return median_ms(fn, on_gpu=True)
 
 
 def env_info():
