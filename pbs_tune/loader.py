@@ -25,6 +25,7 @@ logger = logging.getLogger("pbs_tune")
 ATTN_NAME = "pbs"
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 _stats = collections.Counter()
+_default_profile = None
 _stats_lock = threading.Lock()
 
 
@@ -74,17 +75,20 @@ def _use_kernel_cache(prof, cache_root="cache"):
     _prewarm(entries)
 
 
+_prewarmed = set()
+
+
 def _prewarm(entries):
     """Pay Triton's once-per-process start-up (its own hash, imports, module loads) now,
     at load time, not on the first long prompt: one tiny call per distinct config."""
     from .evaluate import DTYPES
-    seen = set()
     for e in entries:
         p, lc = e["params"], e["launch"]
-        key = (e["dtype"], e["heads"], e["kv_heads"], e["head_dim"], p["block_size"], tuple(lc.values()))
-        if key in seen:
+        key = (e["dtype"], e["heads"], e["kv_heads"], e["head_dim"], p["block_size"], p["segment_size"],
+               p["threshold"] >= 1.0, tuple(sorted(lc.items())))
+        if key in _prewarmed:
             continue
-        seen.add(key)
+        _prewarmed.add(key)
         n = 2 * p["segment_size"]
         q = torch.randn(1, e["heads"], n, e["head_dim"], device="cuda", dtype=DTYPES[e["dtype"]])
         k = torch.randn(1, e["kv_heads"], n, e["head_dim"], device="cuda", dtype=DTYPES[e["dtype"]])
@@ -123,7 +127,7 @@ def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs):
         return "dropout"
     if kwargs.get("sliding_window") or kwargs.get("softcap"):
         return "unsupported_kwargs"
-    if settings.gpu == CPU and q.device.type != "cpu" or settings.gpu != CPU and q.device.type != "cuda":
+    if q.device.type != ("cpu" if settings.gpu == CPU else "cuda"):
         return "device"
     if q.dtype not in _DTYPE_NAMES:
         return "dtype"
@@ -219,8 +223,12 @@ def attention(q, k, v, profile=None, scale=None):
     """PBS causal prefill with the tuned entry for this length; SDPA where PBS does not apply.
 
     Usable without transformers: q (B, Hq, N, D), k/v (B, Hkv, N, D); returns (B, Hq, N, D).
+    Without `profile`, this GPU's profile is loaded once per process.
     """
-    prof = profile if profile is not None else load_profile()
+    global _default_profile
+    if profile is None:
+        _default_profile = _default_profile or load_profile()
+    prof = profile if profile is not None else _default_profile
     if prof.gpu is None:
         prof.gpu = resolve_gpu("auto")
         _use_kernel_cache(prof)
