@@ -143,3 +143,24 @@ def test_capture_records_qkv_that_sweep_can_tune_on(tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert profiles.load(str(tmp_path / "cpu.yaml")).entries[0]["calibration"].startswith("capture:")
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import optuna
+    from pbs_tune import sweep as sweep_mod
+    real = sweep_mod.measure
+    calls = {"n": 0}
+
+    def flaky(cal, cfg, on_gpu):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first call is the reference measurement, then trial 0
+            raise RuntimeError("out of resources: shared memory")
+        return real(cal, cfg, on_gpu=on_gpu)
+    monkeypatch.setattr(sweep_mod, "measure", flaky)
+    res = CliRunner().invoke(main, sweep_args(tmp_path, trials="4"))
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name="cpu-96-2x1x64-float32-diffuse", storage=f"sqlite:///{tmp_path}/study.db")
+    states = [t.state.name for t in study.trials]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") == 3
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert failed.user_attrs["fail_reason"] == "RuntimeError: out of resources: shared memory"
