@@ -116,6 +116,12 @@ def part_e2e(res, lengths, layers, profile_path):
                 row[name.replace("_s", "_error")] = str(exc)[:200]
         with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             ref_logits = model(ids, logits_to_keep=1).logits.float()
+        try:  # how far two dense bf16 backends differ: the tolerance PBS at threshold 1.0 is held to
+            with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                cudnn_logits = model(ids, logits_to_keep=1).logits.float()
+            row["cudnn_vs_flash_logits_rel_diff"] = float((cudnn_logits - ref_logits).norm() / ref_logits.norm())
+        except RuntimeError as exc:
+            row["cudnn_logits_error"] = str(exc)[:200]
         pbs_tune.reset_stats()
         pbs_tune.apply(model, prof)
         row["pbs_s"] = prefill_s(ids)
