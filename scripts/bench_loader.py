@@ -5,6 +5,8 @@ Parts (--parts):
              (empty Triton cache), with it after torch's own warm-up (cached_warm), and the
              steady-state call; kernels compiled are counted as the files Triton writes to its
              cache directory during the call.
+  density    the same model at 32k: Q/K/V of a few layers recorded through AttentionInterface,
+             then the kept density, error and recall of each layer's profile entry on them.
   e2e        a Llama model with Llama-3.1-8B shapes and random weights (built from a config;
              nothing is downloaded): prefill time with SDPA cuDNN, SDPA flash and the tuned
              profile; logits at threshold 1.0 vs SDPA; generate() with the profile applied.
@@ -152,6 +154,45 @@ def part_e2e(res, lengths, layers, profile_path):
     res["e2e"] = rows
 
 
+def part_density(res, n, profile_path, layers=(0, 15, 31)):
+    import pbs_tune
+    from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from pbs_tune.metrics import dense_reference, rel_l2
+
+    cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=500000.0,
+                      max_position_embeddings=131072)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    seen = {}
+
+    def record(module, q, k, v, mask, **kw):
+        if module.layer_idx in layers:
+            seen[module.layer_idx] = (q.contiguous(), k.contiguous(), v.contiguous())
+        return sdpa_attention_forward(module, q, k, v, mask, **kw)
+    AttentionInterface.register("record", record)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("record", sdpa_mask)
+    model.set_attn_implementation("record")
+    with torch.no_grad():
+        model(torch.randint(0, cfg.vocab_size, (1, n), device="cuda"), logits_to_keep=1)
+    del model
+    torch.cuda.empty_cache()
+    entry = pbs_tune.load_profile("auto", profile_path).pick(n, gpu=pbs_tune.gpu.detect_gpu(), heads=32,
+                                                             kv_heads=8, head_dim=128, dtype="bfloat16")
+    p = entry["params"]
+    rows = []
+    for idx, (q, k, v) in sorted(seen.items()):
+        out, blocks = pbs_tune.pbs_attention(q, k, v, block_size=p["block_size"], segment_size=p["segment_size"],
+                                             threshold=p["threshold"], return_blocks=True)
+        rows.append(dict(layer=idx, density=blocks.density(), rel_l2=rel_l2(out, dense_reference(q, k, v))))
+        print(json.dumps(rows[-1]), flush=True)
+    res["density"] = dict(n=n, params=p, layers=rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="firstcall,e2e")
@@ -167,6 +208,8 @@ def main():
     try:
         if "firstcall" in args.parts:
             part_firstcall(res, args.firstcall_len, args.profile)
+        if "density" in args.parts:
+            part_density(res, args.firstcall_len, args.profile)
         if "e2e" in args.parts:
             part_e2e(res, [int(x) for x in args.lengths.split(",")], args.layers, args.profile)
     finally:
