@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import click
-import yaml
 
 from . import profile as profiles
 from .gpu import CPU, device_for, resolve_gpu
@@ -74,8 +73,8 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     Example:
       pbs-tune sweep --gpu h100 --seqlen 32k --seqlen 128k --trials 60
     """
-    from .evaluate import DTYPES, load_calibration
-    from .sweep import (SweepSpec, choose, dense_baselines, objective_for, open_study, pareto_front,
+    from .evaluate import DTYPES, dense_baselines, load_calibration
+    from .sweep import (SweepSpec, choose, objective_for, open_study, pareto_front,
                         profile_entry, reference_measurement, run_trials)
     if not 0.0 < max_error <= 1.0:
         raise ValueError(f"--max-error must be in (0, 1], got {max_error}")

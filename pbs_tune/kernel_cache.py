@@ -97,10 +97,6 @@ def build(gpu: str, entries, root: str = "cache", device: str = "cuda", fresh: b
     Runs the whole op once per entry at its tuned length on random data, so the key-score,
     selection and attend kernels are all compiled exactly as the loader will call them.
     """
-    from .evaluate import DTYPES
-    from .launch import LaunchConfig
-    from .op import pbs_attention
-
     path = cache_dir(gpu, root)
     kept = []
     if fresh:
@@ -115,17 +111,23 @@ def build(gpu: str, entries, root: str = "cache", device: str = "cuda", fresh: b
         if key in seen:
             continue
         seen.add(key)
-        dtype = DTYPES[e["dtype"]]
-        q = torch.randn(1, e["heads"], e["seqlen"], e["head_dim"], device=device, dtype=dtype)
-        k = torch.randn(1, e["kv_heads"], e["seqlen"], e["head_dim"], device=device, dtype=dtype)
-        p = e["params"]
-        pbs_attention(q, k, k, block_size=p["block_size"], segment_size=p["segment_size"],
-                      threshold=p["threshold"], launch=LaunchConfig(**e["launch"]))
-        del q, k
+        run_entry_once(e, e["seqlen"], device)
     _compile_select_buckets(entries, device)
     if device == "cuda":
         torch.cuda.synchronize()
     return write_manifest(path, entries, kept)
+
+
+def run_entry_once(entry, seqlen, device="cuda"):
+    """Run the whole op once, on random data of the entry's shape, with its parameters."""
+    from .evaluate import DTYPES
+    from .launch import LaunchConfig
+    from .op import pbs_attention
+    dtype, p = DTYPES[entry["dtype"]], entry["params"]
+    q = torch.randn(1, entry["heads"], seqlen, entry["head_dim"], device=device, dtype=dtype)
+    k = torch.randn(1, entry["kv_heads"], seqlen, entry["head_dim"], device=device, dtype=dtype)
+    pbs_attention(q, k, k, block_size=p["block_size"], segment_size=p["segment_size"],
+                  threshold=p["threshold"], launch=LaunchConfig(**entry["launch"]))
 
 
 def _compile_select_buckets(entries, device):

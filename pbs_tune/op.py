@@ -62,10 +62,14 @@ def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None):
         launch.check(block_size)
 
 
+def _default_scale(q, scale):
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+
 def attend(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=None, out=None,
            return_lse=False):
     """Stage 3: FlashAttention forward over the kept blocks only."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = _default_scale(q, scale)
     launch = launch or default_launch(blocks.block_size, q.shape[-1])
     return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index,
                          block_size=blocks.block_size, scale=scale, block_m=launch.block_m,
@@ -75,7 +79,7 @@ def attend(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=Non
 
 def plan(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True):
     """Stages 1 and 2: the key permutation and the kept-block list (no attention yet)."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = _default_scale(q, scale)
     if permute:
         perm = permute_keys(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale)
     else:

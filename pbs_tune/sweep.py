@@ -20,7 +20,7 @@ from filelock import FileLock
 from optuna.trial import TrialState
 
 from . import space as search_space
-from .evaluate import Calibration, dense_baselines, measure
+from .evaluate import Calibration, measure
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

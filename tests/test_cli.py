@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from pbs_tune import profile as profiles

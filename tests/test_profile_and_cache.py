@@ -123,3 +123,10 @@ def test_attend_kernel_compiles_ahead_of_time_for_a100_and_h100():
     lines = out.stdout.split("\n")
     assert "80 False True" in lines  # Ampere: mma.sync, no Hopper-only instructions
     assert "90 True False" in lines  # Hopper: wgmma
+
+
+def test_run_entry_once_runs_the_whole_op_for_an_entry():
+    e = dict(gpu="cpu", seqlen=64, heads=2, kv_heads=1, head_dim=64, dtype="float32",
+             params=dict(block_size=16, segment_size=32, threshold=0.8),
+             launch=dict(block_m=16, block_n=16, num_warps=4, num_stages=1))
+    kernel_cache.run_entry_once(e, 50, device="cpu")  # odd length, interpreter: must not raise
