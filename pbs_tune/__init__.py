@@ -1,14 +1,18 @@
-"""pbs-tune: ahead-of-time tuned Permuted Block-Sparse Attention (PBS-Attn) prefill."""
-from .launch import LaunchConfig, default_launch
-from .loader import apply, attention, load_profile, reset_stats, stats
-from .op import attend, check_inputs, pbs_attention, plan
-from .permutation import KeyPermutation, identity_permutation, permute_keys
-from .selection import BlockList, block_list_from_mask, select_blocks
+"""pbs-tune: ahead-of-time tuned Permuted Block-Sparse Attention (PBS-Attn) prefill.
+
+`pbs_attention` is the raw op (three public stages: `permute_keys`, `select_blocks`,
+`attend_blocks`); `tuned_attention` and `apply` run it with this GPU's tuned profile.
+"""
+from .attention.launch_config import LaunchConfig, default_launch
+from .attention.op import attend, attend_blocks, check_inputs, pbs_attention, plan
+from .attention.permutation import KeyPermutation, identity_permutation, permute_keys
+from .attention.selection import BlockList, block_list_from_mask, select_blocks
+from .runtime.loader import apply, attention, load_profile, reset_stats, stats, tuned_attention
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockList", "KeyPermutation", "LaunchConfig", "attend", "block_list_from_mask",
+    "BlockList", "KeyPermutation", "LaunchConfig", "attend", "attend_blocks", "block_list_from_mask",
     "check_inputs", "default_launch", "identity_permutation", "pbs_attention", "permute_keys",
-    "plan", "select_blocks", "apply", "attention", "load_profile", "reset_stats", "stats",
+    "plan", "select_blocks", "apply", "attention", "tuned_attention", "load_profile", "reset_stats", "stats",
 ]

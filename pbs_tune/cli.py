@@ -6,10 +6,10 @@ import sys
 
 import click
 
-from . import profile as profiles
-from .gpu import CPU, device_for, resolve_gpu
+from .runtime import profiles
+from .runtime.gpu import CPU, device_for, resolve_gpu
 from .seqlen import format_length, parse_length
-from .workloads import WORKLOADS
+from .tune.workloads import WORKLOADS
 
 DEFAULT_MAX_ERROR = 0.10
 DEFAULT_STORAGE = "sqlite:///cache/pbs-tune.db"
@@ -73,8 +73,9 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     Example:
       pbs-tune sweep --gpu h100 --seqlen 32k --seqlen 128k --trials 60
     """
-    from .evaluate import DTYPES, dense_baselines, load_calibration
-    from .sweep import (SweepSpec, choose, objective_for, open_study, pareto_front,
+    from .dtypes import torch_dtype
+    from .tune.evaluate import dense_baselines, load_calibration
+    from .tune.sweep import (SweepSpec, choose, objective_for, open_study, pareto_front,
                         profile_entry, reference_measurement, run_trials)
     if not 0.0 < max_error <= 1.0:
         raise ValueError(f"--max-error must be in (0, 1], got {max_error}")
@@ -97,7 +98,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         name = study_prefix if study_prefix and len(seqlens) == 1 else spec.study_name(study_prefix)
         click.echo(f"== {format_length(n)}: study '{name}' in {storage}")
         cal = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
-                               dtype=DTYPES[dtype], device=device_for(gpu), workload=workload,
+                               dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
                                calib_file=calib, seed=seed)
         baselines = dense_baselines(cal, on_gpu=on_gpu)
         reference = reference_measurement(cal, spec, on_gpu)
@@ -127,7 +128,7 @@ class _Progress:
         self.best = None
 
     def __call__(self, study, trial):
-        from .sweep import finished_count
+        from .tune.sweep import finished_count
         rel = trial.user_attrs.get("rel_l2")
         if trial.values and rel is not None and rel <= self.spec.max_error:
             if self.best is None or trial.values[0] < self.best[0]:
@@ -152,16 +153,15 @@ def _print_front(front, max_error):
 
 
 def _entry_line(e):
-    p, m, lc = e["params"], e["measured"], e["launch"]
-    sp = " ".join(f"{k}={v}x" for k, v in e["speedup"].items())
-    return (f"{format_length(e['seqlen'])} block {p['block_size']} seg {p['segment_size']} thr {p['threshold']} "
-            f"launch {lc['block_m']}x{lc['block_n']} w{lc['num_warps']} s{lc['num_stages']}: "
-            f"{m['latency_ms']} ms, err {m['rel_l2']}, recall {m['recall']}, density {m['density']} {sp}")
+    m = e.measured
+    sp = " ".join(f"{k}={v}x" for k, v in e.info.get("speedup", {}).items())
+    return (f"{e.describe()}: {m['latency_ms']} ms, err {m['rel_l2']}, recall {m['recall']}, "
+            f"density {m['density']} {sp}")
 
 
 def _compile_in_fresh_process(gpu, profile_path, cache_root):
     """Kernels already in this process's memory would not be written out: use a new one."""
-    cmd = [sys.executable, "-m", "pbs_tune.cli", "compile", "--gpu", gpu, "--profile", profile_path,
+    cmd = [sys.executable, "-m", "pbs_tune", "compile", "--gpu", gpu, "--profile", profile_path,
            "--cache-root", cache_root]
     if subprocess.run(cmd).returncode:
         raise RuntimeError("building the kernel cache failed (see above); run: " + " ".join(cmd[2:]))
@@ -184,11 +184,11 @@ def show(gpu, profile_path):
     click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>14} "
                f"{'ms':>9} {'rel_l2':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
     for e in prof.entries:
-        p, m, lc, s = e["params"], e.get("measured", {}), e["launch"], e.get("speedup", {})
-        launch = f"{lc['block_m']}x{lc['block_n']} w{lc['num_warps']} s{lc['num_stages']}"
-        shape = f"{e['heads']}/{e['kv_heads']}/{e['head_dim']}"
-        click.echo(f"{format_length(e['seqlen']):>6} {shape:>10} {e['dtype']:>8} "
-                   f"{p['block_size']:>5} {p['segment_size']:>5} {p['threshold']:>5} {launch:>14} "
+        p, m, lc, s = e.params, e.measured, e.launch, e.info.get("speedup", {})
+        launch = f"{lc.block_m}x{lc.block_n} w{lc.num_warps} s{lc.num_stages}"
+        shape = f"{e.heads}/{e.kv_heads}/{e.head_dim}"
+        click.echo(f"{format_length(e.seqlen):>6} {shape:>10} {e.dtype:>8} "
+                   f"{p.block_size:>5} {p.segment_size:>5} {p.threshold:>5} {launch:>14} "
                    f"{m.get('latency_ms', float('nan')):9.3f} {m.get('rel_l2', float('nan')):7.4f} "
                    f"{m.get('recall', float('nan')):7.4f} {m.get('density', float('nan')):5.3f} "
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
@@ -206,12 +206,12 @@ def compile_cmd(gpu, profile_path, cache_root):
     Example:
       pbs-tune compile --gpu h100
     """
-    from .kernel_cache import build
+    from .runtime.kernel_cache import build
     gpu = resolve_gpu(gpu)
     if gpu == CPU:
         raise ValueError("there is nothing to compile for the CPU interpreter")
     prof = profiles.load(profile_path or profiles.default_path(gpu))
-    entries = [e for e in prof.entries if e["gpu"] == gpu]
+    entries = prof.for_gpu(gpu)
     if not entries:
         raise ValueError(f"{prof.path} has no entries for {gpu}")
     manifest = build(gpu, entries, cache_root)
@@ -233,7 +233,7 @@ def report(storage, study_name, out_dir):
     Example:
       pbs-tune report --study h100-32768-32x8x128-bfloat16-mixed
     """
-    from .report import write_study_report
+    from .tune.study_report import write_study_report
     png, md = write_study_report(storage, study_name, out_dir)
     click.echo(f"wrote {png} and {md}")
 
@@ -255,11 +255,11 @@ def capture(model, text_file, seqlen, layers, out_file, dtype):
       pbs-tune capture --model ./Llama-3.1-8B --text book.txt --seqlen 32k --out calib.safetensors
       pbs-tune sweep --gpu h100 --seqlen 32k --calib calib.safetensors
     """
-    from .capture import capture_qkv
+    from .tune.capture import capture_qkv
     layer_ids = [int(x) for x in layers.split(",")] if layers else None
     n = capture_qkv(model, text_file, seqlen, out_file, layers=layer_ids, dtype=dtype)
     click.echo(f"wrote {n} layers of Q/K/V to {out_file}")
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="pbs-tune")

@@ -9,8 +9,9 @@ import torch  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def fresh_seed():
-    """Fresh random inputs every run; the seed is printed so a failure can be replayed."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    """Fresh random inputs every run; the seed is printed so that a failure can be replayed
+    with PBS_TUNE_TEST_SEED=<seed> bash scripts/test.sh <test id>."""
+    seed = int(os.environ.get("PBS_TUNE_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
     torch.manual_seed(seed)
-    print(f"torch seed: {seed}")
+    print(f"torch seed: {seed} (replay: PBS_TUNE_TEST_SEED={seed})")
     return seed

@@ -4,14 +4,8 @@ import torch
 
 def allowed_matrix(blocks, positions, n, group):
     """(B, Hq, N, N) bool over permuted key slots: kept block and original position <= query."""
-    B, Hq, nqb = blocks.count.shape
     bs = blocks.block_size
-    kept = torch.zeros((B, Hq, nqb, nqb), dtype=torch.bool)
-    for b in range(B):
-        for h in range(Hq):
-            for i in range(nqb):
-                c = int(blocks.count[b, h, i])
-                kept[b, h, i, blocks.index[b, h, i, :c].long()] = True
+    kept = blocks.to_dense().cpu()
     tokens = kept.repeat_interleave(bs, dim=2).repeat_interleave(bs, dim=3)[:, :, :n, :n]
     pos = positions.repeat_interleave(group, dim=1).cpu()          # (B, Hq, N)
     causal = pos[:, :, None, :] <= torch.arange(n)[None, None, :, None]

@@ -4,21 +4,17 @@ Dense attention (output and log-sum-exp) is computed once per calibration set an
 by every trial; the dense baselines (SDPA cuDNN and flash) are timed on the same data.
 """
 import math
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ..attention.op import attend_blocks, check_inputs
+from ..attention.permutation import identity_permutation, permute_keys
+from ..attention.selection import block_list_from_mask, select_blocks
+from ..bench.timing import dense_baselines as sdpa_baselines
+from ..bench.timing import median_ms
 from .metrics import dense_reference, recall_from_lse, rel_l2
-from .op import attend, check_inputs
-from .permutation import identity_permutation, permute_keys
-from .selection import block_list_from_mask, select_blocks
 from .workloads import make_qkv
-
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
 
 @dataclass
@@ -33,26 +29,6 @@ class Calibration:
     @property
     def seqlen(self):
         return self.q.shape[2]
-
-
-def median_ms(fn, on_gpu: bool) -> float:
-    """Median latency: do_bench on the GPU; a few wall-clock runs in the interpreter."""
-    if on_gpu:
-        import triton
-        fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        est = (time.perf_counter() - t0) * 1e3
-        return float(triton.testing.do_bench(fn, warmup=max(25, 2 * est), rep=max(100, 6 * est),
-                                             return_mode="median"))
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, workload="mixed",
@@ -96,7 +72,7 @@ def _dense(q, k, v):
     nb = -(-q.shape[2] // bs)
     keep = torch.ones((nb, nb), dtype=torch.bool, device=q.device).tril().expand(q.shape[0], q.shape[1], nb, nb)
     blocks = block_list_from_mask(keep, perm.positions, bs)
-    _, lse = attend(q, perm, blocks, return_lse=True)
+    _, lse = attend_blocks(q, perm, blocks, return_lse=True)
     return dense_reference(q, k, v), lse
 
 
@@ -111,7 +87,7 @@ def measure(cal: Calibration, cfg, *, on_gpu: bool) -> dict:
         perm = permute_keys(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size, scale=scale)
         blocks = select_blocks(q, perm.k, perm.positions, block_size=cfg.block_size,
                                segment_size=cfg.segment_size, threshold=cfg.threshold, scale=scale)
-        return attend(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse), blocks
+        return attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse), blocks
 
     with torch.no_grad():
         (out, lse), blocks = run(return_lse=True)
@@ -122,16 +98,4 @@ def measure(cal: Calibration, cfg, *, on_gpu: bool) -> dict:
 
 def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
     """SDPA cuDNN and flash latency on the calibration data (GPU only)."""
-    if not on_gpu:
-        return {}
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    group = cal.q.shape[1] // cal.k.shape[1]
-    kk, vv = cal.k.repeat_interleave(group, 1), cal.v.repeat_interleave(group, 1)
-    out = {}
-    for name, backend in (("cudnn_ms", SDPBackend.CUDNN_ATTENTION), ("flash_ms", SDPBackend.FLASH_ATTENTION)):
-        try:
-            with sdpa_kernel(backend), torch.no_grad():
-                out[name] = median_ms(lambda: F.scaled_dot_product_attention(cal.q, kk, vv, is_causal=True), True)
-        except RuntimeError as exc:  # backend unavailable for this dtype/GPU
-            out[name.replace("_ms", "_error")] = str(exc)[:200]
-    return out
+    return sdpa_baselines(cal.q, cal.k, cal.v, on_gpu=on_gpu)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import pbs_tune
-from pbs_tune import profile as profiles
+from pbs_tune.runtime import profiles
 
 transformers = pytest.importorskip("transformers")
 
@@ -46,7 +46,7 @@ def test_apply_at_threshold_one_matches_sdpa_and_decode_falls_back(tmp_path):
     assert pbs_tune.stats() == {"pbs": 2}
     pbs_tune.reset_stats()
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=3, do_sample=False)
+        out = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert out.shape == (1, 73)
     s = pbs_tune.stats()
     assert s["pbs"] == 2 and s["fallback:decode"] == 4  # 2 layers x 2 decode steps
@@ -68,9 +68,9 @@ def test_profile_selection_by_length_and_dense_layer(tmp_path):
     prof = pbs_tune.load_profile("auto", path)
     shape = dict(gpu="cpu", heads=2, kv_heads=1, head_dim=64, dtype="float32")
     assert prof.pick(31, **shape) is None
-    assert prof.pick(32, **shape)["params"]["threshold"] == 0.5
-    assert prof.pick(127, **shape)["params"]["threshold"] == 0.7
-    assert prof.pick(10_000, **shape)["params"]["threshold"] == 0.9
+    assert prof.pick(32, **shape).params.threshold == 0.5
+    assert prof.pick(127, **shape).params.threshold == 0.7
+    assert prof.pick(10_000, **shape).params.threshold == 0.9
     model = pbs_tune.apply(tiny_llama(), prof)
     with torch.no_grad():
         model(torch.randint(0, 97, (1, 100)))

@@ -12,6 +12,8 @@ import shutil
 import torch
 import triton
 
+from ..dtypes import torch_dtype
+
 MANIFEST = "manifest.json"
 
 
@@ -42,7 +44,7 @@ def _file_hashes(tdir: str) -> dict:
 
 def kernels_source_hash() -> str:
     """SHA-256 over the Triton kernel sources: a cache built from other sources is stale."""
-    from . import kernels
+    from .. import kernels
     folder = os.path.dirname(kernels.__file__)
     digest = hashlib.sha256()
     for name in sorted(os.listdir(folder)):
@@ -54,7 +56,7 @@ def kernels_source_hash() -> str:
 
 def write_manifest(path: str, entries, earlier_configs=()) -> dict:
     tdir = os.path.join(path, "triton")
-    configs = list(earlier_configs) + [c for c in map(_kernel_key, entries) if c not in earlier_configs]
+    configs = list(earlier_configs) + [c for c in _kernel_keys(entries) if c not in earlier_configs]
     manifest = dict(triton=str(triton.__version__), torch=str(torch.__version__),
                     kernels=kernels_source_hash(), configs=configs, files=_file_hashes(tdir))
     with open(os.path.join(path, MANIFEST), "w") as f:
@@ -83,12 +85,16 @@ def check(path: str) -> str | None:
     return None
 
 
-def _kernel_key(entry) -> dict:
-    """What the compiled kernels of an entry depend on (lengths only through the block count)."""
-    nb = -(-entry["seqlen"] // entry["params"]["block_size"])
-    return dict(dtype=entry["dtype"], heads=entry["heads"], kv_heads=entry["kv_heads"],
-                head_dim=entry["head_dim"], nb_pow2=1 << (nb - 1).bit_length(),
-                dense_threshold=entry["params"]["threshold"] >= 1.0, **entry["params"], **entry["launch"])
+def _kernel_keys(entries) -> list:
+    """Every entry's kernel identities (ProfileEntry.kernel_key), as JSON-ready dicts."""
+    keys = []
+    for e in entries:
+        for k in e.kernel_keys():
+            d = dict(dtype=k.dtype, head_dim=k.head_dim, block_size=k.block_size, keep_all=k.keep_all,
+                     **k.launch.as_dict())
+            if d not in keys:
+                keys.append(d)
+    return keys
 
 
 def build(gpu: str, entries, root: str = "cache", device: str = "cuda", fresh: bool = True) -> dict:
@@ -107,49 +113,52 @@ def build(gpu: str, entries, root: str = "cache", device: str = "cuda", fresh: b
     point_triton_at(path)
     seen = set()
     for e in entries:
-        key = json.dumps({k: v for k, v in _kernel_key(e).items() if k != "threshold"}, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        run_entry_once(e, e["seqlen"], device)
+        for params, launch in e.configs():
+            key = (e.dtype, e.heads, e.kv_heads, e.head_dim, params.block_size, params.threshold >= 1.0, launch)
+            if key not in seen:
+                seen.add(key)
+                run_config_once(e, params, launch, e.seqlen, device)
     _compile_select_buckets(entries, device)
     if device == "cuda":
         torch.cuda.synchronize()
     return write_manifest(path, entries, kept)
 
 
+def run_config_once(entry, params, launch, seqlen, device="cuda"):
+    """Run the whole op once, on random data of the entry's shape, with one of its configs."""
+    from ..attention.op import pbs_attention
+    dtype = torch_dtype(entry.dtype)
+    q = torch.randn(1, entry.heads, seqlen, entry.head_dim, device=device, dtype=dtype)
+    k = torch.randn(1, entry.kv_heads, seqlen, entry.head_dim, device=device, dtype=dtype)
+    pbs_attention(q, k, k, block_size=params.block_size, segment_size=params.segment_size,
+                  threshold=params.threshold, launch=launch)
+
+
 def run_entry_once(entry, seqlen, device="cuda"):
-    """Run the whole op once, on random data of the entry's shape, with its parameters."""
-    from .evaluate import DTYPES
-    from .launch import LaunchConfig
-    from .op import pbs_attention
-    dtype, p = DTYPES[entry["dtype"]], entry["params"]
-    q = torch.randn(1, entry["heads"], seqlen, entry["head_dim"], device=device, dtype=dtype)
-    k = torch.randn(1, entry["kv_heads"], seqlen, entry["head_dim"], device=device, dtype=dtype)
-    pbs_attention(q, k, k, block_size=p["block_size"], segment_size=p["segment_size"],
-                  threshold=p["threshold"], launch=LaunchConfig(**entry["launch"]))
+    """Run the whole op once with the entry's own config."""
+    run_config_once(entry, entry.params, entry.launch, seqlen, device)
 
 
 def _compile_select_buckets(entries, device):
     """An entry serves prompts up to the next tuned length (the last one up to 4x its own);
     the selection kernel is compiled per power-of-two block count, so cover that range."""
-    from .kernels.select import select_rows
-    lengths = sorted({e["seqlen"] for e in entries})
+    from ..kernels.block_select import select_rows
+    lengths = sorted({e.seqlen for e in entries})
     for e in entries:
-        bs = e["params"]["block_size"]
-        longer = [n for n in lengths if n > e["seqlen"]]
-        top = -(-((longer[0] - 1) if longer else 4 * e["seqlen"]) // bs)
-        nb = 1 << (-(-e["seqlen"] // bs) - 1).bit_length()
-        while True:
-            group = e["heads"] // e["kv_heads"]  # one KV head: the kernel is not specialised on counts
-            kb = torch.zeros((1, 1, nb), dtype=torch.int32, device=device)
-            logits = torch.zeros((1, group, nb, nb), dtype=torch.float32, device=device)
-            select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs,
-                        block_size=bs, segment_size=e["params"]["segment_size"],
-                        threshold=e["params"]["threshold"])
-            if nb >= top:
-                break
-            nb *= 2
+        for params, _ in e.configs():
+            bs = params.block_size
+            longer = [n for n in lengths if n > e.seqlen]
+            top = -(-((longer[0] - 1) if longer else 4 * e.seqlen) // bs)
+            nb = 1 << (-(-e.seqlen // bs) - 1).bit_length()
+            while True:
+                group = e.heads // e.kv_heads  # one KV head: the kernel is not specialised on counts
+                kb = torch.zeros((1, 1, nb), dtype=torch.int32, device=device)
+                logits = torch.zeros((1, group, nb, nb), dtype=torch.float32, device=device)
+                select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs,
+                            block_size=bs, segment_size=params.segment_size, threshold=params.threshold)
+                if nb >= top:
+                    break
+                nb *= 2
 
 
 _ensured = set()
@@ -162,7 +171,7 @@ def ensure(gpu: str, entries, root: str = "cache", device: str = "cuda") -> str 
     it (logged by the caller: that is the one time the run compiles). Checked once per process.
     """
     path = cache_dir(gpu, root)
-    memo = (os.path.abspath(path), tuple(sorted(json.dumps(_kernel_key(e), sort_keys=True) for e in entries)))
+    memo = (os.path.abspath(path), tuple(sorted(json.dumps(k, sort_keys=True) for k in _kernel_keys(entries))))
     if memo in _ensured:
         point_triton_at(path)
         return None
@@ -172,7 +181,7 @@ def ensure(gpu: str, entries, root: str = "cache", device: str = "cuda") -> str 
     else:
         with open(os.path.join(path, MANIFEST)) as f:
             have = json.load(f).get("configs", [])
-        missing = [e for e in entries if _kernel_key(e) not in have]
+        missing = [e for e in entries if any(k not in have for k in _kernel_keys([e]))]
         if missing:
             problem = f"{len(missing)} config(s) were not compiled yet"
             build(gpu, missing, root, device, fresh=False)

@@ -19,6 +19,8 @@ from optuna.study import MaxTrialsCallback
 from filelock import FileLock
 from optuna.trial import TrialState
 
+from ..attention.launch_config import LaunchConfig
+from ..runtime.profiles import PbsParams, ProfileEntry
 from . import space as search_space
 from .evaluate import Calibration, measure
 
@@ -163,31 +165,33 @@ def choose(study, max_error):
     return min(ok, key=lambda t: t.values[0]) if ok else None
 
 
-def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_name: str, source: str) -> dict:
+def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_name: str,
+                  source: str) -> ProfileEntry:
     cfg = trial.user_attrs["config"]
     lat = trial.values[0]
-    entry = dict(
-        gpu=spec.gpu, seqlen=spec.seqlen, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
-        dtype=spec.dtype,
-        params=dict(block_size=cfg["block_size"], segment_size=cfg["segment_size"], threshold=cfg["threshold"]),
-        launch=cfg["launch"],
-        measured=dict(latency_ms=round(lat, 4), rel_l2=round(trial.user_attrs["rel_l2"], 5),
-                      recall=round(trial.user_attrs["recall"], 5), density=round(trial.user_attrs["density"], 4)),
-        baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
-        reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
-        speedup={},
-        max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
-        versions=dict(torch=str(torch.__version__), triton=str(triton.__version__), optuna=str(optuna.__version__)),
-        date=_dt.date.today().isoformat(),
-    )
+    speedup = {}
     for name, base in (("vs_cudnn", baselines.get("cudnn_ms")), ("vs_flash", baselines.get("flash_ms")),
                        ("vs_reference", reference.get("latency_ms"))):
         if base:
-            entry["speedup"][name] = round(base / lat, 3)
+            speedup[name] = round(base / lat, 3)
     dense = [v for k, v in baselines.items() if k.endswith("_ms")]
-    # The loader runs dense SDPA where it beats the best sparse config at this length.
-    entry["dense_faster"] = bool(dense) and min(dense) < lat
-    return entry
+    return ProfileEntry(
+        gpu=spec.gpu, seqlen=spec.seqlen, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
+        dtype=spec.dtype,
+        params=PbsParams(cfg["block_size"], cfg["segment_size"], cfg["threshold"]),
+        launch=LaunchConfig(**cfg["launch"]),
+        # The loader runs dense SDPA where it beats the best sparse config at this length.
+        dense_faster=bool(dense) and min(dense) < lat,
+        measured=dict(latency_ms=round(lat, 4), rel_l2=round(trial.user_attrs["rel_l2"], 5),
+                      recall=round(trial.user_attrs["recall"], 5), density=round(trial.user_attrs["density"], 4)),
+        info=dict(
+            baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
+            reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
+            speedup=speedup, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
+            versions=dict(torch=str(torch.__version__), triton=str(triton.__version__),
+                          optuna=str(optuna.__version__)),
+            date=_dt.date.today().isoformat()),
+    )
 
 
 def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool) -> dict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels.key_scores import key_scores
+from ..kernels.key_scores import key_scores
 
 
 @dataclass

@@ -4,8 +4,8 @@ import os
 
 import torch
 
-from .kernels import attend_launch
-from .launch import LaunchConfig, default_launch
+from ..kernels import attend_launch
+from .launch_config import LaunchConfig, default_launch
 from .permutation import KeyPermutation, identity_permutation, permute_keys
 from .selection import BlockList, select_blocks
 
@@ -62,14 +62,14 @@ def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None):
         launch.check(block_size)
 
 
-def _default_scale(q, scale):
+def default_scale(q, scale):
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
 
-def attend(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=None, out=None,
-           return_lse=False):
+def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=None, out=None,
+                  return_lse=False):
     """Stage 3: FlashAttention forward over the kept blocks only."""
-    scale = _default_scale(q, scale)
+    scale = default_scale(q, scale)
     launch = launch or default_launch(blocks.block_size, q.shape[-1])
     return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index,
                          block_size=blocks.block_size, scale=scale, block_m=launch.block_m,
@@ -79,7 +79,7 @@ def attend(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=Non
 
 def plan(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True):
     """Stages 1 and 2: the key permutation and the kept-block list (no attention yet)."""
-    scale = _default_scale(q, scale)
+    scale = default_scale(q, scale)
     if permute:
         perm = permute_keys(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale)
     else:
@@ -87,6 +87,9 @@ def plan(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=Tr
     blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size,
                            segment_size=segment_size, threshold=threshold, scale=scale)
     return perm, blocks
+
+
+attend = attend_blocks  # the name of earlier releases
 
 
 def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, scale=None,
@@ -102,5 +105,5 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
     with torch.no_grad():
         perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size,
                             threshold=float(threshold), scale=scale, permute=permute)
-        out = attend(q, perm, blocks, launch=launch, scale=scale)
+        out = attend_blocks(q, perm, blocks, launch=launch, scale=scale)
     return (out, blocks) if return_blocks else out

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from .launch import LaunchConfig, default_launch
+from ..attention.launch_config import LaunchConfig, default_launch
 
 GPU_SPACE = dict(block_size=(64, 128), blocks_per_segment=(2, 4, 8, 16), threshold=(0.6, 0.99),
                  split=(1, 2), num_warps=(4, 8), num_stages=(2, 3, 4))
@@ -29,11 +29,6 @@ class TrialConfig:
     def as_dict(self):
         return dict(block_size=self.block_size, segment_size=self.segment_size,
                     threshold=round(float(self.threshold), 4), launch=self.launch.as_dict())
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(int(d["block_size"]), int(d["segment_size"]), float(d["threshold"]),
-                   LaunchConfig(**d["launch"]))
 
 
 def reference_config(head_dim, seqlen=None, cpu=False):

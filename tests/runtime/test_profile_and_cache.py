@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from pbs_tune import kernel_cache
-from pbs_tune import profile as profiles
+from pbs_tune.runtime import kernel_cache
+from pbs_tune.runtime import profiles
 
 
 def entry(seqlen, gpu="h100", thr=0.9):
@@ -23,9 +23,8 @@ def test_merge_adds_and_replaces_by_key(tmp_path):
     profiles.merge_entries(path, [entry(32768), entry(8192)])
     profiles.merge_entries(path, [entry(32768, thr=0.8), entry(131072)])
     prof = profiles.load(path)
-    assert [e["seqlen"] for e in prof.entries] == [8192, 32768, 131072]
-    assert prof.pick(40000, gpu="h100", heads=32, kv_heads=8, head_dim=128, dtype="bfloat16")["params"][
-        "threshold"] == 0.8
+    assert [e.seqlen for e in prof.entries] == [8192, 32768, 131072]
+    assert prof.pick(40000, gpu="h100", heads=32, kv_heads=8, head_dim=128, dtype="bfloat16").params.threshold == 0.8
     assert yaml.safe_load(open(path))["schema_version"] == profiles.SCHEMA_VERSION
 
 
@@ -40,7 +39,7 @@ def test_concurrent_writers_lose_no_entry(tmp_path):
         p.start()
     for p in procs:
         p.join(60)
-    assert sorted(e["seqlen"] for e in profiles.load(path).entries) == [1024, 2048, 3072, 4096]
+    assert sorted(e.seqlen for e in profiles.load(path).entries) == [1024, 2048, 3072, 4096]
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
@@ -83,7 +82,7 @@ def _fake_cache(root):
     os.makedirs(os.path.join(path, "triton", "abc"))
     with open(os.path.join(path, "triton", "abc", "_attend_fwd.cubin"), "wb") as f:
         f.write(os.urandom(64))
-    kernel_cache.write_manifest(path, [entry(8192)])
+    kernel_cache.write_manifest(path, [profiles.ProfileEntry.from_dict(entry(8192))])
     return path
 
 
@@ -129,4 +128,4 @@ def test_run_entry_once_runs_the_whole_op_for_an_entry():
     e = dict(gpu="cpu", seqlen=64, heads=2, kv_heads=1, head_dim=64, dtype="float32",
              params=dict(block_size=16, segment_size=32, threshold=0.8),
              launch=dict(block_m=16, block_n=16, num_warps=4, num_stages=1))
-    kernel_cache.run_entry_once(e, 50, device="cpu")  # odd length, interpreter: must not raise
+    kernel_cache.run_entry_once(profiles.ProfileEntry.from_dict(e), 50, device="cpu")  # odd length, interpreter: must not raise

@@ -14,16 +14,15 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from ..attention.op import pbs_attention
+from ..dtypes import NAME_OF as _DTYPE_NAMES
+from ..seqlen import format_length
 from . import kernel_cache
-from . import profile as profiles
+from . import profiles
 from .gpu import CPU, resolve_gpu
-from .launch import LaunchConfig
-from .op import pbs_attention
-from .seqlen import format_length
 
 logger = logging.getLogger("pbs_tune")
 ATTN_NAME = "pbs"
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 _stats = collections.Counter()
 _default_profile = None
 _stats_lock = threading.Lock()
@@ -56,7 +55,7 @@ def load_profile(gpu: str = "auto", path: str | None = None) -> profiles.Profile
             raise
         raise profiles.ProfileError(f"no tuned profile for {gpu} at {path}; make one with: "
                                     f"pbs-tune sweep --gpu {gpu} --seqlen 32k --seqlen 128k") from None
-    if not any(e["gpu"] == gpu for e in prof.entries):
+    if not prof.for_gpu(gpu):
         raise profiles.ProfileError(f"{path} has no entries for {gpu}; make them with: "
                                     f"pbs-tune sweep --gpu {gpu} --seqlen 32k --profile {path}")
     prof.gpu = gpu
@@ -68,7 +67,7 @@ def _use_kernel_cache(prof, cache_root="cache"):
     """Point Triton at cache/<gpu>/ (rebuilt if stale or corrupted) before any kernel runs."""
     if prof.gpu == CPU:
         return
-    entries = _shape_entries(prof, prof.gpu)
+    entries = prof.for_gpu(prof.gpu)
     problem = kernel_cache.ensure(prof.gpu, entries, cache_root)
     if problem:
         logger.warning("pbs_tune: kernel cache under %s/%s: %s; compiled now", cache_root, prof.gpu, problem)
@@ -82,13 +81,13 @@ def _prewarm(entries):
     """Pay Triton's once-per-process start-up (its own hash, imports, module loads) now,
     at load time, not on the first long prompt: one tiny call per distinct config."""
     for e in entries:
-        p, lc = e["params"], e["launch"]
-        key = (e["dtype"], e["heads"], e["kv_heads"], e["head_dim"], p["block_size"], p["segment_size"],
-               p["threshold"] >= 1.0, tuple(sorted(lc.items())))
-        if key in _prewarmed:
-            continue
-        _prewarmed.add(key)
-        kernel_cache.run_entry_once(e, 2 * p["segment_size"])
+        for params, launch in e.configs():
+            key = (e.dtype, e.heads, e.kv_heads, e.head_dim, params.block_size, params.segment_size,
+                   params.threshold >= 1.0, launch)
+            if key in _prewarmed:
+                continue
+            _prewarmed.add(key)
+            kernel_cache.run_config_once(e, params, launch, 2 * params.segment_size)
     torch.cuda.synchronize()
 
 
@@ -99,17 +98,6 @@ class _Settings:
         self.profile = prof
         self.gpu = prof.gpu
         self.min_seqlen = min_seqlen
-
-
-def _entry_config(entry, layer_idx):
-    """(block_size, segment_size, threshold, LaunchConfig), or None when the layer stays dense."""
-    layers = entry.get("layers") or {}
-    override = layers.get(str(layer_idx), layers.get(layer_idx))
-    src = entry if override is None else override
-    if src == "dense":
-        return None
-    p = src["params"]
-    return p["block_size"], p["segment_size"], p["threshold"], LaunchConfig(**src["launch"])
 
 
 def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs):
@@ -144,16 +132,17 @@ def _run(settings, q, k, v, scale, layer_idx, sdpa):
         logger.debug("pbs_tune: no profile entry for shape %s dtype %s at %d tokens; using SDPA",
                      tuple(q.shape), q.dtype, q.shape[2])
         return sdpa()
-    if entry.get("dense_faster"):
+    if entry.dense_faster:
         _count("fallback:dense_faster")
         return sdpa()
-    cfg = _entry_config(entry, layer_idx)
+    cfg = entry.config_for_layer(layer_idx)
     if cfg is None:
         _count("fallback:dense_layer")
         return sdpa()
-    bs, seg, thr, launch = cfg
+    params, launch = cfg
     _count("pbs")
-    return pbs_attention(q, k, v, block_size=bs, segment_size=seg, threshold=thr, launch=launch, scale=scale)
+    return pbs_attention(q, k, v, block_size=params.block_size, segment_size=params.segment_size,
+                         threshold=params.threshold, launch=launch, scale=scale)
 
 
 def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -185,18 +174,14 @@ def _register():
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, sdpa_mask)
 
 
-def _shape_entries(prof, gpu):
-    return [e for e in prof.entries if e["gpu"] == gpu]
-
-
 def apply(model, profile=None, min_seqlen=None, cache_root="cache"):
     """Switch a transformers model to PBS attention with a tuned profile; returns the model."""
     prof = profile if profile is not None else load_profile()
     prof.gpu = prof.gpu or resolve_gpu("auto")
-    entries = _shape_entries(prof, prof.gpu)
+    entries = prof.for_gpu(prof.gpu)
     if not entries:
         raise profiles.ProfileError(f"{prof.path} has no entries for {prof.gpu}; run: pbs-tune sweep --gpu {prof.gpu}")
-    smallest = min(e["seqlen"] for e in entries)
+    smallest = min(e.seqlen for e in entries)
     min_seqlen = max(smallest, min_seqlen or 0)
     _use_kernel_cache(prof, cache_root)
     _register()
@@ -214,7 +199,7 @@ def apply(model, profile=None, min_seqlen=None, cache_root="cache"):
     return model
 
 
-def attention(q, k, v, profile=None, scale=None):
+def tuned_attention(q, k, v, profile=None, scale=None):
     """PBS causal prefill with the tuned entry for this length; SDPA where PBS does not apply.
 
     Usable without transformers: q (B, Hq, N, D), k/v (B, Hkv, N, D); returns (B, Hq, N, D).
@@ -227,7 +212,7 @@ def attention(q, k, v, profile=None, scale=None):
     if prof.gpu is None:
         prof.gpu = resolve_gpu("auto")
         _use_kernel_cache(prof)
-    smallest = min((e["seqlen"] for e in _shape_entries(prof, prof.gpu)), default=None)
+    smallest = min((e.seqlen for e in prof.for_gpu(prof.gpu)), default=None)
     settings = _Settings(prof, smallest if smallest is not None else float("inf"))
 
     def sdpa():
@@ -239,3 +224,6 @@ def attention(q, k, v, profile=None, scale=None):
         _count(f"fallback:{reason}")
         return sdpa()
     return _run(settings, q, k, v, scale, None, sdpa)
+
+
+attention = tuned_attention  # the name of earlier releases

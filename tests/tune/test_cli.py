@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from pbs_tune import profile as profiles
+from pbs_tune.runtime import profiles
 from pbs_tune.cli import main
 
 TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "64", "--dtype", "float32", "--workload", "diffuse",
@@ -25,6 +25,8 @@ def finished_trials(tmp_path):
     con = sqlite3.connect(tmp_path / "study.db")
     try:
         return con.execute("select number, state from trials").fetchall()
+    except sqlite3.OperationalError:  # the worker has not created the schema yet
+        return []
     finally:
         con.close()
 
@@ -60,11 +62,11 @@ def test_tiny_sweep_writes_a_valid_profile_and_show_prints_it(tmp_path):
     assert res.exit_code == 0, res.output
     prof = profiles.load(str(tmp_path / "cpu.yaml"))
     (e,) = prof.entries
-    assert (e["gpu"], e["seqlen"], e["heads"], e["kv_heads"], e["head_dim"], e["dtype"]) == \
+    assert (e.gpu, e.seqlen, e.heads, e.kv_heads, e.head_dim, e.dtype) == \
         ("cpu", 96, 2, 1, 64, "float32")
-    assert e["params"]["segment_size"] % e["params"]["block_size"] == 0
-    assert 0 <= e["measured"]["rel_l2"] <= 0.9 and 0 < e["measured"]["recall"] <= 1.0
-    assert "latency_ms" in e["reference"] and e["speedup"]["vs_reference"] > 0
+    assert e.params.segment_size % e.params.block_size == 0
+    assert 0 <= e.measured["rel_l2"] <= 0.9 and 0 < e.measured["recall"] <= 1.0
+    assert "latency_ms" in e.info["reference"] and e.info["speedup"]["vs_reference"] > 0
     assert len([t for t in finished_trials(tmp_path) if t[1] == "COMPLETE"]) == 4
     shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
     assert shown.exit_code == 0 and "96" in shown.output
@@ -141,12 +143,12 @@ def test_capture_records_qkv_that_sweep_can_tune_on(tmp_path):
     args = [a for a in sweep_args(tmp_path, "--calib", str(calib)) if a not in ("--workload", "diffuse")]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    assert profiles.load(str(tmp_path / "cpu.yaml")).entries[0]["calibration"].startswith("capture:")
+    assert profiles.load(str(tmp_path / "cpu.yaml")).entries[0].info["calibration"].startswith("capture:")
 
 
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path, monkeypatch):
     import optuna
-    from pbs_tune import sweep as sweep_mod
+    from pbs_tune.tune import sweep as sweep_mod
     real = sweep_mod.measure
     calls = {"n": 0}
 

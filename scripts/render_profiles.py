@@ -1,6 +1,6 @@
 """Render the tuned profiles into a markdown table and a PNG plot, and put the table in README.
 
-Usage: python scripts/report.py [configs/h100.yaml configs/h200.yaml ...]
+Usage: python scripts/render_profiles.py [configs/h100-sxm.yaml configs/h200-sxm.yaml ...]
 Writes benchmarks/results/report.md and benchmarks/results/report.png, and replaces the
 text between the report markers in README.md.
 """
@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from pbs_tune import profile as profiles  # noqa: E402
+from pbs_tune.runtime import profiles  # noqa: E402
+from pbs_tune.runtime.profiles import describe_config  # noqa: E402
 from pbs_tune.seqlen import format_length  # noqa: E402
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
@@ -22,22 +22,20 @@ START, END = "<!-- report:start -->", "<!-- report:end -->"
 
 def table(entries):
     e0 = entries[0]
-    v = e0["versions"]
-    lines = [f"**{e0['gpu'].upper()}** — {e0['heads']}/{e0['kv_heads']} heads, D {e0['head_dim']}, {e0['dtype']}, "
-             f"workload `{e0['calibration']}`, error bound {e0['max_error']}; torch {v['torch']}, "
-             f"triton {v['triton']}, {e0['date']}", "",
+    v = e0.info["versions"]
+    lines = [f"**{e0.gpu.upper()}** — {e0.heads}/{e0.kv_heads} heads, D {e0.head_dim}, {e0.dtype}, "
+             f"workload `{e0.info['calibration']}`, error bound {e0.info['max_error']}; torch {v['torch']}, "
+             f"triton {v['triton']}, {e0.info['date']}", "",
              "| length | SDPA cuDNN ms | SDPA flash ms | reference ms (err, density) | tuned ms (err, density) "
              "| tuned config | × cuDNN | × flash | × reference |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
-        b, r, m, p, lc, s = e["baselines"], e["reference"], e["measured"], e["params"], e["launch"], e["speedup"]
-        cfg = (f"b{p['block_size']} s{p['segment_size']} τ{p['threshold']:.3g} "
-               f"{lc['block_m']}x{lc['block_n']}w{lc['num_warps']}s{lc['num_stages']}")
-        note = " (dense faster: loader uses SDPA)" if e.get("dense_faster") else ""
+        b, r, m, s = e.info["baselines"], e.info["reference"], e.measured, e.info["speedup"]
+        note = " (dense faster: loader uses SDPA)" if e.dense_faster else ""
         lines.append(
-            f"| {format_length(e['seqlen'])} | {b.get('cudnn_ms', float('nan')):.2f} | {b.get('flash_ms', float('nan')):.2f} "
+            f"| {format_length(e.seqlen)} | {b.get('cudnn_ms', float('nan')):.2f} | {b.get('flash_ms', float('nan')):.2f} "
             f"| {r['latency_ms']:.2f} ({r['rel_l2']:.3f}, {r['density']:.2f}) "
-            f"| {m['latency_ms']:.2f} ({m['rel_l2']:.3f}, {m['density']:.2f}) | {cfg}{note} "
+            f"| {m['latency_ms']:.2f} ({m['rel_l2']:.3f}, {m['density']:.2f}) | {describe_config(e.params, e.launch)}{note} "
             f"| {s.get('vs_cudnn', float('nan')):.2f} | {s.get('vs_flash', float('nan')):.2f} "
             f"| {s.get('vs_reference', float('nan')):.2f} |")
     return "\n".join(lines)
@@ -46,11 +44,11 @@ def table(entries):
 def plot(groups, path):
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
     for ax, (gpu, entries) in zip(axes[0], groups):
-        n = [e["seqlen"] for e in entries]
-        series = {"SDPA cuDNN": [e["baselines"].get("cudnn_ms") for e in entries],
-                  "SDPA flash": [e["baselines"].get("flash_ms") for e in entries],
-                  "PBS reference (b128 s256 τ0.9)": [e["reference"]["latency_ms"] for e in entries],
-                  "PBS tuned": [e["measured"]["latency_ms"] for e in entries]}
+        n = [e.seqlen for e in entries]
+        series = {"SDPA cuDNN": [e.info["baselines"].get("cudnn_ms") for e in entries],
+                  "SDPA flash": [e.info["baselines"].get("flash_ms") for e in entries],
+                  "PBS reference (b128 s256 τ0.9)": [e.info["reference"]["latency_ms"] for e in entries],
+                  "PBS tuned": [e.measured["latency_ms"] for e in entries]}
         for label, ys in series.items():
             ax.plot(n, ys, "o-", label=label)
         ax.set_xscale("log", base=2)
@@ -72,8 +70,8 @@ def main(paths):
         prof = profiles.load(path)
         by_gpu = {}
         for e in prof.entries:
-            by_gpu.setdefault(e["gpu"], []).append(e)
-        groups += [(gpu, sorted(es, key=lambda e: e["seqlen"])) for gpu, es in sorted(by_gpu.items())]
+            by_gpu.setdefault(e.gpu, []).append(e)
+        groups += [(gpu, sorted(es, key=lambda e: e.seqlen)) for gpu, es in sorted(by_gpu.items())]
     os.makedirs("benchmarks/results", exist_ok=True)
     md = "\n\n".join(table(es) for _, es in groups)
     md += "\n\n![latency per length](benchmarks/results/report.png)\n"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels.select import select_rows
+from ..kernels.block_select import select_rows
 
 _FULL, _MASKED, _SKIP = 0, 1, 2
 
@@ -34,6 +34,40 @@ class BlockList:
         """Kept blocks over causal blocks (kb <= qb in the original block grid)."""
         B, H, nqb = self.count.shape
         return self.kept_blocks() / (B * H * nqb * (nqb + 1) / 2)
+
+    def to_dense(self) -> torch.Tensor:
+        """(B, Hq, NQB, NKB) bool: which key blocks each query block keeps."""
+        B, H, nqb = self.count.shape
+        cols = torch.arange(self.index.shape[-1], device=self.count.device)
+        valid = cols < self.count[..., None]
+        kept = torch.zeros((B, H, nqb, nqb + 1), dtype=torch.bool, device=self.count.device)
+        kept.scatter_(-1, torch.where(valid, self.index.long(), nqb), True)  # unused slots -> spare column
+        return kept[..., :nqb]
+
+    def to_flex_block_mask(self, positions, seqlen):
+        """The same kept blocks and causal-by-position masking as a FlexAttention BlockMask."""
+        import inspect
+
+        from torch.nn.attention.flex_attention import BlockMask
+        B, H, nqb = self.count.shape
+        group = H // positions.shape[1]
+        full_idx = torch.zeros((B, H, nqb, nqb), dtype=torch.int32, device=self.count.device)
+        full_idx[..., :self.index.shape[-1]] = self.index
+        shift = torch.arange(nqb, device=full_idx.device) + self.full[..., None].long()
+        partial_idx = torch.gather(full_idx, -1, shift.clamp(max=nqb - 1))
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return positions[b, h // group, kv_idx] <= q_idx
+
+        kwargs = {}
+        params = inspect.signature(BlockMask.from_kv_blocks).parameters
+        if "seq_lengths" in params:
+            kwargs["seq_lengths"] = (seqlen, seqlen)
+        if "compute_q_blocks" in params:
+            kwargs["compute_q_blocks"] = False
+        return BlockMask.from_kv_blocks((self.count - self.full).contiguous(), partial_idx.contiguous(),
+                                        self.full.contiguous(), full_idx.contiguous(),
+                                        BLOCK_SIZE=self.block_size, mask_mod=mask_mod, **kwargs)
 
 
 def block_means(x, block_size):

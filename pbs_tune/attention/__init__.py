@@ -1,0 +1,1 @@
+"""The PBS-Attn op and its three stages: permute keys, select blocks, attend over kept blocks."""

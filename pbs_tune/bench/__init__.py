@@ -1,0 +1,1 @@
+"""GPU benchmarks as importable code; `scripts/bench_*.py` are thin entry points."""

@@ -1,0 +1,248 @@
+"""GPU benchmark of the PBS kernels (DESIGN.md protocol): `python scripts/bench_kernels.py`.
+
+Parts (--parts, comma-separated):
+  checks   bf16 correctness on the GPU (dense vs SDPA, sparse vs a masked reference) and
+           ahead-of-time compilation for sm_80 (A100) and sm_90.
+  masks    random block masks (densities 0.05/0.2/0.5 and dense): SDPA cuDNN, SDPA flash,
+           FlexAttention on the same kept blocks, and the attend kernel per launch config.
+  op       the full op on the mixed workload at threshold 0.9, PBS vs unpermuted selection:
+           stage times, density, error and recall against dense attention.
+Writes JSON (device, versions, every number) to --out and prints a summary table.
+"""
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..attention.launch_config import LaunchConfig
+from ..attention.op import attend_blocks as attend
+from ..attention.op import plan
+from ..attention.permutation import identity_permutation
+from ..attention.selection import block_list_from_mask
+from ..seqlen import parse_length
+from ..tune.metrics import dense_reference, rel_l2
+from ..tune.workloads import make_qkv
+from .timing import dense_sdpa_ms, env_info, median_ms, rounded, write_json
+
+LAUNCHES = [LaunchConfig(128, 128, 8, 3), LaunchConfig(128, 128, 8, 2), LaunchConfig(128, 64, 4, 3),
+            LaunchConfig(64, 128, 4, 3)]
+
+
+def random_blocks(b, h, n, bs, density, device):
+    """Causal random block mask: diagonal and first block always, others at random."""
+    nb = n // bs
+    causal = nb * (nb + 1) / 2
+    p = max(0.0, (density * causal - (2 * nb - 1)) / max(1.0, causal - (2 * nb - 1)))
+    keep = torch.rand((b, h, nb, nb), device=device) < p
+    eye = torch.eye(nb, dtype=torch.bool, device=device)
+    keep |= eye
+    keep[..., 0] = True
+    keep &= torch.ones(nb, nb, dtype=torch.bool, device=device).tril()
+    return keep
+
+
+def part_checks(res):
+    dev = "cuda"
+    out = {}
+    n = 4096 + 77
+    q, k, v = (torch.randn(1, h, n, 128, device=dev, dtype=torch.bfloat16) for h in (32, 8, 8))
+    for permute in (True, False):
+        perm, blocks = plan(q, k, v, block_size=128, segment_size=256, threshold=1.0, permute=permute)
+        o = attend(q, perm, blocks, launch=LaunchConfig(128, 128, 8, 3))
+        out[f"dense_vs_fp32_ref_permute={permute}"] = rel_l2(o, dense_reference(q, k, v))
+    sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    out["sdpa_bf16_vs_fp32_ref"] = rel_l2(sdpa, dense_reference(q, k, v))
+    # Sparse: reference = dense attention with an additive mask of the kept key slots.
+    n = 2048 + 33
+    q, k, v = make_qkv("mixed", seqlen=n, heads=8, kv_heads=2, device=dev, seed=1)
+    perm, blocks = plan(q, k, v, block_size=64, segment_size=256, threshold=0.8)
+    for cfg in (LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2)):
+        o = attend(q, perm, blocks, launch=cfg)
+        ref = _masked_reference(q, perm, blocks)
+        out[f"sparse_vs_fp32_ref_{cfg.block_m}x{cfg.block_n}"] = rel_l2(o, ref)
+    out["sparse_density"] = blocks.density()
+    # The key-score kernel against a float32 torch computation of the same quantity.
+    from ..attention.permutation import last_block_key_scores
+    n = 8192 + 5
+    q, k, _ = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device=dev, seed=2)
+    got = last_block_key_scores(q, k, block_size=128, scale=1 / math.sqrt(128))
+    ql = q[0, :, n - 128:].float().reshape(8, 4 * 128, 128)
+    s = torch.einsum("hrd,hnd->hrn", ql, k[0].float()) / math.sqrt(128)
+    pos = torch.arange(n - 128, n, device=dev).repeat(4)
+    s.masked_fill_(torch.arange(n, device=dev)[None, None, :] > pos[None, :, None], float("-inf"))
+    want = torch.softmax(s, -1).mean(1)
+    out["key_scores_rel_l2"] = rel_l2(got[0], want)
+    # Ahead-of-time compilation for A100 (sm_80) and H100 (sm_90).
+    from ..kernels.aot import compile_attend
+    for arch, stages in ((80, 2), (80, 3), (90, 3)):
+        try:
+            kern = compile_attend(arch=arch, dtype="bfloat16", head_dim=128, block_size=128, block_m=128,
+                                  block_n=128, num_warps=8, num_stages=stages)
+            ptx = kern.asm["ptx"]
+            out[f"aot_sm{arch}_stages{stages}"] = dict(ok=True, shared_bytes=kern.metadata.shared,
+                                                       wgmma="wgmma" in ptx, mma_sync="mma.sync" in ptx)
+        except Exception as exc:  # report, keep going
+            out[f"aot_sm{arch}_stages{stages}"] = dict(ok=False, error=str(exc)[:300])
+    res["checks"] = out
+    for key, val in out.items():
+        print(f"check {key}: {val}", flush=True)
+
+
+def _masked_reference(q, perm, blocks):
+    B, H, n, D = q.shape
+    group = H // perm.k.shape[1]
+    bs = blocks.block_size
+    tok = blocks.to_dense().repeat_interleave(bs, 2).repeat_interleave(bs, 3)[:, :, :n, :n]
+    pos = perm.positions.repeat_interleave(group, 1)
+    allowed = tok & (pos[:, :, None, :] <= torch.arange(n, device=q.device)[:, None])
+    kk = perm.k.float().repeat_interleave(group, 1)
+    vv = perm.v.float().repeat_interleave(group, 1)
+    bias = torch.zeros(allowed.shape, device=q.device).masked_fill_(~allowed, float("-inf"))
+    return F.scaled_dot_product_attention(q.float(), kk, vv, attn_mask=bias)
+
+
+def part_masks(res, lengths, densities, with_flex):
+    rows = []
+    flex = None
+    if with_flex:
+        from torch.nn.attention.flex_attention import flex_attention
+        flex = torch.compile(flex_attention, dynamic=False)
+    for n in lengths:
+        q, k, v = (torch.randn(1, h, n, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
+        cudnn = dense_sdpa_ms(q, k, v, "cudnn")
+        flash = dense_sdpa_ms(q, k, v, "flash")
+        print(f"N={n}: cudnn {cudnn:.2f} ms, flash {flash:.2f} ms", flush=True)
+        perm = identity_permutation(k, v)
+        out = torch.empty_like(q)
+        for dens in densities:
+            keep = random_blocks(1, 32, n, 128, dens, "cuda")
+            blocks = block_list_from_mask(keep, perm.positions, 128)
+            real = blocks.density()
+            row = dict(n=n, target_density=dens, density=real, cudnn_ms=cudnn, flash_ms=flash,
+                       floor_ms=real * cudnn)
+            for cfg in LAUNCHES:
+                try:
+                    row[f"attend_{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}_ms"] = median_ms(
+                        lambda: attend(q, perm, blocks, launch=cfg, out=out))
+                except Exception as exc:
+                    row[f"attend_{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}_error"] = str(exc)[:200]
+            attend_times = [v for key, v in row.items() if key.startswith("attend_") and key.endswith("_ms")]
+            row["attend_best_ms"] = min(attend_times)
+            if flex is not None:
+                try:
+                    bm = blocks.to_flex_block_mask(perm.positions, n)
+                    t0 = time.perf_counter()
+                    o_flex = flex(q, k, v, block_mask=bm, enable_gqa=True)
+                    torch.cuda.synchronize()
+                    row["flex_first_call_s"] = time.perf_counter() - t0
+                    row["flex_ms"] = median_ms(lambda: flex(q, k, v, block_mask=bm, enable_gqa=True))
+                    row["flex_vs_attend_rel_l2"] = rel_l2(o_flex, attend(q, perm, blocks, out=out))
+                    del bm
+                except Exception as exc:
+                    row["flex_error"] = str(exc)[:300]
+            row["attend_over_floor"] = row["attend_best_ms"] / row["floor_ms"]
+            if "flex_ms" in row:
+                row["flex_over_floor"] = row["flex_ms"] / row["floor_ms"]
+            rows.append(row)
+            print(json.dumps(rounded(row)), flush=True)
+            del blocks, keep
+        del q, k, v, perm, out
+        torch.cuda.empty_cache()
+    res["masks"] = rows
+
+
+def part_op(res, lengths, configs, threshold):
+    from ..attention.permutation import permute_keys
+    from ..attention.selection import select_blocks
+    from ..tune.metrics import recall_from_lse
+    rows = []
+    for n in lengths:
+        q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=0)
+        dense_perm = identity_permutation(k, v)
+        nb = -(-n // 128)
+        causal = torch.ones((nb, nb), dtype=torch.bool, device="cuda").tril().expand(1, 32, nb, nb)
+        dense_blocks = block_list_from_mask(causal, dense_perm.positions, 128)
+        dense_out, dense_lse = attend(q, dense_perm, dense_blocks, return_lse=True)
+        kk, vv = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            cudnn = median_ms(lambda: F.scaled_dot_product_attention(q, kk, vv, is_causal=True))
+            sdpa_out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            flash = median_ms(lambda: F.scaled_dot_product_attention(q, kk, vv, is_causal=True))
+        del kk, vv
+        dense_attend = median_ms(lambda: attend(q, dense_perm, dense_blocks))
+        scale = 1 / math.sqrt(128)
+        for bs, seg in configs:
+            for permute in (True, False):
+                launch = LaunchConfig(min(128, bs), min(128, bs), 8 if bs >= 128 else 4, 3)
+                if permute:
+                    t_perm = median_ms(lambda: permute_keys(q, k, v, block_size=bs, segment_size=seg, scale=scale))
+                    perm = permute_keys(q, k, v, block_size=bs, segment_size=seg, scale=scale)
+                else:
+                    t_perm, perm = 0.0, identity_permutation(k, v)
+                t_sel = median_ms(lambda: select_blocks(q, perm.k, perm.positions, block_size=bs, segment_size=seg,
+                                                       threshold=threshold, scale=scale))
+                blocks = select_blocks(q, perm.k, perm.positions, block_size=bs, segment_size=seg,
+                                       threshold=threshold, scale=scale)
+                t_att = median_ms(lambda: attend(q, perm, blocks, launch=launch))
+                out, lse = attend(q, perm, blocks, launch=launch, return_lse=True)
+                row = dict(n=n, workload="mixed", threshold=threshold, block_size=bs, segment_size=seg,
+                           permute=permute, density=blocks.density(), rel_l2_vs_dense=rel_l2(out, sdpa_out),
+                           recall=recall_from_lse(lse, dense_lse), permute_ms=t_perm, select_ms=t_sel,
+                           attend_ms=t_att, total_ms=t_perm + t_sel + t_att, cudnn_ms=cudnn, flash_ms=flash,
+                           dense_attend_ms=dense_attend, floor_ms=blocks.density() * cudnn)
+                row["overhead_share"] = (t_perm + t_sel) / row["total_ms"]
+                row["speedup_vs_cudnn"] = cudnn / row["total_ms"]
+                rows.append(row)
+                print(json.dumps(rounded(row)), flush=True)
+                del perm, blocks, out, lse
+        del q, k, v, dense_out, dense_lse, sdpa_out
+        torch.cuda.empty_cache()
+    res["op"] = rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="checks,masks,op")
+    ap.add_argument("--lengths", default="8k,16k,32k,64k,128k")
+    ap.add_argument("--op-lengths", default="32k,128k")
+    ap.add_argument("--densities", default="0.05,0.2,0.5,1.0")
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--op-configs", default="128:256,128:1024", help="block:segment pairs for the op part")
+    ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument("--out", default="bench_kernels.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    res = dict(env=env_info(), args=vars(args))
+    print(json.dumps(res["env"]), flush=True)
+    parts = args.parts.split(",")
+    try:
+        if "checks" in parts:
+            part_checks(res)
+        if "masks" in parts:
+            part_masks(res, [parse_length(x) for x in args.lengths.split(",")],
+                       [float(x) for x in args.densities.split(",")], not args.no_flex)
+        if "op" in parts:
+            configs = [tuple(int(y) for y in x.split(":")) for x in args.op_configs.split(",")]
+            part_op(res, [parse_length(x) for x in args.op_lengths.split(",")], configs, args.threshold)
+    finally:
+        write_json(args.out, res)
+    if "masks" in res:
+        print("\n   N  density  cudnn  floor  attend(best)  x_floor  flex  x_floor")
+        for r in res["masks"]:
+            print(f"{r['n']:>6} {r['density']:.3f} {r['cudnn_ms']:8.2f} {r['floor_ms']:8.2f} {r['attend_best_ms']:8.2f}"
+                  f" {r['attend_over_floor']:6.2f} {r.get('flex_ms', float('nan')):8.2f} {r.get('flex_over_floor', float('nan')):6.2f}")
+    if "op" in res:
+        print("\n   N  bs  seg perm  density  err  recall  perm_ms sel_ms att_ms total  cudnn  share")
+        for r in res["op"]:
+            print(f"{r['n']:>6} {r['block_size']} {r['segment_size']} {int(r['permute'])} {r['density']:.3f} "
+                  f"{r['rel_l2_vs_dense']:.4f} {r['recall']:.4f} {r['permute_ms']:.2f} {r['select_ms']:.2f} "
+                  f"{r['attend_ms']:.2f} {r['total_ms']:.2f} {r['cudnn_ms']:.2f} {r['overhead_share']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Tuned profiles: YAML files of chosen configs per (GPU, length, shape, dtype).
+
+An entry is a typed `ProfileEntry` (params, launch, per-layer overrides, measurements) that
+every reader shares: the loader, the kernel library, the CLI and the reports. Entries are
+checked field by field when a file is read, so a bad value is reported with its file, entry
+and field instead of failing inside a model's forward. Writes are atomic (temp file +
+rename) under a file lock and merge with what is there; a file that does not parse is
+reported with its line and never overwritten.
+"""
+import datetime as _dt
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import yaml
+from filelock import FileLock
+
+from ..attention.launch_config import LaunchConfig
+from ..dtypes import BY_NAME as DTYPE_NAMES
+from ..seqlen import format_length
+
+SCHEMA_VERSION = 1
+KEY_FIELDS = ("gpu", "seqlen", "heads", "kv_heads", "head_dim", "dtype")
+REQUIRED = KEY_FIELDS + ("params", "launch")
+DENSE = "dense"  # a layer override that keeps SDPA
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used as it is."""
+
+
+@dataclass(frozen=True)
+class PbsParams:
+    """The PBS-Attn parameters of one entry or layer."""
+
+    block_size: int
+    segment_size: int
+    threshold: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KernelKey:
+    """What the compiled kernels of a config depend on: never the length or the threshold
+    itself (only whether it keeps every block), so a threshold-only re-tune reuses them."""
+
+    dtype: str
+    head_dim: int
+    block_size: int
+    keep_all: bool
+    launch: LaunchConfig
+
+
+@dataclass
+class ProfileEntry:
+    gpu: str
+    seqlen: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str
+    params: PbsParams
+    launch: LaunchConfig
+    layers: dict = field(default_factory=dict)  # layer index -> (PbsParams, LaunchConfig) or DENSE
+    dense_faster: bool = False                  # SDPA beat the best sparse config at this length
+    measured: dict = field(default_factory=dict)  # latency_ms, rel_l2, recall, density
+    info: dict = field(default_factory=dict)      # baselines, reference, speedup, versions, ...
+
+    def key(self) -> tuple:
+        return tuple(getattr(self, k) for k in KEY_FIELDS)
+
+    def config_for_layer(self, layer_idx):
+        """(PbsParams, LaunchConfig) for this layer, or None when it stays dense."""
+        chosen = self.layers.get(layer_idx, (self.params, self.launch)) if layer_idx is not None \
+            else (self.params, self.launch)
+        return None if chosen == DENSE else chosen
+
+    def configs(self):
+        """Every (PbsParams, LaunchConfig) this entry can run: its own and its layers'."""
+        own = [(self.params, self.launch)]
+        return own + [c for c in self.layers.values() if c != DENSE and c not in own]
+
+    def kernel_keys(self) -> list:
+        return sorted({KernelKey(self.dtype, self.head_dim, p.block_size, p.threshold >= 1.0, lc)
+                       for p, lc in self.configs()}, key=repr)
+
+    def describe(self) -> str:
+        """One line: '32k 32/8/128 bfloat16 b128 s256 τ0.9 128x128w8s3'."""
+        return (f"{format_length(self.seqlen)} {self.heads}/{self.kv_heads}/{self.head_dim} {self.dtype} "
+                f"{describe_config(self.params, self.launch)}")
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in KEY_FIELDS}
+        out.update(params=self.params.as_dict(), launch=self.launch.as_dict())
+        if self.layers:
+            out["layers"] = {str(i): (c if c == DENSE else dict(params=c[0].as_dict(), launch=c[1].as_dict()))
+                             for i, c in sorted(self.layers.items())}
+        if self.measured:
+            out["measured"] = dict(self.measured)
+        out.update(self.info)
+        out["dense_faster"] = self.dense_faster
+        return out
+
+    @classmethod
+    def from_dict(cls, d, where="entry"):
+        """Check every field; ProfileError names `where` and the field at fault."""
+        if not isinstance(d, dict):
+            raise ProfileError(f"{where}: expected a mapping, got {type(d).__name__}")
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise ProfileError(f"{where} lacks {', '.join(missing)}")
+        gpu = d["gpu"]
+        if not isinstance(gpu, str) or not gpu:
+            raise ProfileError(f"{where}: gpu must be a GPU name, got {gpu!r}")
+        ints = {k: _positive_int(d[k], f"{where}: {k}") for k in ("seqlen", "heads", "kv_heads", "head_dim")}
+        if ints["heads"] % ints["kv_heads"]:
+            raise ProfileError(f"{where}: heads {ints['heads']} is not a multiple of kv_heads {ints['kv_heads']}")
+        if d["dtype"] not in DTYPE_NAMES:
+            raise ProfileError(f"{where}: dtype {d['dtype']!r} is not one of {', '.join(DTYPE_NAMES)}")
+        params, launch = _config(d, where)
+        layers = {}
+        raw_layers = d.get("layers") or {}
+        if not isinstance(raw_layers, dict):
+            raise ProfileError(f"{where}: layers must map layer indices to 'dense' or params/launch")
+        for name, value in raw_layers.items():
+            idx = _layer_index(name, f"{where}: layers")
+            layers[idx] = DENSE if value == DENSE else _config(value, f"{where}: layers.{name}")
+        measured = d.get("measured") or {}
+        if not isinstance(measured, dict):
+            raise ProfileError(f"{where}: measured must be a mapping")
+        known = set(REQUIRED) | {"layers", "measured", "dense_faster"}
+        info = {k: v for k, v in d.items() if k not in known}
+        return cls(gpu=gpu, dtype=d["dtype"], params=params, launch=launch, layers=layers,
+                   dense_faster=bool(d.get("dense_faster", False)), measured=measured, info=info, **ints)
+
+
+def describe_config(params: PbsParams, launch: LaunchConfig) -> str:
+    return (f"b{params.block_size} s{params.segment_size} τ{params.threshold:.3g} "
+            f"{launch.block_m}x{launch.block_n}w{launch.num_warps}s{launch.num_stages}")
+
+
+def _positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ProfileError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _layer_index(name, what):
+    try:
+        idx = int(name)
+    except (TypeError, ValueError):
+        idx = -1
+    if idx < 0:
+        raise ProfileError(f"{what}: {name!r} is not a layer index (0, 1, ...)")
+    return idx
+
+
+def _config(d, where):
+    """(PbsParams, LaunchConfig) from a mapping with 'params' and 'launch', checked."""
+    if not isinstance(d, dict) or not isinstance(d.get("params"), dict) or not isinstance(d.get("launch"), dict):
+        raise ProfileError(f"{where}: expected 'params' and 'launch' mappings (or 'dense' for a layer)")
+    p, lc = d["params"], d["launch"]
+    for part, value, fields in (("params", p, PbsParams.__dataclass_fields__),
+                                ("launch", lc, LaunchConfig.__dataclass_fields__)):
+        extra = sorted(set(value) - set(fields))
+        if extra:
+            raise ProfileError(f"{where}: {part} has unknown field(s) {', '.join(map(str, extra))}")
+        lacking = [f for f in fields if f not in value]
+        if lacking:
+            raise ProfileError(f"{where}: {part} lacks {', '.join(lacking)}")
+    bs = _positive_int(p["block_size"], f"{where}: params.block_size")
+    seg = _positive_int(p["segment_size"], f"{where}: params.segment_size")
+    thr = p["threshold"]
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 < thr <= 1.0:
+        raise ProfileError(f"{where}: params.threshold must be a number in (0, 1], got {thr!r}")
+    if bs < 16 or bs & (bs - 1):
+        raise ProfileError(f"{where}: params.block_size must be a power of two >= 16, got {bs}")
+    if seg % bs:
+        raise ProfileError(f"{where}: params.segment_size {seg} is not a multiple of block_size {bs}")
+    launch = LaunchConfig(**{k: _positive_int(v, f"{where}: launch.{k}") for k, v in lc.items()})
+    try:
+        launch.check(bs)
+    except ValueError as exc:
+        raise ProfileError(f"{where}: {exc}") from None
+    return PbsParams(bs, seg, float(thr)), launch
+
+
+@dataclass
+class Profile:
+    path: str
+    entries: list = field(default_factory=list)  # ProfileEntry
+    gpu: str | None = None  # the GPU it was loaded for (set by the loader)
+
+    def for_gpu(self, gpu):
+        return [e for e in self.entries if e.gpu == gpu]
+
+    def for_shape(self, *, gpu, heads, kv_heads, head_dim, dtype):
+        shape = (gpu, heads, kv_heads, head_dim, dtype)
+        return sorted((e for e in self.entries if (e.gpu, e.heads, e.kv_heads, e.head_dim, e.dtype) == shape),
+                      key=lambda e: e.seqlen)
+
+    def pick(self, seqlen, **shape):
+        """Entry tuned for the largest length <= seqlen, or None below the smallest."""
+        below = [e for e in self.for_shape(**shape) if e.seqlen <= seqlen]
+        return below[-1] if below else None
+
+
+def load(path: str) -> Profile:
+    """Read and validate a profile; ProfileError names the file, line or entry of any problem."""
+    if not os.path.exists(path):
+        raise ProfileError(f"{path}: no such profile")
+    if os.path.isdir(path):
+        raise ProfileError(f"{path} is a directory; give the profile's .yaml file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ProfileError(f"{path} is not a text file; give a profile .yaml written by pbs-tune sweep") from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        raise ProfileError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return Profile(path, [])
+    if not isinstance(data, dict) or "entries" not in data:
+        raise ProfileError(f"{path}: expected a mapping with 'schema_version' and 'entries'")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ProfileError(f"{path}: schema_version {data.get('schema_version')!r} is not "
+                           f"{SCHEMA_VERSION}; re-run pbs-tune sweep to regenerate it")
+    entries = data["entries"] or []
+    if not isinstance(entries, list):
+        raise ProfileError(f"{path}: 'entries' must be a list")
+    return Profile(path, [ProfileEntry.from_dict(e, f"{path}: entry {i}") for i, e in enumerate(entries)])
+
+
+def entry_key(entry: ProfileEntry) -> tuple:
+    return entry.key()
+
+
+def merge_entries(path: str, new_entries) -> Profile:
+    """Add or replace entries (same key) in the profile at `path`, atomically.
+
+    `new_entries` are ProfileEntry objects or dicts in the file's format (checked the same way).
+    """
+    new_entries = [e if isinstance(e, ProfileEntry) else ProfileEntry.from_dict(e, f"new entry {i}")
+                   for i, e in enumerate(new_entries)]
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    lock_path = os.path.join(tempfile.gettempdir(), "pbs-tune-" + os.path.abspath(path).replace(os.sep, "_") + ".lock")
+    with FileLock(lock_path, timeout=120):
+        current = load(path).entries if os.path.exists(path) else []
+        merged = {e.key(): e for e in current}
+        for e in new_entries:
+            merged[e.key()] = e
+        entries = sorted(merged.values(), key=lambda e: (e.gpu, e.dtype, e.heads, e.seqlen))
+        doc = dict(schema_version=SCHEMA_VERSION,
+                   updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                   entries=[e.to_dict() for e in entries])
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".profile-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                yaml.safe_dump(doc, f, sort_keys=False, allow_unicode=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return Profile(path, entries)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
