@@ -1,33 +1,58 @@
-"""Ahead-of-time compilation of the attend kernel for a named GPU target.
+"""Ahead-of-time compilation for a named GPU target, without a GPU.
 
-Used to check portability (e.g. sm_80 from an sm_90 or CPU-only machine) and to build
-kernels before run time. Needs the real JIT function, so not under TRITON_INTERPRET=1.
+`compile_call` compiles exactly the kernel Triton's JIT would build for a recorded call
+(`launch.recording()`): the same signature, constexprs and specialisation, for any CUDA
+arch. Used to check portability (sm_80 from anywhere) and by the tests of the kernel
+library. Needs the real JIT functions, so not under TRITON_INTERPRET=1.
 """
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from .attend import _attend_fwd
+from . import launch
 
-_POINTERS = {"Q": "dt", "K": "dt", "V": "dt", "O": "dt", "POS": "*i32", "LSE": "*fp32",
-             "KV_COUNT": "*i32", "KV_FULL": "*i32", "KV_IDX": "*i32"}
-_DTYPES = {"bfloat16": "*bf16", "float16": "*fp16", "float32": "*fp32"}
+
+def compile_call(call, *, arch: int):
+    """Triton's CompiledKernel of `call` (a launch.Call) for CUDA compute capability `arch`."""
+    if not isinstance(call.fn, triton.runtime.JITFunction):
+        raise RuntimeError("ahead-of-time compilation is unavailable under TRITON_INTERPRET=1")
+    _, sig, consts, num_warps, num_stages = launch.call_key(call.fn, call.args, call.constexprs,
+                                                            call.num_warps, call.num_stages)
+    kinds = {name: (kind, div16) for name, kind, div16 in sig}
+    consts = dict(consts)
+    signature, attrs = {}, {}
+    for i, name in enumerate(call.fn.arg_names):
+        if name in consts:
+            signature[name] = "constexpr"
+        else:
+            signature[name], div16 = kinds[name]
+            if div16:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(fn=call.fn, signature=signature, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def attend_call(*, dtype: str, head_dim: int, block_size: int, block_m: int, block_n: int, num_warps: int,
+                num_stages: int, heads=8, kv_heads=2, seqlen=None):
+    """The attend kernel's call for a small CPU problem of this config (nothing runs)."""
+    from .attend import attend_launch
+    dt = getattr(torch, dtype)
+    n = seqlen or 2 * block_size
+    nb = -(-n // block_size)
+    q = torch.empty(1, heads, n, head_dim, dtype=dt)
+    k = torch.empty(1, kv_heads, n, head_dim, dtype=dt)
+    pos = torch.arange(n, dtype=torch.int32).expand(1, kv_heads, n).contiguous()
+    count = torch.zeros(1, heads, nb, dtype=torch.int32)
+    index = torch.zeros(1, heads, nb, nb, dtype=torch.int32)
+    with launch.recording() as calls:
+        attend_launch(q, k, k, pos, count, count, index, block_size=block_size, scale=head_dim ** -0.5,
+                      block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+    return calls[0]
 
 
 def compile_attend(*, arch: int, dtype: str, head_dim: int, block_size: int, block_m: int,
-                   block_n: int, num_warps: int, num_stages: int, store_lse: bool = False):
-    """Compile for CUDA compute capability `arch` (80, 90, ...); returns Triton's kernel."""
-    if not isinstance(_attend_fwd, triton.runtime.JITFunction):
-        raise RuntimeError("ahead-of-time compilation is unavailable under TRITON_INTERPRET=1")
-    consts = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size,
-                  STORE_LSE=store_lse)
-    sig = {}
-    for name in _attend_fwd.arg_names:
-        if name in consts:
-            sig[name] = "constexpr"
-        elif name in _POINTERS:
-            sig[name] = _DTYPES[dtype] if _POINTERS[name] == "dt" else _POINTERS[name]
-        else:
-            sig[name] = "fp32" if name == "qk_scale" else "i32"
-    src = triton.compiler.ASTSource(fn=_attend_fwd, signature=sig, constexprs=consts)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=num_warps, num_stages=num_stages))
+                   block_n: int, num_warps: int, num_stages: int):
+    """The attend kernel of one launch config, compiled for `arch` (80, 90, ...)."""
+    return compile_call(attend_call(dtype=dtype, head_dim=head_dim, block_size=block_size, block_m=block_m,
+                                    block_n=block_n, num_warps=num_warps, num_stages=num_stages), arch=arch)

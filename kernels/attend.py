@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import run
+
 
 @triton.jit
 def _unmasked_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d, stride_kn, stride_vn, qk_scale):
@@ -137,7 +139,7 @@ def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size
         out = torch.empty_like(q)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32) if return_lse else out
     grid = (triton.cdiv(N, block_m), B * H)
-    _attend_fwd[grid](
+    run(_attend_fwd, grid, (
         q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
         scale * 1.4426950408889634,
         q.stride(0), q.stride(1), q.stride(2),
@@ -145,8 +147,7 @@ def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         positions.stride(0), positions.stride(1),
-        N, H, group, nqb, kv_index.shape[-1],
-        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size,
-        STORE_LSE=return_lse, num_warps=num_warps, num_stages=num_stages,
-    )
+        N, H, group, nqb, kv_index.shape[-1]),
+        dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse),
+        num_warps=num_warps, num_stages=num_stages)
     return (out, lse) if return_lse else out

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import run
+
 
 @triton.jit(do_not_specialize=["N", "NB", "BPS", "BS", "H", "GROUP"])
 def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, threshold,
@@ -72,8 +74,8 @@ def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_
     index = torch.empty((B, heads, nb, nb), dtype=torch.int32, device=dev)  # read only up to count
     nb_p2 = triton.next_power_of_2(nb)
     keep_all = threshold >= 1.0
-    _select_rows[(nb, B * heads)](
+    run(_select_rows, (nb, B * heads), (
         kmin if keep_all else logits, kmin, kmax, sink, count, full, index, float(threshold),
-        seqlen, nb, segment_size // block_size, block_size, heads, heads // Hkv,
-        NB_P2=nb_p2, KEEP_ALL=keep_all, num_warps=4 if nb_p2 <= 2048 else 8)
+        seqlen, nb, segment_size // block_size, block_size, heads, heads // Hkv),
+        dict(NB_P2=nb_p2, KEEP_ALL=keep_all), num_warps=4 if nb_p2 <= 2048 else 8, num_stages=3)
     return count, full, index

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import run
+
 
 @triton.jit
 def _last_block_queries(Q, b, hkv, tile, stride_qb, stride_qh, stride_qn, N, ROWS, R, GROUP,
@@ -36,7 +38,7 @@ def _logits(q, K, b, hkv, pid_k, q_pos, row_ok, stride_kb, stride_kh, stride_kn,
     return tl.where(valid, s, float("-inf")), offs_k
 
 
-@triton.jit(do_not_specialize=["N", "ROWS", "R", "GROUP", "NCHUNK"])
+@triton.jit(do_not_specialize=["N", "ROWS", "R", "GROUP", "HKV", "NCHUNK"])
 def _key_scores_stats(Q, K, M_PART, L_PART, qk_scale,
                       stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                       N, ROWS, R, GROUP, HKV, NCHUNK,
@@ -58,7 +60,7 @@ def _key_scores_stats(Q, K, M_PART, L_PART, qk_scale,
         tl.store(L_PART + part + rows, l_sum, mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["N", "ROWS", "R", "GROUP"])
+@triton.jit(do_not_specialize=["N", "ROWS", "R", "GROUP", "HKV"])
 def _key_scores_mean(Q, K, M_ROW, L_ROW, SCORES, qk_scale,
                      stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                      N, ROWS, R, GROUP, HKV,
@@ -82,7 +84,7 @@ def _key_scores_mean(Q, K, M_ROW, L_ROW, SCORES, qk_scale,
     tl.store(SCORES + pid_bh.to(tl.int64) * N + offs_k, acc / R, mask=offs_k < N)
 
 
-def key_scores(q, k, *, rows, scale, block_r=64, block_k=64, num_warps=4):
+def key_scores(q, k, *, rows, scale, block_r=64, block_k=64, num_warps=4, num_stages=3):
     """(B, Hkv, N) float32 mean softmax mass of each key from the last `rows` queries."""
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
@@ -95,12 +97,13 @@ def key_scores(q, k, *, rows, scale, block_r=64, block_k=64, num_warps=4):
     qk_scale = scale * 1.4426950408889634
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
     grid = (nchunk, B * Hkv)
-    _key_scores_stats[grid](q, k, m_part, l_part, qk_scale, *strides, N, rows, r_total, group, Hkv, nchunk,
-                            HEAD_DIM=D, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
+    tiles = dict(HEAD_DIM=D, BLOCK_R=block_r, BLOCK_K=block_k)
+    run(_key_scores_stats, grid, (q, k, m_part, l_part, qk_scale, *strides, N, rows, r_total, group, Hkv, nchunk),
+        tiles, num_warps=num_warps, num_stages=num_stages)
     m_row = m_part.amax(dim=1)
     l_row = (l_part * torch.exp2(m_part - m_row[:, None, :])).sum(dim=1)
     scores = torch.empty((B, Hkv, N), device=dev, dtype=torch.float32)
-    _key_scores_mean[grid](q, k, m_row.contiguous(), l_row.contiguous(), scores, qk_scale, *strides,
-                           N, rows, r_total, group, Hkv,
-                           HEAD_DIM=D, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps)
+    run(_key_scores_mean, grid, (q, k, m_row.contiguous(), l_row.contiguous(), scores, qk_scale, *strides,
+                                 N, rows, r_total, group, Hkv),
+        tiles, num_warps=num_warps, num_stages=num_stages)
     return scores

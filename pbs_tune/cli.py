@@ -1,4 +1,4 @@
-"""`pbs-tune`: tune PBS-Attn for this GPU, inspect profiles, build the kernel cache."""
+"""`pbs-tune`: tune PBS-Attn for this GPU, inspect profiles, build their kernel libraries."""
 import functools
 import os
 import subprocess
@@ -6,13 +6,12 @@ import sys
 
 import click
 
-from .runtime import profiles
-from .runtime.gpu import CPU, device_for, resolve_gpu
+from .runtime import profile_store, profiles
+from .runtime.gpu import CPU, device_for, present_gpu, resolve_gpu
 from .seqlen import format_length, parse_length
 from .tune.workloads import WORKLOADS
 
 DEFAULT_MAX_ERROR = 0.10
-DEFAULT_STORAGE = "sqlite:///cache/pbs-tune.db"
 
 
 def one_line_errors(fn):
@@ -57,16 +56,19 @@ def main():
               help="Synthetic calibration workload.")
 @click.option("--calib", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Captured Q/K/V (pbs-tune capture) to tune on instead of a workload.")
-@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help="Optuna RDB storage URL.")
+@click.option("--storage", default=None,
+              help="Optuna RDB storage URL (default: sqlite studies.db in the user store, see --help of show).")
 @click.option("--study", "study_prefix", default=None,
               help="Study name (a prefix when several lengths are given; default derived from the setup).")
-@click.option("--profile", "profile_path", default=None, help="Profile YAML to write (default configs/<gpu>.yaml).")
-@click.option("--cache-root", default="cache", show_default=True, help="Where compiled kernels go (<root>/<gpu>/).")
+@click.option("--profile", "profile_path", default=None,
+              help="Profile YAML to write (default: <user store>/configs/<gpu>.yaml).")
+@click.option("--kernels", "library", default=None,
+              help="Folder of its compiled-kernel library (default: cache/<name>/ of the profile's store).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the workload data and the sampler.")
-@click.option("--no-compile", is_flag=True, help="Skip building the compiled-kernel cache afterwards.")
+@click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib,
-          storage, study_prefix, profile_path, cache_root, seed, no_compile):
+          storage, study_prefix, profile_path, library, seed, no_compile):
     """Search block size, segment size, threshold and launch config per length.
 
     \b
@@ -87,7 +89,8 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         raise ValueError("--dtype float32 is only for the CPU interpreter; use bfloat16 or float16")
     if not on_gpu and dtype == "bfloat16":
         raise ValueError("the CPU interpreter cannot run bfloat16; use --dtype float32 or float16")
-    profile_path = profile_path or profiles.default_path(gpu)
+    profile_path = profile_path or profile_store.default_profile_path(gpu)
+    storage = storage or profile_store.default_storage_url()
     if os.path.exists(profile_path):
         profiles.load(profile_path)  # fail now, not after an hour of tuning
     source_name = "capture" if calib else workload
@@ -117,7 +120,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     profiles.merge_entries(profile_path, entries)
     click.echo(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {profile_path}")
     if on_gpu and not no_compile:
-        _compile_in_fresh_process(gpu, profile_path, cache_root)
+        _compile_in_fresh_process(profile_path, library)
 
 
 class _Progress:
@@ -159,27 +162,40 @@ def _entry_line(e):
             f"density {m['density']} {sp}")
 
 
-def _compile_in_fresh_process(gpu, profile_path, cache_root):
-    """Kernels already in this process's memory would not be written out: use a new one."""
-    cmd = [sys.executable, "-m", "pbs_tune", "compile", "--gpu", gpu, "--profile", profile_path,
-           "--cache-root", cache_root]
+def _compile_in_fresh_process(profile_path, library):
+    """The library holds exactly what the JIT builds for the profile: build it in a new process."""
+    cmd = [sys.executable, "-m", "pbs_tune", "compile", "--profile", profile_path]
+    if library:
+        cmd += ["--kernels", library]
     if subprocess.run(cmd).returncode:
-        raise RuntimeError("building the kernel cache failed (see above); run: " + " ".join(cmd[2:]))
+        raise RuntimeError("building the kernel library failed (see above); run: pbs-tune " + " ".join(cmd[3:]))
 
 
 @main.command()
-@click.option("--gpu", default="auto", show_default=True, help="Profile of this GPU (a name works without a GPU).")
-@click.option("--profile", "profile_path", default=None, help="Profile YAML (default configs/<gpu>.yaml).")
+@click.option("--gpu", default="auto", show_default=True,
+              help="Whose profile: 'auto' (the GPU present) or a name such as h100-sxm (no GPU needed).")
+@click.option("--profile", "profile_path", default=None, help="Profile YAML (default: looked up, see below).")
 @one_line_errors
 def show(gpu, profile_path):
     """Print a tuned profile as a table.
 
+    Without --profile the profile is looked up, from any directory: $PBS_TUNE_HOME/configs,
+    the user store (~/.local/share/pbs-tune/configs), then the profiles shipped with pbs-tune.
+
     \b
     Example:
-      pbs-tune show --gpu h100
+      pbs-tune show --gpu h100-sxm
     """
-    gpu = resolve_gpu(gpu) if gpu == "auto" else gpu
-    prof = profiles.load(profile_path or profiles.default_path(gpu))
+    if gpu == "auto":
+        gpu = present_gpu()
+        if gpu is None:
+            raise ValueError("no GPU here: name one, e.g. pbs-tune show --gpu h100-sxm")
+    if profile_path is None:
+        found = profile_store.find_profile(gpu.lower())
+        if found is None:
+            raise ValueError(f"no profile for {gpu} (searched {profile_store.searched_folders()})")
+        profile_path = found.path
+    prof = profiles.load(profile_path)
     click.echo(f"{prof.path}: {len(prof.entries)} entries")
     click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>14} "
                f"{'ms':>9} {'rel_l2':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
@@ -195,34 +211,43 @@ def show(gpu, profile_path):
 
 
 @main.command(name="compile")
-@click.option("--gpu", default="auto", show_default=True, help="Must match the GPU present.")
-@click.option("--profile", "profile_path", default=None, help="Profile YAML (default configs/<gpu>.yaml).")
-@click.option("--cache-root", default="cache", show_default=True, help="Kernels go to <root>/<gpu>/.")
+@click.option("--profile", "profile_path", default=None,
+              help="Profile YAML (default: <user store>/configs/<this GPU>.yaml).")
+@click.option("--kernels", "library", default=None,
+              help="Library folder to write (default: the profile's own, else cache/<name>/ of its store).")
 @one_line_errors
-def compile_cmd(gpu, profile_path, cache_root):
-    """Build the compiled-kernel cache for an existing profile.
+def compile_cmd(profile_path, library):
+    """Build the compiled-kernel library of a profile on this GPU (same arch as where it runs).
 
     \b
     Example:
-      pbs-tune compile --gpu h100
+      pbs-tune compile --profile configs/h100-sxm.yaml
     """
-    from .runtime.kernel_cache import build
-    gpu = resolve_gpu(gpu)
-    if gpu == CPU:
-        raise ValueError("there is nothing to compile for the CPU interpreter")
-    prof = profiles.load(profile_path or profiles.default_path(gpu))
-    entries = prof.for_gpu(gpu)
-    if not entries:
-        raise ValueError(f"{prof.path} has no entries for {gpu}")
-    manifest = build(gpu, entries, cache_root)
-    size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(cache_root, gpu))
-               for f in fs)
-    click.echo(f"compiled {len(manifest['configs'])} config(s) into {os.path.join(cache_root, gpu)} "
-               f"({len(manifest['files'])} files, {size / 1024:.0f} KiB)")
+    from .runtime import kernel_library
+    from .runtime.gpu import family_of
+    gpu = present_gpu()
+    if gpu in (None, CPU):
+        raise ValueError("compiling kernels needs a CUDA GPU of the arch they will run on")
+    profile_path = profile_path or profile_store.default_profile_path(gpu)
+    prof = profiles.load(profile_path)
+    # A library is built for this GPU's arch; it serves any variant of the same arch (checked at load).
+    names = sorted({e.gpu for e in prof.entries})
+    same_family = [n for n in names if family_of(n) == family_of(gpu)]
+    prof.gpu = gpu if gpu in names else (same_family or names or [None])[0]
+    if prof.gpu is None:
+        raise ValueError(f"{prof.path} has no entries")
+    if prof.gpu != gpu:
+        click.echo(f"note: building {prof.gpu}'s kernels on {gpu}; they load only where the arch is the same")
+    library = library or prof.library or profile_store.default_library_dir(profile_path)
+    manifest = kernel_library.build(prof, library)
+    profiles.merge_entries(profile_path, [], library=library)
+    size = sum(os.path.getsize(os.path.join(library, f)) for f in os.listdir(library))
+    click.echo(f"compiled {len(manifest['kernels'])} kernels for sm_{manifest['arch']} into {library} "
+               f"({size / 1024:.0f} KiB); {profile_path} now names it")
 
 
 @main.command()
-@click.option("--storage", default=DEFAULT_STORAGE, show_default=True, help="Optuna RDB storage URL.")
+@click.option("--storage", default=None, help="Optuna RDB storage URL (default: the sweep's default).")
 @click.option("--study", "study_name", required=True, help="Study to report (see `optuna studies`).")
 @click.option("--out", "out_dir", default="benchmarks/results", show_default=True, help="Folder for PNG and markdown.")
 @one_line_errors
@@ -231,9 +256,10 @@ def report(storage, study_name, out_dir):
 
     \b
     Example:
-      pbs-tune report --study h100-32768-32x8x128-bfloat16-mixed
+      pbs-tune report --storage sqlite:///benchmarks/studies/h100.db --study h100-131072-32x8x128-bfloat16-mixed
     """
     from .tune.study_report import write_study_report
+    storage = storage or profile_store.default_storage_url()
     png, md = write_study_report(storage, study_name, out_dir)
     click.echo(f"wrote {png} and {md}")
 

@@ -5,21 +5,24 @@
 or above the profile's smallest tuned length runs PBS with the entry tuned for the largest
 length <= the prompt; everything PBS cannot do exactly (decode steps, padding masks,
 dropout, other dtypes, untuned shapes) falls back to SDPA and is counted in `stats()`.
-Kernels come from the compiled cache under cache/<gpu>/, so no call compiles or tunes.
+Kernels come from the profile's compiled-kernel library (see kernel_library.py), so no
+call compiles or tunes; without a usable library Triton's JIT takes over, said once.
 """
 import collections
 import logging
+import os
 import threading
+import time
 
 import torch
 import torch.nn.functional as F
 
 from ..attention.op import pbs_attention
 from ..dtypes import NAME_OF as _DTYPE_NAMES
+from ..dtypes import torch_dtype
 from ..seqlen import format_length
-from . import kernel_cache
-from . import profiles
-from .gpu import CPU, resolve_gpu
+from . import kernel_library, profile_store, profiles
+from .gpu import CPU, family_of, present_gpu
 
 logger = logging.getLogger("pbs_tune")
 ATTN_NAME = "pbs"
@@ -44,42 +47,84 @@ def _count(key: str) -> None:
         _stats[key] += 1
 
 
-def load_profile(gpu: str = "auto", path: str | None = None) -> profiles.Profile:
-    """The tuned profile for this GPU (configs/<gpu>.yaml unless `path` is given)."""
-    gpu = resolve_gpu(gpu)
-    path = path or profiles.default_path(gpu)
-    try:
-        prof = profiles.load(path)
-    except profiles.ProfileError as exc:
-        if "no such profile" not in str(exc):
-            raise
-        raise profiles.ProfileError(f"no tuned profile for {gpu} at {path}; make one with: "
-                                    f"pbs-tune sweep --gpu {gpu} --seqlen 32k --seqlen 128k") from None
-    if not prof.for_gpu(gpu):
-        raise profiles.ProfileError(f"{path} has no entries for {gpu}; make them with: "
-                                    f"pbs-tune sweep --gpu {gpu} --seqlen 32k --profile {path}")
-    prof.gpu = gpu
-    _use_kernel_cache(prof)
+def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: bool = True) -> profiles.Profile:
+    """The tuned profile for `gpu` ('auto': the GPU present), with its kernels bound.
+
+    Looked up by `path`, then $PBS_TUNE_HOME, the user's store and the profiles shipped with
+    pbs-tune (profile_store.py). A profile of a GPU that is not present loads as data only;
+    running it needs that GPU. `use_library=False` (or PBS_TUNE_KERNELS=jit in the
+    environment) leaves every kernel to Triton's JIT.
+    """
+    use_library = use_library and os.environ.get("PBS_TUNE_KERNELS", "library") != "jit"
+    present = present_gpu()
+    wanted = present if gpu in (None, "", "auto") else gpu.lower()
+    if wanted is None:
+        raise profiles.ProfileError("no GPU here (set TRITON_INTERPRET=1 for the CPU interpreter); "
+                                    "name the profile's GPU to read it as data, e.g. load_profile('h100-sxm')")
+    if present and wanted == family_of(present):
+        wanted = present  # 'h100' on an H100 SXM means 'h100-sxm'
+    t0 = time.perf_counter()
+    if path is not None and not os.path.exists(path):
+        raise profiles.ProfileError(f"no tuned profile at {path}; make one on that GPU with: "
+                                    f"pbs-tune sweep --gpu {wanted} --seqlen 32k --seqlen 128k --profile {path}")
+    prof = profiles.load(path or _find(wanted))
+    variant = _variant_in(prof, wanted)
+    if variant != wanted:
+        logger.warning("pbs_tune: %s has no entries for %s; using those tuned on %s (same family, "
+                       "other clocks and bandwidth: re-tune with pbs-tune sweep --gpu %s for exact timings)",
+                       prof.path, wanted, variant, wanted)
+    prof.gpu = variant
+    prof.runnable = present is not None and (present == wanted or family_of(present) == family_of(variant))
+    prof.load_times = dict(read_s=time.perf_counter() - t0)
+    if prof.runnable and present != CPU:
+        _bind_kernels(prof, use_library)
+    logger.info("pbs_tune: loaded %s: %s", prof.path, ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in prof.load_times.items()))
     return prof
 
 
-def _use_kernel_cache(prof, cache_root="cache"):
-    """Point Triton at cache/<gpu>/ (rebuilt if stale or corrupted) before any kernel runs."""
-    if prof.gpu == CPU:
-        return
-    entries = prof.for_gpu(prof.gpu)
-    problem = kernel_cache.ensure(prof.gpu, entries, cache_root)
-    if problem:
-        logger.warning("pbs_tune: kernel cache under %s/%s: %s; compiled now", cache_root, prof.gpu, problem)
-    _prewarm(entries)
+def _find(gpu):
+    found = profile_store.find_profile(gpu)
+    if found is None:
+        raise profiles.ProfileError(f"no tuned profile for {gpu} (searched {profile_store.searched_folders()}); "
+                                    f"make one on that GPU with: pbs-tune sweep --gpu {gpu} --seqlen 32k --seqlen 128k")
+    return found.path
+
+
+def _variant_in(prof, wanted):
+    """`wanted` if the profile has its entries, else one variant of the same family."""
+    if prof.for_gpu(wanted):
+        return wanted
+    family = [e.gpu for e in prof.entries if family_of(e.gpu) == family_of(wanted)]
+    if not family:
+        raise profiles.ProfileError(f"{prof.path} has no entries for {wanted}; make them on that GPU with: "
+                                    f"pbs-tune sweep --gpu {wanted} --seqlen 32k --profile {prof.path}")
+    return sorted(family)[0]
+
+
+_bound_libraries = {}
+
+
+def _bind_kernels(prof, use_library=True):
+    """Load the profile's kernel library once per process, then pay torch's and the kernels'
+    first-use costs with one short call per config, at load time rather than on a prompt."""
+    t0 = time.perf_counter()
+    if use_library and prof.library not in _bound_libraries:
+        try:
+            if prof.library is None:
+                raise kernel_library.LibraryError(f"{prof.path} names no kernel library (pbs-tune compile makes one)")
+            _bound_libraries[prof.library] = kernel_library.bind(prof.library)
+        except kernel_library.LibraryError as exc:
+            _bound_libraries[prof.library] = 0
+            logger.warning("pbs_tune: %s; Triton's JIT compiles the kernels on first use instead", exc)
+    t1 = time.perf_counter()
+    _prewarm(prof.for_gpu(prof.gpu))
+    prof.load_times.update(bind_s=t1 - t0, warm_up_s=time.perf_counter() - t1)
 
 
 _prewarmed = set()
 
 
 def _prewarm(entries):
-    """Pay Triton's once-per-process start-up (its own hash, imports, module loads) now,
-    at load time, not on the first long prompt: one tiny call per distinct config."""
     for e in entries:
         for params, launch in e.configs():
             key = (e.dtype, e.heads, e.kv_heads, e.head_dim, params.block_size, params.segment_size,
@@ -87,8 +132,19 @@ def _prewarm(entries):
             if key in _prewarmed:
                 continue
             _prewarmed.add(key)
-            kernel_cache.run_config_once(e, params, launch, 2 * params.segment_size)
+            n = kernel_library.prewarm_length(params)
+            dtype = torch_dtype(e.dtype)
+            q = torch.randn(1, e.heads, n, e.head_dim, device="cuda", dtype=dtype)
+            k = torch.randn(1, e.kv_heads, n, e.head_dim, device="cuda", dtype=dtype)
+            pbs_attention(q, k, k, block_size=params.block_size, segment_size=params.segment_size,
+                          threshold=params.threshold, launch=launch)
     torch.cuda.synchronize()
+
+
+def _require_runnable(prof):
+    if not prof.runnable:
+        raise profiles.ProfileError(f"{prof.path} is tuned for {prof.gpu} and this machine has "
+                                    f"{present_gpu() or 'no GPU'}: running it needs that GPU")
 
 
 class _Settings:
@@ -174,16 +230,25 @@ def _register():
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, sdpa_mask)
 
 
-def apply(model, profile=None, min_seqlen=None, cache_root="cache"):
+def _ready(prof):
+    """A profile made or loaded elsewhere, checked and bound to this process (once)."""
+    if prof.gpu is None:
+        prof.gpu = present_gpu()
+        prof.runnable = prof.gpu is not None
+    _require_runnable(prof)
+    if not prof.for_gpu(prof.gpu):
+        raise profiles.ProfileError(f"{prof.path} has no entries for {prof.gpu}; make them with: "
+                                    f"pbs-tune sweep --gpu {prof.gpu} --seqlen 32k --profile {prof.path}")
+    if prof.gpu != CPU:
+        _bind_kernels(prof)
+    return prof
+
+
+def apply(model, profile=None, min_seqlen=None):
     """Switch a transformers model to PBS attention with a tuned profile; returns the model."""
-    prof = profile if profile is not None else load_profile()
-    prof.gpu = prof.gpu or resolve_gpu("auto")
-    entries = prof.for_gpu(prof.gpu)
-    if not entries:
-        raise profiles.ProfileError(f"{prof.path} has no entries for {prof.gpu}; run: pbs-tune sweep --gpu {prof.gpu}")
-    smallest = min(e.seqlen for e in entries)
+    prof = _ready(profile if profile is not None else load_profile())
+    smallest = min(e.seqlen for e in prof.for_gpu(prof.gpu))
     min_seqlen = max(smallest, min_seqlen or 0)
-    _use_kernel_cache(prof, cache_root)
     _register()
     settings = _Settings(prof, min_seqlen)
     n_layers = 0
@@ -208,10 +273,7 @@ def tuned_attention(q, k, v, profile=None, scale=None):
     global _default_profile
     if profile is None:
         _default_profile = _default_profile or load_profile()
-    prof = profile if profile is not None else _default_profile
-    if prof.gpu is None:
-        prof.gpu = resolve_gpu("auto")
-        _use_kernel_cache(prof)
+    prof = _ready(profile if profile is not None else _default_profile)
     smallest = min((e.seqlen for e in prof.for_gpu(prof.gpu)), default=None)
     settings = _Settings(prof, smallest if smallest is not None else float("inf"))
 

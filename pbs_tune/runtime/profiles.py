@@ -191,7 +191,10 @@ def _config(d, where):
 class Profile:
     path: str
     entries: list = field(default_factory=list)  # ProfileEntry
-    gpu: str | None = None  # the GPU it was loaded for (set by the loader)
+    gpu: str | None = None      # whose entries the loader uses (set by the loader)
+    library: str | None = None  # folder of its compiled kernels (the file's `kernels:`, relative to it)
+    runnable: bool = True       # False when loaded as data for a GPU that is not present
+    load_times: dict = field(default_factory=dict)  # where load_profile() spent its time
 
     def for_gpu(self, gpu):
         return [e for e in self.entries if e.gpu == gpu]
@@ -221,7 +224,7 @@ def load(path: str) -> Profile:
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
@@ -236,17 +239,24 @@ def load(path: str) -> Profile:
     entries = data["entries"] or []
     if not isinstance(entries, list):
         raise ProfileError(f"{path}: 'entries' must be a list")
-    return Profile(path, [ProfileEntry.from_dict(e, f"{path}: entry {i}") for i, e in enumerate(entries)])
+    library = data.get("kernels")
+    if library is not None and not isinstance(library, str):
+        raise ProfileError(f"{path}: 'kernels' must be the folder of its kernel library, relative to the file")
+    if library is not None:
+        library = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), library))
+    return Profile(path, [ProfileEntry.from_dict(e, f"{path}: entry {i}") for i, e in enumerate(entries)],
+                   library=library)
 
 
 def entry_key(entry: ProfileEntry) -> tuple:
     return entry.key()
 
 
-def merge_entries(path: str, new_entries) -> Profile:
+def merge_entries(path: str, new_entries, library: str | None = None) -> Profile:
     """Add or replace entries (same key) in the profile at `path`, atomically.
 
     `new_entries` are ProfileEntry objects or dicts in the file's format (checked the same way).
+    `library` (a folder) is recorded relative to the file; otherwise the file keeps its own.
     """
     new_entries = [e if isinstance(e, ProfileEntry) else ProfileEntry.from_dict(e, f"new entry {i}")
                    for i, e in enumerate(new_entries)]
@@ -254,14 +264,17 @@ def merge_entries(path: str, new_entries) -> Profile:
     os.makedirs(folder, exist_ok=True)
     lock_path = os.path.join(tempfile.gettempdir(), "pbs-tune-" + os.path.abspath(path).replace(os.sep, "_") + ".lock")
     with FileLock(lock_path, timeout=120):
-        current = load(path).entries if os.path.exists(path) else []
-        merged = {e.key(): e for e in current}
+        current = load(path) if os.path.exists(path) else Profile(path)
+        library = library or current.library
+        merged = {e.key(): e for e in current.entries}
         for e in new_entries:
             merged[e.key()] = e
         entries = sorted(merged.values(), key=lambda e: (e.gpu, e.dtype, e.heads, e.seqlen))
         doc = dict(schema_version=SCHEMA_VERSION,
-                   updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                   entries=[e.to_dict() for e in entries])
+                   updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        if library:
+            doc["kernels"] = os.path.relpath(os.path.abspath(library), folder)
+        doc["entries"] = [e.to_dict() for e in entries]
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".profile-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
@@ -274,7 +287,7 @@ def merge_entries(path: str, new_entries) -> Profile:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-    return Profile(path, entries)
+    return Profile(path, entries, library=library and os.path.abspath(library))
 
 
 def _umask() -> int:

@@ -1,4 +1,6 @@
 """Runtime loader on a tiny Llama built from a config (interpreter mode, float32)."""
+import os
+
 import pytest
 import torch
 
@@ -99,11 +101,64 @@ def test_malformed_profile_names_the_line(tmp_path):
         pbs_tune.load_profile("auto", str(path))
 
 
-def test_gpu_mismatch_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="does not match the GPU present"):
-        pbs_tune.load_profile("h100", write_profile(tmp_path, [entry(32)]))
-    other = tmp_path / "other"
-    other.mkdir()
-    path = write_profile(other, [entry(32, gpu="h100")])
+def test_profile_of_an_absent_gpu_loads_as_data_and_says_it_needs_that_gpu(tmp_path):
+    path = write_profile(tmp_path, [entry(32, gpu="h100-sxm")])
+    prof = pbs_tune.load_profile("h100-sxm", path)  # no GPU here: data only
+    assert prof.gpu == "h100-sxm" and not prof.runnable and prof.entries[0].seqlen == 32
+    with pytest.raises(profiles.ProfileError, match="tuned for h100-sxm and this machine has cpu: running it needs"):
+        pbs_tune.apply(tiny_llama(), prof)
+    with pytest.raises(profiles.ProfileError, match="running it needs that GPU"):
+        pbs_tune.tuned_attention(torch.randn(1, 2, 64, 64), torch.randn(1, 1, 64, 64), torch.randn(1, 1, 64, 64),
+                                 profile=prof)
     with pytest.raises(profiles.ProfileError, match="no entries for cpu"):
         pbs_tune.load_profile("auto", path)
+
+
+def _store(root, name, gpu, seqlen):
+    """A store folder (configs/ + cache/) holding one profile."""
+    path = root / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profiles.merge_entries(str(path), [entry(seqlen, gpu=gpu)])
+    return str(path)
+
+
+def test_lookup_order_explicit_then_env_then_user_then_shipped(tmp_path, monkeypatch):
+    from pbs_tune.runtime import profile_store
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("PBS_TUNE_HOME", raising=False)
+    shipped = profile_store.find_profile("h100-sxm")
+    assert shipped.where == "shipped with pbs-tune" and not shipped.other_variant
+    assert profiles.load(shipped.path).for_gpu("h100-sxm")
+    user = _store(tmp_path / "xdg" / "pbs-tune", "h100-sxm", "h100-sxm", 2048)
+    assert profile_store.find_profile("h100-sxm").path == user
+    monkeypatch.setenv("PBS_TUNE_HOME", str(tmp_path / "home"))
+    env = _store(tmp_path / "home", "h100-sxm", "h100-sxm", 4096)
+    assert profile_store.find_profile("h100-sxm").path == env
+    explicit = write_profile(tmp_path, [entry(8192, gpu="h100-sxm")])
+    assert pbs_tune.load_profile("h100-sxm", explicit).entries[0].seqlen == 8192
+    assert pbs_tune.load_profile("h100-sxm").entries[0].seqlen == 4096
+    # Another variant of the family only when no store has the exact one, and said so.
+    pcie = profile_store.find_profile("h100-pcie")
+    assert pcie.other_variant and pcie.path == env
+    assert profile_store.find_profile("a100-sxm") is None
+
+
+def test_show_works_from_any_directory_for_a_gpu_that_is_not_here(tmp_path):
+    import subprocess
+    import sys
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "empty"))
+    env.pop("PBS_TUNE_HOME", None)
+    out = subprocess.run([sys.executable, "-m", "pbs_tune", "show", "--gpu", "h200-sxm"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "h200-sxm.yaml" in out.stdout and "128k" in out.stdout
+
+
+@pytest.mark.parametrize("name,variant", [
+    ("NVIDIA H100 80GB HBM3", "h100-sxm"), ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H100 NVL", "h100-nvl"),
+    ("NVIDIA H200", "h200-sxm"), ("NVIDIA H200 NVL", "h200-nvl"), ("NVIDIA A100-SXM4-80GB", "a100-sxm"),
+    ("NVIDIA A100 80GB PCIe", "a100-pcie"), ("NVIDIA L40S", "l40s"),
+])
+def test_gpu_variants_are_told_apart(name, variant):
+    from pbs_tune.runtime.gpu import variant_name
+    assert variant_name(name) == variant

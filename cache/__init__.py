@@ -1,0 +1,1 @@
+"""Compiled-kernel libraries of the shipped profiles (installed as package data: pbs_tune.cache)."""

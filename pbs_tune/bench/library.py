@@ -1,0 +1,141 @@
+"""GPU benchmark of the ahead-of-time kernel library: `python -m pbs_tune.bench.library`.
+
+Parts (--parts):
+  identity   in one process, every config of the profile at --lengths: output of the library
+             launch vs Triton's JIT (bit-identical?), calls that fell back to the JIT, and
+             the op's steady-state latency each way (do_bench median).
+  firstcall  fresh processes (--runs per length) from the pbs_tune their environment finds:
+             `import pbs_tune` time (torch excluded), load_profile() time, first and steady
+             call times, kernels run through the JIT, files written to an empty Triton cache.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+
+def _qkv(n, heads=32, kv_heads=8, head_dim=128, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return (torch.randn(1, h, n, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+            for h in (heads, kv_heads, kv_heads))
+
+
+def part_identity(res, lengths, profile_path):
+    import pbs_tune
+    from ..kernels import launch
+    from .timing import median_ms
+    prof = pbs_tune.load_profile("auto", profile_path)
+    bound = launch.library_size()
+    rows = []
+    for n in lengths:
+        q, k, v = _qkv(n)
+        entry = prof.pick(n, gpu=prof.gpu, heads=32, kv_heads=8, head_dim=128, dtype="bfloat16")
+        p, lc = entry.params, entry.launch
+
+        def op():
+            return pbs_tune.pbs_attention(q, k, v, block_size=p.block_size, segment_size=p.segment_size,
+                                          threshold=p.threshold, launch=lc)
+        jit_before = launch.jit_calls
+        out_lib = op()
+        lib_ms = median_ms(op)
+        row = dict(n=n, config=entry.describe(), jit_calls_with_library=launch.jit_calls - jit_before,
+                   library_ms=lib_ms)
+        saved = dict(launch._library)
+        launch._library.clear()
+        out_jit = op()
+        row["jit_ms"] = median_ms(op)
+        launch._library.update(saved)
+        row["bit_identical"] = bool(torch.equal(out_lib, out_jit))
+        row["max_abs_diff"] = float((out_lib.float() - out_jit.float()).abs().max())
+        row["library_over_jit"] = row["library_ms"] / row["jit_ms"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del q, k, v, out_lib, out_jit
+        torch.cuda.empty_cache()
+    res["identity"] = dict(profile=prof.path, library=prof.library, bound_kernels=bound, rows=rows)
+
+
+CHILD = r"""
+import json, os, sys, tempfile, time
+import torch
+n, label = int(sys.argv[1]), sys.argv[2]
+tdir = tempfile.mkdtemp(prefix="triton-empty-")   # an empty Triton cache: any compile shows up here
+os.environ["TRITON_CACHE_DIR"] = tdir
+torch.cuda.init()
+g = torch.Generator(device="cuda").manual_seed(0)
+q, k, v = (torch.randn(1, h, n, 128, device="cuda", dtype=torch.bfloat16, generator=g) for h in (32, 8, 8))
+torch.cuda.synchronize()
+t0 = time.perf_counter()
+import pbs_tune
+t_import = time.perf_counter() - t0
+from pbs_tune.kernels import launch
+t0 = time.perf_counter()
+prof = pbs_tune.load_profile()
+t_load = time.perf_counter() - t0
+t0 = time.perf_counter()
+pbs_tune.tuned_attention(q, k, v, profile=prof)
+torch.cuda.synchronize()
+first = time.perf_counter() - t0
+steady = []
+for _ in range(5):
+    t0 = time.perf_counter()
+    pbs_tune.tuned_attention(q, k, v, profile=prof)
+    torch.cuda.synchronize()
+    steady.append(time.perf_counter() - t0)
+steady = sorted(steady)[2]
+print(json.dumps(dict(label=label, n=n, profile=prof.path, library=prof.library, bound_kernels=launch.library_size(),
+                      import_s=t_import, load_profile_s=t_load, first_s=first, steady_s=steady,
+                      first_minus_steady_s=first - steady, jit_calls=launch.jit_calls,
+                      triton_cache_files_written=sum(len(f) for _, _, f in os.walk(tdir)),
+                      load_times=prof.load_times, triton_imported="triton" in sys.modules,
+                      pbs_tune_at=os.path.dirname(pbs_tune.__file__), cwd=os.getcwd(), stats=pbs_tune.stats())))
+"""
+
+
+def part_firstcall(res, lengths, label, runs, cwd):
+    """`runs` fresh processes per length, started in `cwd` with the environment as given."""
+    import subprocess
+    rows = res.setdefault("firstcall", [])
+    for n in lengths:
+        for run in range(runs):
+            out = subprocess.run([sys.executable, "-c", CHILD, str(n), label], cwd=cwd, capture_output=True,
+                                 text=True, timeout=600)
+            lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
+            row = json.loads(lines[-1]) if lines else dict(label=label, n=n, error=out.stderr[-2000:])
+            row["run"] = run + 1
+            row["log"] = out.stderr[-600:]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="identity")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--lengths", default="32k,128k")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cwd", default="/")
+    ap.add_argument("--out", default=None, help="JSON file (appended to when it exists)")
+    args = ap.parse_args()
+    from ..seqlen import parse_length
+    from .timing import env_info, write_json
+    res = dict(env=env_info(), args=vars(args), argv=sys.argv)
+    if args.out and os.path.exists(args.out):
+        with open(args.out) as f:
+            res = json.load(f)
+    lengths = [parse_length(x) for x in args.lengths.split(",")]
+    try:
+        if "identity" in args.parts:
+            part_identity(res, lengths, args.profile)
+        if "firstcall" in args.parts:
+            part_firstcall(res, lengths, args.label, args.runs, args.cwd)
+    finally:
+        if args.out:
+            write_json(args.out, res)
+
+
+if __name__ == "__main__":
+    main()

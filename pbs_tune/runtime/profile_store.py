@@ -1,0 +1,87 @@
+"""Where profiles and their kernel libraries live, independent of the working directory.
+
+A *store* is a folder with `configs/<gpu>.yaml` (profiles) and `cache/<gpu>/` (their compiled
+kernels). Profiles are looked up in this order: an explicit path, the store named by the
+environment variable PBS_TUNE_HOME, the user's store ($XDG_DATA_HOME/pbs-tune, by default
+~/.local/share/pbs-tune), and last the profiles shipped inside the installed package. In
+each, the GPU's own variant ('h100-sxm') wins; another variant of the same family is used
+only when no store has the exact one, and the loader says so once.
+"""
+import glob
+import importlib.resources
+import os
+from dataclasses import dataclass
+
+from .gpu import family_of
+
+ENV_HOME = "PBS_TUNE_HOME"
+
+
+def user_home() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "pbs-tune")
+
+
+def shipped_home() -> str:
+    """The package's own store: pbs_tune/configs and pbs_tune/cache (the repository's configs/ and cache/)."""
+    return os.path.dirname(str(importlib.resources.files("pbs_tune.configs")))
+
+
+def shipped_configs() -> str:
+    return str(importlib.resources.files("pbs_tune.configs"))
+
+
+def stores() -> list:
+    """(label, configs folder) in lookup order."""
+    out = []
+    if os.environ.get(ENV_HOME):
+        out.append((f"${ENV_HOME}", os.path.join(os.environ[ENV_HOME], "configs")))
+    out.append(("user store", os.path.join(user_home(), "configs")))
+    out.append(("shipped with pbs-tune", shipped_configs()))
+    return out
+
+
+def default_profile_path(gpu: str) -> str:
+    """Where a sweep writes by default: the user's store (never the installed package)."""
+    home = os.environ.get(ENV_HOME) or user_home()
+    return os.path.join(home, "configs", f"{gpu}.yaml")
+
+
+def default_storage_url() -> str:
+    home = os.environ.get(ENV_HOME) or user_home()
+    return "sqlite:///" + os.path.join(home, "studies.db")
+
+
+def default_library_dir(profile_path: str) -> str:
+    """A profile in `<store>/configs/x.yaml` has its kernels in `<store>/cache/x/`; a loose
+    `dir/x.yaml` in `dir/cache/x/`."""
+    folder, name = os.path.split(os.path.abspath(profile_path))
+    stem = os.path.splitext(name)[0]
+    root = os.path.dirname(folder) if os.path.basename(folder) == "configs" else folder
+    return os.path.join(root, "cache", stem)
+
+
+@dataclass
+class Found:
+    path: str
+    where: str            # which store it came from
+    other_variant: bool   # a profile of another variant of the GPU's family
+
+
+def find_profile(gpu: str) -> Found | None:
+    """The profile for `gpu` by the lookup order above, or None."""
+    searched = stores()
+    for where, folder in searched:
+        path = os.path.join(folder, f"{gpu}.yaml")
+        if os.path.isfile(path):
+            return Found(path, where, False)
+    family = family_of(gpu)
+    for where, folder in searched:
+        for path in sorted(glob.glob(os.path.join(folder, f"{family}.yaml")) +
+                           glob.glob(os.path.join(folder, f"{family}-*.yaml"))):
+            return Found(path, where, True)
+    return None
+
+
+def searched_folders() -> str:
+    return ", ".join(folder for _, folder in stores())

@@ -1,0 +1,131 @@
+"""The compiled-kernel library: manifest round trip, relocation, read-only use, corruption.
+
+The kernels are compiled ahead of time for sm_90 on this CPU machine (Triton needs no GPU
+to compile), in a subprocess without the interpreter; binding and launching need a GPU
+and are measured on one (benchmarks/results/*aot*).
+"""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from pbs_tune.runtime import kernel_library
+
+BUILD = """
+import json, sys
+from pbs_tune.kernels import launch
+from pbs_tune.kernels.aot import attend_call, compile_call
+from pbs_tune.runtime import kernel_library
+calls = [attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
+                     num_stages=2),
+         attend_call(dtype="float16", head_dim=64, block_size=64, block_m=64, block_n=32, num_warps=4, num_stages=3)]
+manifest = kernel_library.write(sys.argv[1], [compile_call(c, arch=90) for c in calls], dict(triton="test"))
+keys = [list(map(str, launch.call_key(c.fn, c.args, c.constexprs, c.num_warps, c.num_stages))) for c in calls]
+recs = [list(map(str, kernel_library.record_key(r))) for r in manifest["kernels"]]
+print(json.dumps(dict(same_keys=sorted(keys) == sorted(recs))))
+"""
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("lib") / "h100-sxm")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", BUILD, path], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return path, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_manifest_records_what_a_launch_needs_and_no_ir(library):
+    path, result = library
+    assert result["same_keys"]  # a call finds the kernel compiled for it
+    manifest = kernel_library.read(path)
+    assert manifest["arch"] == 90 and manifest["kernel_sources"] == kernel_library.kernel_sources_hash()
+    assert sorted(os.listdir(path)) == sorted(["manifest.json"] + list(manifest["files"]))
+    assert all(name.endswith(".cubin") for name in manifest["files"])
+    big, small = sorted(manifest["kernels"], key=lambda r: -r["threads"])
+    assert (big["kernel"], big["symbol"], big["threads"], big["num_warps"]) == ("_attend_fwd", "_attend_fwd", 256, 8)
+    assert small["threads"] == 128 and dict(small["constexprs"])["HEAD_DIM"] == 64
+    names = [s[0] for s in big["signature"]]
+    assert names[:9] == ["Q", "K", "V", "POS", "O", "LSE", "KV_COUNT", "KV_FULL", "KV_IDX"]
+    assert ("N" in names) and ("HEAD_DIM" not in names)
+    assert dict((s[0], s[1]) for s in big["signature"])["Q"] == "*bf16"
+    assert big["shared"] > 0 and len(big["scratch"]) <= 2
+    with open(os.path.join(path, big["file"]), "rb") as f:
+        assert f.read(4) == b"\x7fELF"  # a cubin
+
+
+def test_relocated_and_read_only_copies_work_and_stay_untouched(library, tmp_path):
+    path, _ = library
+    copy = str(tmp_path / "elsewhere" / "h100-sxm")
+    shutil.copytree(path, copy)
+    for dirpath, _, files in os.walk(copy):
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), stat.S_IRUSR | stat.S_IRGRP)
+        os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR)
+    before = {n: os.stat(os.path.join(copy, n)).st_mtime_ns for n in os.listdir(copy)}
+    try:
+        assert kernel_library.read(copy)["kernels"] == kernel_library.read(path)["kernels"]
+        assert "no CUDA GPU" in kernel_library.problem_with(kernel_library.read(copy))
+        assert {n: os.stat(os.path.join(copy, n)).st_mtime_ns for n in os.listdir(copy)} == before
+    finally:
+        os.chmod(copy, 0o755)
+
+
+def _copy(library, tmp_path):
+    dst = str(tmp_path / "lib")
+    shutil.copytree(library[0], dst)
+    return dst, kernel_library.read(dst)
+
+
+def test_a_corrupted_cubin_is_detected_and_never_used(library, tmp_path):
+    path, manifest = _copy(library, tmp_path)
+    name = manifest["kernels"][0]["file"]
+    with open(os.path.join(path, name), "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(kernel_library.LibraryError, match="corrupted"):
+        kernel_library.read(path)
+    with pytest.raises(kernel_library.LibraryError, match="corrupted"):
+        kernel_library.bind(path)
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda p, m: os.remove(os.path.join(p, m["kernels"][0]["file"])), "is missing"),
+    (lambda p, m: open(os.path.join(p, "manifest.json"), "w").write("{not json"), "unreadable"),
+    (lambda p, m: json.dump(dict(m, format=99), open(os.path.join(p, "manifest.json"), "w")), "not a format-1"),
+    (lambda p, m: os.remove(os.path.join(p, "manifest.json")), "no kernel library"),
+])
+def test_missing_or_damaged_files_are_one_clear_error(library, tmp_path, damage, match):
+    path, manifest = _copy(library, tmp_path)
+    damage(path, manifest)
+    with pytest.raises(kernel_library.LibraryError, match=match):
+        kernel_library.read(path)
+
+
+def test_a_library_from_other_kernel_sources_is_stale(library, monkeypatch):
+    manifest = kernel_library.read(library[0])
+    monkeypatch.setattr(kernel_library, "kernel_sources_hash", lambda: "0" * 64)
+    assert "other kernel sources" in kernel_library.problem_with(manifest)
+
+
+def test_kernels_compile_ahead_of_time_for_a100_and_h100():
+    code = """
+from pbs_tune.kernels.aot import compile_attend
+for arch in (80, 90):
+    k = compile_attend(arch=arch, dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128,
+                       num_warps=8, num_stages=2)
+    ptx = k.asm["ptx"]
+    print(arch, "wgmma" in ptx, "mma.sync" in ptx)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.split("\n")
+    assert "80 False True" in lines  # Ampere: mma.sync, no Hopper-only instructions
+    assert "90 True False" in lines  # Hopper: wgmma

@@ -1,0 +1,124 @@
+"""Profile files: atomic merged writes, malformed input, typed entries."""
+import multiprocessing as mp
+import os
+
+import pytest
+import yaml
+
+from pbs_tune.runtime import profiles
+
+
+def entry(seqlen, gpu="h100", thr=0.9):
+    return dict(gpu=gpu, seqlen=seqlen, heads=32, kv_heads=8, head_dim=128, dtype="bfloat16",
+                params=dict(block_size=128, segment_size=256, threshold=thr),
+                launch=dict(block_m=128, block_n=128, num_warps=8, num_stages=3))
+
+
+def test_merge_adds_and_replaces_by_key(tmp_path):
+    path = str(tmp_path / "h100.yaml")
+    profiles.merge_entries(path, [entry(32768), entry(8192)])
+    profiles.merge_entries(path, [entry(32768, thr=0.8), entry(131072)])
+    prof = profiles.load(path)
+    assert [e.seqlen for e in prof.entries] == [8192, 32768, 131072]
+    assert prof.pick(40000, gpu="h100", heads=32, kv_heads=8, head_dim=128, dtype="bfloat16").params.threshold == 0.8
+    assert yaml.safe_load(open(path))["schema_version"] == profiles.SCHEMA_VERSION
+
+
+def _add(path, n):
+    profiles.merge_entries(path, [entry(n)])
+
+
+def test_concurrent_writers_lose_no_entry(tmp_path):
+    path = str(tmp_path / "h100.yaml")
+    procs = [mp.get_context("spawn").Process(target=_add, args=(path, 1024 * (i + 1))) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted(e.seqlen for e in profiles.load(path).entries) == [1024, 2048, 3072, 4096]
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = str(tmp_path / "h100.yaml")
+    profiles.merge_entries(path, [entry(8192)])
+    before = open(path).read()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(profiles.yaml, "safe_dump", boom)
+    with pytest.raises(OSError, match="disk full"):
+        profiles.merge_entries(path, [entry(16384)])
+    assert open(path).read() == before
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+def test_malformed_yaml_is_reported_with_its_line_and_never_overwritten(tmp_path):
+    path = tmp_path / "h100.yaml"
+    text = "schema_version: 1\nentries:\n- gpu: h100\n  seqlen: [8192\n"
+    path.write_text(text)
+    with pytest.raises(profiles.ProfileError, match=r"h100.yaml:\d+: not valid YAML"):
+        profiles.merge_entries(str(path), [entry(8192)])
+    assert path.read_text() == text
+
+
+@pytest.mark.parametrize("text,match", [
+    ("schema_version: 99\nentries: []\n", "schema_version 99"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("schema_version: 1\nentries:\n- gpu: h100\n", "entry 0 lacks seqlen"),
+])
+def test_schema_problems_are_clear(tmp_path, text, match):
+    path = tmp_path / "h100.yaml"
+    path.write_text(text)
+    with pytest.raises(profiles.ProfileError, match=match):
+        profiles.load(str(path))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(params=dict(segment_size=256, threshold=0.9)), "params lacks block_size"),
+    (dict(seqlen="256k"), "seqlen must be a positive integer"),
+    (dict(launch=dict(block_m=128, block_n=128, num_warps=8, num_stages=3, turbo=1)), "unknown field"),
+    (dict(params=dict(block_size=128, segment_size=256, threshold=1.7)), r"threshold must be a number in \(0, 1\]"),
+    (dict(dtype="bf17"), "dtype 'bf17'"),
+    (dict(layers={"x": "dense"}), "not a layer index"),
+    (dict(layers={"3": dict(params=dict(block_size=128, segment_size=200, threshold=0.9),
+                            launch=dict(block_m=128, block_n=128, num_warps=8, num_stages=3))}),
+     r"layers\.3: params.segment_size 200 is not a multiple"),
+])
+def test_entry_fields_are_checked_at_load_with_file_entry_and_field(tmp_path, change, match):
+    path = tmp_path / "h100.yaml"
+    bad = dict(entry(8192), **change)
+    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[entry(4096), bad])))
+    with pytest.raises(profiles.ProfileError, match=match) as info:
+        profiles.load(str(path))
+    assert str(info.value).startswith(f"{path}: entry 1")
+
+
+def test_binary_file_or_folder_as_profile_is_one_clear_error(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00\x81" * 10)
+    with pytest.raises(profiles.ProfileError, match="not a text file"):
+        profiles.load(str(tmp_path / "bin.yaml"))
+    with pytest.raises(profiles.ProfileError, match="is a directory"):
+        profiles.load(str(tmp_path))
+
+
+def test_kernel_key_ignores_the_threshold_value_and_covers_layer_overrides():
+    a = profiles.ProfileEntry.from_dict(entry(8192, thr=0.9))
+    b = profiles.ProfileEntry.from_dict(entry(8192, thr=0.7))
+    assert a.kernel_keys() == b.kernel_keys() and len(a.kernel_keys()) == 1
+    dense = profiles.ProfileEntry.from_dict(entry(8192, thr=1.0))
+    assert dense.kernel_keys() != a.kernel_keys()  # keep-all selection is its own kernel
+    layered = profiles.ProfileEntry.from_dict(dict(entry(8192), layers={
+        "0": "dense", "5": dict(params=dict(block_size=64, segment_size=256, threshold=0.8),
+                                launch=dict(block_m=64, block_n=64, num_warps=4, num_stages=2))}))
+    assert len(layered.kernel_keys()) == 2
+    assert layered.config_for_layer(0) is None and layered.config_for_layer(5)[0].block_size == 64
+    assert layered.config_for_layer(7) == (layered.params, layered.launch)
+
+
+def test_written_profile_is_world_readable_and_leaves_no_lock_beside_it(tmp_path):
+    path = str(tmp_path / "h100.yaml")
+    profiles.merge_entries(path, [entry(8192)], library=str(tmp_path / "cache" / "h100"))
+    assert os.stat(path).st_mode & 0o044 == 0o044
+    assert sorted(os.listdir(tmp_path)) == ["h100.yaml"]
+    assert profiles.load(path).library == str(tmp_path / "cache" / "h100")
+    assert yaml.safe_load(open(path))["kernels"] == os.path.join("cache", "h100")
