@@ -18,10 +18,13 @@ $py -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel . 2>&1 | tail -
 $py -m pip uninstall -q -y pbs-tune
 $py -m pip install -q --no-deps --target /tmp/site-ro /tmp/wheel/*.whl && chmod -R a-w /tmp/site-ro
 touch /tmp/marker; sleep 1
+cd /tmp  # nothing of the checkout on the path: the wheel alone
 PYTHONPATH=/tmp/site-ro $py -m pbs_tune.bench.library --parts firstcall --label wheel-readonly --out "$OUT/aot.json"
-PBS_TUNE_KERNELS=jit touch /tmp/marker; sleep 1
-PYTHONPATH=/tmp/site-ro $py -m pbs_tune.bench.library --parts firstcall --label jit-fallback \
+PBS_TUNE_KERNELS=jit PYTHONPATH=/tmp/site-ro $py -m pbs_tune.bench.library --parts firstcall --label jit-fallback \
   --out "$OUT/aot.json"
+PYTHONPATH=/tmp/site-ro $py -X importtime -c "import pbs_tune" 2> /tmp/importtime.txt
+sort -t'|' -k2 -n -r /tmp/importtime.txt | head -25 > "$OUT/importtime.txt"
+cd - >/dev/null
 # A checkout at another path, installed editable, then made read-only.
 mkdir -p /tmp/moved && cp -r . /tmp/moved/pbs-tune && rm -rf /tmp/moved/pbs-tune/out
 (cd /tmp/moved/pbs-tune && $py -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2)

@@ -239,7 +239,7 @@ def _ready(prof):
     if not prof.for_gpu(prof.gpu):
         raise profiles.ProfileError(f"{prof.path} has no entries for {prof.gpu}; make them with: "
                                     f"pbs-tune sweep --gpu {prof.gpu} --seqlen 32k --profile {prof.path}")
-    if prof.gpu != CPU:
+    if prof.gpu != CPU and "bind_s" not in prof.load_times:
         _bind_kernels(prof)
     return prof
 
