@@ -12,8 +12,10 @@ if [ "${BUILD:-1}" = 1 ]; then  # BUILD=0: use the libraries in the tree, as shi
   for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml || exit 1; done
   tar czf "$OUT/libraries.tar.gz" cache/*-*/ configs/*.yaml
 fi
-$py -m pbs_tune.bench.library --parts identity --profile configs/h100-sxm.yaml --out "$OUT/aot.json"
+[ "${IDENTITY:-1}" = 1 ] && $py -m pbs_tune.bench.library --parts identity --profile configs/h100-sxm.yaml \
+  --out "$OUT/aot.json"
 # An installed wheel, read-only, away from the checkout.
+rm -rf /tmp/site-ro /tmp/wheel /tmp/moved
 $py -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel . 2>&1 | tail -2
 $py -m pip uninstall -q -y pbs-tune
 $py -m pip install -q --no-deps --target /tmp/site-ro /tmp/wheel/*.whl && chmod -R a-w /tmp/site-ro
