@@ -3,10 +3,10 @@
 `pbs_attention` is the raw op (three public stages: `permute_keys`, `select_blocks`,
 `attend_blocks`); `tuned_attention` and `apply` run it with this GPU's tuned profile.
 """
-from .attention.launch_config import LaunchConfig, default_launch
-from .attention.op import attend, attend_blocks, check_inputs, pbs_attention, plan
-from .attention.permutation import KeyPermutation, identity_permutation, permute_keys
-from .attention.selection import BlockList, block_list_from_mask, select_blocks
+from .op.launch_config import LaunchConfig, default_launch
+from .op.pbs_attention import attend, attend_blocks, check_inputs, pbs_attention, plan
+from .op.permutation import KeyPermutation, identity_permutation, permute_keys
+from .op.selection import BlockList, block_list_from_mask, select_blocks
 from .runtime.loader import apply, attention, load_profile, reset_stats, stats, tuned_attention
 
 __version__ = "0.1.0"

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..attention.launch_config import LaunchConfig
-from ..attention.op import attend_blocks as attend
-from ..attention.op import plan
-from ..attention.permutation import identity_permutation
-from ..attention.selection import block_list_from_mask
+from ..op.launch_config import LaunchConfig
+from ..op.pbs_attention import attend_blocks as attend
+from ..op.pbs_attention import plan
+from ..op.permutation import identity_permutation
+from ..op.selection import block_list_from_mask
 from ..seqlen import parse_length
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
@@ -66,7 +66,7 @@ def part_checks(res):
         out[f"sparse_vs_fp32_ref_{cfg.block_m}x{cfg.block_n}"] = rel_l2(o, ref)
     out["sparse_density"] = blocks.density()
     # The key-score kernel against a float32 torch computation of the same quantity.
-    from ..attention.permutation import last_block_key_scores
+    from ..op.permutation import last_block_key_scores
     n = 8192 + 5
     q, k, _ = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device=dev, seed=2)
     got = last_block_key_scores(q, k, block_size=128, scale=1 / math.sqrt(128))
@@ -156,8 +156,8 @@ def part_masks(res, lengths, densities, with_flex):
 
 
 def part_op(res, lengths, configs, threshold):
-    from ..attention.permutation import permute_keys
-    from ..attention.selection import select_blocks
+    from ..op.permutation import permute_keys
+    from ..op.selection import select_blocks
     from ..tune.metrics import recall_from_lse
     rows = []
     for n in lengths:

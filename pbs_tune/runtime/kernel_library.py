@@ -244,7 +244,7 @@ def jit_kernels():
 def build(profile, path: str) -> dict:
     """Compile every kernel `profile` needs (in this process, through the JIT) and write the library."""
     import triton
-    from ..attention.op import pbs_attention
+    from ..op.pbs_attention import pbs_attention
     from ..dtypes import torch_dtype
     if launch.library_size():
         raise RuntimeError("build the kernel library in a fresh process (kernels are already bound here)")

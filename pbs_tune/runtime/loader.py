@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..attention.op import pbs_attention
+from ..op.pbs_attention import pbs_attention
 from ..dtypes import NAME_OF as _DTYPE_NAMES
 from ..dtypes import torch_dtype
 from ..seqlen import format_length

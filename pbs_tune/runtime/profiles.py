@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import yaml
 from filelock import FileLock
 
-from ..attention.launch_config import LaunchConfig
+from ..op.launch_config import LaunchConfig
 from ..dtypes import BY_NAME as DTYPE_NAMES
 from ..seqlen import format_length
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.op import attend_blocks, check_inputs
-from ..attention.permutation import identity_permutation, permute_keys
-from ..attention.selection import block_list_from_mask, select_blocks
+from ..op.pbs_attention import attend_blocks, check_inputs
+from ..op.permutation import identity_permutation, permute_keys
+from ..op.selection import block_list_from_mask, select_blocks
 from ..bench.timing import dense_baselines as sdpa_baselines
 from ..bench.timing import median_ms
 from .metrics import dense_reference, recall_from_lse, rel_l2

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from ..attention.launch_config import LaunchConfig, default_launch
+from ..op.launch_config import LaunchConfig, default_launch
 
 GPU_SPACE = dict(block_size=(64, 128), blocks_per_segment=(2, 4, 8, 16), threshold=(0.6, 0.99),
                  split=(1, 2), num_warps=(4, 8), num_stages=(2, 3, 4))

@@ -19,7 +19,7 @@ from optuna.study import MaxTrialsCallback
 from filelock import FileLock
 from optuna.trial import TrialState
 
-from ..attention.launch_config import LaunchConfig
+from ..op.launch_config import LaunchConfig
 from ..runtime.profiles import PbsParams, ProfileEntry
 from . import space as search_space
 from .evaluate import Calibration, measure

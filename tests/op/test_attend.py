@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pbs_tune import LaunchConfig, attend, block_list_from_mask, identity_permutation, pbs_attention, plan
-from pbs_tune.attention.permutation import KeyPermutation
+from pbs_tune.op.permutation import KeyPermutation
 from reference import allowed_matrix, causal_attention, masked_attention, rel_l2
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}

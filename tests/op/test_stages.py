@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pbs_tune import block_list_from_mask, permute_keys, select_blocks
-from pbs_tune.attention.permutation import last_block_key_scores
-from pbs_tune.attention.selection import block_means
+from pbs_tune.op.permutation import last_block_key_scores
+from pbs_tune.op.selection import block_means
 
 
 def test_permutation_sorts_each_complete_segment_and_values_follow():
