@@ -77,7 +77,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     """
     from .dtypes import torch_dtype
     from .tune.evaluate import dense_baselines, load_calibration
-    from .tune.sweep import (SweepSpec, choose, objective_for, open_study, pareto_front,
+    from .tune.sweep import (SweepSpec, check_storage, choose, objective_for, open_study, pareto_front,
                         profile_entry, reference_measurement, run_trials)
     if not 0.0 < max_error <= 1.0:
         raise ValueError(f"--max-error must be in (0, 1], got {max_error}")
@@ -85,6 +85,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         raise ValueError(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
     gpu = resolve_gpu(gpu)
     on_gpu = gpu != CPU
+    check_storage(storage or profile_store.default_storage_url(), create_folder=storage is None)
     if on_gpu and dtype == "float32":
         raise ValueError("--dtype float32 is only for the CPU interpreter; use bfloat16 or float16")
     if not on_gpu and dtype == "bfloat16":
@@ -259,7 +260,9 @@ def report(storage, study_name, out_dir):
       pbs-tune report --storage sqlite:///benchmarks/studies/h100.db --study h100-131072-32x8x128-bfloat16-mixed
     """
     from .tune.study_report import write_study_report
+    from .tune.sweep import check_storage
     storage = storage or profile_store.default_storage_url()
+    check_storage(storage)
     png, md = write_study_report(storage, study_name, out_dir)
     click.echo(f"wrote {png} and {md}")
 

@@ -94,7 +94,7 @@ attend = attend_blocks  # the name of earlier releases
 
 def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, scale=None,
                   permute=True, return_blocks=False):
-    """Causal PBS-Attn prefill. q (B, Hq, N, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
+    """Causal PBS-Attn prefill, forward only. q (B, Hq, N, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
 
     threshold=1.0 keeps every causal block (dense attention); permute=False is the
     unpermuted block-selection baseline. Output is in the original token order.
@@ -102,6 +102,9 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
     """
     check_inputs(q, k, v, block_size=block_size, segment_size=segment_size,
                  threshold=threshold, launch=launch)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError("pbs_attention is forward-only (prefill inference) and has no backward: call it "
+                         "under torch.no_grad() or torch.inference_mode(), or detach the inputs")
     with torch.no_grad():
         perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size,
                             threshold=float(threshold), scale=scale, permute=permute)

@@ -26,14 +26,34 @@ class BlockList:
     full: torch.Tensor   # (B, Hq, NQB) int32
     index: torch.Tensor  # (B, Hq, NQB, MAXK) int32; entries past `count` are unused
     block_size: int
+    segment_size: int | None = None    # set by select_blocks: the candidates follow the permutation
+    key_min: torch.Tensor | None = None  # (B, Hkv, NKB) smallest original position per key block
+    seqlen: int | None = None
 
     def kept_blocks(self) -> int:
         return int(self.count.sum())
 
-    def density(self) -> float:
-        """Kept blocks over causal blocks (kb <= qb in the original block grid)."""
+    def candidate_blocks(self) -> int:
+        """Blocks that threshold 1.0 keeps: every block of earlier segments, and the blocks of the
+        query's own segment holding a key at or before its last query. Without a permutation
+        that is the causal triangle; with one, a permuted diagonal segment has more."""
         B, H, nqb = self.count.shape
-        return self.kept_blocks() / (B * H * nqb * (nqb + 1) / 2)
+        if self.key_min is None:
+            return B * H * nqb * (nqb + 1) // 2
+        bps = self.segment_size // self.block_size
+        dev = self.key_min.device
+        qb = torch.arange(nqb, device=dev)
+        seg_first = (qb // bps) * bps
+        q_hi = torch.clamp((qb + 1) * self.block_size, max=self.seqlen) - 1
+        j = seg_first[:, None] + torch.arange(bps, device=dev)[None, :]
+        kmin = self.key_min[..., j.clamp(max=nqb - 1)]                 # (B, Hkv, NQB, BPS)
+        diagonal = ((kmin <= q_hi[:, None]) & (j < nqb)).sum()
+        group = H // self.key_min.shape[1]
+        return int(diagonal) * group + int(seg_first.sum()) * B * H
+
+    def density(self) -> float:
+        """Kept blocks over the blocks threshold 1.0 keeps (1.0 at threshold 1.0, permuted or not)."""
+        return self.kept_blocks() / self.candidate_blocks()
 
     def to_dense(self) -> torch.Tensor:
         """(B, Hq, NQB, NKB) bool: which key blocks each query block keeps."""
@@ -148,4 +168,5 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
     sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,
                                      block_size=block_size, segment_size=segment_size, threshold=threshold)
-    return BlockList(count=count, full=full, index=index, block_size=block_size)
+    return BlockList(count=count, full=full, index=index, block_size=block_size, segment_size=segment_size,
+                     key_min=kmin, seqlen=N)

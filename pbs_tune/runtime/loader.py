@@ -4,7 +4,8 @@
 `AttentionInterface` (with SDPA's mask builder) and switches the model to it. Prefill at
 or above the profile's smallest tuned length runs PBS with the entry tuned for the largest
 length <= the prompt; everything PBS cannot do exactly (decode steps, padding masks,
-dropout, other dtypes, untuned shapes) falls back to SDPA and is counted in `stats()`.
+dropout, non-causal modules, autograd, other dtypes, untuned shapes) falls back to SDPA and is
+counted in `stats()`.
 Kernels come from the profile's compiled-kernel library (see kernel_library.py), so no
 call compiles or tunes; without a usable library Triton's JIT takes over, said once.
 """
@@ -156,8 +157,10 @@ class _Settings:
         self.min_seqlen = min_seqlen
 
 
-def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs):
+def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs, causal=True):
     n = q.shape[2]
+    if not causal:
+        return "non_causal"
     if k.shape[2] != n:
         return "decode"
     if attention_mask is not None:
@@ -170,6 +173,8 @@ def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs):
         return "device"
     if q.dtype not in _DTYPE_NAMES:
         return "dtype"
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return "grad"  # PBS is forward-only (prefill inference)
     if n < settings.min_seqlen:
         return "short"
     return None
@@ -211,8 +216,9 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
                                       scaling=scaling, is_causal=is_causal, **kwargs)
 
     settings = getattr(module, "pbs_settings", None)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     reason = "not_applied" if settings is None else _fallback_reason(settings, query, key, attention_mask,
-                                                                     dropout, kwargs)
+                                                                     dropout, kwargs, causal)
     if reason is not None:
         _count(f"fallback:{reason}")
         logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", getattr(module, "layer_idx", "?"), reason)

@@ -6,7 +6,9 @@ resumes where it stopped and several workers can share one study. Trials minimis
 """
 import contextlib
 import datetime as _dt
+import hashlib
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,24 +54,63 @@ def _sqlite_path(url: str):
     return url.split("///", 1)[-1] if url.startswith("sqlite") else None
 
 
-def open_storage(url: str):
-    """RDB storage with heartbeats, so trials of a killed worker are failed, not lost."""
-    kwargs = {}
+def check_storage(url: str, create_folder: bool = False) -> None:
+    """Fail in one line, before any GPU work, for a storage URL that cannot work."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ValueError(f"--storage {url!r} is not a database URL; use sqlite:///path/studies.db or "
+                         f"postgresql+psycopg://user:password@host/database") from None
+    try:
+        parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ValueError(f"--storage: unknown database kind {parsed.drivername!r}; use sqlite:///... or "
+                         f"postgresql+psycopg://...") from None
+    except ImportError as exc:
+        raise ValueError(f"--storage {parsed.drivername}: its driver is not installed ({exc.name}); "
+                         f"for PostgreSQL: pip install 'psycopg[binary]'") from None
     path = _sqlite_path(url)
-    if path:
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+    if path is not None:
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if folder and not os.path.isdir(folder):
+            if not create_folder:
+                raise ValueError(f"--storage: folder {folder} does not exist; create it or choose another path")
+            os.makedirs(folder, exist_ok=True)
+        return
+    try:
+        engine = create_engine(url, connect_args={"connect_timeout": 10} if parsed.get_backend_name() == "postgresql"
+                               else {})
+        with engine.connect() as con:
+            con.execute(text("select 1"))
+    except ImportError as exc:
+        raise ValueError(f"--storage {parsed.drivername}: its driver is not installed ({exc.name}); "
+                         f"for PostgreSQL: pip install 'psycopg[binary]'") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise ValueError(f"--storage: cannot reach {parsed.render_as_string(hide_password=True)} ({first})") from None
+
+
+def open_storage(url: str):
+    """RDB storage with heartbeats: a killed worker's running trial is marked failed after the
+    grace period and enqueued again (Optuna's RetryFailedTrialCallback), so no trial is lost."""
+    kwargs = {}
+    if _sqlite_path(url) is not None:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, **kwargs)
+        retry = optuna.storages.RetryFailedTrialCallback(max_retry=2)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, failed_trial_callback=retry,
+                                          **kwargs)
 
 
 def open_study(spec: SweepSpec, storage_url: str, study_name: str) -> optuna.Study:
     """Create or join the study. Workers starting together must not both create the schema:
     SQLite creation is serialised by a lock file, other databases retry once."""
     path = _sqlite_path(storage_url)
-    lock = FileLock(path + ".lock", timeout=300) if path else contextlib.nullcontext()
+    lock = FileLock(os.path.join(tempfile.gettempdir(), "pbs-tune-study-" + hashlib.sha256(
+        os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"), timeout=300) if path else contextlib.nullcontext()
     for attempt in range(3):
         try:
             with lock:

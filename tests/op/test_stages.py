@@ -123,3 +123,13 @@ def test_density_grows_with_threshold(thr):
     lo = select_blocks(q, k, pos, block_size=bs, segment_size=32, threshold=thr, scale=0.125)
     hi = select_blocks(q, k, pos, block_size=bs, segment_size=32, threshold=min(1.0, thr + 0.05), scale=0.125)
     assert 0 < lo.density() <= hi.density() <= 1.0
+
+
+@pytest.mark.parametrize("n", [128, 150, 250])
+def test_density_is_one_at_threshold_one_even_when_permuted(n):
+    q, k, v = torch.randn(1, 4, n, 64) * 3, torch.randn(1, 2, n, 64) * 3, torch.randn(1, 2, n, 64)
+    perm = permute_keys(q, k, v, block_size=16, segment_size=64, scale=0.125)
+    all_blocks = select_blocks(q, perm.k, perm.positions, block_size=16, segment_size=64, threshold=1.0, scale=0.125)
+    assert all_blocks.density() == 1.0
+    some = select_blocks(q, perm.k, perm.positions, block_size=16, segment_size=64, threshold=0.3, scale=0.125)
+    assert 0 < some.density() < 1.0

@@ -162,3 +162,57 @@ def test_show_works_from_any_directory_for_a_gpu_that_is_not_here(tmp_path):
 def test_gpu_variants_are_told_apart(name, variant):
     from pbs_tune.runtime.gpu import variant_name
     assert variant_name(name) == variant
+
+
+def _attention_call(tmp_path, entries, **kwargs):
+    """One call of the registered attention function on a tiny Llama's layer 0; returns (out, want)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from pbs_tune.runtime.loader import _pbs_attention_forward
+    model = pbs_tune.apply(tiny_llama(), pbs_tune.load_profile("auto", write_profile(tmp_path, entries)))
+    attn = model.model.layers[0].self_attn
+    q, k, v = torch.randn(1, 2, 64, 64), torch.randn(1, 1, 64, 64), torch.randn(1, 1, 64, 64)
+    grad = kwargs.pop("requires_grad", False)
+    if grad:
+        q.requires_grad_(True)
+    pbs_tune.reset_stats()
+    out, _ = _pbs_attention_forward(attn, q, k, v, None, **kwargs)
+    want, _ = sdpa_attention_forward(attn, q, k, v, None, **kwargs)
+    return out, want
+
+
+@pytest.mark.parametrize("entries,kwargs,reason", [
+    ([entry(32, dense_faster=True)], {}, "dense_faster"),
+    ([dict(entry(32), heads=4)], {}, "untuned_shape"),
+    ([entry(32)], dict(dropout=0.5), "dropout"),
+    ([entry(32)], dict(sliding_window=16), "unsupported_kwargs"),
+    ([entry(32)], dict(is_causal=False), "non_causal"),
+    ([entry(32)], dict(requires_grad=True), "grad"),
+])
+def test_every_fallback_reason_runs_sdpa_and_is_counted(tmp_path, entries, kwargs, reason):
+    torch.manual_seed(0)  # dropout draws the same mask in both calls
+    out, want = _attention_call(tmp_path, entries, **kwargs)
+    assert pbs_tune.stats() == {f"fallback:{reason}": 1}
+    if not kwargs.get("dropout"):
+        assert torch.allclose(out, want, atol=1e-6)
+
+
+def test_soft_capping_is_never_run_as_plain_pbs(tmp_path):
+    with pytest.raises(ValueError, match="softcap"):  # SDPA refuses it too: an error, not a wrong answer
+        _attention_call(tmp_path, [entry(32)], softcap=30.0)
+    assert pbs_tune.stats() == {"fallback:unsupported_kwargs": 1}
+
+
+def test_pbs_runs_where_nothing_asks_for_a_fallback(tmp_path):
+    out, want = _attention_call(tmp_path, [entry(32, threshold=1.0)])
+    assert pbs_tune.stats() == {"pbs": 1}
+    assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_the_raw_op_is_forward_only():
+    q = torch.randn(1, 2, 64, 64, requires_grad=True)
+    k, v = torch.randn(1, 1, 64, 64), torch.randn(1, 1, 64, 64)
+    with pytest.raises(ValueError, match="forward-only"):
+        pbs_tune.pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.9)
+    with torch.no_grad():
+        assert pbs_tune.pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.9).shape == q.shape

@@ -165,3 +165,22 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_p
     assert states.count("FAIL") == 1 and states.count("COMPLETE") == 3
     failed = next(t for t in study.trials if t.state.name == "FAIL")
     assert failed.user_attrs["fail_reason"] == "RuntimeError: out of resources: shared memory"
+
+
+@pytest.mark.parametrize("url,msg", [
+    ("bogus://x", "unknown database kind 'bogus'"),
+    ("not a url", "is not a database URL"),
+    ("sqlite:////nonexistent-folder/x/study.db", "folder /nonexistent-folder/x does not exist"),
+    ("postgresql+psycopg://u:secret@127.0.0.1:1/db", "--storage"),
+])
+def test_bad_storage_is_one_line_before_any_work(tmp_path, url, msg):
+    res = CliRunner().invoke(main, sweep_args(tmp_path)[:-4] + ["--storage", url, "--profile", str(tmp_path / "p.yaml")])
+    assert res.exit_code == 1, res.output
+    assert msg in res.output and "Traceback" not in res.output and "secret" not in res.output
+    assert len(res.output.strip().splitlines()) == 1  # before the first length's header: no work done
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_python_dash_m_runs_the_cli(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pbs_tune", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "sweep" in out.stdout
