@@ -66,19 +66,26 @@ def main():
               help="Folder of its compiled-kernel library (default: cache/<name>/ of the profile's store).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the workload data and the sampler.")
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
+@click.option("--workers", default="1", show_default=True,
+              help="Worker processes on the study: a number, or 'auto' (one per visible GPU; on a CPU, "
+                   "one interpreter worker per core, up to 4). Each GPU worker sees one GPU.")
+@click.option("--heartbeat", "heartbeat_s", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Seconds between worker heartbeats; a worker silent for 3x this long is presumed dead "
+                   "and its trial is run again.")
+@click.option("--trials-only", is_flag=True, hidden=True, help="Worker mode: run trials, write nothing.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib,
-          storage, study_prefix, profile_path, library, seed, no_compile):
+          storage, study_prefix, profile_path, library, seed, no_compile, workers, heartbeat_s, trials_only):
     """Search block size, segment size, threshold and launch config per length.
 
     \b
     Example:
-      pbs-tune sweep --gpu h100 --seqlen 32k --seqlen 128k --trials 60
+      pbs-tune sweep --gpu h100 --seqlen 32k --seqlen 128k --trials 60 --workers auto
     """
     from .dtypes import torch_dtype
     from .tune.evaluate import dense_baselines, load_calibration
-    from .tune.sweep import (SweepSpec, check_storage, choose, objective_for, open_study, pareto_front,
-                        profile_entry, reference_measurement, run_trials)
+    from .tune.sweep import (SweepSpec, check_storage, choose, enqueue_known_configs, objective_for, open_study,
+                             pareto_front, profile_entry, recover_stale_trials, reference_measurement, run_trials)
     if not 0.0 < max_error <= 1.0:
         raise ValueError(f"--max-error must be in (0, 1], got {max_error}")
     if heads % kv_heads:
@@ -94,19 +101,35 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     storage = storage or profile_store.default_storage_url()
     if os.path.exists(profile_path):
         profiles.load(profile_path)  # fail now, not after an hour of tuning
+    n_workers = _worker_count(workers, on_gpu)
     source_name = "capture" if calib else workload
-    entries = []
+    specs = []
     for n in seqlens:
         spec = SweepSpec(gpu=gpu, seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim), dtype=dtype,
-                         workload=source_name, max_error=max_error, trials=trials, timeout=timeout, seed=seed)
-        name = study_prefix if study_prefix and len(seqlens) == 1 else spec.study_name(study_prefix)
+                         workload=source_name, max_error=max_error, trials=trials, timeout=timeout, seed=seed,
+                         heartbeat_s=heartbeat_s)
+        specs.append((spec, study_prefix if study_prefix and len(seqlens) == 1 else spec.study_name(study_prefix)))
+    if n_workers > 1:
+        for spec, name in specs:  # the published default goes in once, before the workers start
+            enqueue_known_configs(open_study(spec, storage, name), on_gpu)
+        _run_workers(n_workers, on_gpu, storage, profile_path, dict(
+            gpu=gpu, seqlen=[str(n) for n in seqlens], heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
+            max_error=max_error, trials=trials, timeout=timeout, workload=workload, calib=calib, study=study_prefix,
+            seed=seed, heartbeat=heartbeat_s))
+    entries = []
+    for spec, name in specs:
+        n = spec.seqlen
         click.echo(f"== {format_length(n)}: study '{name}' in {storage}")
         cal = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
                                dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
                                calib_file=calib, seed=seed)
+        study = open_study(spec, storage, name)
+        if trials_only:
+            run_trials(study, objective_for(cal, spec, on_gpu), spec, on_gpu=on_gpu)
+            continue
         baselines = dense_baselines(cal, on_gpu=on_gpu)
         reference = reference_measurement(cal, spec, on_gpu)
-        study = open_study(spec, storage, name)
+        recover_stale_trials(study, 3 * heartbeat_s)
         run_trials(study, objective_for(cal, spec, on_gpu), spec, callbacks=[_Progress(spec)], on_gpu=on_gpu)
         click.echo("", err=True)
         _print_front(pareto_front(study), max_error)
@@ -118,10 +141,55 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         entries.append(entry)
         click.echo("chosen: " + _entry_line(entry))
         del cal
+    if trials_only:
+        return
     profiles.merge_entries(profile_path, entries)
     click.echo(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {profile_path}")
     if on_gpu and not no_compile:
         _compile_in_fresh_process(profile_path, library)
+
+
+def _worker_count(workers, on_gpu) -> int:
+    if workers == "auto":
+        import torch
+        return torch.cuda.device_count() if on_gpu else max(1, min(4, os.cpu_count() or 1))
+    try:
+        n = int(workers)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"--workers must be a positive number or 'auto', got {workers!r}")
+    return n
+
+
+def _run_workers(n, on_gpu, storage, profile_path, options):
+    """Start n worker processes on the same studies (each GPU worker sees one GPU) and wait.
+
+    A worker that dies is reported, not fatal: its running trial is failed once its heartbeat
+    is stale and run again, by another worker or by this process afterwards."""
+    args = [sys.executable, "-m", "pbs_tune", "sweep", "--trials-only", "--workers", "1", "--storage", storage,
+            "--profile", profile_path]
+    for key, value in options.items():
+        for v in (value if isinstance(value, list) else [value]):
+            if v is not None:
+                args += [f"--{key.replace('_', '-')}", str(v)]
+    env = dict(os.environ)
+    procs = []
+    for i in range(n):
+        if on_gpu:
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=_visible_device(i))
+        procs.append(subprocess.Popen(args, env=env))
+    click.echo(f"started {n} workers: pids {' '.join(str(p.pid) for p in procs)}")
+    for i, p in enumerate(procs):
+        code = p.wait()
+        if code:
+            click.echo(f"worker {i} (pid {p.pid}) ended with status {code}; its trials are recovered", err=True)
+
+
+def _visible_device(i) -> str:
+    """The i-th GPU this process may use, as CUDA_VISIBLE_DEVICES names it."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[i].strip() if visible else str(i)
 
 
 class _Progress:

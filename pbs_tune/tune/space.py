@@ -1,8 +1,8 @@
 """The tuner's search space: PBS parameters and attend-kernel launch configs.
 
 Parameters are drawn so that every combination tiles correctly by construction (segment =
-block x blocks_per_segment, tile = block / split); configs whose shared memory cannot fit
-on the device are pruned before they run.
+block x blocks_per_segment, tile = block / split); configs whose compiled attend kernel does
+not fit the device are pruned before they run, with the reason stored on the trial.
 """
 from dataclasses import dataclass
 
@@ -39,14 +39,24 @@ def reference_config(head_dim, seqlen=None, cpu=False):
     return TrialConfig(bs, seg, REFERENCE["threshold"], default_launch(bs, head_dim))
 
 
-def shared_bytes(launch: LaunchConfig, head_dim: int, elem_bytes: int) -> int:
-    """Lower estimate of the kernel's shared memory: Q tile + pipelined K and V tiles."""
-    kv = 2 * launch.block_n * head_dim * elem_bytes
-    return launch.block_m * head_dim * elem_bytes + max(1, launch.num_stages - 1) * kv
+def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, arch: int, smem_limit: int) -> str | None:
+    """Why this config's attend kernel cannot run on this GPU, or None. The kernel is compiled
+    first (what the JIT would build, see kernels/aot.py), so its real shared memory is compared
+    with the device's limit, not an estimate; Triton's cache then serves the JIT the same build."""
+    from ..kernels.aot import attend_call, compile_call
+    lc = cfg.launch
+    try:
+        kernel = compile_call(attend_call(dtype=dtype, head_dim=head_dim, block_size=cfg.block_size,
+                                          block_m=lc.block_m, block_n=lc.block_n, num_warps=lc.num_warps,
+                                          num_stages=lc.num_stages), arch=arch)
+    except Exception as exc:  # the compiler's own refusal, reported in one line
+        return f"attend kernel does not compile for sm_{arch}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if kernel.metadata.shared > smem_limit:
+        return f"attend kernel needs {kernel.metadata.shared} bytes of shared memory; the GPU allows {smem_limit}"
+    return None
 
 
-def suggest(trial: optuna.Trial, space: dict, *, head_dim: int, elem_bytes: int,
-            smem_limit: int | None) -> TrialConfig:
+def suggest(trial: optuna.Trial, space: dict) -> TrialConfig:
     bs = trial.suggest_categorical("block_size", list(space["block_size"]))
     per_seg = trial.suggest_categorical("blocks_per_segment", list(space["blocks_per_segment"]))
     lo, hi = space["threshold"]
@@ -58,8 +68,4 @@ def suggest(trial: optuna.Trial, space: dict, *, head_dim: int, elem_bytes: int,
                           num_stages=trial.suggest_categorical("num_stages", list(space["num_stages"])))
     cfg = TrialConfig(bs, bs * per_seg, threshold, launch)
     trial.set_user_attr("config", cfg.as_dict())
-    if smem_limit is not None and shared_bytes(launch, head_dim, elem_bytes) > smem_limit:
-        trial.set_user_attr("fail_reason", f"shared memory estimate {shared_bytes(launch, head_dim, elem_bytes)} "
-                                           f"> device limit {smem_limit}")
-        raise optuna.TrialPruned("launch config does not fit in shared memory")
     return cfg

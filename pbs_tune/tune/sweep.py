@@ -8,6 +8,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import os
+import socket
 import tempfile
 import time
 import warnings
@@ -17,7 +18,6 @@ import optuna
 import sqlalchemy.exc
 import torch
 import triton
-from optuna.study import MaxTrialsCallback
 from filelock import FileLock
 from optuna.trial import TrialState
 
@@ -43,6 +43,7 @@ class SweepSpec:
     trials: int = 40
     timeout: float | None = None
     seed: int = 0
+    heartbeat_s: int = 10  # a worker silent for 3x this long is presumed dead
 
     def study_name(self, prefix=None):
         base = (f"{self.gpu}-{self.seqlen}-{self.heads}x{self.kv_heads}x{self.head_dim}-{self.dtype}-"
@@ -92,17 +93,17 @@ def check_storage(url: str, create_folder: bool = False) -> None:
         raise ValueError(f"--storage: cannot reach {parsed.render_as_string(hide_password=True)} ({first})") from None
 
 
-def open_storage(url: str):
+def open_storage(url: str, heartbeat_s: int = 10):
     """RDB storage with heartbeats: a killed worker's running trial is marked failed after the
-    grace period and enqueued again (Optuna's RetryFailedTrialCallback), so no trial is lost."""
+    grace period and enqueued again (Optuna's RetryHeartbeatStaleTrialCallback), so no trial is lost."""
     kwargs = {}
     if _sqlite_path(url) is not None:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryFailedTrialCallback(max_retry=2)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, failed_trial_callback=retry,
-                                          **kwargs)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+                                          heartbeat_stale_trial_callback=retry, **kwargs)
 
 
 def open_study(spec: SweepSpec, storage_url: str, study_name: str) -> optuna.Study:
@@ -125,7 +126,7 @@ def _create_study(spec, storage_url, study_name):
     # Workers of one study must not replay each other's random start: the seed mixes in the pid.
     sampler = optuna.samplers.TPESampler(seed=(spec.seed * 1_000_003 + os.getpid()) % (2 ** 31),
                                          multivariate=True, n_startup_trials=10)
-    study = optuna.create_study(storage=open_storage(storage_url), study_name=study_name,
+    study = optuna.create_study(storage=open_storage(storage_url, spec.heartbeat_s), study_name=study_name,
                                 directions=["minimize", "minimize"], sampler=sampler, load_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -137,21 +138,28 @@ def _create_study(spec, storage_url, study_name):
 
 def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
     space = search_space.GPU_SPACE if on_gpu else search_space.CPU_SPACE
-    smem = None
+    arch = smem = None
     if on_gpu:
         props = torch.cuda.get_device_properties(0)
-        smem = getattr(props, "shared_memory_per_block_optin", None)
-    elem = cal.q.element_size()
+        arch, smem = props.major * 10 + props.minor, props.shared_memory_per_block_optin
 
     def objective(trial):
-        cfg = search_space.suggest(trial, space, head_dim=spec.head_dim, elem_bytes=elem, smem_limit=smem)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:gpu={_visible_gpus()}")
+        cfg = search_space.suggest(trial, space)
+        problem = search_space.launch_problem(cfg, head_dim=spec.head_dim, dtype=spec.dtype, arch=arch,
+                                              smem_limit=smem) if on_gpu else None
+        if problem:
+            trial.set_user_attr("fail_reason", problem)
+            raise optuna.TrialPruned(problem)
         try:
             m = measure(cal, cfg, on_gpu=on_gpu)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             if on_gpu:
                 torch.cuda.empty_cache()
-            raise
+            # Optuna records a NaN result as a failed trial with one log line (an exception would
+            # print its traceback); the reason is on the trial.
+            return float("nan"), float("nan")
         for key, val in m.items():
             trial.set_user_attr(key, val)
         trial.set_constraint("error_over_bound", m["rel_l2"] - spec.max_error)  # feasible when <= 0
@@ -159,8 +167,38 @@ def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
     return objective
 
 
+def _visible_gpus() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "all") if torch.cuda.is_available() else "none"
+
+
 def finished_count(study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Trials that count towards --trials: finished ones, except a killed worker's trial that
+    was failed for a stale heartbeat and queued again (its retry counts instead)."""
+    trials = study.get_trials(deepcopy=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
+    return sum(1 for t in trials if t.state in FINISHED and t.number not in retried)
+
+
+def recover_stale_trials(study, grace_s: float) -> None:
+    """Trials left RUNNING by workers that died: once their heartbeat is older than the grace
+    period they are failed and queued again, so the next worker (or this one) reruns them."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return
+    time.sleep(grace_s)
+    optuna.storages.fail_stale_trials(study)
+
+
+class _StopAtTarget:
+    """Stop every worker once the study holds the target number of counted trials."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __call__(self, study, trial):
+        if finished_count(study) >= self.target:
+            study.stop()
 
 
 def enqueue_known_configs(study, on_gpu: bool):
@@ -183,8 +221,9 @@ def run_trials(study, objective, spec: SweepSpec, callbacks=(), on_gpu=True):
     if remaining <= 0:
         return
     enqueue_known_configs(study, on_gpu)
-    study.optimize(objective, n_trials=remaining, timeout=spec.timeout, catch=(Exception,),
-                   callbacks=[MaxTrialsCallback(spec.trials, states=FINISHED), *callbacks])
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    study.optimize(objective, n_trials=max(remaining, waiting), timeout=spec.timeout, catch=(Exception,),
+                   callbacks=[_StopAtTarget(spec.trials), *callbacks])
 
 
 def feasible_trials(study, max_error):

@@ -94,9 +94,9 @@ def test_sweep_resumes_after_sigkill_without_losing_trials(tmp_path):
     proc = _cli(tmp_path, *args)
     deadline = time.time() + 240
     while time.time() < deadline:
-        time.sleep(0.5)
-        if os.path.exists(tmp_path / "study.db") and \
-                len([t for t in finished_trials(tmp_path) if t[1] == "COMPLETE"]) >= 3:
+        time.sleep(0.2)
+        states = [s for _, s in finished_trials(tmp_path)] if os.path.exists(tmp_path / "study.db") else []
+        if states.count("COMPLETE") >= 3 and "RUNNING" in states:  # mid-trial, so never after the end
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -184,3 +184,67 @@ def test_bad_storage_is_one_line_before_any_work(tmp_path, url, msg):
 def test_python_dash_m_runs_the_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pbs_tune", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "sweep" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server (pgserver's self-contained binaries), for this module's tests."""
+    import pgserver
+    server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+def _postgres_url(server, database):
+    server.psql(f"create database {database};")
+    url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    head, _, query = url.partition("?")
+    return head.rsplit("/", 1)[0] + f"/{database}?" + query
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend):
+    import optuna
+    from pbs_tune.tune.sweep import finished_count
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/study.db"
+    else:
+        url = _postgres_url(request.getfixturevalue("postgres_server"), f"kill_{os.getpid()}")
+    args = sweep_args(tmp_path, "--study", "shared", "--workers", "2", "--heartbeat", "1", seqlen="128",
+                      trials="12")
+    args[args.index("--storage") + 1] = url
+    parent = _cli(tmp_path, *args)
+    started = ""
+    while "started 2 workers" not in started:
+        started = parent.stdout.readline()
+        assert started, "the sweep ended before starting its workers"
+    victim = int(started.split("pids")[1].split()[0])
+    study = None
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            study = study or optuna.load_study(study_name="shared", storage=url)
+        except KeyError:
+            continue
+        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if f":{victim}:" in t.user_attrs.get("worker", "")]
+        if running and len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) >= 2:
+            break
+    os.kill(victim, signal.SIGKILL)  # in the middle of its trial
+    killed = running[0].number
+    out = started + parent.communicate(timeout=600)[0]
+    assert parent.returncode == 0, out
+    assert f"(pid {victim}) ended with status -9" in out
+    trials = optuna.load_study(study_name="shared", storage=url).get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))                         # nothing counted twice
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]  # nothing left behind
+    assert 12 <= finished_count(optuna.load_study(study_name="shared", storage=url)) <= 13
+    retried = {optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t for t in trials}
+    assert trials[killed].state.name == "FAIL"                           # failed for its stale heartbeat,
+    assert retried[killed].state.name == "COMPLETE"                      # and run again to the end
+    assert retried[killed].params == trials[killed].params
+    (entry,) = profiles.load(str(tmp_path / "cpu.yaml")).entries         # the profile is whole
+    assert entry.seqlen == 128
