@@ -336,7 +336,9 @@ def report(storage, study_name, out_dir):
 
 
 @main.command()
-@click.option("--model", required=True, help="Local transformers model folder (config + weights).")
+@click.option("--model", required=True,
+              help="Local transformers model folder (config + weights), or 'smollm2' (the packaged SmolLM2-135M).")
+@click.option("--gguf-file", default=None, help="A GGUF file inside --model to load (transformers' gguf_file=).")
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Text file to run through the model.")
 @click.option("--seqlen", required=True, callback=lambda c, p, v: parse_length(v), help="Tokens to capture, e.g. 32k.")
@@ -344,17 +346,18 @@ def report(storage, study_name, out_dir):
 @click.option("--out", "out_file", required=True, help="Output .safetensors file.")
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
 @one_line_errors
-def capture(model, text_file, seqlen, layers, out_file, dtype):
+def capture(model, gguf_file, text_file, seqlen, layers, out_file, dtype):
     """Record per-layer calibration Q/K/V (after RoPE) from a transformers model.
 
     \b
     Example:
       pbs-tune capture --model ./Llama-3.1-8B --text book.txt --seqlen 32k --out calib.safetensors
       pbs-tune sweep --gpu h100 --seqlen 32k --calib calib.safetensors
+      pbs-tune capture --model smollm2 --text code.py --seqlen 8k --out smol.safetensors
     """
     from .tune.capture import capture_qkv
     layer_ids = [int(x) for x in layers.split(",")] if layers else None
-    n = capture_qkv(model, text_file, seqlen, out_file, layers=layer_ids, dtype=dtype)
+    n = capture_qkv(model, text_file, seqlen, out_file, layers=layer_ids, dtype=dtype, gguf_file=gguf_file)
     click.echo(f"wrote {n} layers of Q/K/V to {out_file}")
 
 

@@ -138,7 +138,7 @@ def _prewarm(entries):
             q = torch.randn(1, e.heads, n, e.head_dim, device="cuda", dtype=dtype)
             k = torch.randn(1, e.kv_heads, n, e.head_dim, device="cuda", dtype=dtype)
             pbs_attention(q, k, k, block_size=params.block_size, segment_size=params.segment_size,
-                          threshold=params.threshold, launch=launch)
+                          threshold=params.threshold, launch=launch, permute=params.permute)
     torch.cuda.synchronize()
 
 
@@ -203,7 +203,7 @@ def _run(settings, q, k, v, scale, layer_idx, sdpa):
     params, launch = cfg
     _count("pbs")
     return pbs_attention(q, k, v, block_size=params.block_size, segment_size=params.segment_size,
-                         threshold=params.threshold, launch=launch, scale=scale)
+                         threshold=params.threshold, launch=launch, scale=scale, permute=params.permute)
 
 
 def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,

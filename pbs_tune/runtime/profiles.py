@@ -36,9 +36,13 @@ class PbsParams:
     block_size: int
     segment_size: int
     threshold: float
+    permute: bool = True  # False: unpermuted block selection (a per-model or per-layer choice)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.permute:
+            del d["permute"]  # the default stays implicit: files of earlier releases read the same
+        return d
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ class ProfileEntry:
 
 
 def describe_config(params: PbsParams, launch: LaunchConfig) -> str:
-    return (f"b{params.block_size} s{params.segment_size} τ{params.threshold:.3g} "
+    return (f"b{params.block_size} s{params.segment_size} τ{params.threshold:.3g}{'' if params.permute else ' unpermuted'} "
             f"{launch.block_m}x{launch.block_n}w{launch.num_warps}s{launch.num_stages}")
 
 
@@ -167,7 +171,7 @@ def _config(d, where):
         extra = sorted(set(value) - set(fields))
         if extra:
             raise ProfileError(f"{where}: {part} has unknown field(s) {', '.join(map(str, extra))}")
-        lacking = [f for f in fields if f not in value]
+        lacking = [f for f in fields if f not in value and f != "permute"]
         if lacking:
             raise ProfileError(f"{where}: {part} lacks {', '.join(lacking)}")
     bs = _positive_int(p["block_size"], f"{where}: params.block_size")
@@ -184,7 +188,10 @@ def _config(d, where):
         launch.check(bs)
     except ValueError as exc:
         raise ProfileError(f"{where}: {exc}") from None
-    return PbsParams(bs, seg, float(thr)), launch
+    permute = p.get("permute", True)
+    if not isinstance(permute, bool):
+        raise ProfileError(f"{where}: params.permute must be true or false, got {permute!r}")
+    return PbsParams(bs, seg, float(thr), permute), launch
 
 
 @dataclass

