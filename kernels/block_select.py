@@ -2,7 +2,7 @@
 
 Each program takes one row of block logits (pooled query vs pooled permuted keys), turns
 the causal candidates outside its own segment into a softmax, keeps the smallest set whose
-mass reaches the threshold (sort descending, cumulative sum; ties with the smallest kept
+mass reaches its query head's threshold (sort descending, cumulative sum; ties with the smallest kept
 probability are kept too), adds the diagonal segment and the sink block, and writes the
 kept key blocks: those whose keys all precede the query block first (no mask needed),
 then the ones needing the causal mask by position. Blocks of the diagonal segment whose
@@ -16,7 +16,7 @@ from .launch import run
 
 
 @triton.jit(do_not_specialize=["N", "NB", "BPS", "BS", "H", "GROUP"])
-def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, threshold,
+def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, THRESHOLD,
                  N, NB, BPS, BS, H, GROUP,
                  NB_P2: tl.constexpr, KEEP_ALL: tl.constexpr):
     qb = tl.program_id(0)
@@ -38,7 +38,7 @@ def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, threshold,
         p = tl.where(outside, tl.exp(x - m), 0.0)
         p = p / tl.maximum(tl.sum(p, 0), 1.0e-30)
         ps = tl.sort(p, descending=True)
-        take = (tl.cumsum(ps, 0) - ps) < threshold
+        take = (tl.cumsum(ps, 0) - ps) < tl.load(THRESHOLD + pid_bh % H)  # one threshold per query head
         p_min = tl.min(tl.where(take, ps, float("inf")), 0)
         chosen = outside & (p >= p_min)
 
@@ -64,8 +64,9 @@ def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, threshold,
 def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_size, threshold):
     """Compact kept-block list (count, full, index) from (B, Hq, NB, NB) block logits.
 
-    `logits` may be None when threshold >= 1 (every candidate kept). kmin/kmax: (B, Hkv, NB)
-    int32 position bounds of the permuted key blocks; sink: (B, Hkv) int32 sink block.
+    `threshold`: (Hq,) float32 tensor, one per query head. `logits` may be None when every
+    threshold is >= 1 (every candidate kept). kmin/kmax: (B, Hkv, NB) int32 position bounds
+    of the permuted key blocks; sink: (B, Hkv) int32 sink block.
     """
     B, Hkv, nb = kmin.shape
     dev = kmin.device
@@ -73,9 +74,9 @@ def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_
     full = torch.empty_like(count)
     index = torch.empty((B, heads, nb, nb), dtype=torch.int32, device=dev)  # read only up to count
     nb_p2 = triton.next_power_of_2(nb)
-    keep_all = threshold >= 1.0
+    keep_all = logits is None
     run(_select_rows, (nb, B * heads), (
-        kmin if keep_all else logits, kmin, kmax, sink, count, full, index, float(threshold),
+        kmin if keep_all else logits, kmin, kmax, sink, count, full, index, threshold,
         seqlen, nb, segment_size // block_size, block_size, heads, heads // Hkv),
         dict(NB_P2=nb_p2, KEEP_ALL=keep_all), num_warps=4 if nb_p2 <= 2048 else 8, num_stages=3)
     return count, full, index

@@ -264,6 +264,7 @@ def show(gpu, profile_path):
         if found is None:
             raise ValueError(f"no profile for {gpu} (searched {profile_store.searched_folders()})")
         profile_path = found.path
+    from .runtime.profiles import describe_threshold
     prof = profiles.load(profile_path)
     click.echo(f"{prof.path}: {len(prof.entries)} entries")
     click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>14} "
@@ -273,7 +274,7 @@ def show(gpu, profile_path):
         launch = f"{lc.block_m}x{lc.block_n} w{lc.num_warps} s{lc.num_stages}"
         shape = f"{e.heads}/{e.kv_heads}/{e.head_dim}"
         click.echo(f"{format_length(e.seqlen):>6} {shape:>10} {e.dtype:>8} "
-                   f"{p.block_size:>5} {p.segment_size:>5} {p.threshold:>5} {launch:>14} "
+                   f"{p.block_size:>5} {p.segment_size:>5} {describe_threshold(p.threshold)[1:]:>5} {launch:>14} "
                    f"{m.get('latency_ms', float('nan')):9.3f} {m.get('rel_l2', float('nan')):7.4f} "
                    f"{m.get('recall', float('nan')):7.4f} {m.get('density', float('nan')):5.3f} "
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")

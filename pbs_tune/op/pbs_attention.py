@@ -54,8 +54,11 @@ def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None):
     if not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < block_size \
             or segment_size % block_size:
         raise ValueError(f"segment_size must be a positive multiple of block_size={block_size}, got {segment_size!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
+    values = threshold.tolist() if isinstance(threshold, torch.Tensor) else threshold
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    if len(values) not in (1, Hq) or any(isinstance(t, bool) or not isinstance(t, (int, float))
+                                          or not 0.0 < t <= 1.0 for t in values):
+        raise ValueError(f"threshold must be a number in (0, 1], or one per query head ({Hq}), got {threshold!r}")
     if launch is not None:
         if not isinstance(launch, LaunchConfig):
             raise TypeError(f"launch must be a LaunchConfig, got {type(launch).__name__}")
@@ -96,8 +99,9 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
                   permute=True, return_blocks=False):
     """Causal PBS-Attn prefill, forward only. q (B, Hq, N, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
 
-    threshold=1.0 keeps every causal block (dense attention); permute=False is the
-    unpermuted block-selection baseline. Output is in the original token order.
+    threshold: one number in (0, 1], or one per query head (per-head budgets); 1.0 keeps every
+    causal block (dense attention). permute=False is the unpermuted block-selection baseline.
+    Output is in the original token order.
     With return_blocks=True, returns (out, BlockList) so callers can read the density.
     """
     check_inputs(q, k, v, block_size=block_size, segment_size=segment_size,
@@ -107,6 +111,6 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
                          "under torch.no_grad() or torch.inference_mode(), or detach the inputs")
     with torch.no_grad():
         perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size,
-                            threshold=float(threshold), scale=scale, permute=permute)
+                            threshold=threshold, scale=scale, permute=permute)
         out = attend_blocks(q, perm, blocks, launch=launch, scale=scale)
     return (out, blocks) if return_blocks else out

@@ -5,6 +5,7 @@ smallest set of causal key blocks outside its own segment whose softmax mass rea
 threshold is kept, plus every block of its own (diagonal) segment and the block holding
 key 0 (the attention sink). The attend kernel reads only the kept indices.
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -150,23 +151,42 @@ def block_list_from_mask(keep, positions, block_size):
                      index=order.contiguous(), block_size=block_size)
 
 
+@functools.lru_cache(maxsize=256)
+def _threshold_tensor(values: tuple, device: str) -> torch.Tensor:
+    """The (Hq,) float32 thresholds on the device, made once per distinct value set (read-only)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def head_thresholds(threshold, heads: int) -> tuple:
+    """One threshold per query head: a number is the same for all; a sequence gives each its own."""
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.tolist()
+    values = tuple(float(t) for t in threshold) if isinstance(threshold, (list, tuple)) else (float(threshold),) * heads
+    if len(values) != heads:
+        raise ValueError(f"threshold has {len(values)} values for {heads} query heads; give one number or one per head")
+    return values
+
+
 def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale):
     """Run PBS block selection on permuted keys. Returns a BlockList.
 
-    Block logits come from one batched matmul of pooled queries and keys; the per-row
-    softmax, threshold, and compaction run in one Triton kernel (kernels/select.py).
+    `threshold` is one number or one per query head (a per-head budget). Block logits come
+    from one batched matmul of pooled queries and keys; the per-row softmax, threshold, and
+    compaction run in one Triton kernel (kernels/block_select.py).
     """
     B, Hq, N, D = q.shape
     Hkv = k_perm.shape[1]
     nb = -(-N // block_size)
+    values = head_thresholds(threshold, Hq)
     logits = None
-    if threshold < 1.0:
+    if min(values) < 1.0:
         pooled_q = block_means(q, block_size).view(B, Hkv, (Hq // Hkv) * nb, D)
         pooled_k = block_means(k_perm, block_size)
         logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nb, nb)
     kmin, kmax = block_position_bounds(positions, block_size)
     sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,
-                                     block_size=block_size, segment_size=segment_size, threshold=threshold)
+                                     block_size=block_size, segment_size=segment_size,
+                                     threshold=_threshold_tensor(values, str(q.device)))
     return BlockList(count=count, full=full, index=index, block_size=block_size, segment_size=segment_size,
                      key_min=kmin, seqlen=N)

@@ -256,7 +256,7 @@ def build(profile, path: str) -> dict:
             q = torch.randn(1, e.heads, e.seqlen, e.head_dim, device="cuda", dtype=dtype)
             k = torch.randn(1, e.kv_heads, e.seqlen, e.head_dim, device="cuda", dtype=dtype)
             pbs_attention(q, k, k, block_size=params.block_size, segment_size=params.segment_size,
-                          threshold=params.threshold, launch=lc)
+                          threshold=params.threshold, launch=lc, permute=params.permute)
             longer = [n for n in lengths if n > e.seqlen]
             _run_select_buckets(e, params, prewarm_length(params), (longer[0] - 1) if longer else 4 * e.seqlen)
     torch.cuda.synchronize()
@@ -278,11 +278,12 @@ def _run_select_buckets(entry, params, shortest, longest):
     nb = 1 << (-(-shortest // bs) - 1).bit_length()
     top = -(-longest // bs)
     group = entry.heads // entry.kv_heads  # one KV head: the kernel is not specialised on counts
+    keep_all = params.keeps_all
     while True:
         kb = torch.zeros((1, 1, nb), dtype=torch.int32, device="cuda")
-        logits = torch.zeros((1, group, nb, nb), dtype=torch.float32, device="cuda")
+        logits = None if keep_all else torch.zeros((1, group, nb, nb), dtype=torch.float32, device="cuda")
         select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs, block_size=bs,
-                    segment_size=params.segment_size, threshold=params.threshold)
+                    segment_size=params.segment_size, threshold=torch.ones(group, device="cuda"))
         if nb >= top:
             break
         nb *= 2

@@ -129,7 +129,7 @@ def _prewarm(entries):
     for e in entries:
         for params, launch in e.configs():
             key = (e.dtype, e.heads, e.kv_heads, e.head_dim, params.block_size, params.segment_size,
-                   params.threshold >= 1.0, launch)
+                   params.keeps_all, launch)
             if key in _prewarmed:
                 continue
             _prewarmed.add(key)

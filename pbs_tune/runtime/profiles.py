@@ -35,14 +35,20 @@ class PbsParams:
 
     block_size: int
     segment_size: int
-    threshold: float
-    permute: bool = True  # False: unpermuted block selection (a per-model or per-layer choice)
+    threshold: float | tuple  # one number, or one per query head (a per-head budget)
+    permute: bool = True      # False: unpermuted block selection (a per-model or per-layer choice)
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        if isinstance(self.threshold, tuple):
+            d["threshold"] = list(self.threshold)
         if self.permute:
             del d["permute"]  # the default stays implicit: files of earlier releases read the same
         return d
+
+    @property
+    def keeps_all(self) -> bool:
+        return min(self.threshold if isinstance(self.threshold, tuple) else (self.threshold,)) >= 1.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ class ProfileEntry:
         return own + [c for c in self.layers.values() if c != DENSE and c not in own]
 
     def kernel_keys(self) -> list:
-        return sorted({KernelKey(self.dtype, self.head_dim, p.block_size, p.threshold >= 1.0, lc)
+        return sorted({KernelKey(self.dtype, self.head_dim, p.block_size, p.keeps_all, lc)
                        for p, lc in self.configs()}, key=repr)
 
     def describe(self) -> str:
@@ -123,14 +129,14 @@ class ProfileEntry:
             raise ProfileError(f"{where}: heads {ints['heads']} is not a multiple of kv_heads {ints['kv_heads']}")
         if d["dtype"] not in DTYPE_NAMES:
             raise ProfileError(f"{where}: dtype {d['dtype']!r} is not one of {', '.join(DTYPE_NAMES)}")
-        params, launch = _config(d, where)
+        params, launch = _config(d, where, ints["heads"])
         layers = {}
         raw_layers = d.get("layers") or {}
         if not isinstance(raw_layers, dict):
             raise ProfileError(f"{where}: layers must map layer indices to 'dense' or params/launch")
         for name, value in raw_layers.items():
             idx = _layer_index(name, f"{where}: layers")
-            layers[idx] = DENSE if value == DENSE else _config(value, f"{where}: layers.{name}")
+            layers[idx] = DENSE if value == DENSE else _config(value, f"{where}: layers.{name}", ints["heads"])
         measured = d.get("measured") or {}
         if not isinstance(measured, dict):
             raise ProfileError(f"{where}: measured must be a mapping")
@@ -140,8 +146,15 @@ class ProfileEntry:
                    dense_faster=bool(d.get("dense_faster", False)), measured=measured, info=info, **ints)
 
 
+def describe_threshold(threshold) -> str:
+    if isinstance(threshold, tuple):
+        return f"τ{min(threshold):.3g}-{max(threshold):.3g}/head"
+    return f"τ{threshold:.3g}"
+
+
 def describe_config(params: PbsParams, launch: LaunchConfig) -> str:
-    return (f"b{params.block_size} s{params.segment_size} τ{params.threshold:.3g}{'' if params.permute else ' unpermuted'} "
+    return (f"b{params.block_size} s{params.segment_size} {describe_threshold(params.threshold)}"
+            f"{'' if params.permute else ' unpermuted'} "
             f"{launch.block_m}x{launch.block_n}w{launch.num_warps}s{launch.num_stages}")
 
 
@@ -161,7 +174,7 @@ def _layer_index(name, what):
     return idx
 
 
-def _config(d, where):
+def _config(d, where, heads):
     """(PbsParams, LaunchConfig) from a mapping with 'params' and 'launch', checked."""
     if not isinstance(d, dict) or not isinstance(d.get("params"), dict) or not isinstance(d.get("launch"), dict):
         raise ProfileError(f"{where}: expected 'params' and 'launch' mappings (or 'dense' for a layer)")
@@ -177,8 +190,12 @@ def _config(d, where):
     bs = _positive_int(p["block_size"], f"{where}: params.block_size")
     seg = _positive_int(p["segment_size"], f"{where}: params.segment_size")
     thr = p["threshold"]
-    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 < thr <= 1.0:
-        raise ProfileError(f"{where}: params.threshold must be a number in (0, 1], got {thr!r}")
+    values = thr if isinstance(thr, list) else [thr]
+    if len(values) not in (1, heads) or any(isinstance(t, bool) or not isinstance(t, (int, float))
+                                             or not 0.0 < t <= 1.0 for t in values):
+        raise ProfileError(f"{where}: params.threshold must be a number in (0, 1], or a list of one per "
+                           f"query head ({heads}), got {thr!r}")
+    thr = tuple(float(t) for t in thr) if isinstance(thr, list) else float(thr)
     if bs < 16 or bs & (bs - 1):
         raise ProfileError(f"{where}: params.block_size must be a power of two >= 16, got {bs}")
     if seg % bs:
@@ -191,7 +208,7 @@ def _config(d, where):
     permute = p.get("permute", True)
     if not isinstance(permute, bool):
         raise ProfileError(f"{where}: params.permute must be true or false, got {permute!r}")
-    return PbsParams(bs, seg, float(thr), permute), launch
+    return PbsParams(bs, seg, thr, permute), launch
 
 
 @dataclass

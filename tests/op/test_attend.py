@@ -120,3 +120,12 @@ def test_lse_gives_attention_recall():
     p = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
     recall = (p * allowed).sum(-1)
     assert torch.allclose(torch.exp(lse_sparse - lse_dense).double(), recall, atol=1e-5)
+
+
+def test_per_head_thresholds_stay_exact_on_kept_blocks():
+    q, k, v = qkv(1, 4, 2, 150, 64)
+    perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=(0.2, 0.95, 0.5, 1.0))
+    out = attend(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
+    assert rel_l2(out, reference_for(q, perm, blocks)) < 1e-5
+    dense_head = pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=1.0, launch=LaunchConfig(16, 16, 4, 1))
+    assert rel_l2(out[:, 3], dense_head[:, 3]) < 1e-5  # the head at 1.0 is dense attention

@@ -29,6 +29,8 @@ def qkv(hq=4, hkv=2, n=40, d=64, dtype=torch.float32):
     (qkv, dict(threshold=0.0), ValueError, r"\(0, 1\]"),
     (qkv, dict(threshold=1.5), ValueError, r"\(0, 1\]"),
     (qkv, dict(threshold=True), ValueError, r"\(0, 1\]"),
+    (qkv, dict(threshold=[0.5, 0.9, 0.9]), ValueError, r"one per query head \(4\)"),
+    (qkv, dict(threshold=[0.5, 0.9, 1.2, 0.9]), ValueError, r"\(0, 1\]"),
     (qkv, dict(launch=LaunchConfig(32, 16, 4, 1)), ValueError, "must divide block_size"),
     (qkv, dict(launch=LaunchConfig(16, 16, 3, 1)), ValueError, "num_warps"),
     (qkv, dict(launch=(16, 16, 4, 1)), TypeError, "LaunchConfig"),

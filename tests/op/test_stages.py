@@ -133,3 +133,17 @@ def test_density_is_one_at_threshold_one_even_when_permuted(n):
     assert all_blocks.density() == 1.0
     some = select_blocks(q, perm.k, perm.positions, block_size=16, segment_size=64, threshold=0.3, scale=0.125)
     assert 0 < some.density() < 1.0
+
+
+def test_per_head_thresholds_select_as_each_head_alone_would():
+    n, bs, seg = 200, 16, 32
+    q, k = torch.randn(1, 4, n, 64) * 2, torch.randn(1, 2, n, 64) * 2
+    pos = torch.arange(n, dtype=torch.int32).expand(1, 2, n).contiguous()
+    thresholds = (0.3, 0.9, 1.0, 0.6)
+    mixed = select_blocks(q, k, pos, block_size=bs, segment_size=seg, threshold=thresholds, scale=0.125)
+    for h, t in enumerate(thresholds):
+        alone = select_blocks(q, k, pos, block_size=bs, segment_size=seg, threshold=t, scale=0.125)
+        assert torch.equal(mixed.count[:, h], alone.count[:, h])
+        assert _kept_sets(mixed)[0][h] == _kept_sets(alone)[0][h]
+    with pytest.raises(ValueError, match="3 values for 4 query heads"):
+        select_blocks(q, k, pos, block_size=bs, segment_size=seg, threshold=(0.5, 0.5, 0.5), scale=0.125)

@@ -136,3 +136,17 @@ def test_permutation_is_a_per_entry_and_per_layer_choice(tmp_path):
     path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[bad])))
     with pytest.raises(profiles.ProfileError, match="params.permute must be true or false"):
         profiles.load(str(path))
+
+
+def test_per_head_thresholds_round_trip_and_are_checked(tmp_path):
+    path = tmp_path / "h100.yaml"
+    per_head = [0.5 + 0.015 * i for i in range(32)]
+    profiles.merge_entries(str(path), [dict(entry(8192), params=dict(block_size=128, segment_size=256,
+                                                                      threshold=per_head))])
+    e = profiles.load(str(path)).entries[0]
+    assert e.params.threshold == tuple(per_head) and not e.params.keeps_all
+    assert "τ0.5-0.965/head" in e.describe()
+    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[
+        dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=[0.9] * 31))])))
+    with pytest.raises(profiles.ProfileError, match=r"one per query head \(32\)"):
+        profiles.load(str(path))

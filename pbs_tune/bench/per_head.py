@@ -1,0 +1,172 @@
+"""Per-head thresholds (tune/allocate.py) against the paper default: `python -m pbs_tune.bench.per_head`.
+
+Calibrate on one sample, report on another. Parts:
+  smollm2  per layer, per-head thresholds allocated on 2 calibration-split sequences so that the
+           layer's output error is at most --margin x that of threshold 0.9 there; then on the
+           evaluation split: LM loss (dense, default, per-head), passkey retrieval, and per-layer
+           kept density and error of both.
+  mixed    the synthetic mixed workload (32/8 heads, D 128): calibrated on seed 0, reported on
+           seed 1 at --lengths: error, density and op latency of the default and per-head.
+"""
+import argparse
+import json
+import statistics
+
+import torch
+
+from ..op.launch_config import default_launch
+from ..op.pbs_attention import pbs_attention
+from ..runtime import profiles
+from ..runtime.gpu import detect_gpu
+from ..seqlen import parse_length
+from ..tune.allocate import GRID, allocate, head_curves, uniform_error
+from ..tune.capture import recording_attention
+from ..tune.fixtures import load_model, python_sources, token_sequences
+from ..tune.metrics import dense_reference, rel_l2
+from ..tune.workloads import make_qkv
+from .real_attention import _ci, _passkey_prompts
+from .timing import env_info, median_ms, write_json
+
+BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
+
+
+def _layer_curves(model, seqs):
+    layers = range(model.config.num_hidden_layers)
+    curves = {}
+    for s in seqs:
+        with recording_attention(model, set(layers)) as seen, torch.no_grad():
+            model(s[None].cuda(), logits_to_keep=1)
+        for idx in layers:
+            q, k, v = (t.contiguous() for t in seen[idx])
+            c = head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT)
+            curves[idx] = c if idx not in curves else curves[idx] + c
+        del seen
+    return curves
+
+
+def _entry(model, min_len, layers=None):
+    cfg = model.config
+    return profiles.ProfileEntry(gpu=detect_gpu(), seqlen=min_len, heads=cfg.num_attention_heads,
+                                 kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype="bfloat16",
+                                 params=profiles.PbsParams(BLOCK, SEGMENT, DEFAULT),
+                                 launch=default_launch(BLOCK, cfg.head_dim), layers=layers or {})
+
+
+def _apply(model, entry):
+    import pbs_tune
+    if entry is None:
+        model.set_attn_implementation("sdpa")
+    else:
+        pbs_tune.apply(model, profiles.Profile(path="<per-head>", entries=[entry], gpu=entry.gpu))
+
+
+def part_smollm2(res, margin, n_seqs, n_prompts):
+    import pbs_tune
+    model, tok = load_model("smollm2", dtype="bfloat16", device="cuda")
+    calib = token_sequences(tok, python_sources("calibration"), 8192, 2)
+    curves = _layer_curves(model, calib)
+    lc = default_launch(BLOCK, model.config.head_dim)
+    layers, alloc = {}, []
+    for idx, c in sorted(curves.items()):
+        bound = margin * uniform_error(c, DEFAULT)
+        thr = allocate(c, bound)
+        layers[idx] = (profiles.PbsParams(BLOCK, SEGMENT, thr), lc)
+        index = torch.tensor([GRID.index(t) for t in thr])
+        alloc.append(dict(layer=idx, thresholds=list(thr), calib_default_rel_l2=uniform_error(c, DEFAULT),
+                          calib_per_head_rel_l2=c.rel_l2(index),
+                          calib_kept_ratio=float(c.kept[torch.arange(len(thr)), index].sum()
+                                                 / c.kept[:, GRID.index(DEFAULT)].sum())))
+    variants = {"dense": None, "default": _entry(model, 1024), "per_head": _entry(model, 1024, layers)}
+    evals = token_sequences(tok, python_sources("evaluation"), 8192, n_seqs + 8)
+    losses = {}
+    for name, entry in variants.items():
+        _apply(model, entry)
+        with torch.no_grad():
+            losses[name] = [float(model(s[None].cuda(), labels=s[None].cuda()).loss) for s in evals[:n_seqs]]
+        print(name, statistics.fmean(losses[name]), flush=True)
+    loss = dict(mean={k: statistics.fmean(v) for k, v in losses.items()})
+    for name in ("default", "per_head"):
+        loss[f"{name}_relative"] = _ci([(a - b) / b for a, b in zip(losses[name], losses["dense"])])
+    loss["per_head_minus_default"] = _ci([a - b for a, b in zip(losses["per_head"], losses["default"])])
+    haystack = [int(t) for s in evals[n_seqs:] for t in s]
+    prompts = _passkey_prompts(tok, haystack, n_prompts, 8192 - 512)
+    retrieval = {}
+    for name in ("default", "per_head"):
+        _apply(model, variants[name])
+        hits = 0
+        for ids, key, _ in prompts:
+            with torch.no_grad():
+                gen = model.generate(ids[None].cuda(), max_new_tokens=7, do_sample=False, pad_token_id=0)
+            hits += key in tok.decode(gen[0, len(ids):])
+        retrieval[name] = hits
+        print(name, "retrieval", hits, "/", len(prompts), flush=True)
+    held_out = _layer_curves(model, evals[:2])  # the same measure on unseen text
+    per_layer = []
+    for a in alloc:
+        c = held_out[a["layer"]]
+        index = torch.tensor([GRID.index(t) for t in a["thresholds"]])
+        d = GRID.index(DEFAULT)
+        per_layer.append(dict(layer=a["layer"], eval_default_rel_l2=uniform_error(c, DEFAULT),
+                              eval_per_head_rel_l2=c.rel_l2(index),
+                              eval_kept_ratio=float(c.kept[torch.arange(len(index)), index].sum() / c.kept[:, d].sum())))
+    model.set_attn_implementation("sdpa")
+    kept = [p["eval_kept_ratio"] for p in per_layer]
+    res["smollm2"] = dict(margin=margin, calibration_sequences=len(calib), evaluation_sequences=n_seqs,
+                          loss=loss, retrieval=dict(prompts=len(prompts), **retrieval), allocation=alloc,
+                          held_out=per_layer, mean_kept_ratio=statistics.fmean(kept),
+                          layers_within_default_error=sum(p["eval_per_head_rel_l2"] <= p["eval_default_rel_l2"]
+                                                          for p in per_layer),
+                          stats=pbs_tune.stats())
+    print(json.dumps({k: v for k, v in res["smollm2"].items() if k not in ("allocation", "held_out")}), flush=True)
+
+
+def part_mixed(res, lengths, margin):
+    rows = []
+    lc = default_launch(BLOCK, 128)
+    for n in lengths:
+        q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=0)
+        c = head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc)
+        thr = allocate(c, margin * uniform_error(c, DEFAULT))
+        del q, k, v
+        q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=1)
+        dense = dense_reference(q, k, v)
+        row = dict(n=n, thresholds=list(thr))
+        for name, t in (("default", DEFAULT), ("per_head", thr)):
+            with torch.no_grad():
+                out, blocks = pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT, threshold=t, launch=lc,
+                                            return_blocks=True)
+                row[f"{name}_rel_l2"] = rel_l2(out, dense)
+                row[f"{name}_density"] = blocks.density()
+                row[f"{name}_ms"] = median_ms(lambda: pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT,
+                                                                    threshold=t, launch=lc))
+        row["speedup_vs_default"] = row["default_ms"] / row["per_head_ms"]
+        rows.append(row)
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "thresholds"}),
+              flush=True)
+        del q, k, v, dense
+        torch.cuda.empty_cache()
+    res["mixed"] = dict(margin=margin, rows=rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="mixed,smollm2")
+    ap.add_argument("--margin", type=float, default=0.95, help="bound = margin x the default's error on calibration")
+    ap.add_argument("--lengths", default="32k,128k")
+    ap.add_argument("--sequences", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--out", default="per_head.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    res = dict(env=env_info(), args=vars(args))
+    try:
+        if "mixed" in args.parts:
+            part_mixed(res, [parse_length(x) for x in args.lengths.split(",")], args.margin)
+        if "smollm2" in args.parts:
+            part_smollm2(res, args.margin, args.sequences, args.prompts)
+    finally:
+        write_json(args.out, res)
+
+
+if __name__ == "__main__":
+    main()
