@@ -1,10 +1,7 @@
 """GPU benchmark of the runtime loader. Run on the device machine after `pbs-tune compile`.
 
 Parts (--parts):
-  firstcall  in fresh processes: time of the first PBS call with the kernel cache, without it
-             (empty Triton cache), with it after torch's own warm-up (cached_warm), and the
-             steady-state call; kernels compiled are counted as the files Triton writes to its
-             cache directory during the call.
+  (first calls from fresh processes and installs: pbs_tune/bench/library.py)
   density    the same model at 32k: Q/K/V of a few layers recorded through AttentionInterface,
              then the kept density, error and recall of each layer's profile entry on them.
   e2e        a Llama model with Llama-3.1-8B shapes and random weights (built from a config;
@@ -13,65 +10,9 @@ Parts (--parts):
 """
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 
 import torch
-
-CHILD = r"""
-import json, os, sys, time, torch
-mode, n, profile_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-import pbs_tune
-from pbs_tune.runtime import gpu, profiles
-if mode.startswith("cached"):
-    prof = pbs_tune.load_profile("auto", profile_path)  # points Triton at cache/<gpu>/
-else:
-    prof = profiles.load(profile_path)  # the cold run keeps the empty TRITON_CACHE_DIR it was given
-    prof.gpu = gpu.detect_gpu()
-tdir = os.environ["TRITON_CACHE_DIR"]
-def files():
-    return sum(len(fs) for _, _, fs in os.walk(tdir))
-g = torch.Generator(device="cuda").manual_seed(0)
-q = torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-k = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-v = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-if mode == "cached_warm":
-    # A serving process has run its model before the first long prompt: torch's own first-use
-    # costs (cuBLAS handles, CUDA module loads of torch kernels) are paid; Triton's are not.
-    x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-    (x @ x).float().softmax(-1).sort(-1)
-    torch.nn.functional.scaled_dot_product_attention(q[:, :, :1024], q[:, :, :1024], q[:, :, :1024], is_causal=True)
-    torch.cuda.synchronize()
-before = files()
-t0 = time.perf_counter(); pbs_tune.attention(q, k, v, profile=prof); torch.cuda.synchronize()
-first = time.perf_counter() - t0
-new_files = files() - before
-steady = []
-for _ in range(5):
-    t0 = time.perf_counter(); pbs_tune.attention(q, k, v, profile=prof); torch.cuda.synchronize()
-    steady.append(time.perf_counter() - t0)
-print(json.dumps(dict(mode=mode, n=n, first_s=first, steady_s=sorted(steady)[2], new_cache_files=new_files,
-                      stats=pbs_tune.stats())))
-"""
-
-
-def part_firstcall(res, n, profile_path):
-    rows = []
-    for mode in ("cached", "cold", "cached", "cached_warm"):
-        env = dict(os.environ)
-        if mode == "cold":
-            env["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-cold-")
-        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(n), profile_path], env=env,
-                             capture_output=True, text=True, timeout=300)
-        line = [x for x in out.stdout.splitlines() if x.startswith("{")]
-        row = json.loads(line[-1]) if line else dict(mode=mode, error=out.stderr[-1500:])
-        row["first_minus_steady_s"] = row.get("first_s", 0) - row.get("steady_s", 0)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    res["firstcall"] = rows
 
 
 def part_e2e(res, lengths, layers, profile_path):
@@ -199,9 +140,9 @@ def part_density(res, n, profile_path, layers=(0, 15, 31)):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="firstcall,e2e")
-    ap.add_argument("--profile", default="configs/h100.yaml")
-    ap.add_argument("--firstcall-len", type=int, default=32768)
+    ap.add_argument("--parts", default="e2e")
+    ap.add_argument("--profile", default="configs/h100-sxm.yaml")
+    ap.add_argument("--density-len", type=int, default=32768)
     ap.add_argument("--lengths", default="32768,65536,131072")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--out", default="bench_loader.json")
@@ -209,10 +150,8 @@ def main():
     from .timing import env_info, write_json
     res = dict(env=env_info(), args=vars(args))
     try:
-        if "firstcall" in args.parts:
-            part_firstcall(res, args.firstcall_len, args.profile)
-        if "density" in args.parts:
-            part_density(res, args.firstcall_len, args.profile)
+            if "density" in args.parts:
+            part_density(res, args.density_len, args.profile)
         if "e2e" in args.parts:
             part_e2e(res, [int(x) for x in args.lengths.split(",")], args.layers, args.profile)
     finally:
