@@ -150,7 +150,7 @@ def main():
     from .timing import env_info, write_json
     res = dict(env=env_info(), args=vars(args))
     try:
-            if "density" in args.parts:
+        if "density" in args.parts:
             part_density(res, args.density_len, args.profile)
         if "e2e" in args.parts:
             part_e2e(res, [int(x) for x in args.lengths.split(",")], args.layers, args.profile)
