@@ -244,25 +244,30 @@ def jit_kernels():
 def build(profile, path: str) -> dict:
     """Compile every kernel `profile` needs (in this process, through the JIT) and write the library."""
     import triton
-    from ..op.pbs_attention import pbs_attention
-    from ..dtypes import torch_dtype
     if launch.library_size():
         raise RuntimeError("build the kernel library in a fresh process (kernels are already bound here)")
     entries = profile.for_gpu(profile.gpu)
     lengths = sorted({e.seqlen for e in entries})
     for e in entries:
-        dtype = torch_dtype(e.dtype)
         for params, lc in e.configs():
-            q = torch.randn(1, e.heads, e.seqlen, e.head_dim, device="cuda", dtype=dtype)
-            k = torch.randn(1, e.kv_heads, e.seqlen, e.head_dim, device="cuda", dtype=dtype)
-            pbs_attention(q, k, k, block_size=params.block_size, segment_size=params.segment_size,
-                          threshold=params.threshold, launch=lc, permute=params.permute)
+            run_config_once(e, params, lc, e.seqlen)
             longer = [n for n in lengths if n > e.seqlen]
             _run_select_buckets(e, params, prewarm_length(params), (longer[0] - 1) if longer else 4 * e.seqlen)
     torch.cuda.synchronize()
     built_with = dict(triton=triton.__version__, torch=torch.__version__, cuda=torch.version.cuda,
                       device=torch.cuda.get_device_name(0))
     return write(path, jit_kernels(), built_with)
+
+
+def run_config_once(entry, params, launch_config, seqlen):
+    """The whole op once, on random data of the entry's shape, with one of its configs."""
+    from ..dtypes import torch_dtype
+    from ..op.pbs_attention import pbs_attention
+    dtype = torch_dtype(entry.dtype)
+    q = torch.randn(1, entry.heads, seqlen, entry.head_dim, device="cuda", dtype=dtype)
+    k = torch.randn(1, entry.kv_heads, seqlen, entry.head_dim, device="cuda", dtype=dtype)
+    pbs_attention(q, k, k, block_size=params.block_size, segment_size=params.segment_size,
+                  threshold=params.threshold, launch=launch_config, permute=params.permute)
 
 
 def prewarm_length(params) -> int:

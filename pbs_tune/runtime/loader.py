@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from ..op.pbs_attention import pbs_attention
 from ..dtypes import NAME_OF as _DTYPE_NAMES
-from ..dtypes import torch_dtype
 from ..seqlen import format_length
 from . import kernel_library, profile_store, profiles
 from .gpu import CPU, family_of, present_gpu
@@ -133,12 +132,7 @@ def _prewarm(entries):
             if key in _prewarmed:
                 continue
             _prewarmed.add(key)
-            n = kernel_library.prewarm_length(params)
-            dtype = torch_dtype(e.dtype)
-            q = torch.randn(1, e.heads, n, e.head_dim, device="cuda", dtype=dtype)
-            k = torch.randn(1, e.kv_heads, n, e.head_dim, device="cuda", dtype=dtype)
-            pbs_attention(q, k, k, block_size=params.block_size, segment_size=params.segment_size,
-                          threshold=params.threshold, launch=launch, permute=params.permute)
+            kernel_library.run_config_once(e, params, launch, kernel_library.prewarm_length(params))
     torch.cuda.synchronize()
 
 

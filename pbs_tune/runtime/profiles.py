@@ -272,10 +272,6 @@ def load(path: str) -> Profile:
                    library=library)
 
 
-def entry_key(entry: ProfileEntry) -> tuple:
-    return entry.key()
-
-
 def merge_entries(path: str, new_entries, library: str | None = None) -> Profile:
     """Add or replace entries (same key) in the profile at `path`, atomically.
 
