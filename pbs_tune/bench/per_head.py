@@ -1,10 +1,11 @@
 """Per-head thresholds (tune/allocate.py) against the paper default: `python -m pbs_tune.bench.per_head`.
 
 Calibrate on one sample, report on another. Parts:
-  smollm2  per layer, per-head thresholds allocated on 2 calibration-split sequences so that the
-           layer's output error is at most --margin x that of threshold 0.9 there; then on the
-           evaluation split: LM loss (dense, default, per-head), passkey retrieval, and per-layer
-           kept density and error of both.
+  model    (--model smollm2 or the fixture folder, at --seqlen) per layer, per-head thresholds
+           allocated on 2 calibration-split sequences so that the layer's output error is at
+           most --margin x that of threshold 0.9 there; then on the evaluation split: LM loss
+           (dense, default, per-head), retrieval, per-layer kept density and error of both,
+           and the op time summed over layers and whole-model prefill time, default vs per-head.
   mixed    the synthetic mixed workload (32/8 heads, D 128): calibrated on seed 0, reported on
            seed 1 at --lengths: error, density and op latency of the default and per-head.
 """
@@ -24,7 +25,7 @@ from ..tune.capture import recording_attention
 from ..tune.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
-from .real_attention import _ci, _passkey_prompts
+from .real_attention import _ci, retrieval_prompts
 from .timing import env_info, median_ms, write_json
 
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
@@ -60,10 +61,10 @@ def _apply(model, entry):
         pbs_tune.apply(model, profiles.Profile(path="<per-head>", entries=[entry], gpu=entry.gpu))
 
 
-def part_smollm2(res, margin, n_seqs, n_prompts):
+def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts):
     import pbs_tune
-    model, tok = load_model("smollm2", dtype="bfloat16", device="cuda")
-    calib = token_sequences(tok, python_sources("calibration"), 8192, 2)
+    model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
+    calib = token_sequences(tok, python_sources("calibration"), seqlen, 2)
     curves = _layer_curves(model, calib)
     lc = default_launch(BLOCK, model.config.head_dim)
     layers, alloc = {}, []
@@ -77,7 +78,7 @@ def part_smollm2(res, margin, n_seqs, n_prompts):
                           calib_kept_ratio=float(c.kept[torch.arange(len(thr)), index].sum()
                                                  / c.kept[:, GRID.index(DEFAULT)].sum())))
     variants = {"dense": None, "default": _entry(model, 1024), "per_head": _entry(model, 1024, layers)}
-    evals = token_sequences(tok, python_sources("evaluation"), 8192, n_seqs + 8)
+    evals = token_sequences(tok, python_sources("evaluation"), seqlen, n_seqs + 8)
     losses = {}
     for name, entry in variants.items():
         _apply(model, entry)
@@ -89,7 +90,7 @@ def part_smollm2(res, margin, n_seqs, n_prompts):
         loss[f"{name}_relative"] = _ci([(a - b) / b for a, b in zip(losses[name], losses["dense"])])
     loss["per_head_minus_default"] = _ci([a - b for a, b in zip(losses["per_head"], losses["default"])])
     haystack = [int(t) for s in evals[n_seqs:] for t in s]
-    prompts = _passkey_prompts(tok, haystack, n_prompts, 8192 - 512)
+    prompts = retrieval_prompts(tok, haystack, n_prompts, seqlen - 512)
     retrieval = {}
     for name in ("default", "per_head"):
         _apply(model, variants[name])
@@ -109,15 +110,42 @@ def part_smollm2(res, margin, n_seqs, n_prompts):
         per_layer.append(dict(layer=a["layer"], eval_default_rel_l2=uniform_error(c, DEFAULT),
                               eval_per_head_rel_l2=c.rel_l2(index),
                               eval_kept_ratio=float(c.kept[torch.arange(len(index)), index].sum() / c.kept[:, d].sum())))
+    timing = _timing(model, evals[0], layers, variants)
     model.set_attn_implementation("sdpa")
     kept = [p["eval_kept_ratio"] for p in per_layer]
-    res["smollm2"] = dict(margin=margin, calibration_sequences=len(calib), evaluation_sequences=n_seqs,
+    res["model"] = dict(name=model_name, seqlen=seqlen, timing=timing,margin=margin, calibration_sequences=len(calib), evaluation_sequences=n_seqs,
                           loss=loss, retrieval=dict(prompts=len(prompts), **retrieval), allocation=alloc,
                           held_out=per_layer, mean_kept_ratio=statistics.fmean(kept),
                           layers_within_default_error=sum(p["eval_per_head_rel_l2"] <= p["eval_default_rel_l2"]
                                                           for p in per_layer),
                           stats=pbs_tune.stats())
-    print(json.dumps({k: v for k, v in res["smollm2"].items() if k not in ("allocation", "held_out")}), flush=True)
+    print(json.dumps({k: v for k, v in res["model"].items() if k not in ("allocation", "held_out")}), flush=True)
+
+
+def _timing(model, seq, layers, variants):
+    """Op time summed over the layers (their Q/K/V recorded on `seq`) and whole-model prefill."""
+    with recording_attention(model, set(range(model.config.num_hidden_layers))) as seen, torch.no_grad():
+        model(seq[None].cuda(), logits_to_keep=1)
+    out = {}
+    for name in ("default", "per_head"):
+        total = 0.0
+        for idx, (q, k, v) in sorted(seen.items()):
+            params, lc = layers[idx] if name == "per_head" else (None, default_launch(BLOCK, q.shape[-1]))
+            thr = params.threshold if params else DEFAULT
+            q, k, v = (t.contiguous() for t in (q, k, v))
+            total += median_ms(lambda: pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT,
+                                                     threshold=thr, launch=lc))
+        out[f"{name}_op_ms_all_layers"] = total
+        _apply(model, variants[name])
+        with torch.no_grad():
+            out[f"{name}_prefill_ms"] = median_ms(lambda: model(seq[None].cuda(), logits_to_keep=1))
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        out["dense_sdpa_prefill_ms"] = median_ms(lambda: model(seq[None].cuda(), logits_to_keep=1))
+    out["op_speedup_vs_default"] = out["default_op_ms_all_layers"] / out["per_head_op_ms_all_layers"]
+    out["prefill_speedup_vs_default"] = out["default_prefill_ms"] / out["per_head_prefill_ms"]
+    print(json.dumps(out), flush=True)
+    return out
 
 
 def part_mixed(res, lengths, margin):
@@ -150,7 +178,9 @@ def part_mixed(res, lengths, margin):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="mixed,smollm2")
+    ap.add_argument("--parts", default="mixed,model")
+    ap.add_argument("--model", default="smollm2", help="'smollm2' or the fixture's folder")
+    ap.add_argument("--seqlen", default="8k", help="sequence length for the model part")
     ap.add_argument("--margin", type=float, default=0.95, help="bound = margin x the default's error on calibration")
     ap.add_argument("--lengths", default="32k,128k")
     ap.add_argument("--sequences", type=int, default=32)
@@ -162,8 +192,8 @@ def main():
     try:
         if "mixed" in args.parts:
             part_mixed(res, [parse_length(x) for x in args.lengths.split(",")], args.margin)
-        if "smollm2" in args.parts:
-            part_smollm2(res, args.margin, args.sequences, args.prompts)
+        if "model" in args.parts:
+            part_model(res, args.model, parse_length(args.seqlen), args.margin, args.sequences, args.prompts)
     finally:
         write_json(args.out, res)
 

@@ -1,17 +1,20 @@
 """PBS on real, trained attention: `python -m pbs_tune.bench.real_attention` (GPU).
 
-The model is the packaged SmolLM2-135M (tune/fixtures.py); the texts are Python sources of
-installed packages in the *evaluation* split, which no calibration uses. Variants: dense SDPA,
+The model is the packaged SmolLM2-135M (`--model smollm2`, tune/fixtures.py) or the byte-level
+long-context fixture trained here (`--model fixtures/byte-llama`, tune/byte_llama.py); the texts
+are Python sources of installed packages in the *evaluation* split, which no calibration uses. Variants: dense SDPA,
 PBS at the paper default (threshold 0.9, segment 256, block 128 and 64), and unpermuted
 selection at block 128. Parts:
   loss       LM loss (nats/token) per sequence; the paired difference to dense with a 95%
              confidence interval (normal approximation) over --sequences sequences.
-  retrieval  a passkey ('The secret key is 12345.') hidden at five depths in code, asked for at
-             the end; greedy answer checked, --prompts prompts per variant.
+  retrieval  SmolLM2: a passkey ('The secret key is 12345.') hidden at five depths in code,
+             asked for at the end; the fixture: four key-value needles ('# name = 12345'), the
+             asked one at five depths, three distractors; greedy answer checked, --prompts
+             prompts per variant.
   layers     Q/K/V of every layer recorded on a few sequences; per layer and head: kept density,
              output rel-L2 against fp32 dense attention and recall (softmax mass kept), permuted
              and unpermuted.
-  prefill    whole-model prefill time at the full length: SDPA cuDNN, SDPA flash, PBS.
+  prefill    whole-model prefill time at each --prefill-lengths: SDPA cuDNN, SDPA flash, PBS.
 """
 import argparse
 import json
@@ -19,6 +22,7 @@ import math
 import random
 import statistics
 
+import numpy as np
 import torch
 
 from ..op.launch_config import default_launch
@@ -27,7 +31,9 @@ from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
 from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
+from ..seqlen import parse_length
 from ..tune.capture import recording_attention
+from ..tune.byte_llama import ByteTokenizer, needle_prompts
 from ..tune.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference
 from .timing import env_info, median_ms, sdpa_backend, write_json
@@ -65,17 +71,17 @@ def _ci(diffs):
     return dict(mean=mean, ci95=[mean - half, mean + half])
 
 
-def part_loss(res, model, seqs):
+def part_loss(res, model, seqs, variants):
     import pbs_tune
     losses = {}
-    for variant in VARIANTS:
+    for variant in variants:
         _use(model, variant)
         pbs_tune.reset_stats()
         with torch.no_grad():
             losses[variant] = [float(model(s[None].cuda(), labels=s[None].cuda()).loss) for s in seqs]
         print(variant, statistics.fmean(losses[variant]), pbs_tune.stats(), flush=True)
     out = dict(sequences=len(seqs), tokens=len(seqs[0]), mean={v: statistics.fmean(x) for v, x in losses.items()})
-    for variant in VARIANTS:
+    for variant in variants:
         if variant != "dense":
             rel = [(a - b) / b for a, b in zip(losses[variant], losses["dense"])]
             out[f"{variant}_minus_dense"] = _ci([a - b for a, b in zip(losses[variant], losses["dense"])])
@@ -99,9 +105,16 @@ def _passkey_prompts(tokenizer, haystack_ids, n, length, seed=0):
     return prompts
 
 
+def retrieval_prompts(tokenizer, haystack_ids, n, length):
+    """The fixture's key-value needles (what it was trained to answer), else the passkey."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return needle_prompts(np.asarray(haystack_ids, dtype=np.uint8), n, length)
+    return _passkey_prompts(tokenizer, haystack_ids, n, length)
+
+
 def part_retrieval(res, model, tokenizer, haystack_ids, n, length):
     import pbs_tune
-    prompts = _passkey_prompts(tokenizer, haystack_ids, n, length)
+    prompts = retrieval_prompts(tokenizer, haystack_ids, n, length)
     out = {}
     for variant in ("dense", "pbs_b128", "unpermuted_b128"):
         _use(model, variant)
@@ -165,7 +178,11 @@ def part_layers(res, model, seqs):
                          per_sequence=rows)
 
 
-def part_prefill(res, model, seq):
+def part_prefill(res, model, tokens, lengths, variants):
+    res["prefill"] = [_prefill(model, torch.tensor(tokens[:n]), variants) for n in lengths]
+
+
+def _prefill(model, seq, variants):
     import pbs_tune
     from torch.nn.attention import sdpa_kernel
     ids = seq[None].cuda()
@@ -177,26 +194,36 @@ def part_prefill(res, model, seq):
                 out[f"sdpa_{name}_ms"] = median_ms(lambda: model(ids, logits_to_keep=1))
         except RuntimeError as exc:
             out[f"sdpa_{name}_error"] = str(exc)[:200]
-    for variant in ("pbs_b128", "pbs_b64"):
+    for variant in variants:
+        if variant == "dense":
+            continue
         _use(model, variant)
         pbs_tune.reset_stats()
         with torch.no_grad():
             out[f"{variant}_ms"] = median_ms(lambda: model(ids, logits_to_keep=1))
         out[f"{variant}_stats"] = pbs_tune.stats()
-    res["prefill"] = dict(tokens=len(seq), **out)
-    print(json.dumps(res["prefill"]), flush=True)
+    row = dict(tokens=len(seq), **out)
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="loss,retrieval,layers,prefill")
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--seqlen", type=int, default=8192)
+    ap.add_argument("--model", default="smollm2", help="'smollm2' or a local model folder (the fixture)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {', '.join(VARIANTS)}")
+    ap.add_argument("--prefill-lengths", default="", help="lengths to time whole-model prefill (default: --seqlen)")
+    ap.add_argument("--seqlen", type=parse_length, default=8192)
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--layer-sequences", type=int, default=2)
     ap.add_argument("--out", default="real_attention.json")
     args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or "dense" not in variants:
+        ap.error(f"--variants must include dense and name only {', '.join(VARIANTS)}; got {args.variants}")
+    prefill_lengths = [parse_length(x) for x in args.prefill_lengths.split(",") if x] or [args.seqlen]
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model, dtype="bfloat16", device="cuda")
     files = python_sources("evaluation")
@@ -207,14 +234,18 @@ def main():
                                                             first=files[:3], last=files[-3:]))
     try:
         if "loss" in args.parts:
-            part_loss(res, model, seqs[:args.sequences])
+            part_loss(res, model, seqs[:args.sequences], variants)
         if "retrieval" in args.parts:
             haystack = [int(t) for s in seqs[args.sequences:] for t in s]
             part_retrieval(res, model, tokenizer, haystack, args.prompts, args.seqlen - 512)
         if "layers" in args.parts:
             part_layers(res, model, seqs[:args.layer_sequences])
         if "prefill" in args.parts:
-            part_prefill(res, model, seqs[0])
+            tokens = [int(t) for s in seqs for t in s]
+            if max(prefill_lengths) > len(tokens):
+                raise SystemExit(f"--prefill-lengths up to {max(prefill_lengths)} needs more text than "
+                                 f"{len(tokens)} tokens; raise --sequences")
+            part_prefill(res, model, tokens, prefill_lengths, variants)
     finally:
         write_json(args.out, res)
 

