@@ -1,13 +1,15 @@
 """Per-head thresholds (tune/allocate.py) against the paper default: `python -m pbs_tune.bench.per_head`.
 
 Calibrate on one sample, report on another. Parts:
-  model    (--model smollm2 or the fixture folder, at --seqlen) per layer, per-head thresholds
-           allocated on 2 calibration-split sequences so that the layer's output error is at
-           most --margin x that of threshold 0.9 there; then on the evaluation split: LM loss
+  model    (--model smollm2 or the fixture folder, at --seqlen) per layer, permutation on/off
+           and per-head thresholds (tune/allocate.plan_layer) on 2 calibration-split sequences:
+           the layer's output error at most --margin x that of threshold 0.9 there, and no head
+           keeping fewer sampled queries' heaviest keys; then on the evaluation split: LM loss
            (dense, default, per-head), retrieval, per-layer kept density and error of both,
            and the op time summed over layers and whole-model prefill time, default vs per-head.
-  mixed    the synthetic mixed workload (32/8 heads, D 128): calibrated on seed 0, reported on
-           seed 1 at --lengths: error, density and op latency of the default and per-head.
+  mixed    the synthetic mixed workload (32/8 heads, D 128): calibrated on two samples of seed
+           0, reported on seed 1 at --lengths: error, kept blocks and op latency of the
+           default and per-head.
 """
 import argparse
 import json
@@ -20,7 +22,7 @@ from ..op.pbs_attention import pbs_attention
 from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
 from ..seqlen import parse_length
-from ..tune.allocate import GRID, allocate, head_curves, uniform_error
+from ..tune.allocate import GRID, head_curves, plan_layer, uniform_error
 from ..tune.capture import recording_attention
 from ..tune.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference, rel_l2
@@ -31,18 +33,17 @@ from .timing import env_info, median_ms, write_json
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
 
 
-def _layer_curves(model, seqs):
+def _recorded_layers(model, seqs):
+    """{layer: (q, k, v)} of every layer on `seqs`, the sequences stacked as the batch."""
     layers = range(model.config.num_hidden_layers)
-    curves = {}
+    parts = {idx: [] for idx in layers}
     for s in seqs:
         with recording_attention(model, set(layers)) as seen, torch.no_grad():
             model(s[None].cuda(), logits_to_keep=1)
         for idx in layers:
-            q, k, v = (t.contiguous() for t in seen[idx])
-            c = head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT)
-            curves[idx] = c if idx not in curves else curves[idx] + c
+            parts[idx].append(tuple(t.contiguous() for t in seen[idx]))
         del seen
-    return curves
+    return {idx: tuple(torch.cat([p[j] for p in parts[idx]]) for j in range(3)) for idx in layers}
 
 
 def _entry(model, min_len, layers=None):
@@ -65,18 +66,15 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts):
     import pbs_tune
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     calib = token_sequences(tok, python_sources("calibration"), seqlen, 2)
-    curves = _layer_curves(model, calib)
     lc = default_launch(BLOCK, model.config.head_dim)
     layers, alloc = {}, []
-    for idx, c in sorted(curves.items()):
-        bound = margin * uniform_error(c, DEFAULT)
-        thr = allocate(c, bound)
-        layers[idx] = (profiles.PbsParams(BLOCK, SEGMENT, thr), lc)
-        index = torch.tensor([GRID.index(t) for t in thr])
-        alloc.append(dict(layer=idx, thresholds=list(thr), calib_default_rel_l2=uniform_error(c, DEFAULT),
-                          calib_per_head_rel_l2=c.rel_l2(index),
-                          calib_kept_ratio=float(c.kept[torch.arange(len(thr)), index].sum()
-                                                 / c.kept[:, GRID.index(DEFAULT)].sum())))
+    for idx, (q, k, v) in sorted(_recorded_layers(model, calib).items()):
+        plan = plan_layer(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, margin=margin, reference=DEFAULT)
+        layers[idx] = (profiles.PbsParams(BLOCK, SEGMENT, plan.thresholds, plan.permute), lc)
+        alloc.append(dict(layer=idx, permute=plan.permute, thresholds=list(plan.thresholds),
+                          calib_default_rel_l2=plan.reference_rel_l2, calib_per_head_rel_l2=plan.rel_l2,
+                          calib_kept_ratio=plan.kept_ratio))
+        del q, k, v
     variants = {"dense": None, "default": _entry(model, 1024), "per_head": _entry(model, 1024, layers)}
     evals = token_sequences(tok, python_sources("evaluation"), seqlen, n_seqs + 8)
     losses = {}
@@ -101,20 +99,25 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts):
             hits += key in tok.decode(gen[0, len(ids):])
         retrieval[name] = hits
         print(name, "retrieval", hits, "/", len(prompts), flush=True)
-    held_out = _layer_curves(model, evals[:2])  # the same measure on unseen text
-    per_layer = []
-    for a in alloc:
-        c = held_out[a["layer"]]
-        index = torch.tensor([GRID.index(t) for t in a["thresholds"]])
+    per_layer = []  # the same measures on unseen text
+    for a, (idx, (q, k, v)) in zip(alloc, sorted(_recorded_layers(model, evals[:2]).items())):
+        ref = head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc)
+        mine = ref if a["permute"] else head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc,
+                                                     permute=False)
         d = GRID.index(DEFAULT)
-        per_layer.append(dict(layer=a["layer"], eval_default_rel_l2=uniform_error(c, DEFAULT),
-                              eval_per_head_rel_l2=c.rel_l2(index),
-                              eval_kept_ratio=float(c.kept[torch.arange(len(index)), index].sum() / c.kept[:, d].sum())))
+        index = torch.tensor([GRID.index(t) for t in a["thresholds"]])
+        rows = torch.arange(len(index))
+        per_layer.append(dict(layer=idx, eval_default_rel_l2=uniform_error(ref, DEFAULT),
+                              eval_per_head_rel_l2=mine.rel_l2(index),
+                              eval_kept_ratio=float(mine.kept[rows, index].sum() / ref.kept[:, d].sum()),
+                              eval_default_top_key_hits=float(ref.top_hits[:, d].sum()),
+                              eval_per_head_top_key_hits=float(mine.top_hits[rows, index].sum())))
+        del q, k, v
     timing = _timing(model, evals[0], layers, variants)
     model.set_attn_implementation("sdpa")
     kept = [p["eval_kept_ratio"] for p in per_layer]
-    res["model"] = dict(name=model_name, seqlen=seqlen, timing=timing,margin=margin, calibration_sequences=len(calib), evaluation_sequences=n_seqs,
-                          loss=loss, retrieval=dict(prompts=len(prompts), **retrieval), allocation=alloc,
+    res["model"] = dict(name=model_name, seqlen=seqlen, timing=timing, margin=margin, calibration_sequences=len(calib),
+                        evaluation_sequences=n_seqs, loss=loss, retrieval=dict(prompts=len(prompts), **retrieval), allocation=alloc,
                           held_out=per_layer, mean_kept_ratio=statistics.fmean(kept),
                           layers_within_default_error=sum(p["eval_per_head_rel_l2"] <= p["eval_default_rel_l2"]
                                                           for p in per_layer),
@@ -130,11 +133,12 @@ def _timing(model, seq, layers, variants):
     for name in ("default", "per_head"):
         total = 0.0
         for idx, (q, k, v) in sorted(seen.items()):
-            params, lc = layers[idx] if name == "per_head" else (None, default_launch(BLOCK, q.shape[-1]))
-            thr = params.threshold if params else DEFAULT
+            params, lc = layers[idx] if name == "per_head" else (profiles.PbsParams(BLOCK, SEGMENT, DEFAULT),
+                                                                 default_launch(BLOCK, q.shape[-1]))
             q, k, v = (t.contiguous() for t in (q, k, v))
             total += median_ms(lambda: pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT,
-                                                     threshold=thr, launch=lc))
+                                                     threshold=params.threshold, launch=lc,
+                                                     permute=params.permute))
         out[f"{name}_op_ms_all_layers"] = total
         _apply(model, variants[name])
         with torch.no_grad():
@@ -152,21 +156,22 @@ def part_mixed(res, lengths, margin):
     rows = []
     lc = default_launch(BLOCK, 128)
     for n in lengths:
-        q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=0)
-        c = head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc)
-        thr = allocate(c, margin * uniform_error(c, DEFAULT))
+        q, k, v = make_qkv("mixed", seqlen=n, batch=2, heads=32, kv_heads=8, device="cuda", seed=0)
+        plan = plan_layer(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, margin=margin, reference=DEFAULT)
         del q, k, v
+        torch.cuda.empty_cache()
         q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=1)
         dense = dense_reference(q, k, v)
-        row = dict(n=n, thresholds=list(thr))
-        for name, t in (("default", DEFAULT), ("per_head", thr)):
+        row = dict(n=n, thresholds=list(plan.thresholds), permute=plan.permute, calib_kept_ratio=plan.kept_ratio,
+                   calib_rel_l2=plan.rel_l2, calib_default_rel_l2=plan.reference_rel_l2)
+        for name, t, permute in (("default", DEFAULT, True), ("per_head", plan.thresholds, plan.permute)):
             with torch.no_grad():
                 out, blocks = pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT, threshold=t, launch=lc,
-                                            return_blocks=True)
+                                            permute=permute, return_blocks=True)
                 row[f"{name}_rel_l2"] = rel_l2(out, dense)
-                row[f"{name}_density"] = blocks.density()
+                row[f"{name}_kept_blocks"] = blocks.kept_blocks()
                 row[f"{name}_ms"] = median_ms(lambda: pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT,
-                                                                    threshold=t, launch=lc))
+                                                                    threshold=t, launch=lc, permute=permute))
         row["speedup_vs_default"] = row["default_ms"] / row["per_head_ms"]
         rows.append(row)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "thresholds"}),

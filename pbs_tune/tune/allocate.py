@@ -7,30 +7,48 @@ adds up over heads, ||O - Ô||² = Σ_h ||O_h - Ô_h||², so a layer's relative 
 blocks k_h are measured on a grid of thresholds (one run of the op per grid value, every head at
 once, summed over calibration samples); a Lagrangian relaxation gives each head the τ_h that
 minimises k_h + λ·e_h, and a bisection on λ finds the fewest kept blocks within the bound.
+
+Output error alone misses retrieval (SmolLM2: a per-head allocation lowered LM loss but lost
+passkeys), so each head also has a floor: on sampled queries (the last block, where questions
+sit, and rows spread over the sequence), the number whose heaviest key lies in a kept block may
+not fall below what the reference threshold keeps. Kept sets grow with the threshold, so the
+floor is a lowest allowed grid value per head. `plan_layers` does this per layer, with and
+without the permutation, and keeps the cheaper.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..op.pbs_attention import pbs_attention
+from ..op.pbs_attention import attend_blocks, plan
 from .metrics import dense_reference
 
-GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0)
+GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0)
+SAMPLED_ROWS = 256
 
 
 @dataclass
 class HeadCurves:
-    """Per query head, on `grid`: squared output error, kept blocks; and the dense output's
-    squared norm. Sums over calibration samples, so curves of several samples add up."""
+    """Per query head, on `grid`: squared output error, kept blocks, sampled queries whose
+    heaviest key is kept; and the dense output's squared norm. Sums over calibration samples,
+    so curves of several samples add up."""
 
     grid: tuple
     sq_err: torch.Tensor  # (H, G) float64
     kept: torch.Tensor    # (H, G) float64
     ref_sq: torch.Tensor  # (H,) float64
+    top_hits: torch.Tensor = field(default=None)  # (H, G) float64
 
     def __add__(self, other):
         assert self.grid == other.grid
-        return HeadCurves(self.grid, self.sq_err + other.sq_err, self.kept + other.kept, self.ref_sq + other.ref_sq)
+        hits = None if self.top_hits is None or other.top_hits is None else self.top_hits + other.top_hits
+        return HeadCurves(self.grid, self.sq_err + other.sq_err, self.kept + other.kept, self.ref_sq + other.ref_sq,
+                          hits)
+
+    def floor(self, need) -> torch.Tensor:
+        """Per head, the lowest grid index keeping at least `need[h]` heaviest keys (kept sets
+        grow with the threshold, so every higher index keeps them too)."""
+        ok = self.top_hits >= need[:, None]
+        return torch.where(ok.any(1), ok.float().argmax(1), len(self.grid) - 1)
 
     def rel_l2(self, choice) -> float:
         """The layer's relative L2 error with grid index `choice[h]` per head."""
@@ -44,18 +62,57 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, grid=GRID, l
     ref_sq = dense.pow(2).sum(dim=(0, 2, 3))
     sq_err = torch.empty((q.shape[1], len(grid)), dtype=torch.float64)
     kept = torch.empty_like(sq_err)
+    hits = torch.empty_like(sq_err)
+    rows = sampled_rows(q.shape[2], block_size)
+    top = heaviest_keys(q, k, rows)
     with torch.no_grad():
         for g, thr in enumerate(grid):
-            out, blocks = pbs_attention(q, k, v, block_size=block_size, segment_size=segment_size, threshold=thr,
-                                        launch=launch, permute=permute, return_blocks=True)
+            perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size, threshold=thr,
+                                permute=permute)
+            out = attend_blocks(q, perm, blocks, launch=launch)
             sq_err[:, g] = (out.double() - dense).pow(2).sum(dim=(0, 2, 3)).cpu()
             kept[:, g] = blocks.count.double().sum(dim=(0, 2)).cpu()
-    return HeadCurves(tuple(grid), sq_err, kept, ref_sq.cpu())
+            hits[:, g] = heaviest_key_kept(top, rows, perm.positions, blocks).double().sum(dim=(0, 2)).cpu()
+    return HeadCurves(tuple(grid), sq_err, kept, ref_sq.cpu(), hits)
 
 
-def allocate(curves: HeadCurves, bound: float) -> tuple:
+def sampled_rows(n, block_size, count=SAMPLED_ROWS):
+    """Query rows to check: the last block (where a question sits) and rows spread evenly."""
+    last = range(max(0, n - block_size), n)
+    spread = torch.linspace(block_size, n - 1, max(1, count - len(last))).long().tolist()
+    return torch.tensor(sorted(set(spread) | set(last)))
+
+
+def heaviest_keys(q, k, rows):
+    """(B, Hq, S) original index of each sampled query's highest-scoring causal key."""
+    B, H, N, D = q.shape
+    group = H // k.shape[1]
+    rows = rows.to(q.device)
+    out = torch.empty((B, H, len(rows)), dtype=torch.long, device=q.device)
+    future = torch.arange(N, device=q.device)[None, :] > rows[:, None]
+    for h in range(H):  # one head at a time: S x N scores
+        scores = q[:, h, rows].float() @ k[:, h // group].float().transpose(-1, -2)
+        out[:, h] = scores.masked_fill(future, float("-inf")).argmax(-1)
+    return out
+
+
+def heaviest_key_kept(top, rows, positions, blocks):
+    """(B, Hq, S) bool: the key in `top` sits in a key block its query block keeps."""
+    B, H, S = top.shape
+    group = H // positions.shape[1]
+    slot = torch.empty_like(positions, dtype=torch.long)
+    slot.scatter_(-1, positions.long(), torch.arange(positions.shape[-1], device=positions.device).expand_as(slot))
+    key_block = slot.repeat_interleave(group, 1).gather(-1, top) // blocks.block_size
+    query_block = (rows.to(top.device) // blocks.block_size).expand(B, H, S)
+    dev = top.device
+    return blocks.to_dense()[torch.arange(B, device=dev)[:, None, None], torch.arange(H, device=dev)[None, :, None],
+                             query_block, key_block]
+
+
+def allocate(curves: HeadCurves, bound: float, floor=None) -> tuple:
     """Per-head thresholds with the fewest kept blocks whose layer rel-L2 stays <= `bound`
-    (on the calibration samples). If even the highest grid value misses it, that value.
+    (on the calibration samples), each head at or above its grid index `floor[h]` (none: no
+    floor). If even the highest grid value misses the bound, that value.
 
     The Lagrangian solution is compared with a greedy descent from the best single threshold
     (on a discrete grid the Lagrangian can miss points of the front): never worse than uniform."""
@@ -70,16 +127,20 @@ def allocate(curves: HeadCurves, bound: float) -> tuple:
     def kept(choice):
         return float(curves.kept[rows, choice].sum())
 
+    floor = torch.zeros(heads, dtype=torch.long) if floor is None else floor.long()
     if error(last) > budget:
         return tuple(curves.grid[-1] for _ in range(heads))
-    candidates = [_lagrangian(curves, budget, error), _greedy(curves, budget, _best_uniform(curves, budget, error))]
+    candidates = [_lagrangian(curves, budget, error, floor),
+                  _greedy(curves, budget, _best_uniform(curves, budget, error, floor), floor)]
     best = min(candidates, key=kept)
     return tuple(curves.grid[int(i)] for i in best)
 
 
-def _lagrangian(curves, budget, error):
+def _lagrangian(curves, budget, error, floor):
+    below = torch.arange(len(curves.grid))[None, :] < floor[:, None]
+
     def pick(lam):
-        return torch.argmin(curves.kept + lam * curves.sq_err, dim=1)
+        return torch.argmin((curves.kept + lam * curves.sq_err).masked_fill(below, float("inf")), dim=1)
     lo, hi = 0.0, 1.0
     while error(pick(hi)) > budget and hi < 1e30:
         hi *= 10.0
@@ -93,16 +154,16 @@ def _lagrangian(curves, budget, error):
     return choice if error(choice) <= budget else torch.full_like(choice, len(curves.grid) - 1)
 
 
-def _best_uniform(curves, budget, error):
+def _best_uniform(curves, budget, error, floor):
     heads = curves.sq_err.shape[0]
     for g in range(len(curves.grid)):  # thresholds ascend, and with them the kept blocks
-        choice = torch.full((heads,), g)
+        choice = torch.clamp(torch.full((heads,), g), min=floor)
         if error(choice) <= budget:
             return choice
     return torch.full((heads,), len(curves.grid) - 1)
 
 
-def _greedy(curves, budget, choice):
+def _greedy(curves, budget, choice, floor):
     """Lower one head's threshold at a time, the move saving most blocks per unit of error."""
     choice = choice.clone()
     spent = float(curves.sq_err[torch.arange(len(choice)), choice].sum())
@@ -110,7 +171,7 @@ def _greedy(curves, budget, choice):
         best, best_gain = None, 0.0
         for h in range(len(choice)):
             g = int(choice[h])
-            if g == 0:
+            if g <= int(floor[h]):
                 continue
             saved = float(curves.kept[h, g] - curves.kept[h, g - 1])
             added = float(curves.sq_err[h, g - 1] - curves.sq_err[h, g])
@@ -130,3 +191,40 @@ def uniform_error(curves: HeadCurves, threshold: float) -> float:
     """The layer's rel-L2 with one threshold for every head (must be on the grid)."""
     g = curves.grid.index(threshold)
     return curves.rel_l2(torch.full((curves.sq_err.shape[0],), g))
+
+
+@dataclass
+class LayerPlan:
+    """What one layer runs: permute or not, a threshold per query head; with the calibration
+    figures that justified it (kept blocks relative to the reference, and both errors)."""
+
+    permute: bool
+    thresholds: tuple
+    kept_ratio: float
+    rel_l2: float
+    reference_rel_l2: float
+
+
+def plan_layer(q, k, v, *, block_size, segment_size, launch=None, margin=0.95, reference=0.9) -> LayerPlan:
+    """Per-head thresholds for one layer (q/k/v of that layer, batch = samples): output rel-L2
+    at most `margin` x the reference threshold's (permuted), and each head keeping at least as
+    many sampled queries' heaviest keys as the reference does. The permutation is tried on and
+    off; the cheaper plan meeting both wins (the reference itself always qualifies)."""
+    curves = {p: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=p, launch=launch)
+              for p in (True, False)}
+    ref = curves[True]
+    g = ref.grid.index(reference)
+    ref_kept = float(ref.kept[:, g].sum())
+    need = ref.top_hits[:, g]
+    ref_err = uniform_error(ref, reference)
+    bound = margin * ref_err
+    best = LayerPlan(True, (reference,) * q.shape[1], 1.0, ref_err, ref_err)
+    for permute, c in curves.items():
+        thr = allocate(c, bound, c.floor(need))
+        choice = torch.tensor([c.grid.index(t) for t in thr])
+        rows = torch.arange(len(thr))
+        kept = float(c.kept[rows, choice].sum()) / ref_kept
+        err = c.rel_l2(choice)
+        if err <= bound and bool((c.top_hits[rows, choice] >= need).all()) and kept < best.kept_ratio:
+            best = LayerPlan(permute, thr, kept, err, ref_err)
+    return best

@@ -41,3 +41,63 @@ def test_measured_curves_add_up_and_the_allocation_holds_its_bound():
     index = torch.tensor([GRID.index(t) for t in chosen])
     assert both.rel_l2(index) <= bound + 1e-12
     assert both.kept[torch.arange(4), index].sum() <= both.kept[:, GRID.index(0.9)].sum()
+
+
+def _brute_force_kept(top, rows, positions, blocks):
+    B, H, S = top.shape
+    dense = blocks.to_dense()
+    bs = blocks.block_size
+    out = torch.zeros((B, H, S), dtype=torch.bool)
+    for b in range(B):
+        for h in range(H):
+            slots = positions[b, h // (H // positions.shape[1])]
+            for i, r in enumerate(rows.tolist()):
+                keys = {int(p) for kb in dense[b, h, r // bs].nonzero().flatten().tolist()
+                        for p in slots[kb * bs:(kb + 1) * bs]}
+                out[b, h, i] = int(top[b, h, i]) in keys
+    return out
+
+
+def test_heaviest_key_kept_matches_a_brute_force_check_under_the_permutation():
+    from pbs_tune.op.pbs_attention import plan
+    from pbs_tune.tune.allocate import heaviest_key_kept, heaviest_keys, sampled_rows
+    q, k, v = torch.randn(2, 4, 160, 32) * 2, torch.randn(2, 2, 160, 32) * 2, torch.randn(2, 2, 160, 32)
+    rows = sampled_rows(160, 16, count=40)
+    assert rows.max() == 159 and len(rows) >= 16 and torch.all(rows[1:] > rows[:-1])
+    top = heaviest_keys(q, k, rows)
+    scores = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], k.repeat_interleave(2, 1))
+    scores.masked_fill_(torch.arange(160)[None, :] > rows[:, None], float("-inf"))
+    assert torch.equal(top, scores.argmax(-1))
+    assert torch.all(top <= rows)  # causal
+    for permute in (True, False):
+        perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=0.6, permute=permute)
+        got = heaviest_key_kept(top, rows, perm.positions, blocks)
+        assert torch.equal(got, _brute_force_kept(top, rows, perm.positions, blocks))
+    perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=1.0)
+    assert heaviest_key_kept(top, rows, perm.positions, blocks).all()  # threshold 1 keeps every causal key
+
+
+def test_the_recall_floor_keeps_a_retrieval_head_at_its_threshold():
+    grid = (0.5, 0.9, 1.0)
+    # Both heads lose little output error at 0.5, but head 1 then drops its heaviest keys.
+    curves = HeadCurves(grid, sq_err=torch.tensor([[0.01, 0.0, 0.0], [0.01, 0.0, 0.0]], dtype=torch.float64),
+                        kept=torch.tensor([[10.0, 40.0, 100.0], [10.0, 40.0, 100.0]], dtype=torch.float64),
+                        ref_sq=torch.tensor([1.0, 1.0], dtype=torch.float64),
+                        top_hits=torch.tensor([[8.0, 8.0, 8.0], [2.0, 8.0, 8.0]], dtype=torch.float64))
+    need = curves.top_hits[:, grid.index(0.9)]
+    assert curves.floor(need).tolist() == [0, 1]
+    assert allocate(curves, 1.0) == (0.5, 0.5)                      # output error alone: both drop
+    assert allocate(curves, 1.0, curves.floor(need)) == (0.5, 0.9)  # the floor holds head 1
+
+
+def test_a_layer_plan_meets_its_bound_and_recall_or_is_the_reference():
+    from pbs_tune.tune.allocate import plan_layer
+    q, k, v = torch.randn(1, 4, 192, 32) * 2, torch.randn(1, 2, 192, 32) * 2, torch.randn(1, 2, 192, 32)
+    q[:, :2] *= 0.1
+    plan = plan_layer(q, k, v, block_size=16, segment_size=32, margin=0.95)
+    assert len(plan.thresholds) == 4 and all(t in GRID for t in plan.thresholds)
+    assert plan.kept_ratio <= 1.0
+    if plan.kept_ratio < 1.0:
+        assert plan.rel_l2 <= 0.95 * plan.reference_rel_l2 + 1e-12
+    else:
+        assert plan.permute and plan.thresholds == (0.9,) * 4 and plan.rel_l2 == plan.reference_rel_l2
