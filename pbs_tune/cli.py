@@ -66,6 +66,12 @@ def main():
               help="Folder of its compiled-kernel library (default: cache/<name>/ of the profile's store).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the workload data and the sampler.")
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
+@click.option("--per-head", is_flag=True,
+              help="Per layer and head: thresholds and permutation on/off allocated around each trial's block, "
+                   "segment and launch (error within --margin x the trial threshold's, heaviest keys kept); "
+                   "with --calib every captured layer gets its own plan.")
+@click.option("--margin", default=0.95, show_default=True, type=click.FloatRange(0.1, 1.0),
+              help="--per-head: each layer's calibration error bound as a share of the reference's.")
 @click.option("--workers", default="1", show_default=True,
               help="Worker processes on the study: a number, or 'auto' (one per visible GPU; on a CPU, "
                    "one interpreter worker per core, up to 4). Each GPU worker sees one GPU.")
@@ -75,7 +81,8 @@ def main():
 @click.option("--trials-only", is_flag=True, hidden=True, help="Worker mode: run trials, write nothing.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib,
-          storage, study_prefix, profile_path, library, seed, no_compile, workers, heartbeat_s, trials_only):
+          storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers, heartbeat_s,
+          trials_only):
     """Search block size, segment size, threshold and launch config per length.
 
     \b
@@ -107,7 +114,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     for n in seqlens:
         spec = SweepSpec(gpu=gpu, seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim), dtype=dtype,
                          workload=source_name, max_error=max_error, trials=trials, timeout=timeout, seed=seed,
-                         heartbeat_s=heartbeat_s)
+                         heartbeat_s=heartbeat_s, per_head=per_head, margin=margin)
         specs.append((spec, study_prefix if study_prefix and len(seqlens) == 1 else spec.study_name(study_prefix)))
     if n_workers > 1:
         for spec, name in specs:  # the published default goes in once, before the workers start
@@ -115,7 +122,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         _run_workers(n_workers, on_gpu, storage, profile_path, dict(
             gpu=gpu, seqlen=[str(n) for n in seqlens], heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
             max_error=max_error, trials=trials, timeout=timeout, workload=workload, calib=calib, study=study_prefix,
-            seed=seed, heartbeat=heartbeat_s))
+            seed=seed, heartbeat=heartbeat_s, per_head=per_head, margin=margin))
     entries = []
     for spec, name in specs:
         n = spec.seqlen
@@ -137,7 +144,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         if best is None:
             raise RuntimeError(f"no trial at {format_length(n)} met --max-error {max_error}; "
                                f"raise --trials or --max-error")
-        entry = profile_entry(spec, best, baselines, reference, name, cal.source)
+        entry = profile_entry(spec, best, baselines, reference, name, cal.source, cal.layer_ids)
         entries.append(entry)
         click.echo("chosen: " + _entry_line(entry))
         del cal
@@ -170,9 +177,13 @@ def _run_workers(n, on_gpu, storage, profile_path, options):
     args = [sys.executable, "-m", "pbs_tune", "sweep", "--trials-only", "--workers", "1", "--storage", storage,
             "--profile", profile_path]
     for key, value in options.items():
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            args += [flag] if value else []
+            continue
         for v in (value if isinstance(value, list) else [value]):
             if v is not None:
-                args += [f"--{key.replace('_', '-')}", str(v)]
+                args += [flag, str(v)]
     env = dict(os.environ)
     procs = []
     for i in range(n):

@@ -56,15 +56,17 @@ class HeadCurves:
         return float((self.sq_err[rows, choice].sum() / self.ref_sq.sum()).sqrt())
 
 
-def head_curves(q, k, v, *, block_size, segment_size, permute=True, grid=GRID, launch=None) -> HeadCurves:
-    """Measure every head's error and kept blocks at each grid threshold on one sample."""
-    dense = dense_reference(q, k, v).double()
+def head_curves(q, k, v, *, block_size, segment_size, permute=True, grid=GRID, launch=None, dense=None,
+                top=None) -> HeadCurves:
+    """Measure every head's error and kept blocks at each grid threshold on one sample
+    (`dense`: the float32 dense output, `top`: heaviest_keys, where the caller has them)."""
+    dense = (dense_reference(q, k, v) if dense is None else dense).double()
     ref_sq = dense.pow(2).sum(dim=(0, 2, 3))
     sq_err = torch.empty((q.shape[1], len(grid)), dtype=torch.float64)
     kept = torch.empty_like(sq_err)
     hits = torch.empty_like(sq_err)
     rows = sampled_rows(q.shape[2], block_size)
-    top = heaviest_keys(q, k, rows)
+    top = heaviest_keys(q, k, rows) if top is None else top
     with torch.no_grad():
         for g, thr in enumerate(grid):
             perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size, threshold=thr,
@@ -210,8 +212,11 @@ def plan_layer(q, k, v, *, block_size, segment_size, launch=None, margin=0.95, r
     at most `margin` x the reference threshold's (permuted), and each head keeping at least as
     many sampled queries' heaviest keys as the reference does. The permutation is tried on and
     off; the cheaper plan meeting both wins (the reference itself always qualifies)."""
-    curves = {p: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=p, launch=launch)
-              for p in (True, False)}
+    dense = dense_reference(q, k, v)
+    top = heaviest_keys(q, k, sampled_rows(q.shape[2], block_size))
+    curves = {p: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=p, launch=launch,
+                             dense=dense, top=top) for p in (True, False)}
+    del dense
     ref = curves[True]
     g = ref.grid.index(reference)
     ref_kept = float(ref.kept[:, g].sum())

@@ -25,6 +25,7 @@ class Calibration:
     dense_out: torch.Tensor
     dense_lse: torch.Tensor
     source: str
+    layer_ids: tuple | None = None  # captured layers (the batch), None for a synthetic workload
 
     @property
     def seqlen(self):
@@ -34,8 +35,9 @@ class Calibration:
 def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, workload="mixed",
                      calib_file=None, seed=0) -> Calibration:
     """Synthetic workload Q/K/V, or captured ones (layers stacked as the batch)."""
+    layer_ids = None
     if calib_file:
-        q, k, v = _read_capture(calib_file, seqlen, dtype, device)
+        q, k, v, layer_ids = _read_capture(calib_file, seqlen, dtype, device)
         source = f"capture:{calib_file}"
     else:
         q, k, v = make_qkv(workload, seqlen=seqlen, heads=heads, kv_heads=kv_heads,
@@ -46,7 +48,7 @@ def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, worklo
                          f"--heads {heads} --kv-heads {kv_heads} --head-dim {head_dim}")
     with torch.no_grad():
         dense_out, dense_lse = _dense(q, k, v)
-    return Calibration(q, k, v, dense_out, dense_lse, source)
+    return Calibration(q, k, v, dense_out, dense_lse, source, layer_ids)
 
 
 def _read_capture(path, seqlen, dtype, device):
@@ -62,7 +64,8 @@ def _read_capture(path, seqlen, dtype, device):
     if q.shape[2] < seqlen:
         raise ValueError(f"{path}: captured {q.shape[2]} tokens, fewer than --seqlen {seqlen}")
     cut = (slice(None), slice(None), slice(0, seqlen))
-    return (t[cut].to(device=device, dtype=dtype).contiguous() for t in (q, k, v))
+    ids = tuple(int(name[len("layer"):]) if name[len("layer"):].isdigit() else i for i, name in enumerate(layers))
+    return (*(t[cut].to(device=device, dtype=dtype).contiguous() for t in (q, k, v)), ids)
 
 
 def _dense(q, k, v):
@@ -99,3 +102,38 @@ def measure(cal: Calibration, cfg, *, on_gpu: bool) -> dict:
 def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
     """SDPA cuDNN and flash latency on the calibration data (GPU only)."""
     return sdpa_baselines(cal.q, cal.k, cal.v, on_gpu=on_gpu)
+
+
+def layer_plans(cal: Calibration, cfg, margin: float) -> list:
+    """Per calibration layer (batch item): permute or not and per-head thresholds whose error is
+    within `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py)."""
+    from .allocate import plan_layer
+    return [plan_layer(cal.q[i:i + 1], cal.k[i:i + 1], cal.v[i:i + 1], block_size=cfg.block_size,
+                       segment_size=cfg.segment_size, launch=cfg.launch, margin=margin, reference=cfg.threshold)
+            for i in range(cal.q.shape[0])]
+
+
+def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool) -> dict:
+    """Like `measure`, but each layer runs its own plan, one after another, as in a model."""
+    from ..op.pbs_attention import plan as make_plan
+    scale = 1.0 / math.sqrt(cal.q.shape[-1])
+    layers = [(cal.q[i:i + 1], cal.k[i:i + 1], cal.v[i:i + 1], p) for i, p in enumerate(plans)]
+
+    def run(return_lse=False):
+        results = []
+        for q, k, v, p in layers:
+            perm, blocks = make_plan(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size,
+                                     threshold=p.thresholds, scale=scale, permute=p.permute)
+            results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse),
+                            blocks))
+        return results
+
+    with torch.no_grad():
+        results = run(return_lse=True)
+        latency = median_ms(run, on_gpu)
+    out = torch.cat([r[0][0] for r in results])
+    lse = torch.cat([r[0][1] for r in results])
+    kept = sum(r[1].kept_blocks() for r in results)
+    candidates = sum(r[1].candidate_blocks() for r in results)
+    return dict(latency_ms=latency, rel_l2=rel_l2(out, cal.dense_out), recall=recall_from_lse(lse, cal.dense_lse),
+                density=kept / candidates)

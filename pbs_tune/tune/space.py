@@ -17,6 +17,9 @@ CPU_SPACE = dict(block_size=(16, 32), blocks_per_segment=(2, 4), threshold=(0.6,
                  split=(1,), num_warps=(4,), num_stages=(1,))
 
 REFERENCE = dict(block_size=128, segment_size=256, threshold=0.9)  # published default
+# Per-head mode: the trial's threshold is the reference each layer's allocation must match
+# (error x margin, heaviest keys kept), so it is drawn from the allocation grid.
+PER_HEAD_REFERENCES = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,12 @@ def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, arch: int, sm
     return None
 
 
-def suggest(trial: optuna.Trial, space: dict) -> TrialConfig:
+def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialConfig:
     bs = trial.suggest_categorical("block_size", list(space["block_size"]))
     per_seg = trial.suggest_categorical("blocks_per_segment", list(space["blocks_per_segment"]))
     lo, hi = space["threshold"]
-    threshold = trial.suggest_float("threshold", lo, hi)
+    threshold = trial.suggest_categorical("threshold", list(PER_HEAD_REFERENCES)) if per_head \
+        else trial.suggest_float("threshold", lo, hi)
     m_split = trial.suggest_categorical("m_split", list(space["split"]))
     n_split = trial.suggest_categorical("n_split", list(space["split"]))
     launch = LaunchConfig(block_m=max(16, bs // m_split), block_n=max(16, bs // n_split),

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from ..op.launch_config import LaunchConfig
 from ..runtime.profiles import PbsParams, ProfileEntry
 from . import space as search_space
-from .evaluate import Calibration, measure
+from .evaluate import Calibration, layer_plans, measure, measure_layers
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -44,10 +44,12 @@ class SweepSpec:
     timeout: float | None = None
     seed: int = 0
     heartbeat_s: int = 10  # a worker silent for 3x this long is presumed dead
+    per_head: bool = False  # per-layer plans (tune/allocate.py) around each trial's global knobs
+    margin: float = 0.95
 
     def study_name(self, prefix=None):
         base = (f"{self.gpu}-{self.seqlen}-{self.heads}x{self.kv_heads}x{self.head_dim}-{self.dtype}-"
-                f"{self.workload}")
+                f"{self.workload}" + ("-per-head" if self.per_head else ""))
         return f"{prefix}-{base}" if prefix else base
 
 
@@ -145,14 +147,20 @@ def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
 
     def objective(trial):
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:gpu={_visible_gpus()}")
-        cfg = search_space.suggest(trial, space)
+        cfg = search_space.suggest(trial, space, per_head=spec.per_head)
         problem = search_space.launch_problem(cfg, head_dim=spec.head_dim, dtype=spec.dtype, arch=arch,
                                               smem_limit=smem) if on_gpu else None
         if problem:
             trial.set_user_attr("fail_reason", problem)
             raise optuna.TrialPruned(problem)
         try:
-            m = measure(cal, cfg, on_gpu=on_gpu)
+            if spec.per_head:
+                plans = layer_plans(cal, cfg, spec.margin)
+                trial.set_user_attr("plans", [dict(permute=p.permute, thresholds=list(p.thresholds),
+                                                   kept_ratio=round(p.kept_ratio, 4)) for p in plans])
+                m = measure_layers(cal, cfg, plans, on_gpu=on_gpu)
+            else:
+                m = measure(cal, cfg, on_gpu=on_gpu)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             if on_gpu:
@@ -246,8 +254,19 @@ def choose(study, max_error):
 
 
 def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_name: str,
-                  source: str) -> ProfileEntry:
+                  source: str, layer_ids=None) -> ProfileEntry:
+    """The chosen trial as a profile entry. A per-head trial on captured layers gives each
+    layer its plan (`layers:`); on a synthetic workload (one 'layer') the plan is the entry's."""
     cfg = trial.user_attrs["config"]
+    params = PbsParams(cfg["block_size"], cfg["segment_size"], cfg["threshold"])
+    launch = LaunchConfig(**cfg["launch"])
+    layers = {}
+    for i, p in enumerate(trial.user_attrs.get("plans", [])):
+        planned = PbsParams(cfg["block_size"], cfg["segment_size"], tuple(p["thresholds"]), p["permute"])
+        if layer_ids is None:
+            params = planned
+        else:
+            layers[layer_ids[i]] = (planned, launch)
     lat = trial.values[0]
     speedup = {}
     for name, base in (("vs_cudnn", baselines.get("cudnn_ms")), ("vs_flash", baselines.get("flash_ms")),
@@ -258,8 +277,7 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
     return ProfileEntry(
         gpu=spec.gpu, seqlen=spec.seqlen, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
         dtype=spec.dtype,
-        params=PbsParams(cfg["block_size"], cfg["segment_size"], cfg["threshold"]),
-        launch=LaunchConfig(**cfg["launch"]),
+        params=params, launch=launch, layers=layers,
         # The loader runs dense SDPA where it beats the best sparse config at this length.
         dense_faster=bool(dense) and min(dense) < lat,
         measured=dict(latency_ms=round(lat, 4), rel_l2=round(trial.user_attrs["rel_l2"], 5),
@@ -268,6 +286,10 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
             baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
             reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
             speedup=speedup, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
+            **(dict(per_head=dict(margin=spec.margin, reference_threshold=cfg["threshold"],
+                                  bound="per layer: output rel-L2 <= margin x the reference threshold's, and per "
+                                        "head no fewer sampled queries' heaviest keys kept"))
+               if spec.per_head else {}),
             versions=dict(torch=str(torch.__version__), triton=str(triton.__version__),
                           optuna=str(optuna.__version__)),
             date=_dt.date.today().isoformat()),
@@ -278,6 +300,11 @@ def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool) -> di
     """The published default config on the same data, for every profile entry."""
     cfg = search_space.reference_config(spec.head_dim, cpu=not on_gpu)
     try:
+        if spec.per_head:  # timed layer by layer, as the per-head trials are
+            from .allocate import LayerPlan
+            heads = cal.q.shape[1]
+            plans = [LayerPlan(True, (cfg.threshold,) * heads, 1.0, 0.0, 0.0)] * cal.q.shape[0]
+            return dict(config=cfg.as_dict(), **measure_layers(cal, cfg, plans, on_gpu=on_gpu))
         return dict(config=cfg.as_dict(), **measure(cal, cfg, on_gpu=on_gpu))
     except Exception as exc:
         return dict(config=cfg.as_dict(), error=f"{type(exc).__name__}: {exc}"[:300])

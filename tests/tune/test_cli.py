@@ -248,3 +248,29 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
     assert retried[killed].params == trials[killed].params
     (entry,) = profiles.load(str(tmp_path / "cpu.yaml")).entries         # the profile is whole
     assert entry.seqlen == 128
+
+
+def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workload(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    (tmp_path / "book.txt").write_text("def f(x):\n    return x + 1\n" * 20)
+    calib = tmp_path / "calib.safetensors"
+    res = CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "book.txt"),
+                                    "--seqlen", "128", "--out", str(calib), "--dtype", "float32", "--layers", "1"])
+    assert res.exit_code == 0, res.output
+    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", "--margin", "0.9", seqlen="128",
+                                  trials="2") if a not in ("--workload", "diffuse")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
+    assert list(e.layers) == [1]  # the captured layer, by its index in the model
+    params, launch = e.layers[1]
+    assert isinstance(params.threshold, tuple) and len(params.threshold) == 2 and isinstance(params.permute, bool)
+    assert e.info["per_head"]["margin"] == 0.9 and "heaviest keys" in e.info["per_head"]["bound"]
+    assert "-per-head" in e.info["study"]
+    res = CliRunner().invoke(main, sweep_args(tmp_path, "--per-head", seqlen="96", trials="2"))
+    assert res.exit_code == 0, res.output
+    workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 96][0]
+    assert isinstance(workload.params.threshold, tuple) and not workload.layers
