@@ -2,9 +2,11 @@
 
 Calibrate on one sample, report on another. Parts:
   model    (--model smollm2 or the fixture folder, at --seqlen) per layer, permutation on/off
-           and per-head thresholds (tune/allocate.plan_layer) on 2 calibration-split sequences:
-           the layer's output error at most --margin x that of threshold 0.9 there, and no head
-           keeping fewer sampled queries' heaviest keys; then on the evaluation split: LM loss
+           and per-head thresholds (tune/allocate.py) on 2 calibration-split sequences: the
+           layer's output error at most --margin x that of threshold 0.9 there, and no head
+           keeping fewer sampled queries' heaviest keys; then a retrieval probe (40 needle
+           prompts on calibration-split text): while the plans answer fewer than the default,
+           the margin shrinks (0.8, 0.6, ... 0). Then on the evaluation split: LM loss
            (dense, default, per-head), retrieval, per-layer kept density and error of both,
            and the op time summed over layers and whole-model prefill time, default vs per-head.
   mixed    the synthetic mixed workload (32/8 heads, D 128): calibrated on two samples of seed
@@ -22,15 +24,17 @@ from ..op.pbs_attention import pbs_attention
 from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
 from ..seqlen import parse_length
-from ..tune.allocate import GRID, head_curves, plan_layer, uniform_error
+from ..tune.allocate import GRID, choose_plan, head_curves, layer_curves, plan_layer, uniform_error
 from ..tune.capture import recording_attention
 from ..tune.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
-from .real_attention import _ci, retrieval_prompts
+from .real_attention import _ci, retrieval_hits, retrieval_prompts
 from .timing import env_info, median_ms, write_json
 
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
+PROBE_TEXTS, PROBE_PROMPTS = 4, 40
+PROBE_MARGINS = (0.8, 0.6, 0.4, 0.2, 0.0)  # tried in turn while the plans lose retrieval probes
 
 
 def _recorded_layers(model, seqs):
@@ -62,19 +66,39 @@ def _apply(model, entry):
         pbs_tune.apply(model, profiles.Profile(path="<per-head>", entries=[entry], gpu=entry.gpu))
 
 
-def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts):
+def _probed_plans(model, tok, curves, probe_texts, seqlen, margin, n_probe, lc):
+    """Per-layer plans at `margin`; if they answer fewer retrieval probes (calibration-split
+    text, their own needles) than the default, the margin shrinks until they answer as many
+    (at margin 0 every layer is the default). Returns (layers, allocation rows, probe log)."""
+    haystack = [int(t) for s in probe_texts for t in s]
+    prompts = retrieval_prompts(tok, haystack, n_probe, seqlen - 512, seed=1)
+    _apply(model, _entry(model, 1024))
+    need = retrieval_hits(model, tok, prompts)
+    log = [dict(variant="default", hits=need, prompts=len(prompts))]
+    margins = [margin] + [m for m in PROBE_MARGINS if m < margin]
+    for m in margins:
+        plans = {idx: choose_plan(c, margin=m, reference=DEFAULT) for idx, c in curves.items()}
+        layers = {idx: (profiles.PbsParams(BLOCK, SEGMENT, p.thresholds, p.permute), lc) for idx, p in plans.items()}
+        _apply(model, _entry(model, 1024, layers))
+        hits = retrieval_hits(model, tok, prompts) if n_probe else need
+        log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values())))
+        print("probe", json.dumps(log[-1]), flush=True)
+        if hits >= need:
+            break
+    alloc = [dict(layer=idx, permute=p.permute, thresholds=list(p.thresholds), margin=m,
+                  calib_default_rel_l2=p.reference_rel_l2, calib_per_head_rel_l2=p.rel_l2,
+                  calib_kept_ratio=p.kept_ratio) for idx, p in sorted(plans.items())]
+    return layers, alloc, log
+
+
+def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS):
     import pbs_tune
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
-    calib = token_sequences(tok, python_sources("calibration"), seqlen, 2)
+    calib = token_sequences(tok, python_sources("calibration"), seqlen, 2 + PROBE_TEXTS)
     lc = default_launch(BLOCK, model.config.head_dim)
-    layers, alloc = {}, []
-    for idx, (q, k, v) in sorted(_recorded_layers(model, calib).items()):
-        plan = plan_layer(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, margin=margin, reference=DEFAULT)
-        layers[idx] = (profiles.PbsParams(BLOCK, SEGMENT, plan.thresholds, plan.permute), lc)
-        alloc.append(dict(layer=idx, permute=plan.permute, thresholds=list(plan.thresholds),
-                          calib_default_rel_l2=plan.reference_rel_l2, calib_per_head_rel_l2=plan.rel_l2,
-                          calib_kept_ratio=plan.kept_ratio))
-        del q, k, v
+    curves = {idx: layer_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc)
+              for idx, (q, k, v) in sorted(_recorded_layers(model, calib[:2]).items())}
+    layers, alloc, probe = _probed_plans(model, tok, curves, calib[2:], seqlen, margin, n_probe, lc)
     variants = {"dense": None, "default": _entry(model, 1024), "per_head": _entry(model, 1024, layers)}
     evals = token_sequences(tok, python_sources("evaluation"), seqlen, n_seqs + 8)
     losses = {}
@@ -92,13 +116,8 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts):
     retrieval = {}
     for name in ("default", "per_head"):
         _apply(model, variants[name])
-        hits = 0
-        for ids, key, _ in prompts:
-            with torch.no_grad():
-                gen = model.generate(ids[None].cuda(), max_new_tokens=7, do_sample=False, pad_token_id=0)
-            hits += key in tok.decode(gen[0, len(ids):])
-        retrieval[name] = hits
-        print(name, "retrieval", hits, "/", len(prompts), flush=True)
+        retrieval[name] = retrieval_hits(model, tok, prompts)
+        print(name, "retrieval", retrieval[name], "/", len(prompts), flush=True)
     per_layer = []  # the same measures on unseen text
     for a, (idx, (q, k, v)) in zip(alloc, sorted(_recorded_layers(model, evals[:2]).items())):
         ref = head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc)
@@ -116,7 +135,7 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts):
     timing = _timing(model, evals[0], layers, variants)
     model.set_attn_implementation("sdpa")
     kept = [p["eval_kept_ratio"] for p in per_layer]
-    res["model"] = dict(name=model_name, seqlen=seqlen, timing=timing, margin=margin, calibration_sequences=len(calib),
+    res["model"] = dict(name=model_name, seqlen=seqlen, timing=timing, margin=margin, retrieval_probe=probe, calibration_sequences=len(calib),
                         evaluation_sequences=n_seqs, loss=loss, retrieval=dict(prompts=len(prompts), **retrieval), allocation=alloc,
                           held_out=per_layer, mean_kept_ratio=statistics.fmean(kept),
                           layers_within_default_error=sum(p["eval_per_head_rel_l2"] <= p["eval_default_rel_l2"]

@@ -105,11 +105,21 @@ def _passkey_prompts(tokenizer, haystack_ids, n, length, seed=0):
     return prompts
 
 
-def retrieval_prompts(tokenizer, haystack_ids, n, length):
+def retrieval_prompts(tokenizer, haystack_ids, n, length, seed=0):
     """The fixture's key-value needles (what it was trained to answer), else the passkey."""
     if isinstance(tokenizer, ByteTokenizer):
-        return needle_prompts(np.asarray(haystack_ids, dtype=np.uint8), n, length)
-    return _passkey_prompts(tokenizer, haystack_ids, n, length)
+        return needle_prompts(np.asarray(haystack_ids, dtype=np.uint8), n, length, seed=seed)
+    return _passkey_prompts(tokenizer, haystack_ids, n, length, seed=seed)
+
+
+def retrieval_hits(model, tokenizer, prompts) -> int:
+    """Prompts whose greedy continuation contains the answer."""
+    hits = 0
+    for ids, key, _ in prompts:
+        with torch.no_grad():
+            gen = model.generate(ids[None].cuda(), max_new_tokens=7, do_sample=False, pad_token_id=0)
+        hits += key in tokenizer.decode(gen[0, len(ids):])
+    return hits
 
 
 def part_retrieval(res, model, tokenizer, haystack_ids, n, length):

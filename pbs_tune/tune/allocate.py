@@ -207,23 +207,25 @@ class LayerPlan:
     reference_rel_l2: float
 
 
-def plan_layer(q, k, v, *, block_size, segment_size, launch=None, margin=0.95, reference=0.9) -> LayerPlan:
-    """Per-head thresholds for one layer (q/k/v of that layer, batch = samples): output rel-L2
-    at most `margin` x the reference threshold's (permuted), and each head keeping at least as
-    many sampled queries' heaviest keys as the reference does. The permutation is tried on and
-    off; the cheaper plan meeting both wins (the reference itself always qualifies)."""
+def layer_curves(q, k, v, *, block_size, segment_size, launch=None) -> dict:
+    """{permute: HeadCurves} of one layer (batch = samples), with and without the permutation."""
     dense = dense_reference(q, k, v)
     top = heaviest_keys(q, k, sampled_rows(q.shape[2], block_size))
-    curves = {p: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=p, launch=launch,
-                             dense=dense, top=top) for p in (True, False)}
-    del dense
+    return {p: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=p, launch=launch,
+                           dense=dense, top=top) for p in (True, False)}
+
+
+def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:
+    """Per-head thresholds with output rel-L2 at most `margin` x the reference threshold's
+    (permuted), each head keeping at least as many sampled queries' heaviest keys as the
+    reference does; permuted or not, whichever keeps fewer blocks (the reference always qualifies)."""
     ref = curves[True]
     g = ref.grid.index(reference)
     ref_kept = float(ref.kept[:, g].sum())
     need = ref.top_hits[:, g]
     ref_err = uniform_error(ref, reference)
     bound = margin * ref_err
-    best = LayerPlan(True, (reference,) * q.shape[1], 1.0, ref_err, ref_err)
+    best = LayerPlan(True, (reference,) * ref.sq_err.shape[0], 1.0, ref_err, ref_err)
     for permute, c in curves.items():
         thr = allocate(c, bound, c.floor(need))
         choice = torch.tensor([c.grid.index(t) for t in thr])
@@ -233,3 +235,9 @@ def plan_layer(q, k, v, *, block_size, segment_size, launch=None, margin=0.95, r
         if err <= bound and bool((c.top_hits[rows, choice] >= need).all()) and kept < best.kept_ratio:
             best = LayerPlan(permute, thr, kept, err, ref_err)
     return best
+
+
+def plan_layer(q, k, v, *, block_size, segment_size, launch=None, margin=0.95, reference=0.9) -> LayerPlan:
+    """`choose_plan` on one layer's freshly measured curves."""
+    return choose_plan(layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch),
+                       margin=margin, reference=reference)
