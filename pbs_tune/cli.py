@@ -349,6 +349,65 @@ def report(storage, study_name, out_dir):
 
 @main.command()
 @click.option("--model", required=True,
+              help="Local transformers model folder (the trained fixture too), or 'smollm2'.")
+@click.option("--gguf-file", default=None, help="A GGUF file inside --model to load (transformers' gguf_file=).")
+@click.option("--gpu", default="auto", show_default=True, help="Must match the GPU present ('auto' reads it).")
+@click.option("--seqlen", required=True, callback=lambda c, p, v: parse_length(v),
+              help="Calibration length in tokens (e.g. 8k); the entry applies from this length up.")
+@click.option("--text", "text_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Calibration text (6 x --seqlen tokens); default: installed Python sources of the calibration split.")
+@click.option("--margin", default=0.95, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Each layer's error bound as a share of the reference threshold's.")
+@click.option("--reference", default=0.9, show_default=True, type=click.Choice([str(t) for t in (0.8, 0.85, 0.9, 0.95)]),
+              help="The uniform threshold the plans must match (error, heaviest keys, retrieval probes).")
+@click.option("--probes", default=40, show_default=True, type=click.IntRange(min=0),
+              help="Retrieval probe prompts (0: no probe).")
+@click.option("--block-size", default=128, show_default=True, type=click.IntRange(min=16))
+@click.option("--segment-size", default=256, show_default=True, type=click.IntRange(min=32))
+@click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
+@click.option("--profile", "profile_path", default=None, help="Profile YAML to add the entry to (default: user store).")
+@click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
+@one_line_errors
+def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, block_size, segment_size, dtype,
+         profile_path, no_compile):
+    """Per-layer plans for one model, judged by the model: permutation on/off and a threshold per
+    head in every layer, within --margin x the reference's layer error, keeping each head's
+    heaviest keys and the model's answers to retrieval probes (tune/model_plan.py).
+
+    \b
+    Example:
+      pbs-tune plan --model smollm2 --seqlen 8k
+    """
+    from .tune.fixtures import load_model, python_sources, token_sequences
+    from .tune.model_plan import plan_model
+    if segment_size % block_size:
+        raise ValueError(f"--segment-size {segment_size} must be a multiple of --block-size {block_size}")
+    gpu = resolve_gpu(gpu)
+    on_gpu = gpu != CPU
+    profile_path = profile_path or profile_store.default_profile_path(gpu)
+    if os.path.exists(profile_path):
+        profiles.load(profile_path)  # fail now, not after the calibration
+    net, tokenizer = load_model(model, gguf_file=gguf_file, dtype=dtype, device=device_for(gpu))
+    if tokenizer is None:
+        raise ValueError(f"--model {model} has no tokenizer; plan needs one to build its retrieval probes")
+    files = [text_file] if text_file else python_sources("calibration")
+    seqs = token_sequences(tokenizer, files, seqlen, 6)
+    entry, report = plan_model(net, tokenizer, seqs[:2], seqs[2:], margin=margin, reference=float(reference),
+                               probes=probes, block_size=block_size, segment_size=segment_size)
+    click.echo("layer  permute  kept vs reference  error vs reference  thresholds per head")
+    for row in report["allocation"]:
+        click.echo(f"{row['layer']:>5}  {str(row['permute']):>7}  {row['calib_kept_ratio']:>17.3f}  "
+                   f"{row['calib_per_head_rel_l2']:.4f} / {row['calib_default_rel_l2']:.4f}    "
+                   f"{' '.join(f'{t:g}' for t in row['thresholds'])}")
+    click.echo("retrieval probe: " + ", ".join(f"{r.get('margin', 'reference')}: {r['hits']}" for r in report["probe"]))
+    profiles.merge_entries(profile_path, [entry])
+    click.echo(f"wrote a plan for {len(entry.layers)} layers to {profile_path} (margin used {report['margin_used']})")
+    if on_gpu and not no_compile:
+        _compile_in_fresh_process(profile_path, None)
+
+
+@main.command()
+@click.option("--model", required=True,
               help="Local transformers model folder (config + weights), or 'smollm2' (the packaged SmolLM2-135M).")
 @click.option("--gguf-file", default=None, help="A GGUF file inside --model to load (transformers' gguf_file=).")
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),

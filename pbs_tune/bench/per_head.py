@@ -22,73 +22,23 @@ import torch
 from ..op.launch_config import default_launch
 from ..op.pbs_attention import pbs_attention
 from ..runtime import profiles
-from ..runtime.gpu import detect_gpu
 from ..seqlen import parse_length
-from ..tune.allocate import GRID, choose_plan, head_curves, layer_curves, plan_layer, uniform_error
+from ..tune.allocate import GRID, head_curves, plan_layer, uniform_error
 from ..tune.capture import recording_attention
 from ..tune.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
-from .real_attention import _ci, retrieval_hits, retrieval_prompts
+from ..tune.model_plan import model_entry, plan_model, record_layers, use_entry
+from ..tune.retrieval import retrieval_hits, retrieval_prompts
+from .real_attention import _ci
 from .timing import env_info, median_ms, write_json
 
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
 PROBE_TEXTS, PROBE_PROMPTS = 4, 40
-PROBE_MARGINS = (0.8, 0.6, 0.4, 0.2, 0.0)  # tried in turn while the plans lose retrieval probes
 
 
-def _recorded_layers(model, seqs):
-    """{layer: (q, k, v)} of every layer on `seqs`, the sequences stacked as the batch."""
-    layers = range(model.config.num_hidden_layers)
-    parts = {idx: [] for idx in layers}
-    for s in seqs:
-        with recording_attention(model, set(layers)) as seen, torch.no_grad():
-            model(s[None].cuda(), logits_to_keep=1)
-        for idx in layers:
-            parts[idx].append(tuple(t.contiguous() for t in seen[idx]))
-        del seen
-    return {idx: tuple(torch.cat([p[j] for p in parts[idx]]) for j in range(3)) for idx in layers}
-
-
-def _entry(model, min_len, layers=None):
-    cfg = model.config
-    return profiles.ProfileEntry(gpu=detect_gpu(), seqlen=min_len, heads=cfg.num_attention_heads,
-                                 kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype="bfloat16",
-                                 params=profiles.PbsParams(BLOCK, SEGMENT, DEFAULT),
-                                 launch=default_launch(BLOCK, cfg.head_dim), layers=layers or {})
-
-
-def _apply(model, entry):
-    import pbs_tune
-    if entry is None:
-        model.set_attn_implementation("sdpa")
-    else:
-        pbs_tune.apply(model, profiles.Profile(path="<per-head>", entries=[entry], gpu=entry.gpu))
-
-
-def _probed_plans(model, tok, curves, probe_texts, seqlen, margin, n_probe, lc):
-    """Per-layer plans at `margin`; if they answer fewer retrieval probes (calibration-split
-    text, their own needles) than the default, the margin shrinks until they answer as many
-    (at margin 0 every layer is the default). Returns (layers, allocation rows, probe log)."""
-    haystack = [int(t) for s in probe_texts for t in s]
-    prompts = retrieval_prompts(tok, haystack, n_probe, seqlen - 512, seed=1)
-    _apply(model, _entry(model, 1024))
-    need = retrieval_hits(model, tok, prompts)
-    log = [dict(variant="default", hits=need, prompts=len(prompts))]
-    margins = [margin] + [m for m in PROBE_MARGINS if m < margin]
-    for m in margins:
-        plans = {idx: choose_plan(c, margin=m, reference=DEFAULT) for idx, c in curves.items()}
-        layers = {idx: (profiles.PbsParams(BLOCK, SEGMENT, p.thresholds, p.permute), lc) for idx, p in plans.items()}
-        _apply(model, _entry(model, 1024, layers))
-        hits = retrieval_hits(model, tok, prompts) if n_probe else need
-        log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values())))
-        print("probe", json.dumps(log[-1]), flush=True)
-        if hits >= need:
-            break
-    alloc = [dict(layer=idx, permute=p.permute, thresholds=list(p.thresholds), margin=m,
-                  calib_default_rel_l2=p.reference_rel_l2, calib_per_head_rel_l2=p.rel_l2,
-                  calib_kept_ratio=p.kept_ratio) for idx, p in sorted(plans.items())]
-    return layers, alloc, log
+def _default(model, lc):
+    return model_entry(model, seqlen=1024, block_size=BLOCK, segment_size=SEGMENT, threshold=DEFAULT, launch=lc)
 
 
 def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS):
@@ -96,14 +46,14 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     calib = token_sequences(tok, python_sources("calibration"), seqlen, 2 + PROBE_TEXTS)
     lc = default_launch(BLOCK, model.config.head_dim)
-    curves = {idx: layer_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc)
-              for idx, (q, k, v) in sorted(_recorded_layers(model, calib[:2]).items())}
-    layers, alloc, probe = _probed_plans(model, tok, curves, calib[2:], seqlen, margin, n_probe, lc)
-    variants = {"dense": None, "default": _entry(model, 1024), "per_head": _entry(model, 1024, layers)}
+    planned, report = plan_model(model, tok, calib[:2], calib[2:], margin=margin, reference=DEFAULT, probes=n_probe,
+                                 block_size=BLOCK, segment_size=SEGMENT, launch=lc, min_len=1024)
+    alloc, probe, layers = report["allocation"], report["probe"], planned.layers
+    variants = {"dense": None, "default": _default(model, lc), "per_head": planned}
     evals = token_sequences(tok, python_sources("evaluation"), seqlen, n_seqs + 8)
     losses = {}
     for name, entry in variants.items():
-        _apply(model, entry)
+        use_entry(model, entry)
         with torch.no_grad():
             losses[name] = [float(model(s[None].cuda(), labels=s[None].cuda()).loss) for s in evals[:n_seqs]]
         print(name, statistics.fmean(losses[name]), flush=True)
@@ -115,11 +65,11 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
     prompts = retrieval_prompts(tok, haystack, n_prompts, seqlen - 512)
     retrieval = {}
     for name in ("default", "per_head"):
-        _apply(model, variants[name])
+        use_entry(model, variants[name])
         retrieval[name] = retrieval_hits(model, tok, prompts)
         print(name, "retrieval", retrieval[name], "/", len(prompts), flush=True)
     per_layer = []  # the same measures on unseen text
-    for a, (idx, (q, k, v)) in zip(alloc, sorted(_recorded_layers(model, evals[:2]).items())):
+    for a, (idx, (q, k, v)) in zip(alloc, sorted(record_layers(model, evals[:2]).items())):
         ref = head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc)
         mine = ref if a["permute"] else head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc,
                                                      permute=False)
@@ -159,7 +109,7 @@ def _timing(model, seq, layers, variants):
                                                      threshold=params.threshold, launch=lc,
                                                      permute=params.permute))
         out[f"{name}_op_ms_all_layers"] = total
-        _apply(model, variants[name])
+        use_entry(model, variants[name])
         with torch.no_grad():
             out[f"{name}_prefill_ms"] = median_ms(lambda: model(seq[None].cuda(), logits_to_keep=1))
     model.set_attn_implementation("sdpa")

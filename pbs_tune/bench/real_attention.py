@@ -19,10 +19,8 @@ selection at block 128. Parts:
 import argparse
 import json
 import math
-import random
 import statistics
 
-import numpy as np
 import torch
 
 from ..op.launch_config import default_launch
@@ -33,9 +31,9 @@ from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
 from ..seqlen import parse_length
 from ..tune.capture import recording_attention
-from ..tune.byte_llama import ByteTokenizer, needle_prompts
 from ..tune.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference
+from ..tune.retrieval import retrieval_prompts
 from .timing import env_info, median_ms, sdpa_backend, write_json
 
 VARIANTS = {  # name -> (block, segment, threshold, permute); None is dense SDPA
@@ -88,38 +86,6 @@ def part_loss(res, model, seqs, variants):
             out[f"{variant}_relative"] = _ci(rel)
     out["per_sequence"] = losses
     res["loss"] = out
-
-
-def _passkey_prompts(tokenizer, haystack_ids, n, length, seed=0):
-    rng = random.Random(seed)
-    depths = (0.1, 0.3, 0.5, 0.7, 0.9)
-    prompts = []
-    for i in range(n):
-        key = f"{rng.randrange(10000, 99999)}"
-        needle = tokenizer(f"\n# The secret key is {key}. Remember it.\n")["input_ids"]
-        question = tokenizer("\n# What is the secret key? The secret key is")["input_ids"]
-        start = rng.randrange(0, len(haystack_ids) - length)
-        body = haystack_ids[start:start + length - len(needle) - len(question)]
-        cut = int(depths[i % len(depths)] * len(body))
-        prompts.append((torch.tensor(body[:cut] + needle + body[cut:] + question), key, depths[i % len(depths)]))
-    return prompts
-
-
-def retrieval_prompts(tokenizer, haystack_ids, n, length, seed=0):
-    """The fixture's key-value needles (what it was trained to answer), else the passkey."""
-    if isinstance(tokenizer, ByteTokenizer):
-        return needle_prompts(np.asarray(haystack_ids, dtype=np.uint8), n, length, seed=seed)
-    return _passkey_prompts(tokenizer, haystack_ids, n, length, seed=seed)
-
-
-def retrieval_hits(model, tokenizer, prompts) -> int:
-    """Prompts whose greedy continuation contains the answer."""
-    hits = 0
-    for ids, key, _ in prompts:
-        with torch.no_grad():
-            gen = model.generate(ids[None].cuda(), max_new_tokens=7, do_sample=False, pad_token_id=0)
-        hits += key in tokenizer.decode(gen[0, len(ids):])
-    return hits
 
 
 def part_retrieval(res, model, tokenizer, haystack_ids, n, length):

@@ -31,7 +31,7 @@ def finished_trials(tmp_path):
         con.close()
 
 
-@pytest.mark.parametrize("cmd", ["sweep", "show", "report", "capture", "compile"])
+@pytest.mark.parametrize("cmd", ["sweep", "show", "report", "capture", "compile", "plan"])
 def test_every_subcommand_has_help_with_an_example(cmd):
     res = CliRunner().invoke(main, [cmd, "--help"])
     assert res.exit_code == 0 and "Example" in res.output

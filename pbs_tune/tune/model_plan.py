@@ -1,0 +1,101 @@
+"""Per-layer plans for one model, judged by the model itself: `pbs-tune plan`.
+
+Every layer's Q/K/V is recorded on calibration text; each layer gets the plan of
+tune/allocate.py (permute or not, a threshold per head: error within margin x the reference's,
+heaviest keys kept). Then the model answers retrieval probes (tune/retrieval.py, on the
+calibration text, with needles of their own) with the plans and with the reference; while the
+plans answer fewer, the margin shrinks, down to 0 where every layer is the reference. The
+result is one profile entry with a plan per layer.
+"""
+import statistics
+
+import torch
+
+from ..op.launch_config import default_launch
+from ..runtime import profiles
+from ..runtime.gpu import detect_gpu
+from .allocate import choose_plan, layer_curves
+from .capture import recording_attention
+from .retrieval import retrieval_hits, retrieval_prompts
+
+PROBE_MARGINS = (0.8, 0.6, 0.4, 0.2, 0.0)  # tried in turn while the plans lose probes
+
+
+def record_layers(model, seqs) -> dict:
+    """{layer: (q, k, v)} of every layer on `seqs`, the sequences stacked as the batch."""
+    device = next(model.parameters()).device
+    layers = range(model.config.num_hidden_layers)
+    parts = {idx: [] for idx in layers}
+    for s in seqs:
+        with recording_attention(model, set(layers)) as seen, torch.no_grad():
+            model(s[None].to(device), logits_to_keep=1)
+        for idx in layers:
+            parts[idx].append(tuple(t.contiguous() for t in seen[idx]))
+        del seen
+    return {idx: tuple(torch.cat([p[j] for p in parts[idx]]) for j in range(3)) for idx in layers}
+
+
+def model_entry(model, *, seqlen, block_size, segment_size, threshold, launch, layers=None) -> profiles.ProfileEntry:
+    """A profile entry for this model's attention shape on this GPU, from `seqlen` tokens up."""
+    cfg = model.config
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return profiles.ProfileEntry(gpu=detect_gpu(), seqlen=seqlen, heads=cfg.num_attention_heads,
+                                 kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype=dtype,
+                                 params=profiles.PbsParams(block_size, segment_size, threshold),
+                                 launch=launch, layers=layers or {})
+
+
+def use_entry(model, entry):
+    """Run `model` with `entry` (None: dense SDPA)."""
+    import pbs_tune
+    if entry is None:
+        model.set_attn_implementation("sdpa")
+    else:
+        pbs_tune.apply(model, profiles.Profile(path="<plan>", entries=[entry], gpu=entry.gpu))
+
+
+def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_size, segment_size, launch,
+                 min_len):
+    """Plans at `margin`, shrunk while they answer fewer `prompts` than the reference.
+    Returns (entry, {layer: LayerPlan}, margin used, probe log)."""
+    def entry(layers=None):
+        return model_entry(model, seqlen=min_len, block_size=block_size, segment_size=segment_size,
+                           threshold=reference, launch=launch, layers=layers)
+
+    use_entry(model, entry())
+    need = retrieval_hits(model, tokenizer, prompts)
+    log = [dict(variant="reference", hits=need, prompts=len(prompts))]
+    for m in [margin] + [x for x in PROBE_MARGINS if x < margin]:
+        plans = {idx: choose_plan(c, margin=m, reference=reference) for idx, c in curves.items()}
+        planned = entry({idx: (profiles.PbsParams(block_size, segment_size, p.thresholds, p.permute), launch)
+                         for idx, p in plans.items()})
+        use_entry(model, planned)
+        hits = retrieval_hits(model, tokenizer, prompts) if prompts else need
+        log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values())))
+        if hits >= need:
+            break
+    return planned, plans, m, log
+
+
+def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, reference=0.9, probes=40,
+               block_size=128, segment_size=256, launch=None, min_len=None):
+    """Plans for every layer of `model` from 2+ calibration sequences and a retrieval probe on
+    `probe_seqs` (their text as haystack). Returns (profile entry, report dict)."""
+    seqlen = len(calib_seqs[0])
+    launch = launch or default_launch(block_size, model.config.head_dim)
+    curves = {idx: layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch)
+              for idx, (q, k, v) in sorted(record_layers(model, calib_seqs).items())}
+    haystack = [int(t) for s in probe_seqs for t in s]
+    prompts = retrieval_prompts(tokenizer, haystack, probes, seqlen - min(512, seqlen // 4), seed=1) if probes else []
+    entry, plans, used, log = probed_plans(model, tokenizer, curves, prompts, margin=margin, reference=reference,
+                                           block_size=block_size, segment_size=segment_size, launch=launch,
+                                           min_len=min_len or seqlen)
+    entry.info = dict(plan=dict(margin=margin, margin_used=used, reference_threshold=reference,
+                                calibration_sequences=len(calib_seqs), tokens=seqlen, probe=log,
+                                bound="per layer: output rel-L2 <= margin x the reference threshold's, per head no "
+                                      "fewer sampled queries' heaviest keys kept, and no fewer retrieval probes "
+                                      "answered than with the reference"))
+    report = [dict(layer=idx, permute=p.permute, thresholds=list(p.thresholds), margin=used,
+                   calib_default_rel_l2=p.reference_rel_l2, calib_per_head_rel_l2=p.rel_l2,
+                   calib_kept_ratio=p.kept_ratio) for idx, p in sorted(plans.items())]
+    return entry, dict(allocation=report, probe=log, margin_used=used)
