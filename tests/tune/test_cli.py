@@ -125,16 +125,20 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert len(profiles.load(str(tmp_path / "cpu.yaml")).entries) == 1
 
 
-def test_capture_records_qkv_that_sweep_can_tune_on(tmp_path):
+def capture_tiny_llama(tmp_path, text, *extra):
+    """Save a 2-layer random Llama and capture 128 tokens of `text` with it: (result, calib path)."""
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                    num_attention_heads=2, num_key_value_heads=1, head_dim=64)
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
-    (tmp_path / "book.txt").write_text("It was a bright cold day in April. " * 20)
+    (tmp_path / "book.txt").write_text(text)
     calib = tmp_path / "calib.safetensors"
-    res = CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"), "--text",
-                                    str(tmp_path / "book.txt"), "--seqlen", "128", "--out", str(calib),
-                                    "--dtype", "float32"])
+    return CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "book.txt"),
+                                     "--seqlen", "128", "--out", str(calib), "--dtype", "float32", *extra]), calib
+
+
+def test_capture_records_qkv_that_sweep_can_tune_on(tmp_path):
+    res, calib = capture_tiny_llama(tmp_path, "It was a bright cold day in April. " * 20)
     assert res.exit_code == 0, res.output
     from safetensors.torch import load_file
     t = load_file(calib)
@@ -251,14 +255,7 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
 
 
 def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workload(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, head_dim=64)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
-    (tmp_path / "book.txt").write_text("def f(x):\n    return x + 1\n" * 20)
-    calib = tmp_path / "calib.safetensors"
-    res = CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "book.txt"),
-                                    "--seqlen", "128", "--out", str(calib), "--dtype", "float32", "--layers", "1"])
+    res, calib = capture_tiny_llama(tmp_path, "def f(x):\n    return x + 1\n" * 20, "--layers", "1")
     assert res.exit_code == 0, res.output
     args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", "--margin", "0.9", seqlen="128",
                                   trials="2") if a not in ("--workload", "diffuse")]
