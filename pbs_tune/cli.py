@@ -286,9 +286,18 @@ def show(gpu, profile_path):
         shape = f"{e.heads}/{e.kv_heads}/{e.head_dim}"
         click.echo(f"{format_length(e.seqlen):>6} {shape:>10} {e.dtype:>8} "
                    f"{p.block_size:>5} {p.segment_size:>5} {describe_threshold(p.threshold)[1:]:>5} {launch:>14} "
-                   f"{m.get('latency_ms', float('nan')):9.3f} {m.get('rel_l2', float('nan')):7.4f} "
-                   f"{m.get('recall', float('nan')):7.4f} {m.get('density', float('nan')):5.3f} "
+                   f"{_measured(m, 'latency_ms', 9, 3)} {_measured(m, 'rel_l2', 7, 4)} "
+                   f"{_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
+        for idx, c in sorted(e.layers.items()):
+            what = "dense" if c == profiles.DENSE else (
+                f"{'permuted' if c[0].permute else 'unpermuted'} {describe_threshold(c[0].threshold)[1:]}")
+            click.echo(f"{'':>6} layer {idx}: {what}")
+
+
+def _measured(m, key, width, digits):
+    """A measured figure, or '-' for an entry that was planned rather than timed."""
+    return f"{m[key]:{width}.{digits}f}" if key in m else f"{'-':>{width}}"
 
 
 @main.command(name="compile")

@@ -147,8 +147,10 @@ class ProfileEntry:
 
 
 def describe_threshold(threshold) -> str:
-    if isinstance(threshold, tuple):
+    if isinstance(threshold, tuple) and min(threshold) != max(threshold):
         return f"τ{min(threshold):.3g}-{max(threshold):.3g}/head"
+    if isinstance(threshold, tuple):
+        threshold = threshold[0]
     return f"τ{threshold:.3g}"
 
 

@@ -146,6 +146,7 @@ def test_per_head_thresholds_round_trip_and_are_checked(tmp_path):
     e = profiles.load(str(path)).entries[0]
     assert e.params.threshold == tuple(per_head) and not e.params.keeps_all
     assert "τ0.5-0.965/head" in e.describe()
+    assert profiles.describe_threshold((0.9, 0.9)) == "τ0.9"
     path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[
         dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=[0.9] * 31))])))
     with pytest.raises(profiles.ProfileError, match=r"one per query head \(32\)"):

@@ -267,6 +267,8 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     assert isinstance(params.threshold, tuple) and len(params.threshold) == 2 and isinstance(params.permute, bool)
     assert e.info["per_head"]["margin"] == 0.9 and "heaviest keys" in e.info["per_head"]["bound"]
     assert "-per-head" in e.info["study"]
+    shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
+    assert shown.exit_code == 0 and "layer 1: " in shown.output and "permuted" in shown.output
     res = CliRunner().invoke(main, sweep_args(tmp_path, "--per-head", seqlen="96", trials="2"))
     assert res.exit_code == 0, res.output
     workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 96][0]
