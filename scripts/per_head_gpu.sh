@@ -21,9 +21,9 @@ for name in fixture mixed; do
   if [ $name = fixture ]; then
     extra+=(--heads 8 --kv-heads 2 --calib "$work/fixture.safetensors" --max-error 0.25)
   fi
-  start=$(date +%s.%N)
+  start=$SECONDS
   python3 -m pbs_tune sweep --gpu auto --seqlen 32k "${extra[@]}" 2>&1 | grep -v "^\s*$"
-  echo "$name per-head sweep: $(echo "$(date +%s.%N) - $start" | bc) s"
+  echo "$name per-head sweep: $((SECONDS - start)) s"
 done
 python3 -m pbs_tune.bench.per_head --parts model --model fixtures/byte-llama --seqlen 32k --sequences 32 \
   --prompts 200 --out "$out/fixture_per_head.json"
