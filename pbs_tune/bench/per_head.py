@@ -23,8 +23,7 @@ from ..op.launch_config import default_launch
 from ..op.pbs_attention import pbs_attention
 from ..runtime import profiles
 from ..seqlen import parse_length
-from ..tune.allocate import GRID, head_curves, plan_layer, uniform_error
-from ..tune.capture import recording_attention
+from ..tune.allocate import GRID, layer_curves, plan_layer, uniform_error
 from ..tune.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
@@ -70,9 +69,9 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
         print(name, "retrieval", retrieval[name], "/", len(prompts), flush=True)
     per_layer = []  # the same measures on unseen text
     for a, (idx, (q, k, v)) in zip(alloc, sorted(record_layers(model, evals[:2]).items())):
-        ref = head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc)
-        mine = ref if a["permute"] else head_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc,
-                                                     permute=False)
+        curves = layer_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc,
+                              permutes=(True, a["permute"]))
+        ref, mine = curves[True], curves[a["permute"]]
         d = GRID.index(DEFAULT)
         index = torch.tensor([GRID.index(t) for t in a["thresholds"]])
         rows = torch.arange(len(index))
@@ -85,26 +84,25 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
     timing = _timing(model, evals[0], layers, variants)
     model.set_attn_implementation("sdpa")
     kept = [p["eval_kept_ratio"] for p in per_layer]
-    res["model"] = dict(name=model_name, seqlen=seqlen, timing=timing, margin=margin, retrieval_probe=probe, calibration_sequences=len(calib),
-                        evaluation_sequences=n_seqs, loss=loss, retrieval=dict(prompts=len(prompts), **retrieval), allocation=alloc,
-                          held_out=per_layer, mean_kept_ratio=statistics.fmean(kept),
-                          layers_within_default_error=sum(p["eval_per_head_rel_l2"] <= p["eval_default_rel_l2"]
-                                                          for p in per_layer),
-                          stats=pbs_tune.stats())
+    res["model"] = dict(name=model_name, seqlen=seqlen, timing=timing, margin=margin, retrieval_probe=probe,
+                        calibration_sequences=len(calib), evaluation_sequences=n_seqs, loss=loss,
+                        retrieval=dict(prompts=len(prompts), **retrieval), allocation=alloc, held_out=per_layer,
+                        mean_kept_ratio=statistics.fmean(kept),
+                        layers_within_default_error=sum(p["eval_per_head_rel_l2"] <= p["eval_default_rel_l2"]
+                                                        for p in per_layer),
+                        stats=pbs_tune.stats())
     print(json.dumps({k: v for k, v in res["model"].items() if k not in ("allocation", "held_out")}), flush=True)
 
 
 def _timing(model, seq, layers, variants):
     """Op time summed over the layers (their Q/K/V recorded on `seq`) and whole-model prefill."""
-    with recording_attention(model, set(range(model.config.num_hidden_layers))) as seen, torch.no_grad():
-        model(seq[None].cuda(), logits_to_keep=1)
+    seen = record_layers(model, [seq])
     out = {}
     for name in ("default", "per_head"):
         total = 0.0
         for idx, (q, k, v) in sorted(seen.items()):
             params, lc = layers[idx] if name == "per_head" else (profiles.PbsParams(BLOCK, SEGMENT, DEFAULT),
                                                                  default_launch(BLOCK, q.shape[-1]))
-            q, k, v = (t.contiguous() for t in (q, k, v))
             total += median_ms(lambda: pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT,
                                                      threshold=params.threshold, launch=lc,
                                                      permute=params.permute))

@@ -27,13 +27,12 @@ from ..op.launch_config import default_launch
 from ..op.pbs_attention import attend_blocks, plan
 from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
-from ..runtime import profiles
-from ..runtime.gpu import detect_gpu
 from ..seqlen import parse_length
 from ..tune.capture import recording_attention
 from ..tune.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference
-from ..tune.retrieval import retrieval_prompts
+from ..tune.model_plan import model_entry, use_entry
+from ..tune.retrieval import retrieval_answers, retrieval_prompts
 from .timing import env_info, median_ms, sdpa_backend, write_json
 
 VARIANTS = {  # name -> (block, segment, threshold, permute); None is dense SDPA
@@ -44,23 +43,13 @@ VARIANTS = {  # name -> (block, segment, threshold, permute); None is dense SDPA
 }
 
 
-def _profile(model, variant, min_len):
-    """A one-entry profile running `variant` on every prompt of at least `min_len` tokens."""
-    bs, seg, thr, permute = VARIANTS[variant]
-    cfg = model.config
-    lc = default_launch(bs, cfg.head_dim)
-    entry = profiles.ProfileEntry(gpu=detect_gpu(), seqlen=min_len, heads=cfg.num_attention_heads,
-                                  kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype="bfloat16",
-                                  params=profiles.PbsParams(bs, seg, thr, permute), launch=lc)
-    return profiles.Profile(path=f"<{variant}>", entries=[entry], gpu=entry.gpu)
-
-
 def _use(model, variant, min_len=1024):
-    import pbs_tune
+    """Run `model` with `variant` on every prompt of at least `min_len` tokens."""
     if VARIANTS[variant] is None:
-        model.set_attn_implementation("sdpa")
-    else:
-        pbs_tune.apply(model, _profile(model, variant, min_len))
+        return use_entry(model, None)
+    bs, seg, thr, permute = VARIANTS[variant]
+    use_entry(model, model_entry(model, seqlen=min_len, block_size=bs, segment_size=seg, threshold=thr,
+                                 launch=default_launch(bs, model.config.head_dim), permute=permute))
 
 
 def _ci(diffs):
@@ -96,11 +85,8 @@ def part_retrieval(res, model, tokenizer, haystack_ids, n, length):
         _use(model, variant)
         pbs_tune.reset_stats()
         hits = {}
-        for ids, key, depth in prompts:
-            with torch.no_grad():
-                gen = model.generate(ids[None].cuda(), max_new_tokens=7, do_sample=False, pad_token_id=0)
-            answer = tokenizer.decode(gen[0, len(ids):])
-            hits.setdefault(depth, []).append(key in answer)
+        for (_, _, depth), hit in zip(prompts, retrieval_answers(model, tokenizer, prompts)):
+            hits.setdefault(depth, []).append(hit)
         out[variant] = dict(correct=sum(sum(h) for h in hits.values()), prompts=len(prompts),
                             by_depth={str(d): sum(h) / len(h) for d, h in sorted(hits.items())},
                             stats=pbs_tune.stats())

@@ -80,13 +80,17 @@ def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, sc
                          num_stages=launch.num_stages, out=out, return_lse=return_lse)
 
 
+def key_order(q, k, v, *, block_size, segment_size, scale=None, permute=True):
+    """Stage 1: the key permutation (identity with permute=False); it does not depend on the threshold."""
+    if permute:
+        return permute_keys(q, k, v, block_size=block_size, segment_size=segment_size, scale=default_scale(q, scale))
+    return identity_permutation(k, v)
+
+
 def plan(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True):
     """Stages 1 and 2: the key permutation and the kept-block list (no attention yet)."""
     scale = default_scale(q, scale)
-    if permute:
-        perm = permute_keys(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale)
-    else:
-        perm = identity_permutation(k, v)
+    perm = key_order(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale, permute=permute)
     blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size,
                            segment_size=segment_size, threshold=threshold, scale=scale)
     return perm, blocks

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..op.pbs_attention import attend_blocks, plan
+from ..op.pbs_attention import attend_blocks, default_scale, key_order
+from ..op.selection import select_blocks
 from .metrics import dense_reference
 
 GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0)
@@ -67,11 +68,13 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, grid=GRID, l
     hits = torch.empty_like(sq_err)
     rows = sampled_rows(q.shape[2], block_size)
     top = heaviest_keys(q, k, rows) if top is None else top
+    scale = default_scale(q, None)
     with torch.no_grad():
-        for g, thr in enumerate(grid):
-            perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size, threshold=thr,
-                                permute=permute)
-            out = attend_blocks(q, perm, blocks, launch=launch)
+        perm = key_order(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale, permute=permute)
+        for g, thr in enumerate(grid):  # one permutation serves every threshold
+            blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size, segment_size=segment_size,
+                                   threshold=thr, scale=scale)
+            out = attend_blocks(q, perm, blocks, launch=launch, scale=scale)
             sq_err[:, g] = (out.double() - dense).pow(2).sum(dim=(0, 2, 3)).cpu()
             kept[:, g] = blocks.count.double().sum(dim=(0, 2)).cpu()
             hits[:, g] = heaviest_key_kept(top, rows, perm.positions, blocks).double().sum(dim=(0, 2)).cpu()
@@ -207,12 +210,13 @@ class LayerPlan:
     reference_rel_l2: float
 
 
-def layer_curves(q, k, v, *, block_size, segment_size, launch=None) -> dict:
-    """{permute: HeadCurves} of one layer (batch = samples), with and without the permutation."""
+def layer_curves(q, k, v, *, block_size, segment_size, launch=None, permutes=(True, False)) -> dict:
+    """{permute: HeadCurves} of one layer (batch = samples), with and without the permutation;
+    the dense output and the heaviest keys are computed once for both."""
     dense = dense_reference(q, k, v)
     top = heaviest_keys(q, k, sampled_rows(q.shape[2], block_size))
     return {p: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=p, launch=launch,
-                           dense=dense, top=top) for p in (True, False)}
+                           dense=dense, top=top) for p in sorted(set(permutes), reverse=True)}
 
 
 def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:

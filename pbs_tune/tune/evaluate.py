@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..op.pbs_attention import attend_blocks, check_inputs
-from ..op.permutation import identity_permutation, permute_keys
-from ..op.selection import block_list_from_mask, select_blocks
+from ..op.pbs_attention import attend_blocks, check_inputs, plan
+from ..op.permutation import identity_permutation
+from ..op.selection import block_list_from_mask
 from ..bench.timing import dense_baselines as sdpa_baselines
 from ..bench.timing import median_ms
 from .metrics import dense_reference, recall_from_lse, rel_l2
@@ -81,22 +81,9 @@ def _dense(q, k, v):
 
 def measure(cal: Calibration, cfg, *, on_gpu: bool) -> dict:
     """Latency of the whole op (permute + select + attend) and its accuracy."""
-    q, k, v = cal.q, cal.k, cal.v
-    check_inputs(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size,
+    check_inputs(cal.q, cal.k, cal.v, block_size=cfg.block_size, segment_size=cfg.segment_size,
                  threshold=cfg.threshold, launch=cfg.launch)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-
-    def run(return_lse=False):
-        perm = permute_keys(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size, scale=scale)
-        blocks = select_blocks(q, perm.k, perm.positions, block_size=cfg.block_size,
-                               segment_size=cfg.segment_size, threshold=cfg.threshold, scale=scale)
-        return attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse), blocks
-
-    with torch.no_grad():
-        (out, lse), blocks = run(return_lse=True)
-        latency = median_ms(run, on_gpu)
-    return dict(latency_ms=latency, rel_l2=rel_l2(out, cal.dense_out),
-                recall=recall_from_lse(lse, cal.dense_lse), density=blocks.density())
+    return _measure_parts(cal, cfg, [(slice(None), cfg.threshold, True)], on_gpu=on_gpu)
 
 
 def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
@@ -115,15 +102,20 @@ def layer_plans(cal: Calibration, cfg, margin: float) -> list:
 
 def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool) -> dict:
     """Like `measure`, but each layer runs its own plan, one after another, as in a model."""
-    from ..op.pbs_attention import plan as make_plan
+    return _measure_parts(cal, cfg, [(slice(i, i + 1), p.thresholds, p.permute) for i, p in enumerate(plans)],
+                          on_gpu=on_gpu)
+
+
+def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool) -> dict:
+    """Time the op over `parts` [(batch slice, threshold, permute)] in turn; accuracy over all."""
     scale = 1.0 / math.sqrt(cal.q.shape[-1])
-    layers = [(cal.q[i:i + 1], cal.k[i:i + 1], cal.v[i:i + 1], p) for i, p in enumerate(plans)]
+    inputs = [(cal.q[cut], cal.k[cut], cal.v[cut], thr, permute) for cut, thr, permute in parts]
 
     def run(return_lse=False):
         results = []
-        for q, k, v, p in layers:
-            perm, blocks = make_plan(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size,
-                                     threshold=p.thresholds, scale=scale, permute=p.permute)
+        for q, k, v, thr, permute in inputs:
+            perm, blocks = plan(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size,
+                                threshold=thr, scale=scale, permute=permute)
             results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse),
                             blocks))
         return results

@@ -59,22 +59,23 @@ def _role_of(package: str) -> str:
     return next(role for role, buckets in ROLES.items() if bucket in buckets)
 
 
-def python_sources(role: str, roots=None) -> list:
-    """Sorted .py files of the installed packages whose name hashes to `role`."""
+def package_folders(role: str, roots=None) -> list:
+    """Sorted folders of the installed packages whose name hashes to `role`."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     roots = roots or sorted({sysconfig.get_paths()["purelib"], *site.getsitepackages()})
+    return [os.path.join(root, package) for root in roots if os.path.isdir(root)
+            for package in sorted(os.listdir(root))
+            if package.isidentifier() and _role_of(package) == role and os.path.isdir(os.path.join(root, package))]
+
+
+def python_sources(role: str, roots=None) -> list:
+    """Sorted .py files of the installed packages whose name hashes to `role`."""
     files = []
-    for root in roots:
-        if not os.path.isdir(root):
-            continue
-        for package in sorted(os.listdir(root)):
-            folder = os.path.join(root, package)
-            if not os.path.isdir(folder) or not package.isidentifier() or _role_of(package) != role:
-                continue
-            for dirpath, dirnames, names in os.walk(folder):
-                dirnames.sort()
-                files += [os.path.join(dirpath, n) for n in sorted(names) if n.endswith(".py")]
+    for folder in package_folders(role, roots):
+        for dirpath, dirnames, names in os.walk(folder):
+            dirnames.sort()
+            files += [os.path.join(dirpath, n) for n in sorted(names) if n.endswith(".py")]
     return files
 
 

@@ -35,13 +35,14 @@ def record_layers(model, seqs) -> dict:
     return {idx: tuple(torch.cat([p[j] for p in parts[idx]]) for j in range(3)) for idx in layers}
 
 
-def model_entry(model, *, seqlen, block_size, segment_size, threshold, launch, layers=None) -> profiles.ProfileEntry:
+def model_entry(model, *, seqlen, block_size, segment_size, threshold, launch, layers=None,
+                permute=True) -> profiles.ProfileEntry:
     """A profile entry for this model's attention shape on this GPU, from `seqlen` tokens up."""
     cfg = model.config
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return profiles.ProfileEntry(gpu=detect_gpu(), seqlen=seqlen, heads=cfg.num_attention_heads,
                                  kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype=dtype,
-                                 params=profiles.PbsParams(block_size, segment_size, threshold),
+                                 params=profiles.PbsParams(block_size, segment_size, threshold, permute),
                                  launch=launch, layers=layers or {})
 
 

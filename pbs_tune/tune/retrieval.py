@@ -36,12 +36,17 @@ def retrieval_prompts(tokenizer, haystack_ids, n, length, seed=0):
     return passkey_prompts(tokenizer, haystack_ids, n, length, seed=seed)
 
 
-def retrieval_hits(model, tokenizer, prompts) -> int:
-    """Prompts whose greedy continuation contains the answer."""
+def retrieval_answers(model, tokenizer, prompts) -> list:
+    """Per prompt: does the greedy continuation contain the answer."""
     device = next(model.parameters()).device
-    hits = 0
+    answers = []
     for ids, key, _ in prompts:
         with torch.no_grad():
             gen = model.generate(ids[None].to(device), max_new_tokens=7, do_sample=False, pad_token_id=0)
-        hits += key in tokenizer.decode(gen[0, len(ids):])
-    return hits
+        answers.append(key in tokenizer.decode(gen[0, len(ids):]))
+    return answers
+
+
+def retrieval_hits(model, tokenizer, prompts) -> int:
+    """Prompts whose greedy continuation contains the answer."""
+    return sum(retrieval_answers(model, tokenizer, prompts))

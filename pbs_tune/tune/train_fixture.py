@@ -18,7 +18,11 @@ import numpy as np
 import torch
 
 from .byte_llama import MARKER, model_config, needle_sequence, text_bytes
-from .fixtures import ROLES, python_sources
+from .fixtures import ROLES, package_folders, python_sources
+
+
+def _package_names(role):
+    return sorted({os.path.basename(folder) for folder in package_folders(role)})
 
 
 def parse_phases(text):
@@ -123,22 +127,10 @@ def train(out_dir, phases, *, tokens_per_step=65536, lr=2e-3, warmup=200, needle
     with open(os.path.join(out_dir, "data_manifest.json"), "w", encoding="utf-8") as f:
         json.dump(dict(split_rule=f"sha256(package name) % 10 in {ROLES} (tune/fixtures.py)",
                        train=dict(files=len(train_files), bytes_used=int(len(text)), sha256=digest,
-                                  packages=sorted(_packages(train_files))),
-                       **{role: dict(packages=sorted(_packages(python_sources(role))))
+                                  packages=_package_names("train")),
+                       **{role: dict(packages=_package_names(role))
                           for role in ROLES if role != "train"}), f, indent=1)
     return facts
-
-
-def _packages(files):
-    """Top-level package folder of each source file (the path part under site/dist-packages)."""
-    names = set()
-    for path in files:
-        parts = path.split(os.sep)
-        for i, part in enumerate(parts[:-1]):
-            if part in ("site-packages", "dist-packages"):
-                names.add(parts[i + 1])
-                break
-    return names
 
 
 def main():
