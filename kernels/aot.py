@@ -34,7 +34,7 @@ def compile_call(call, *, arch: int):
 
 
 def attend_call(*, dtype: str, head_dim: int, block_size: int, block_m: int, block_n: int, num_warps: int,
-                num_stages: int, heads=8, kv_heads=2, seqlen=None):
+                num_stages: int, tma=False, programs_per_sm=0, heads=8, kv_heads=2, seqlen=None):
     """The attend kernel's call for a small CPU problem of this config (nothing runs)."""
     from .attend import attend_launch
     dt = getattr(torch, dtype)
@@ -47,12 +47,11 @@ def attend_call(*, dtype: str, head_dim: int, block_size: int, block_m: int, blo
     index = torch.zeros(1, heads, nb, nb, dtype=torch.int32)
     with launch.recording() as calls:
         attend_launch(q, k, k, pos, count, count, index, block_size=block_size, scale=head_dim ** -0.5,
-                      block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+                      block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, tma=tma,
+                      programs_per_sm=programs_per_sm)
     return calls[0]
 
 
-def compile_attend(*, arch: int, dtype: str, head_dim: int, block_size: int, block_m: int,
-                   block_n: int, num_warps: int, num_stages: int):
-    """The attend kernel of one launch config, compiled for `arch` (80, 90, ...)."""
-    return compile_call(attend_call(dtype=dtype, head_dim=head_dim, block_size=block_size, block_m=block_m,
-                                    block_n=block_n, num_warps=num_warps, num_stages=num_stages), arch=arch)
+def compile_attend(*, arch: int, dtype: str, head_dim: int, block_size: int, **launch):
+    """The attend kernel of one launch config (LaunchConfig fields), compiled for `arch` (80, 90, ...)."""
+    return compile_call(attend_call(dtype=dtype, head_dim=head_dim, block_size=block_size, **launch), arch=arch)

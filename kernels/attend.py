@@ -7,25 +7,23 @@ causal mask by original position come last (up to `KV_COUNT`). The kernel never 
 dense mask: it reads exactly `KV_COUNT` indices. Launch parameters are plain arguments;
 choosing them is the tuner's job, so there is no `@triton.autotune` here.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
+from .attend_hopper import _attend_fwd_tma
 from .launch import run
+from .online_softmax import causal_softmax_step, online_softmax_step
 
 
 @triton.jit
 def _unmasked_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d, stride_kn, stride_vn, qk_scale):
-    """One online-softmax update with a key block that needs no mask."""
+    """Load one key block that needs no mask and fold it in."""
     k = tl.load(k_base + (start_n + offs_n)[:, None] * stride_kn + offs_d[None, :])
     v = tl.load(v_base + (start_n + offs_n)[:, None] * stride_vn + offs_d[None, :])
-    qk = tl.dot(q, tl.trans(k))
-    m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-    alpha = tl.math.exp2(m_i - m_ij)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return acc, l_i, m_ij
+    return online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale)
 
 
 # Lengths and head counts vary per call: not specialising on them lets one compiled kernel
@@ -104,15 +102,7 @@ def _attend_fwd(
         v = tl.load(v_base + (start_n + offs_n)[:, None] * stride_vn + offs_d[None, :],
                     mask=col_ok[:, None], other=0.0)
         pos = tl.load(pos_base + start_n + offs_n, mask=col_ok, other=2147483647)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
-        qk = tl.where(pos[None, :] <= offs_m[:, None], qk, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_ij[:, None])
-        alpha = tl.math.exp2(m_i - m_ij)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        m_i = m_ij
+        acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -125,12 +115,15 @@ def _attend_fwd(
 
 
 def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size, scale,
-                  block_m, block_n, num_warps, num_stages, out=None, return_lse=False):
+                  block_m, block_n, num_warps, num_stages, tma=False, programs_per_sm=0, out=None,
+                  return_lse=False):
     """Launch the kernel. Inputs are assumed validated by the caller (see pbs_tune.op).
 
     q: (B, Hq, N, D); k, v: (B, Hkv, N, D) in permuted key order; positions: (B, Hkv, N)
     int32 original key positions; kv_count/kv_full: (B, Hq, NQB) int32; kv_index:
-    (B, Hq, NQB, MAXK) int32. Returns out (and the fp32 LSE (B, Hq, N) if asked).
+    (B, Hq, NQB, MAXK) int32. `tma` runs the Hopper kernel (attend_hopper.py), on a persistent
+    grid of `programs_per_sm` programs per SM if > 0. Returns out (and the fp32 LSE (B, Hq, N)
+    if asked).
     """
     B, H, N, D = q.shape
     group = H // k.shape[1]
@@ -138,6 +131,22 @@ def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size
     if out is None:
         out = torch.empty_like(q)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32) if return_lse else out
+    if tma:
+        tiles = triton.cdiv(N, block_m) * B * H
+        programs = min(tiles, programs_per_sm * _sm_count(q.device)) if programs_per_sm else tiles
+        _ensure_allocator()
+        run(_attend_fwd_tma, (programs,), (
+            q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
+            scale * 1.4426950408889634,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            positions.stride(0), positions.stride(1),
+            B, N, H, k.shape[1], group, nqb, kv_index.shape[-1], tiles),
+            dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse),
+            num_warps=num_warps, num_stages=num_stages)
+        return (out, lse) if return_lse else out
     grid = (triton.cdiv(N, block_m), B * H)
     run(_attend_fwd, grid, (
         q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
@@ -151,3 +160,23 @@ def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size
         dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse),
         num_warps=num_warps, num_stages=num_stages)
     return (out, lse) if return_lse else out
+
+
+INTERPRETER_SMS = 3  # under TRITON_INTERPRET a persistent grid still walks several tiles per program
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _scratch(size, alignment, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator():
+    """Device-side tensor descriptors live in global scratch that Triton's JIT asks an allocator
+    for; set one backed by torch's caching allocator (per context, as Triton keeps it)."""
+    triton.set_allocator(_scratch)

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from .op.launch_config import LaunchConfig
 from .runtime import profile_store, profiles
 from .runtime.gpu import CPU, device_for, present_gpu, resolve_gpu
 from .seqlen import format_length, parse_length
@@ -232,7 +233,7 @@ def _print_front(front, max_error):
         flag = "" if u["rel_l2"] <= max_error else "  (over bound)"
         click.echo(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {u['recall']:7.4f} {u['density']:7.3f}"
                    f"  {c['block_size']:>5} {c['segment_size']:>4} {c['threshold']:.3f}"
-                   f"  {lc['block_m']}x{lc['block_n']} w{lc['num_warps']} s{lc['num_stages']}{flag}")
+                   f"  {LaunchConfig(**lc).label()}{flag}")
 
 
 def _entry_line(e):
@@ -278,14 +279,14 @@ def show(gpu, profile_path):
     from .runtime.profiles import describe_threshold
     prof = profiles.load(profile_path)
     click.echo(f"{prof.path}: {len(prof.entries)} entries")
-    click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>14} "
+    click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>20} "
                f"{'ms':>9} {'rel_l2':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
     for e in prof.entries:
         p, m, lc, s = e.params, e.measured, e.launch, e.info.get("speedup", {})
-        launch = f"{lc.block_m}x{lc.block_n} w{lc.num_warps} s{lc.num_stages}"
+        launch = lc.label()
         shape = f"{e.heads}/{e.kv_heads}/{e.head_dim}"
         click.echo(f"{format_length(e.seqlen):>6} {shape:>10} {e.dtype:>8} "
-                   f"{p.block_size:>5} {p.segment_size:>5} {describe_threshold(p.threshold)[1:]:>5} {launch:>14} "
+                   f"{p.block_size:>5} {p.segment_size:>5} {describe_threshold(p.threshold)[1:]:>5} {launch:>20} "
                    f"{_measured(m, 'latency_ms', 9, 3)} {_measured(m, 'rel_l2', 7, 4)} "
                    f"{_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
@@ -334,6 +335,52 @@ def compile_cmd(profile_path, library):
     size = sum(os.path.getsize(os.path.join(library, f)) for f in os.listdir(library))
     click.echo(f"compiled {len(manifest['kernels'])} kernels for sm_{manifest['arch']} into {library} "
                f"({size / 1024:.0f} KiB); {profile_path} now names it")
+
+
+@main.command()
+@click.option("--profile", "profile_path", required=True, help="Profile YAML whose entries for this GPU are re-timed.")
+@click.option("--out", "out_path", default=None,
+              help="Profile YAML to write (default: <user store>/configs/<gpu>.yaml; may equal --profile).")
+@click.option("--kernels", "library", default=None, help="Folder of the written profile's kernel library.")
+@click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
+@one_line_errors
+def relaunch(profile_path, out_path, library, no_compile):
+    """Re-time each entry's launch (portable and Hopper attend kernels, persistent grids) on this
+    GPU and keep the fastest; block, segment, threshold and their error stay as tuned.
+
+    \b
+    Example (after an upgrade that adds a kernel):
+      pbs-tune relaunch --profile configs/h100-sxm.yaml --out configs/h100-sxm.yaml
+    """
+    from .runtime.gpu import family_of
+    from .tune.relaunch import calibration_for, relaunch_entry
+    gpu = present_gpu()
+    if gpu is None:
+        raise ValueError("relaunch times kernels: it needs a CUDA GPU (or TRITON_INTERPRET=1 for a dry run)")
+    on_gpu = gpu != CPU
+    prof = profiles.load(profile_path)
+    entries = [e for e in prof.entries if family_of(e.gpu) == family_of(gpu)]
+    if not entries:
+        raise ValueError(f"{profile_path} has no entries for {gpu}")
+    arch = None
+    if on_gpu:
+        import torch
+        major, minor = torch.cuda.get_device_capability()
+        arch = major * 10 + minor
+    new = []
+    for e in entries:
+        cal = calibration_for(e, device_for(gpu))
+        updated = relaunch_entry(e, cal, arch=arch, on_gpu=on_gpu)
+        times = updated.info["relaunch"]["latency_ms"]
+        click.echo(f"{format_length(e.seqlen):>6}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
+                   + f" -> {updated.launch.label()} ({updated.info['speedup'].get('vs_cudnn', '-')}x cuDNN)")
+        new.append(updated)
+        del cal
+    out_path = out_path or profile_store.default_profile_path(gpu)
+    profiles.merge_entries(out_path, new, library=library)
+    click.echo(f"wrote {len(new)} entries to {out_path}")
+    if on_gpu and not no_compile:
+        _compile_in_fresh_process(out_path, library)
 
 
 @main.command()

@@ -28,8 +28,7 @@ from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
 from .timing import dense_sdpa_ms, env_info, median_ms, rounded, write_json
 
-LAUNCHES = [LaunchConfig(128, 128, 8, 3), LaunchConfig(128, 128, 8, 2), LaunchConfig(128, 64, 4, 3),
-            LaunchConfig(64, 128, 4, 3)]
+LAUNCHES = "128x128w8s3,128x128w8s2,128x64w4s3,64x128w4s3"  # the portable kernel's measured set
 
 
 def random_blocks(b, h, n, bs, density, device):
@@ -45,25 +44,41 @@ def random_blocks(b, h, n, bs, density, device):
     return keep
 
 
-def part_checks(res):
+def part_checks(res, launches):
     dev = "cuda"
     out = {}
     n = 4096 + 77
+    hopper = [c for c in launches if c.tma and c.block_m <= 64 and c.block_n <= 64] or \
+        [LaunchConfig(64, 64, 4, 2, tma=True), LaunchConfig(64, 64, 4, 2, tma=True, programs_per_sm=2)]
     q, k, v = (torch.randn(1, h, n, 128, device=dev, dtype=torch.bfloat16) for h in (32, 8, 8))
+    ref = dense_reference(q, k, v)
     for permute in (True, False):
         perm, blocks = plan(q, k, v, block_size=128, segment_size=256, threshold=1.0, permute=permute)
-        o = attend(q, perm, blocks, launch=LaunchConfig(128, 128, 8, 3))
-        out[f"dense_vs_fp32_ref_permute={permute}"] = rel_l2(o, dense_reference(q, k, v))
+        for cfg in [LaunchConfig(128, 128, 8, 3)] + [c for c in launches if c.tma]:
+            try:
+                o = attend(q, perm, blocks, launch=cfg)
+                out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = rel_l2(o, ref)
+            except Exception as exc:
+                out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+    # Model layout: (B, N, H, D) storage viewed as (B, H, N, D).
+    qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    perm, blocks = plan(qt, kt, vt, block_size=128, segment_size=256, threshold=1.0, permute=False)
+    for cfg in [c for c in launches if c.tma][:2]:
+        out[f"dense_model_layout_vs_fp32_ref_{cfg.label()}"] = rel_l2(attend(qt, perm, blocks, launch=cfg), ref)
+    del qt, kt, vt
     sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     out["sdpa_bf16_vs_fp32_ref"] = rel_l2(sdpa, dense_reference(q, k, v))
     # Sparse: reference = dense attention with an additive mask of the kept key slots.
     n = 2048 + 33
     q, k, v = make_qkv("mixed", seqlen=n, heads=8, kv_heads=2, device=dev, seed=1)
     perm, blocks = plan(q, k, v, block_size=64, segment_size=256, threshold=0.8)
-    for cfg in (LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2)):
-        o = attend(q, perm, blocks, launch=cfg)
-        ref = _masked_reference(q, perm, blocks)
-        out[f"sparse_vs_fp32_ref_{cfg.block_m}x{cfg.block_n}"] = rel_l2(o, ref)
+    ref = _masked_reference(q, perm, blocks)
+    for cfg in [LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2)] + hopper:
+        try:
+            o = attend(q, perm, blocks, launch=cfg)
+            out[f"sparse_vs_fp32_ref_{cfg.label()}"] = rel_l2(o, ref)
+        except Exception as exc:  # a variant this Triton cannot build: report, keep going
+            out[f"sparse_vs_fp32_ref_{cfg.label()}"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
     out["sparse_density"] = blocks.density()
     # The key-score kernel against a float32 torch computation of the same quantity.
     from ..op.permutation import last_block_key_scores
@@ -105,7 +120,7 @@ def _masked_reference(q, perm, blocks):
     return F.scaled_dot_product_attention(q.float(), kk, vv, attn_mask=bias)
 
 
-def part_masks(res, lengths, densities, with_flex):
+def part_masks(res, lengths, densities, with_flex, launches):
     rows = []
     flex = None
     if with_flex:
@@ -124,12 +139,19 @@ def part_masks(res, lengths, densities, with_flex):
             real = blocks.density()
             row = dict(n=n, target_density=dens, density=real, cudnn_ms=cudnn, flash_ms=flash,
                        floor_ms=real * cudnn)
-            for cfg in LAUNCHES:
+            for cfg in launches:
                 try:
-                    row[f"attend_{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}_ms"] = median_ms(
-                        lambda: attend(q, perm, blocks, launch=cfg, out=out))
+                    row[f"attend_{cfg.label()}_ms"] = median_ms(lambda: attend(q, perm, blocks, launch=cfg, out=out))
                 except Exception as exc:
-                    row[f"attend_{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}_error"] = str(exc)[:200]
+                    row[f"attend_{cfg.label()}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            for family, pick in (("portable", lambda c: not c.tma), ("tma", lambda c: c.tma)):
+                times = {c.label(): row[f"attend_{c.label()}_ms"] for c in launches
+                         if pick(c) and f"attend_{c.label()}_ms" in row}
+                if times:
+                    best = min(times, key=times.get)
+                    row[f"{family}_best"] = best
+                    row[f"{family}_best_ms"] = times[best]
+                    row[f"{family}_over_floor"] = times[best] / row["floor_ms"]
             attend_times = [v for key, v in row.items() if key.startswith("attend_") and key.endswith("_ms")]
             row["attend_best_ms"] = min(attend_times)
             if flex is not None:
@@ -212,6 +234,8 @@ def main():
     ap.add_argument("--op-lengths", default="32k,128k")
     ap.add_argument("--densities", default="0.05,0.2,0.5,1.0")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--launches", default=LAUNCHES, help="attend launch configs (LaunchConfig labels), e.g. "
+                    "128x128w8s3,128x128w8s2-tma,128x128w8s2-tma-p2")
     ap.add_argument("--op-configs", default="128:256,128:1024", help="block:segment pairs for the op part")
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--out", default="bench_kernels.json")
@@ -220,22 +244,26 @@ def main():
     res = dict(env=env_info(), args=vars(args))
     print(json.dumps(res["env"]), flush=True)
     parts = args.parts.split(",")
+    launches = [LaunchConfig.parse(x) for x in args.launches.split(",")]
     try:
         if "checks" in parts:
-            part_checks(res)
+            part_checks(res, launches)
         if "masks" in parts:
             part_masks(res, [parse_length(x) for x in args.lengths.split(",")],
-                       [float(x) for x in args.densities.split(",")], not args.no_flex)
+                       [float(x) for x in args.densities.split(",")], not args.no_flex, launches)
         if "op" in parts:
             configs = [tuple(int(y) for y in x.split(":")) for x in args.op_configs.split(",")]
             part_op(res, [parse_length(x) for x in args.op_lengths.split(",")], configs, args.threshold)
     finally:
         write_json(args.out, res)
     if "masks" in res:
-        print("\n   N  density  cudnn  floor  attend(best)  x_floor  flex  x_floor")
+        nan = float("nan")
+        print("\n     N density    cudnn    flash    floor portable x_floor      tma x_floor     flex x_floor  tma best")
         for r in res["masks"]:
-            print(f"{r['n']:>6} {r['density']:.3f} {r['cudnn_ms']:8.2f} {r['floor_ms']:8.2f} {r['attend_best_ms']:8.2f}"
-                  f" {r['attend_over_floor']:6.2f} {r.get('flex_ms', float('nan')):8.2f} {r.get('flex_over_floor', float('nan')):6.2f}")
+            print(f"{r['n']:>6} {r['density']:7.3f} {r['cudnn_ms']:8.3f} {r['flash_ms']:8.3f} {r['floor_ms']:8.3f}"
+                  f" {r.get('portable_best_ms', nan):8.3f} {r.get('portable_over_floor', nan):7.2f}"
+                  f" {r.get('tma_best_ms', nan):8.3f} {r.get('tma_over_floor', nan):7.2f}"
+                  f" {r.get('flex_ms', nan):8.3f} {r.get('flex_over_floor', nan):7.2f}  {r.get('tma_best', '-')}")
     if "op" in res:
         print("\n   N  bs  seg perm  density  err  recall  perm_ms sel_ms att_ms total  cudnn  share")
         for r in res["op"]:

@@ -1,4 +1,7 @@
 """The PBS-Attn prefill op: permute -> select -> attend, with input checks up front."""
+import dataclasses
+import functools
+import logging
 import math
 import os
 
@@ -9,6 +12,7 @@ from .launch_config import LaunchConfig, default_launch
 from .permutation import KeyPermutation, identity_permutation, permute_keys
 from .selection import BlockList, select_blocks
 
+logger = logging.getLogger("pbs_tune")
 SUPPORTED_HEAD_DIMS = (64, 128)
 GPU_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -73,11 +77,39 @@ def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, sc
                   return_lse=False):
     """Stage 3: FlashAttention forward over the kept blocks only."""
     scale = default_scale(q, scale)
-    launch = launch or default_launch(blocks.block_size, q.shape[-1])
+    launch = launch or default_launch(blocks.block_size, q.shape[-1],
+                                      torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
+    if launch.tma:
+        if q.is_cuda:
+            launch.check_device(torch.cuda.get_device_capability(q.device))
+        if not tma_compatible(q, perm.k, perm.v, out):
+            _note_portable()
+            launch = portable(launch)
     return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index,
-                         block_size=blocks.block_size, scale=scale, block_m=launch.block_m,
-                         block_n=launch.block_n, num_warps=launch.num_warps,
-                         num_stages=launch.num_stages, out=out, return_lse=return_lse)
+                         block_size=blocks.block_size, scale=scale, out=out, return_lse=return_lse,
+                         **launch.as_dict())
+
+
+def tma_compatible(*tensors) -> bool:
+    """Whether tensor descriptors can address these tensors: 16-byte aligned base and strides."""
+    for t in tensors:
+        if t is None:
+            continue
+        size = t.element_size()
+        if t.data_ptr() % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def portable(launch: LaunchConfig) -> LaunchConfig:
+    """The same tiles on the portable kernel (for inputs the Hopper kernel cannot address)."""
+    return dataclasses.replace(launch, tma=False, programs_per_sm=0)
+
+
+@functools.lru_cache(maxsize=1)
+def _note_portable():
+    logger.warning("pbs_tune: inputs are not 16-byte aligned for tensor descriptors; the portable attend "
+                   "kernel runs instead of the Hopper one (make q, k, v contiguous to avoid this)")
 
 
 def key_order(q, k, v, *, block_size, segment_size, scale=None, permute=True):

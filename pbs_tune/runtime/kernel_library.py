@@ -231,14 +231,20 @@ def _opt_in_shared(driver, function):
 
 def jit_kernels():
     """Every kernel Triton's JIT has built in this process for pbs-tune's kernel functions."""
-    from ..kernels.attend import _attend_fwd
-    from ..kernels.block_select import _select_rows
-    from ..kernels.key_scores import _key_scores_mean, _key_scores_stats
     out = []
-    for fn in (_attend_fwd, _key_scores_stats, _key_scores_mean, _select_rows):
+    for fn in launched_kernels():
         for caches in fn.device_caches.values():
             out += [k for k in caches[0].values() if hasattr(k, "asm")]
     return out
+
+
+def launched_kernels():
+    """The @triton.jit functions that pbs-tune launches (through `launch.run`)."""
+    from ..kernels.attend import _attend_fwd
+    from ..kernels.attend_hopper import _attend_fwd_tma
+    from ..kernels.block_select import _select_rows
+    from ..kernels.key_scores import _key_scores_mean, _key_scores_stats
+    return (_attend_fwd, _attend_fwd_tma, _key_scores_stats, _key_scores_mean, _select_rows)
 
 
 def build(profile, path: str) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import yaml
 from filelock import FileLock
 
+from ..op.launch_config import REQUIRED_FIELDS as LAUNCH_REQUIRED
 from ..op.launch_config import LaunchConfig
 from ..dtypes import BY_NAME as DTYPE_NAMES
 from ..seqlen import format_length
@@ -157,7 +158,7 @@ def describe_threshold(threshold) -> str:
 def describe_config(params: PbsParams, launch: LaunchConfig) -> str:
     return (f"b{params.block_size} s{params.segment_size} {describe_threshold(params.threshold)}"
             f"{'' if params.permute else ' unpermuted'} "
-            f"{launch.block_m}x{launch.block_n}w{launch.num_warps}s{launch.num_stages}")
+            f"{launch.label()}")
 
 
 def _positive_int(value, what):
@@ -186,7 +187,7 @@ def _config(d, where, heads):
         extra = sorted(set(value) - set(fields))
         if extra:
             raise ProfileError(f"{where}: {part} has unknown field(s) {', '.join(map(str, extra))}")
-        lacking = [f for f in fields if f not in value and f != "permute"]
+        lacking = [f for f in fields if f not in value and (f in LAUNCH_REQUIRED if part == "launch" else f != "permute")]
         if lacking:
             raise ProfileError(f"{where}: {part} lacks {', '.join(lacking)}")
     bs = _positive_int(p["block_size"], f"{where}: params.block_size")
@@ -202,7 +203,8 @@ def _config(d, where, heads):
         raise ProfileError(f"{where}: params.block_size must be a power of two >= 16, got {bs}")
     if seg % bs:
         raise ProfileError(f"{where}: params.segment_size {seg} is not a multiple of block_size {bs}")
-    launch = LaunchConfig(**{k: _positive_int(v, f"{where}: launch.{k}") for k, v in lc.items()})
+    launch = LaunchConfig(**{k: (_positive_int(v, f"{where}: launch.{k}") if k in LAUNCH_REQUIRED else v)
+                             for k, v in lc.items()})
     try:
         launch.check(bs)
     except ValueError as exc:

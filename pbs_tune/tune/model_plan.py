@@ -83,7 +83,9 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     """Plans for every layer of `model` from 2+ calibration sequences and a retrieval probe on
     `probe_seqs` (their text as haystack). Returns (profile entry, report dict)."""
     seqlen = len(calib_seqs[0])
-    launch = launch or default_launch(block_size, model.config.head_dim)
+    device = next(model.parameters()).device
+    launch = launch or default_launch(block_size, model.config.head_dim,
+                                      torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
     curves = {idx: layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch)
               for idx, (q, k, v) in sorted(record_layers(model, calib_seqs).items())}
     haystack = [int(t) for s in probe_seqs for t in s]

@@ -10,11 +10,22 @@ import optuna
 
 from ..op.launch_config import LaunchConfig, default_launch
 
+# kernel: the portable attend kernel or the Hopper one (TMA); programs_per_sm: the Hopper
+# kernel's persistent grid (0: a program per query tile).
+KERNELS = {"portable": dict(), "tma": dict(tma=True)}
 GPU_SPACE = dict(block_size=(64, 128), blocks_per_segment=(2, 4, 8, 16), threshold=(0.6, 0.99),
-                 split=(1, 2), num_warps=(4, 8), num_stages=(2, 3, 4))
+                 split=(1, 2), num_warps=(4, 8), num_stages=(2, 3, 4), kernel=tuple(KERNELS),
+                 programs_per_sm=(0, 1, 2))
 # The interpreter runs tiny problems: small blocks, one launch shape (timing is meaningless).
 CPU_SPACE = dict(block_size=(16, 32), blocks_per_segment=(2, 4), threshold=(0.6, 0.99),
-                 split=(1,), num_warps=(4,), num_stages=(1,))
+                 split=(1,), num_warps=(4,), num_stages=(1,), kernel=("portable", "tma"), programs_per_sm=(0, 1))
+
+
+def gpu_space(arch: int) -> dict:
+    """The GPU space for a compute capability: the Hopper kernel only where TMA exists (sm_90+)."""
+    if arch >= 90:
+        return GPU_SPACE
+    return dict(GPU_SPACE, kernel=("portable",), programs_per_sm=(0,))
 
 REFERENCE = dict(block_size=128, segment_size=256, threshold=0.9)  # published default
 # Per-head mode: the trial's threshold is the reference each layer's allocation must match
@@ -49,9 +60,12 @@ def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, arch: int, sm
     from ..kernels.aot import attend_call, compile_call
     lc = cfg.launch
     try:
+        lc.check_device(divmod(arch, 10))
+    except ValueError as exc:
+        return str(exc)
+    try:
         kernel = compile_call(attend_call(dtype=dtype, head_dim=head_dim, block_size=cfg.block_size,
-                                          block_m=lc.block_m, block_n=lc.block_n, num_warps=lc.num_warps,
-                                          num_stages=lc.num_stages), arch=arch)
+                                          **lc.as_dict()), arch=arch)
     except Exception as exc:  # the compiler's own refusal, reported in one line
         return f"attend kernel does not compile for sm_{arch}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if kernel.metadata.shared > smem_limit:
@@ -67,9 +81,13 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
         else trial.suggest_float("threshold", lo, hi)
     m_split = trial.suggest_categorical("m_split", list(space["split"]))
     n_split = trial.suggest_categorical("n_split", list(space["split"]))
+    kernel = trial.suggest_categorical("kernel", list(space["kernel"]))
+    programs = trial.suggest_categorical("programs_per_sm", list(space["programs_per_sm"])) \
+        if kernel != "portable" else 0
     launch = LaunchConfig(block_m=max(16, bs // m_split), block_n=max(16, bs // n_split),
                           num_warps=trial.suggest_categorical("num_warps", list(space["num_warps"])),
-                          num_stages=trial.suggest_categorical("num_stages", list(space["num_stages"])))
+                          num_stages=trial.suggest_categorical("num_stages", list(space["num_stages"])),
+                          programs_per_sm=programs, **KERNELS[kernel])
     cfg = TrialConfig(bs, bs * per_seg, threshold, launch)
     trial.set_user_attr("config", cfg.as_dict())
     return cfg

@@ -139,11 +139,11 @@ def _create_study(spec, storage_url, study_name):
 
 
 def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
-    space = search_space.GPU_SPACE if on_gpu else search_space.CPU_SPACE
-    arch = smem = None
+    space, arch, smem = search_space.CPU_SPACE, None, None
     if on_gpu:
         props = torch.cuda.get_device_properties(0)
         arch, smem = props.major * 10 + props.minor, props.shared_memory_per_block_optin
+        space = search_space.gpu_space(arch)
 
     def objective(trial):
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:gpu={_visible_gpus()}")
@@ -217,7 +217,7 @@ def enqueue_known_configs(study, on_gpu: bool):
     space = search_space.GPU_SPACE if on_gpu else search_space.CPU_SPACE
     bs = space["block_size"][-1]
     stages = 3 if 3 in space["num_stages"] else space["num_stages"][0]
-    launch = dict(m_split=1, n_split=1, num_warps=max(space["num_warps"]), num_stages=stages)
+    launch = dict(m_split=1, n_split=1, num_warps=max(space["num_warps"]), num_stages=stages, kernel="portable")
     for per_seg, thr in ((2, 0.9), (4, 0.9), (2, 0.85)):
         if per_seg in space["blocks_per_segment"]:
             study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr, **launch))

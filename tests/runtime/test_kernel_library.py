@@ -22,7 +22,9 @@ from pbs_tune.kernels.aot import attend_call, compile_call
 from pbs_tune.runtime import kernel_library
 calls = [attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
                      num_stages=2),
-         attend_call(dtype="float16", head_dim=64, block_size=64, block_m=64, block_n=32, num_warps=4, num_stages=3)]
+         attend_call(dtype="float16", head_dim=64, block_size=64, block_m=64, block_n=32, num_warps=4, num_stages=3),
+         attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
+                     num_stages=3, tma=True)]
 manifest = kernel_library.write(sys.argv[1], [compile_call(c, arch=90) for c in calls], dict(triton="test"))
 keys = [list(map(str, launch.call_key(c.fn, c.args, c.constexprs, c.num_warps, c.num_stages))) for c in calls]
 recs = [list(map(str, kernel_library.record_key(r))) for r in manifest["kernels"]]
@@ -46,8 +48,12 @@ def test_manifest_records_what_a_launch_needs_and_no_ir(library):
     assert manifest["arch"] == 90 and manifest["kernel_sources"] == kernel_library.kernel_sources_hash()
     assert sorted(os.listdir(path)) == sorted(["manifest.json"] + list(manifest["files"]))
     assert all(name.endswith(".cubin") for name in manifest["files"])
-    big, small = sorted(manifest["kernels"], key=lambda r: -r["threads"])
+    hopper = [r for r in manifest["kernels"] if r["kernel"] == "_attend_fwd_tma"]
+    big, small = sorted([r for r in manifest["kernels"] if r not in hopper], key=lambda r: -r["threads"])
     assert (big["kernel"], big["symbol"], big["threads"], big["num_warps"]) == ("_attend_fwd", "_attend_fwd", 256, 8)
+    # The Hopper kernel builds its tensor descriptors in global scratch: the launcher must allocate it.
+    (tma,) = hopper
+    assert tma["threads"] == 256 and tma["scratch"] and tma["scratch"][0][0] > 0
     assert small["threads"] == 128 and dict(small["constexprs"])["HEAD_DIM"] == 64
     names = [s[0] for s in big["signature"]]
     assert names[:9] == ["Q", "K", "V", "POS", "O", "LSE", "KV_COUNT", "KV_FULL", "KV_IDX"]
@@ -106,6 +112,18 @@ def test_missing_or_damaged_files_are_one_clear_error(library, tmp_path, damage,
     damage(path, manifest)
     with pytest.raises(kernel_library.LibraryError, match=match):
         kernel_library.read(path)
+
+
+def test_the_library_collects_every_kernel_pbs_tune_launches():
+    """A kernel launched through `launch.run` but missing here would always run through the JIT."""
+    import re
+    folder = os.path.dirname(kernel_library.launch.__file__)
+    launched = set()
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                launched |= set(re.findall(r"\brun\((_\w+),", f.read()))
+    assert launched and launched == {fn.__name__ for fn in kernel_library.launched_kernels()}
 
 
 def test_a_library_from_other_kernel_sources_is_stale(library, monkeypatch):

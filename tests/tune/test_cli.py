@@ -31,7 +31,7 @@ def finished_trials(tmp_path):
         con.close()
 
 
-@pytest.mark.parametrize("cmd", ["sweep", "show", "report", "capture", "compile", "plan"])
+@pytest.mark.parametrize("cmd", ["sweep", "show", "report", "capture", "compile", "plan", "relaunch"])
 def test_every_subcommand_has_help_with_an_example(cmd):
     res = CliRunner().invoke(main, [cmd, "--help"])
     assert res.exit_code == 0 and "Example" in res.output
@@ -70,6 +70,32 @@ def test_tiny_sweep_writes_a_valid_profile_and_show_prints_it(tmp_path):
     assert len([t for t in finished_trials(tmp_path) if t[1] == "COMPLETE"]) == 4
     shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
     assert shown.exit_code == 0 and "96" in shown.output
+
+
+def test_relaunch_retimes_launches_and_keeps_the_tuned_parameters(tmp_path):
+    assert CliRunner().invoke(main, sweep_args(tmp_path, seqlen="80", trials="2")).exit_code == 0
+    (old,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
+    res = CliRunner().invoke(main, ["relaunch", "--profile", str(tmp_path / "cpu.yaml"),
+                                    "--out", str(tmp_path / "relaunched.yaml")])
+    assert res.exit_code == 0, res.output
+    (new,) = profiles.load(str(tmp_path / "relaunched.yaml")).entries
+    timed = new.info["relaunch"]["latency_ms"]
+    assert old.launch.label() in timed and any(label.endswith("-tma") for label in timed)
+    assert new.launch.label() == new.info["relaunch"]["chosen"] and new.launch.label() in timed
+    assert new.params == old.params and new.key() == old.key()
+    # every launch computes the same kept blocks exactly: the error does not move
+    assert abs(new.measured["rel_l2"] - old.measured["rel_l2"]) < 1e-5
+    assert new.measured["density"] == pytest.approx(old.measured["density"], abs=1e-4)
+    assert new.info["speedup"]["vs_reference"] > 0
+
+
+def test_relaunch_refuses_entries_with_per_layer_plans(tmp_path):
+    from pbs_tune.tune.relaunch import relaunch_entry
+    entry = profiles.ProfileEntry(gpu="cpu", seqlen=64, heads=2, kv_heads=1, head_dim=64, dtype="float32",
+                                  params=profiles.PbsParams(16, 32, 0.9), launch=profiles.LaunchConfig(16, 16, 4, 1),
+                                  layers={0: profiles.DENSE})
+    with pytest.raises(ValueError, match="has per-layer plans; re-plan it"):
+        relaunch_entry(entry, None, arch=None, on_gpu=False)
 
 
 def test_report_writes_png_and_markdown(tmp_path):
