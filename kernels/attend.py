@@ -5,7 +5,9 @@ Each program owns BLOCK_M query rows of one (batch, query head). Its selection b
 blocks needing no token mask come first (`KV_FULL` of them) and blocks that need the
 causal mask by original position come last (up to `KV_COUNT`). The kernel never scans a
 dense mask: it reads exactly `KV_COUNT` indices. Launch parameters are plain arguments;
-choosing them is the tuner's job, so there is no `@triton.autotune` here.
+choosing them is the tuner's job, so there is no `@triton.autotune` here. This kernel runs on
+any CUDA GPU Triton supports; `attend_hopper.py` is the sm_90+ variant `attend_launch` picks
+with `tma=True`.
 """
 import functools
 
@@ -127,38 +129,23 @@ def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size
     """
     B, H, N, D = q.shape
     group = H // k.shape[1]
-    nqb = kv_count.shape[-1]
+    nqb, maxk = kv_count.shape[-1], kv_index.shape[-1]
     if out is None:
         out = torch.empty_like(q)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32) if return_lse else out
+    args = (q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
+            scale * 1.4426950408889634,  # softmax scale * log2(e): the kernels work in base 2
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *positions.stride()[:2])
+    consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse)
     if tma:
         tiles = triton.cdiv(N, block_m) * B * H
         programs = min(tiles, programs_per_sm * _sm_count(q.device)) if programs_per_sm else tiles
         _ensure_allocator()
-        run(_attend_fwd_tma, (programs,), (
-            q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
-            scale * 1.4426950408889634,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            out.stride(0), out.stride(1), out.stride(2),
-            positions.stride(0), positions.stride(1),
-            B, N, H, k.shape[1], group, nqb, kv_index.shape[-1], tiles),
-            dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse),
+        run(_attend_fwd_tma, (programs,), args + (B, N, H, k.shape[1], group, nqb, maxk, tiles), consts,
             num_warps=num_warps, num_stages=num_stages)
-        return (out, lse) if return_lse else out
-    grid = (triton.cdiv(N, block_m), B * H)
-    run(_attend_fwd, grid, (
-        q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
-        scale * 1.4426950408889634,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        positions.stride(0), positions.stride(1),
-        N, H, group, nqb, kv_index.shape[-1]),
-        dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse),
-        num_warps=num_warps, num_stages=num_stages)
+    else:
+        run(_attend_fwd, (triton.cdiv(N, block_m), B * H), args + (N, H, group, nqb, maxk), consts,
+            num_warps=num_warps, num_stages=num_stages)
     return (out, lse) if return_lse else out
 
 
@@ -178,5 +165,12 @@ def _scratch(size, alignment, stream):
 
 def _ensure_allocator():
     """Device-side tensor descriptors live in global scratch that Triton's JIT asks an allocator
-    for; set one backed by torch's caching allocator (per context, as Triton keeps it)."""
+    for: where none is set (Triton keeps it per context), set one backed by torch's caching
+    allocator; an allocator the caller set stays."""
+    try:
+        from triton.runtime._allocation import NullAllocator, _allocator
+        if not isinstance(_allocator.get(), NullAllocator):
+            return
+    except ImportError:  # another Triton layout: set ours
+        pass
     triton.set_allocator(_scratch)

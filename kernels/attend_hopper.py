@@ -5,13 +5,13 @@ data and walks its work (H100 measurements that chose each point: benchmarks/res
 h100_hopper_variants_v*.json and HOPPER_KERNEL.md there):
 - Kept K and V blocks are gathered by offset through tensor descriptors built on the device
   (TMA bulk copies into shared memory): one box of a rank-4 descriptor over (batch, kv head,
-  key, dim), so any strides with a unit last dimension work, and keys past the sequence end
-  read as zeros. The next block index is loaded one step ahead, so no copy waits on it and the
-  pipeline keeps `num_stages` tiles in flight. Q and O move by plain loads and stores: a TMA
+  key, dim), so any 16-byte aligned strides with a unit last dimension work, and keys past the
+  sequence end read as zeros. With one key tile per block the next block index is loaded one
+  step ahead, so no copy waits on it and the pipeline keeps `num_stages` tiles in flight. Q and O move by plain loads and stores: a TMA
   store needs a 32 KB staging tile that would cost one stage of the pipeline.
 - Work is numbered one (batch, kv head) after another; inside, query tiles go heaviest first
   and the query heads of one GQA group sit side by side, so that programs running together
-  read the same K/V blocks through L2 (1.3x faster than heaviest-first across all heads at
+  read the same K/V blocks through L2 (1.23x faster than heaviest-first across all heads at
   128k, density 0.2).
 - A program walks tiles `tile, tile + grid, ...`: with one program per tile (the default) the
   hardware schedules them; `programs_per_sm` > 0 makes the grid persistent, which pays only

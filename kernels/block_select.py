@@ -2,11 +2,17 @@
 
 Each program takes one row of block logits (pooled query vs pooled permuted keys), turns
 the causal candidates outside its own segment into a softmax, keeps the smallest set whose
-mass reaches its query head's threshold (sort descending, cumulative sum; ties with the smallest kept
-probability are kept too), adds the diagonal segment and the sink block, and writes the
+mass reaches its query head's threshold (ties with the smallest kept probability are kept too),
+adds the diagonal segment and the sink block, and writes the
 kept key blocks: those whose keys all precede the query block first (no mask needed),
 then the ones needing the causal mask by position. Blocks of the diagonal segment whose
 keys all come after the query block are dropped.
+
+Two ways to find the smallest kept probability `p_min`, the same set up to float rounding:
+sort descending and take the prefix whose mass before each element is under the threshold, or
+(`BISECT`) search the float32 bit patterns of [0, 1] for the smallest t whose mass strictly above
+it is under the threshold: 31 masked row sums instead of a bitonic sort, which matters for long
+rows (block 64 at 128k sorts 2048-wide rows).
 """
 import torch
 import triton
@@ -18,7 +24,7 @@ from .launch import run
 @triton.jit(do_not_specialize=["N", "NB", "BPS", "BS", "H", "GROUP"])
 def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, THRESHOLD,
                  N, NB, BPS, BS, H, GROUP,
-                 NB_P2: tl.constexpr, KEEP_ALL: tl.constexpr):
+                 NB_P2: tl.constexpr, KEEP_ALL: tl.constexpr, BISECT: tl.constexpr):
     qb = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -37,9 +43,21 @@ def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, THRESHOLD,
         m = tl.where(m == float("-inf"), 0.0, m)
         p = tl.where(outside, tl.exp(x - m), 0.0)
         p = p / tl.maximum(tl.sum(p, 0), 1.0e-30)
-        ps = tl.sort(p, descending=True)
-        take = (tl.cumsum(ps, 0) - ps) < tl.load(THRESHOLD + pid_bh % H)  # one threshold per query head
-        p_min = tl.min(tl.where(take, ps, float("inf")), 0)
+        threshold = tl.load(THRESHOLD + pid_bh % H)  # one threshold per query head
+        if BISECT:
+            # Invariant: mass above float(lo) >= threshold > mass above float(hi); 1.0 is 0x3F800000.
+            lo = -1
+            hi = 0x3F800000
+            for _ in range(31):
+                mid = (lo + hi) // 2
+                above = tl.sum(tl.where(p > mid.to(tl.float32, bitcast=True), p, 0.0), 0)
+                lo = tl.where(above < threshold, lo, mid)
+                hi = tl.where(above < threshold, mid, hi)
+            p_min = hi.to(tl.float32, bitcast=True)
+        else:
+            ps = tl.sort(p, descending=True)
+            take = (tl.cumsum(ps, 0) - ps) < threshold
+            p_min = tl.min(tl.where(take, ps, float("inf")), 0)
         chosen = outside & (p >= p_min)
 
     kv_row = (b * (H // GROUP) + hkv).to(tl.int64) * NB
@@ -61,12 +79,13 @@ def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, THRESHOLD,
     tl.store(COUNT + row, n_full + n_masked)
 
 
-def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_size, threshold):
+def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_size, threshold, bisect=False):
     """Compact kept-block list (count, full, index) from (B, Hq, NB, NB) block logits.
 
     `threshold`: (Hq,) float32 tensor, one per query head. `logits` may be None when every
     threshold is >= 1 (every candidate kept). kmin/kmax: (B, Hkv, NB) int32 position bounds
-    of the permuted key blocks; sink: (B, Hkv) int32 sink block.
+    of the permuted key blocks; sink: (B, Hkv) int32 sink block. `bisect`: find the kept set by
+    bisection instead of a sort (the op decides by row width: pbs_tune.op.selection.bisects).
     """
     B, Hkv, nb = kmin.shape
     dev = kmin.device
@@ -78,5 +97,6 @@ def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_
     run(_select_rows, (nb, B * heads), (
         kmin if keep_all else logits, kmin, kmax, sink, count, full, index, threshold,
         seqlen, nb, segment_size // block_size, block_size, heads, heads // Hkv),
-        dict(NB_P2=nb_p2, KEEP_ALL=keep_all), num_warps=4 if nb_p2 <= 2048 else 8, num_stages=3)
+        dict(NB_P2=nb_p2, KEEP_ALL=keep_all, BISECT=bool(bisect) and not keep_all),
+        num_warps=4 if nb_p2 <= 2048 else 8, num_stages=3)
     return count, full, index

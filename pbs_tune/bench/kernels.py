@@ -7,6 +7,8 @@ Parts (--parts, comma-separated):
            FlexAttention on the same kept blocks, and the attend kernel per launch config.
   op       the full op on the mixed workload at threshold 0.9, PBS vs unpermuted selection:
            stage times, density, error and recall against dense attention.
+  select   block selection by sort vs by bisection (kernels/block_select.py) at block 64 and
+           128: time, whether the kept blocks agree, and the whole op at each block size.
 Writes JSON (device, versions, every number) to --out and prints a summary table.
 """
 import argparse
@@ -227,6 +229,51 @@ def part_op(res, lengths, configs, threshold):
     res["op"] = rows
 
 
+def part_select(res, lengths, threshold):
+    from ..op import selection
+    from ..op.permutation import permute_keys
+    from ..tune.metrics import rel_l2
+    rows = []
+    scale = 1 / math.sqrt(128)
+    for n in lengths:
+        q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=0)
+        dense = dense_reference(q, k, v)
+        for bs in (64, 128):
+            seg = 256
+            perm = permute_keys(q, k, v, block_size=bs, segment_size=seg, scale=scale)
+            row = dict(n=n, block_size=bs, segment_size=seg, blocks_per_row=-(-n // bs))
+            kept = {}
+            for name, cutoff in (("sort", 1 << 30), ("bisect", 1)):
+                selection.BISECT_FROM = cutoff
+
+                def select():
+                    return selection.select_blocks(q, perm.k, perm.positions, block_size=bs, segment_size=seg,
+                                                   threshold=threshold, scale=scale)
+                row[f"{name}_ms"] = median_ms(select)
+                kept[name] = select()
+            selection.BISECT_FROM = 1024
+            a, b = kept["sort"], kept["bisect"]
+            row["same_counts"] = bool(torch.equal(a.count, b.count) and torch.equal(a.full, b.full))
+            row["rows_differing"] = int((a.count != b.count).sum())
+            row["density"] = a.density()
+            for label in ("64x64w4s3", "64x64w4s3-tma", "128x128w8s3", "128x128w8s3-tma"):
+                lc = LaunchConfig.parse(label)
+                if bs % lc.block_m:
+                    continue
+                row[f"attend_{label}_ms"] = median_ms(lambda: attend(q, perm, a, launch=lc))
+            best = min((v, key) for key, v in row.items() if key.startswith("attend_"))
+            row["attend_best"] = best[1]
+            row["permute_ms"] = median_ms(lambda: permute_keys(q, k, v, block_size=bs, segment_size=seg, scale=scale))
+            row["op_ms"] = row["permute_ms"] + min(row["sort_ms"], row["bisect_ms"]) + best[0]
+            row["rel_l2"] = rel_l2(attend(q, perm, a, launch=LaunchConfig.parse(best[1][7:-3])), dense)
+            rows.append(row)
+            print(json.dumps(rounded(row)), flush=True)
+            del perm, kept, a, b
+        del q, k, v, dense
+        torch.cuda.empty_cache()
+    res["select"] = rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="checks,masks,op")
@@ -251,6 +298,8 @@ def main():
         if "masks" in parts:
             part_masks(res, [parse_length(x) for x in args.lengths.split(",")],
                        [float(x) for x in args.densities.split(",")], not args.no_flex, launches)
+        if "select" in parts:
+            part_select(res, [parse_length(x) for x in args.op_lengths.split(",")], args.threshold)
         if "op" in parts:
             configs = [tuple(int(y) for y in x.split(":")) for x in args.op_configs.split(",")]
             part_op(res, [parse_length(x) for x in args.op_lengths.split(",")], configs, args.threshold)

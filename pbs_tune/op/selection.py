@@ -167,6 +167,14 @@ def head_thresholds(threshold, heads: int) -> tuple:
     return values
 
 
+BISECT_FROM = 1024  # blocks per row from which selection bisects instead of sorting (H100: see README)
+
+
+def bisects(num_blocks: int) -> bool:
+    """Whether selection over rows of `num_blocks` key blocks uses the bisection (kernels/block_select.py)."""
+    return 1 << max(0, num_blocks - 1).bit_length() >= BISECT_FROM  # the kernel's power-of-two row width
+
+
 def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale):
     """Run PBS block selection on permuted keys. Returns a BlockList.
 
@@ -187,6 +195,6 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
     sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,
                                      block_size=block_size, segment_size=segment_size,
-                                     threshold=_threshold_tensor(values, str(q.device)))
+                                     threshold=_threshold_tensor(values, str(q.device)), bisect=bisects(nb))
     return BlockList(count=count, full=full, index=index, block_size=block_size, segment_size=segment_size,
                      key_min=kmin, seqlen=N)

@@ -285,6 +285,7 @@ def _run_select_buckets(entry, params, shortest, longest):
     """The selection kernel is specialised on the power-of-two block count: build every bucket
     from the loader's prewarm length up to the longest prompt this entry serves."""
     from ..kernels.block_select import select_rows
+    from ..op.selection import bisects
     bs = params.block_size
     nb = 1 << (-(-shortest // bs) - 1).bit_length()
     top = -(-longest // bs)
@@ -294,7 +295,7 @@ def _run_select_buckets(entry, params, shortest, longest):
         kb = torch.zeros((1, 1, nb), dtype=torch.int32, device="cuda")
         logits = None if keep_all else torch.zeros((1, group, nb, nb), dtype=torch.float32, device="cuda")
         select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs, block_size=bs,
-                    segment_size=params.segment_size, threshold=torch.ones(group, device="cuda"))
+                    segment_size=params.segment_size, threshold=torch.ones(group, device="cuda"), bisect=bisects(nb))
         if nb >= top:
             break
         nb *= 2

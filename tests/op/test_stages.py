@@ -6,6 +6,8 @@ import torch
 
 from pbs_tune import block_list_from_mask, permute_keys, select_blocks
 from pbs_tune.op.permutation import last_block_key_scores
+from pbs_tune.kernels import block_select
+from pbs_tune.op import selection
 from pbs_tune.op.selection import block_means
 
 
@@ -56,8 +58,10 @@ def _kept_sets(blocks):
              for h in range(H)] for b in range(B)]
 
 
+@pytest.mark.parametrize("bisect", [False, True], ids=["sort", "bisect"])
 @pytest.mark.parametrize("thr", [0.3, 0.7, 0.95])
-def test_selection_keeps_smallest_set_reaching_threshold_plus_diagonal_and_sink(thr):
+def test_selection_keeps_smallest_set_reaching_threshold_plus_diagonal_and_sink(thr, bisect, monkeypatch):
+    monkeypatch.setattr(selection, "BISECT_FROM", 1 if bisect else 1 << 30)
     n, bs, seg, b_, hq, hkv = 250, 16, 64, 2, 4, 2
     q, k = torch.randn(b_, hq, n, 64) * 2, torch.randn(b_, hkv, n, 64) * 2
     pos = torch.arange(n, dtype=torch.int32).expand(b_, hkv, n).contiguous()
@@ -83,6 +87,23 @@ def test_selection_keeps_smallest_set_reaching_threshold_plus_diagonal_and_sink(
                 # Full blocks (no mask) come first: exactly those before the query block.
                 full = blocks.index[b, h, i, :blocks.full[b, h, i]].tolist()
                 assert full == sorted(j for j in want if j < i)
+
+
+def test_bisection_and_sort_keep_the_same_blocks():
+    """Block logits with ties and a spread of scales: both searches give the same kept set."""
+    B, H, nb, bs = 1, 4, 40, 16
+    logits = torch.randn(B, H, nb, nb) * torch.tensor([0.5, 2.0, 6.0, 12.0]).view(1, H, 1, 1)
+    logits[..., ::7] = logits[..., 3:4]  # ties
+    kmin = (torch.arange(nb, dtype=torch.int32) * bs).expand(B, 2, nb).contiguous()
+    kmax = kmin + bs - 1
+    sink = torch.zeros(B, 2, dtype=torch.int32)
+    thr = torch.tensor([0.5, 0.8, 0.95, 0.99], dtype=torch.float32)
+    args = dict(heads=H, seqlen=nb * bs, block_size=bs, segment_size=4 * bs, threshold=thr)
+    by_sort = block_select.select_rows(logits, kmin, kmax, sink, bisect=False, **args)
+    by_bisect = block_select.select_rows(logits, kmin, kmax, sink, bisect=True, **args)
+    assert torch.equal(by_sort[0], by_bisect[0]) and torch.equal(by_sort[1], by_bisect[1])
+    for row_sort, row_bisect, n in zip(by_sort[2].flatten(0, 2), by_bisect[2].flatten(0, 2), by_sort[0].flatten()):
+        assert torch.equal(row_sort[:n], row_bisect[:n])
 
 
 def test_threshold_one_keeps_every_causal_block():
