@@ -147,3 +147,19 @@ for arch in (80, 90):
     lines = out.stdout.split("\n")
     assert "80 False True" in lines  # Ampere: mma.sync, no Hopper-only instructions
     assert "90 True False" in lines  # Hopper: wgmma
+
+
+@pytest.mark.parametrize("gpu", ["h100-sxm", "h200-sxm"])
+def test_shipped_libraries_are_current_and_hold_every_attend_kernel_their_profile_runs(gpu):
+    """Any edit under kernels/ makes the shipped libraries stale: rebuild them on a GPU
+    (`pbs-tune compile --profile configs/<gpu>.yaml`) before committing."""
+    from pbs_tune.runtime import profile_store, profiles
+    prof = profiles.load(profile_store.find_profile(gpu).path)
+    manifest = kernel_library.read(prof.library)
+    assert manifest["kernel_sources"] == kernel_library.kernel_sources_hash(), "stale library: rebuild it"
+    built = {(r["kernel"], r["num_warps"], r["num_stages"], dict(r["constexprs"])["BLOCK_M"],
+              dict(r["constexprs"])["BLOCK_N"]) for r in manifest["kernels"] if r["kernel"].startswith("_attend")}
+    for e in prof.entries:
+        for _, lc in e.configs():
+            kernel = "_attend_fwd_tma" if lc.tma else "_attend_fwd"
+            assert (kernel, lc.num_warps, lc.num_stages, lc.block_m, lc.block_n) in built, (e.describe(), lc)
