@@ -101,3 +101,49 @@ def test_a_layer_plan_meets_its_bound_and_recall_or_is_the_reference():
         assert plan.rel_l2 <= 0.95 * plan.reference_rel_l2 + 1e-12
     else:
         assert plan.permute and plan.thresholds == (0.9,) * 4 and plan.rel_l2 == plan.reference_rel_l2
+
+
+def test_curves_of_a_batch_keep_each_sample_apart():
+    q, k, v = torch.randn(2, 4, 160, 32) * 2, torch.randn(2, 2, 160, 32) * 2, torch.randn(2, 2, 160, 32)
+    both = head_curves(q, k, v, block_size=16, segment_size=32)
+    assert len(both.parts) == 2
+    for i, part in enumerate(both.parts):
+        alone = head_curves(q[i:i + 1], k[i:i + 1], v[i:i + 1], block_size=16, segment_size=32)
+        assert alone.parts == [alone] and torch.equal(part.kept, alone.kept)
+        assert torch.equal(part.top_hits, alone.top_hits)
+        assert torch.allclose(part.sq_err, alone.sq_err, rtol=1e-4, atol=1e-12)
+        assert torch.allclose(part.ref_sq, alone.ref_sq, rtol=1e-6)
+    assert torch.equal(both.kept, both.parts[0].kept + both.parts[1].kept)
+
+
+def _two_heads(sq_err):
+    grid = (0.5, 0.9, 1.0)
+    return HeadCurves(grid, sq_err=torch.tensor(sq_err, dtype=torch.float64),
+                      kept=torch.tensor([[10.0, 40.0, 50.0], [10.0, 40.0, 50.0]], dtype=torch.float64),
+                      ref_sq=torch.ones(2, dtype=torch.float64), top_hits=torch.full((2, 3), 8.0, dtype=torch.float64))
+
+
+def test_the_margin_shrinks_until_a_plan_fitted_on_other_samples_holds_on_each():
+    from pbs_tune.tune.allocate import _cheapest_plan, choose_plan, held_out_margin
+    a = _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]])    # head 0 looks free at 0.5 here...
+    b = _two_heads([[0.004, 0.0, 0.0], [0.02, 0.01, 0.0]])  # ...but is not on the other sample
+    fitted_on_a = _cheapest_plan({True: a}, 1.0, 0.9)
+    assert fitted_on_a.thresholds == (0.5, 0.9)
+    on_b = b.rel_l2(torch.tensor([0, 1]))
+    assert on_b > uniform_error(b, 0.9)  # over the bound out of sample
+    assert held_out_margin({True: a + b}, margin=1.0, reference=0.9) == 0.95
+    plan = choose_plan({True: a + b}, margin=1.0, reference=0.9)
+    assert plan.margin == 0.95 and plan.thresholds == (0.5, 1.0)
+    for left_out in (a, b):  # what the step above failed: each sample's error within the bound
+        assert left_out.rel_l2(torch.tensor([0, 2])) <= uniform_error(left_out, 0.9)
+    # Samples that agree leave the margin alone; one sample cannot be validated.
+    assert held_out_margin({True: a + a}, margin=0.9, reference=0.9) == 0.9
+    assert held_out_margin({True: b}, margin=0.9, reference=0.9) == 0.9
+
+
+def test_without_any_margin_that_holds_out_of_sample_the_plan_is_the_reference():
+    from pbs_tune.tune.allocate import choose_plan
+    a = _two_heads([[0.0, 0.0, 0.0], [0.01, 0.01, 0.0]])
+    b = _two_heads([[1.0, 0.0, 0.0], [0.01, 0.01, 0.0]])  # head 0 at 0.5 is fine on a, ruinous on b
+    plan = choose_plan({True: a + b}, margin=1.0, reference=0.9)
+    assert plan.margin == 0.0 and plan.kept_ratio == 1.0 and plan.thresholds == (0.9, 0.9)
