@@ -91,13 +91,18 @@ def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
     return sdpa_baselines(cal.q, cal.k, cal.v, on_gpu=on_gpu)
 
 
-def layer_plans(cal: Calibration, cfg, margin: float) -> list:
+def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None) -> list:
     """Per calibration layer (batch item): permute or not and per-head thresholds whose error is
-    within `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py)."""
-    from .allocate import plan_layer
-    return [plan_layer(cal.q[i:i + 1], cal.k[i:i + 1], cal.v[i:i + 1], block_size=cfg.block_size,
-                       segment_size=cfg.segment_size, launch=cfg.launch, margin=margin, reference=cfg.threshold)
-            for i in range(cal.q.shape[0])]
+    within `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py).
+    The curves depend on block and segment only (every launch keeps the same blocks, and the
+    reference threshold is a point of the grid), so `cache` keeps them from trial to trial."""
+    from .allocate import choose_plan, layer_curves
+    key = (cfg.block_size, cfg.segment_size)
+    cache = {} if cache is None else cache
+    if key not in cache:
+        cache[key] = [layer_curves(cal.q[i:i + 1], cal.k[i:i + 1], cal.v[i:i + 1], block_size=cfg.block_size,
+                                   segment_size=cfg.segment_size, launch=cfg.launch) for i in range(cal.q.shape[0])]
+    return [choose_plan(curves, margin=margin, reference=cfg.threshold) for curves in cache[key]]
 
 
 def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool) -> dict:

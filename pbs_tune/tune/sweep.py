@@ -144,6 +144,7 @@ def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
         props = torch.cuda.get_device_properties(0)
         arch, smem = props.major * 10 + props.minor, props.shared_memory_per_block_optin
         space = search_space.gpu_space(arch)
+    curves = {}  # per-head curves by (block, segment), shared by the trials of this process
 
     def objective(trial):
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:gpu={_visible_gpus()}")
@@ -155,7 +156,7 @@ def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
             raise optuna.TrialPruned(problem)
         try:
             if spec.per_head:
-                plans = layer_plans(cal, cfg, spec.margin)
+                plans = layer_plans(cal, cfg, spec.margin, curves)
                 trial.set_user_attr("plans", [dict(permute=p.permute, thresholds=list(p.thresholds),
                                                    kept_ratio=round(p.kept_ratio, 4)) for p in plans])
                 m = measure_layers(cal, cfg, plans, on_gpu=on_gpu)

@@ -147,3 +147,22 @@ def test_without_any_margin_that_holds_out_of_sample_the_plan_is_the_reference()
     b = _two_heads([[1.0, 0.0, 0.0], [0.01, 0.01, 0.0]])  # head 0 at 0.5 is fine on a, ruinous on b
     plan = choose_plan({True: a + b}, margin=1.0, reference=0.9)
     assert plan.margin == 0.0 and plan.kept_ratio == 1.0 and plan.thresholds == (0.9, 0.9)
+
+
+def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypatch):
+    from pbs_tune.op.launch_config import LaunchConfig
+    from pbs_tune.tune import allocate, evaluate
+    from pbs_tune.tune.space import TrialConfig
+    cal = evaluate.load_calibration(seqlen=128, heads=4, kv_heads=2, head_dim=32, dtype=torch.float32, device="cpu")
+    measured = []
+    real = allocate.layer_curves
+    monkeypatch.setattr(allocate, "layer_curves", lambda *a, **kw: measured.append(kw["block_size"]) or real(*a, **kw))
+    launch = LaunchConfig(16, 16, 1, 1)
+    cache = {}
+    for threshold in (0.9, 0.8):
+        cfg = TrialConfig(16, 32, threshold, launch)
+        cached = evaluate.layer_plans(cal, cfg, 0.95, cache)
+        assert cached == evaluate.layer_plans(cal, cfg, 0.95)  # fresh curves give the same plans
+    assert measured == [16, 16, 16]  # the cache measured once, the two uncached calls once each
+    evaluate.layer_plans(cal, TrialConfig(32, 64, 0.9, launch), 0.95, cache)
+    assert measured[-1] == 32 and set(cache) == {(16, 32), (32, 64)}
