@@ -95,9 +95,10 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
                                            min_len=min_len or seqlen)
     entry.info = dict(plan=dict(margin=margin, margin_used=used, reference_threshold=reference,
                                 calibration_sequences=len(calib_seqs), tokens=seqlen, probe=log,
-                                bound="per layer: output rel-L2 <= margin x the reference threshold's, per head no "
-                                      "fewer sampled queries' heaviest keys kept, and no fewer retrieval probes "
-                                      "answered than with the reference"))
+                                bound="per layer: output rel-L2 <= margin x the reference threshold's (also on "
+                                      "each calibration sequence left out of the fit), per head no fewer sampled "
+                                      "queries' heaviest keys kept, and no fewer retrieval probes answered than "
+                                      "with the reference"))
     report = [dict(layer=idx, permute=p.permute, thresholds=list(p.thresholds), margin=used, allocation_margin=p.margin,
                    calib_default_rel_l2=p.reference_rel_l2, calib_per_head_rel_l2=p.rel_l2,
                    calib_kept_ratio=p.kept_ratio) for idx, p in sorted(plans.items())]
