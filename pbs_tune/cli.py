@@ -57,6 +57,9 @@ def main():
               help="Synthetic calibration workload.")
 @click.option("--calib", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Captured Q/K/V (pbs-tune capture) to tune on instead of a workload.")
+@click.option("--holdout-calib", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="With --calib: a capture of other text (same layers) on which the chosen config and the "
+                   "default are checked afterwards. A workload is checked on its next seed.")
 @click.option("--storage", default=None,
               help="Optuna RDB storage URL (default: sqlite studies.db in the user store, see --help of show).")
 @click.option("--study", "study_prefix", default=None,
@@ -82,7 +85,7 @@ def main():
 @click.option("--trials-only", is_flag=True, hidden=True, help="Worker mode: run trials, write nothing.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib,
-          storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers, heartbeat_s,
+          holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers, heartbeat_s,
           trials_only):
     """Search block size, segment size, threshold and launch config per length.
 
@@ -92,12 +95,15 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     """
     from .dtypes import torch_dtype
     from .tune.evaluate import dense_baselines, load_calibration
-    from .tune.sweep import (SweepSpec, check_storage, choose, enqueue_known_configs, objective_for, open_study,
-                             pareto_front, profile_entry, recover_stale_trials, reference_measurement, run_trials)
+    from .tune.sweep import (SweepSpec, check_storage, choose, enqueue_known_configs, held_out_check, objective_for,
+                             open_study, pareto_front, profile_entry, recover_stale_trials, reference_measurement,
+                             run_trials)
     if not 0.0 < max_error <= 1.0:
         raise ValueError(f"--max-error must be in (0, 1], got {max_error}")
     if heads % kv_heads:
         raise ValueError(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
+    if holdout_calib and not calib:
+        raise ValueError("--holdout-calib checks a --calib sweep; a workload is checked on its next seed")
     gpu = resolve_gpu(gpu)
     on_gpu = gpu != CPU
     check_storage(storage or profile_store.default_storage_url(), create_folder=storage is None)
@@ -145,10 +151,24 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         if best is None:
             raise RuntimeError(f"no trial at {format_length(n)} met --max-error {max_error}; "
                                f"raise --trials or --max-error")
-        entry = profile_entry(spec, best, baselines, reference, name, cal.source, cal.layer_ids)
+        layer_ids, source = cal.layer_ids, cal.source
+        del cal
+        held = None
+        if holdout_calib or not calib:
+            hold = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
+                                    dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
+                                    calib_file=holdout_calib, seed=seed + 1)
+            if hold.layer_ids != layer_ids:
+                raise ValueError(f"--holdout-calib {holdout_calib} holds layers {hold.layer_ids}; "
+                                 f"--calib holds {layer_ids}: capture the same --layers")
+            held = held_out_check(hold, spec, best, study, on_gpu)
+            del hold
+            click.echo(f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
+                       f"{held['calibration_rel_l2']:.4f}; default {held['reference_rel_l2']}), "
+                       f"{'within' if held['within_bound'] else 'OVER'} --max-error {max_error}")
+        entry = profile_entry(spec, best, baselines, reference, name, source, layer_ids, held)
         entries.append(entry)
         click.echo("chosen: " + _entry_line(entry))
-        del cal
     if trials_only:
         return
     profiles.merge_entries(profile_path, entries)

@@ -53,6 +53,14 @@ def write_study_report(storage_url: str, study_name: str, out_dir: str):
     for t in failed:
         lines.append(f"| {t.number} | {t.state.name.lower()}: {t.user_attrs.get('fail_reason', '')} |"
                      " | | | | | | | |")
+    held = sorted((v for k, v in study.user_attrs.items() if k.startswith("held_out:")), key=lambda v: v["trial"])
+    if held:
+        lines += ["", "Chosen trials checked on held-out data (not seen by the search):", "",
+                  "| trial | held-out data | calibration rel_l2 | held-out rel_l2 | default's held-out rel_l2 "
+                  "| held-out ms | default's ms | within bound |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {h['trial']} | {h['source']} | {h['calibration_rel_l2']:.4f} | {h['rel_l2']:.4f} "
+                  f"| {h['reference_rel_l2']} | {h['latency_ms']:.3f} | {h['reference_latency_ms']} "
+                  f"| {'yes' if h['within_bound'] else 'no'} |" for h in held]
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
     return png, md

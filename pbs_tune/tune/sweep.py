@@ -255,7 +255,7 @@ def choose(study, max_error):
 
 
 def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_name: str,
-                  source: str, layer_ids=None) -> ProfileEntry:
+                  source: str, layer_ids=None, held_out=None) -> ProfileEntry:
     """The chosen trial as a profile entry. A per-head trial on captured layers gives each
     layer its plan (`layers:`); on a synthetic workload (one 'layer') the plan is the entry's."""
     cfg = trial.user_attrs["config"]
@@ -287,6 +287,7 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
             baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
             reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
             speedup=speedup, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
+            **(dict(held_out=held_out) if held_out else {}),
             **(dict(per_head=dict(margin=spec.margin, reference_threshold=cfg["threshold"],
                                   bound="per layer: output rel-L2 <= margin x the reference threshold's, and per "
                                         "head no fewer sampled queries' heaviest keys kept"))
@@ -295,6 +296,30 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
                           optuna=str(optuna.__version__)),
             date=_dt.date.today().isoformat()),
     )
+
+
+def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, on_gpu: bool) -> dict:
+    """The chosen trial and the published default on a sample the search never saw (another
+    seed of the workload, or a capture of other text): a calibration error that does not carry
+    over is the tuner fitting its own sample. Kept on the study and in the entry's info."""
+    from types import SimpleNamespace
+    cfg = trial.user_attrs["config"]
+    config = search_space.TrialConfig(cfg["block_size"], cfg["segment_size"], cfg["threshold"],
+                                      LaunchConfig(**cfg["launch"]))
+    plans = [SimpleNamespace(thresholds=tuple(p["thresholds"]), permute=p["permute"])
+             for p in trial.user_attrs.get("plans", [])]
+    if plans and len(plans) != hold.q.shape[0]:
+        raise ValueError(f"held-out data {hold.source} has {hold.q.shape[0]} layers; the calibration had {len(plans)}")
+    with torch.no_grad():
+        mine = measure_layers(hold, config, plans, on_gpu=on_gpu) if plans else measure(hold, config, on_gpu=on_gpu)
+    ref = reference_measurement(hold, spec, on_gpu)
+    out = dict(source=hold.source, trial=trial.number, calibration_rel_l2=round(trial.user_attrs["rel_l2"], 5),
+               rel_l2=round(mine["rel_l2"], 5), latency_ms=round(mine["latency_ms"], 4),
+               reference_rel_l2=round(ref["rel_l2"], 5) if "rel_l2" in ref else None,
+               reference_latency_ms=round(ref["latency_ms"], 4) if "latency_ms" in ref else None,
+               within_bound=mine["rel_l2"] <= spec.max_error)
+    study.set_user_attr(f"held_out:{trial.number}", out)
+    return out
 
 
 def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool) -> dict:

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pbs_tune.runtime import profiles
@@ -70,6 +71,18 @@ def test_tiny_sweep_writes_a_valid_profile_and_show_prints_it(tmp_path):
     assert len([t for t in finished_trials(tmp_path) if t[1] == "COMPLETE"]) == 4
     shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
     assert shown.exit_code == 0 and "96" in shown.output
+    # The chosen config was checked on the workload's next seed, which no trial saw.
+    held = e.info["held_out"]
+    assert held["source"] == "workload:diffuse" and held["calibration_rel_l2"] == e.measured["rel_l2"]
+    from pbs_tune import pbs_attention
+    from pbs_tune.tune.metrics import dense_reference, rel_l2
+    from pbs_tune.tune.workloads import make_qkv
+    q, k, v = make_qkv("diffuse", seqlen=96, heads=2, kv_heads=1, head_dim=64, dtype=torch.float32, device="cpu", seed=1)
+    out = pbs_attention(q, k, v, block_size=e.params.block_size, segment_size=e.params.segment_size,
+                        threshold=e.params.threshold, launch=e.launch)
+    assert abs(held["rel_l2"] - rel_l2(out, dense_reference(q, k, v))) < 1e-4
+    assert held["within_bound"] == (held["rel_l2"] <= 0.9) and held["reference_rel_l2"] is not None
+    assert "held out (workload:diffuse)" in res.output
 
 
 def test_relaunch_retimes_launches_and_keeps_the_tuned_parameters(tmp_path):
@@ -106,7 +119,11 @@ def test_report_writes_png_and_markdown(tmp_path):
     assert res.exit_code == 0, res.output
     png = tmp_path / "rep" / f"{study}-pareto.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| trial |" in (tmp_path / "rep" / f"{study}.md").read_text()
+    text = (tmp_path / "rep" / f"{study}.md").read_text()
+    assert "| trial |" in text and "held-out rel_l2" in text
+    (held,) = [line for line in text.splitlines() if "| workload:diffuse |" in line]
+    (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
+    assert held.startswith(f"| {e.info['trial']} |") and f"{e.info['held_out']['rel_l2']:.4f}" in held
 
 
 def _cli(tmp_path, *args):
@@ -292,6 +309,7 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     params, launch = e.layers[1]
     assert isinstance(params.threshold, tuple) and len(params.threshold) == 2 and isinstance(params.permute, bool)
     assert e.info["per_head"]["margin"] == 0.9 and "heaviest keys" in e.info["per_head"]["bound"]
+    assert "held_out" not in e.info  # a capture is checked only on a capture of other text
     assert "-per-head" in e.info["study"]
     shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
     assert shown.exit_code == 0 and "layer 1: " in shown.output and "permuted" in shown.output
@@ -299,3 +317,26 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     assert res.exit_code == 0, res.output
     workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 96][0]
     assert isinstance(workload.params.threshold, tuple) and not workload.layers
+
+
+def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path):
+    res, calib = capture_tiny_llama(tmp_path, "def f(x):\n    return x + 1\n" * 20, "--layers", "1")
+    assert res.exit_code == 0, res.output
+    held_file = tmp_path / "held.safetensors"
+    calib.rename(held_file)
+    res, calib = capture_tiny_llama(tmp_path, "class A:\n    pass\n" * 40, "--layers", "1")
+    assert res.exit_code == 0, res.output
+    calib = calib.rename(tmp_path / "train.safetensors")
+    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", seqlen="128", trials="2")
+            if a not in ("--workload", "diffuse")]
+    res = CliRunner().invoke(main, args + ["--holdout-calib", str(held_file)])
+    assert res.exit_code == 0, res.output
+    (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
+    held = e.info["held_out"]
+    assert held["source"] == f"capture:{held_file}" and held["rel_l2"] >= 0 and held["reference_rel_l2"] >= 0
+    # Layers that differ, or a held-out file without --calib: one line each.
+    res, other = capture_tiny_llama(tmp_path, "x = 1\n" * 80, "--layers", "0")
+    res = CliRunner().invoke(main, args + ["--holdout-calib", str(other)])
+    assert res.exit_code == 1 and "capture the same --layers" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, sweep_args(tmp_path, "--holdout-calib", str(held_file)))
+    assert res.exit_code == 1 and "--holdout-calib checks a --calib sweep" in res.output
