@@ -28,3 +28,5 @@ done
 python3 -m pbs_tune.bench.per_head --parts model --model fixtures/byte-llama --seqlen 32k --sequences 32 \
   --prompts 200 --out "$out/fixture_per_head.json"
 python3 -m pbs_tune.bench.per_head --parts mixed --lengths 32k,128k --out "$out/mixed_per_head.json"
+# More calibration samples: each left-out check then fits three (the 32k bound failed with two).
+python3 -m pbs_tune.bench.per_head --parts mixed --lengths 32k,128k --calib-samples 4 --out "$out/mixed_per_head_4.json"
