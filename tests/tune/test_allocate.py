@@ -104,11 +104,12 @@ def test_a_layer_plan_meets_its_bound_and_recall_or_is_the_reference():
 
 
 def test_curves_of_a_batch_keep_each_sample_apart():
-    q, k, v = torch.randn(2, 4, 160, 32) * 2, torch.randn(2, 2, 160, 32) * 2, torch.randn(2, 2, 160, 32)
-    both = head_curves(q, k, v, block_size=16, segment_size=32)
+    grid = (0.5, 0.9, 1.0)
+    q, k, v = torch.randn(2, 4, 96, 32) * 2, torch.randn(2, 2, 96, 32) * 2, torch.randn(2, 2, 96, 32)
+    both = head_curves(q, k, v, block_size=16, segment_size=32, grid=grid)
     assert len(both.parts) == 2
     for i, part in enumerate(both.parts):
-        alone = head_curves(q[i:i + 1], k[i:i + 1], v[i:i + 1], block_size=16, segment_size=32)
+        alone = head_curves(q[i:i + 1], k[i:i + 1], v[i:i + 1], block_size=16, segment_size=32, grid=grid)
         assert alone.parts == [alone] and torch.equal(part.kept, alone.kept)
         assert torch.equal(part.top_hits, alone.top_hits)
         assert torch.allclose(part.sq_err, alone.sq_err, rtol=1e-4, atol=1e-12)
@@ -153,16 +154,22 @@ def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypa
     from pbs_tune.op.launch_config import LaunchConfig
     from pbs_tune.tune import allocate, evaluate
     from pbs_tune.tune.space import TrialConfig
-    cal = evaluate.load_calibration(seqlen=128, heads=4, kv_heads=2, head_dim=32, dtype=torch.float32, device="cpu")
+    cal = evaluate.load_calibration(seqlen=64, heads=2, kv_heads=1, head_dim=32, dtype=torch.float32, device="cpu")
     measured = []
-    real = allocate.layer_curves
-    monkeypatch.setattr(allocate, "layer_curves", lambda *a, **kw: measured.append(kw["block_size"]) or real(*a, **kw))
+    curves = {True: _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]]),
+              False: _two_heads([[0.01, 0.0, 0.0], [0.03, 0.01, 0.0]])}
+
+    def fake_curves(q, k, v, *, block_size, segment_size, launch=None):
+        measured.append((block_size, segment_size, q.shape[0]))
+        return curves
+    monkeypatch.setattr(allocate, "layer_curves", fake_curves)
     launch = LaunchConfig(16, 16, 1, 1)
     cache = {}
-    for threshold in (0.9, 0.8):
-        cfg = TrialConfig(16, 32, threshold, launch)
-        cached = evaluate.layer_plans(cal, cfg, 0.95, cache)
-        assert cached == evaluate.layer_plans(cal, cfg, 0.95)  # fresh curves give the same plans
-    assert measured == [16, 16, 16]  # the cache measured once, the two uncached calls once each
+    for threshold in (0.9, 0.5):  # the reference threshold changes, the curves do not
+        plans = evaluate.layer_plans(cal, TrialConfig(16, 32, threshold, launch), 0.95, cache)
+        assert plans == [allocate.choose_plan(curves, margin=0.95, reference=threshold)]
+    assert measured == [(16, 32, 1)]  # measured once, one layer at a time
     evaluate.layer_plans(cal, TrialConfig(32, 64, 0.9, launch), 0.95, cache)
-    assert measured[-1] == 32 and set(cache) == {(16, 32), (32, 64)}
+    assert measured[-1] == (32, 64, 1) and set(cache) == {(16, 32), (32, 64)}
+    evaluate.layer_plans(cal, TrialConfig(16, 32, 0.9, launch), 0.95)  # no cache: measured again
+    assert len(measured) == 3
