@@ -489,23 +489,27 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, bl
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Text file to run through the model.")
 @click.option("--seqlen", required=True, callback=lambda c, p, v: parse_length(v), help="Tokens to capture, e.g. 32k.")
+@click.option("--sequences", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Consecutive --seqlen windows of the text to record per layer; with 2 or more, "
+                   "sweep --per-head checks each layer's bound on a window left out of the fit.")
 @click.option("--layers", default=None, help="Comma-separated layer indices (default: all).")
 @click.option("--out", "out_file", required=True, help="Output .safetensors file.")
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
 @one_line_errors
-def capture(model, gguf_file, text_file, seqlen, layers, out_file, dtype):
+def capture(model, gguf_file, text_file, seqlen, sequences, layers, out_file, dtype):
     """Record per-layer calibration Q/K/V (after RoPE) from a transformers model.
 
     \b
     Example:
       pbs-tune capture --model ./Llama-3.1-8B --text book.txt --seqlen 32k --out calib.safetensors
       pbs-tune sweep --gpu h100 --seqlen 32k --calib calib.safetensors
-      pbs-tune capture --model smollm2 --text code.py --seqlen 8k --out smol.safetensors
+      pbs-tune capture --model smollm2 --text code.py --seqlen 8k --sequences 3 --out smol.safetensors
     """
     from .tune.capture import capture_qkv
     layer_ids = [int(x) for x in layers.split(",")] if layers else None
-    n = capture_qkv(model, text_file, seqlen, out_file, layers=layer_ids, dtype=dtype, gguf_file=gguf_file)
-    click.echo(f"wrote {n} layers of Q/K/V to {out_file}")
+    n = capture_qkv(model, text_file, seqlen, out_file, layers=layer_ids, dtype=dtype, gguf_file=gguf_file,
+                    sequences=sequences)
+    click.echo(f"wrote {n} layers of Q/K/V ({sequences} sequence{'s' if sequences > 1 else ''}) to {out_file}")
 
 
 if __name__ == "__main__":

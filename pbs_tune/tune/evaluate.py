@@ -25,19 +25,28 @@ class Calibration:
     dense_out: torch.Tensor
     dense_lse: torch.Tensor
     source: str
-    layer_ids: tuple | None = None  # captured layers (the batch), None for a synthetic workload
+    layer_ids: tuple | None = None  # captured layers, None for a synthetic workload
+    samples: int = 1  # sequences per layer: the batch is layers x samples, layer after layer
 
     @property
     def seqlen(self):
         return self.q.shape[2]
 
+    @property
+    def layers(self) -> int:
+        return self.q.shape[0] // self.samples
+
+    def layer(self, i) -> slice:
+        """The batch rows of layer i (its samples)."""
+        return slice(i * self.samples, (i + 1) * self.samples)
+
 
 def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, workload="mixed",
                      calib_file=None, seed=0) -> Calibration:
-    """Synthetic workload Q/K/V, or captured ones (layers stacked as the batch)."""
-    layer_ids = None
+    """Synthetic workload Q/K/V, or captured ones (layers, each with its sequences, stacked as the batch)."""
+    layer_ids, samples = None, 1
     if calib_file:
-        q, k, v, layer_ids = _read_capture(calib_file, seqlen, dtype, device)
+        q, k, v, layer_ids, samples = _read_capture(calib_file, seqlen, dtype, device)
         source = f"capture:{calib_file}"
     else:
         q, k, v = make_qkv(workload, seqlen=seqlen, heads=heads, kv_heads=kv_heads,
@@ -48,7 +57,7 @@ def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, worklo
                          f"--heads {heads} --kv-heads {kv_heads} --head-dim {head_dim}")
     with torch.no_grad():
         dense_out, dense_lse = _dense(q, k, v)
-    return Calibration(q, k, v, dense_out, dense_lse, source, layer_ids)
+    return Calibration(q, k, v, dense_out, dense_lse, source, layer_ids, samples)
 
 
 def _read_capture(path, seqlen, dtype, device):
@@ -56,16 +65,22 @@ def _read_capture(path, seqlen, dtype, device):
     tensors = load_file(path)
     layers = sorted({name.split(".")[0] for name in tensors})
     try:
-        q = torch.stack([tensors[f"{layer}.q"] for layer in layers])
-        k = torch.stack([tensors[f"{layer}.k"] for layer in layers])
-        v = torch.stack([tensors[f"{layer}.v"] for layer in layers])
+        # (heads, seqlen, dim) per layer, or (sequences, heads, seqlen, dim): one layout for both.
+        q, k, v = (torch.stack([_with_sequences(tensors[f"{layer}.{x}"]) for layer in layers]) for x in "qkv")
     except KeyError as exc:
         raise ValueError(f"{path}: expected tensors '<layer>.q/.k/.v' as written by pbs-tune capture ({exc})") from None
-    if q.shape[2] < seqlen:
-        raise ValueError(f"{path}: captured {q.shape[2]} tokens, fewer than --seqlen {seqlen}")
-    cut = (slice(None), slice(None), slice(0, seqlen))
+    except RuntimeError:
+        raise ValueError(f"{path}: its layers differ in shape; capture them in one run of pbs-tune capture") from None
+    if q.shape[3] < seqlen:
+        raise ValueError(f"{path}: captured {q.shape[3]} tokens, fewer than --seqlen {seqlen}")
     ids = tuple(int(name[len("layer"):]) if name[len("layer"):].isdigit() else i for i, name in enumerate(layers))
-    return (*(t[cut].to(device=device, dtype=dtype).contiguous() for t in (q, k, v)), ids)
+    samples = q.shape[1]
+    return (*(t[:, :, :, :seqlen].flatten(0, 1).to(device=device, dtype=dtype).contiguous() for t in (q, k, v)),
+            ids, samples)
+
+
+def _with_sequences(t):
+    return t[None] if t.dim() == 3 else t
 
 
 def _dense(q, k, v):
@@ -92,22 +107,24 @@ def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
 
 
 def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None) -> list:
-    """Per calibration layer (batch item): permute or not and per-head thresholds whose error is
-    within `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py).
+    """Per calibration layer: permute or not and per-head thresholds whose error is within
+    `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py); with
+    several sequences per layer, checked on each one left out.
     The curves depend on block and segment only (every launch keeps the same blocks, and the
     reference threshold is a point of the grid), so `cache` keeps them from trial to trial."""
     from .allocate import choose_plan, layer_curves
     key = (cfg.block_size, cfg.segment_size)
     cache = {} if cache is None else cache
     if key not in cache:
-        cache[key] = [layer_curves(cal.q[i:i + 1], cal.k[i:i + 1], cal.v[i:i + 1], block_size=cfg.block_size,
-                                   segment_size=cfg.segment_size, launch=cfg.launch) for i in range(cal.q.shape[0])]
+        cache[key] = [layer_curves(cal.q[cal.layer(i)], cal.k[cal.layer(i)], cal.v[cal.layer(i)],
+                                   block_size=cfg.block_size, segment_size=cfg.segment_size, launch=cfg.launch)
+                      for i in range(cal.layers)]
     return [choose_plan(curves, margin=margin, reference=cfg.threshold) for curves in cache[key]]
 
 
 def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool) -> dict:
     """Like `measure`, but each layer runs its own plan, one after another, as in a model."""
-    return _measure_parts(cal, cfg, [(slice(i, i + 1), p.thresholds, p.permute) for i, p in enumerate(plans)],
+    return _measure_parts(cal, cfg, [(cal.layer(i), p.thresholds, p.permute) for i, p in enumerate(plans)],
                           on_gpu=on_gpu)
 
 

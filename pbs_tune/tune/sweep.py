@@ -158,7 +158,8 @@ def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
             if spec.per_head:
                 plans = layer_plans(cal, cfg, spec.margin, curves)
                 trial.set_user_attr("plans", [dict(permute=p.permute, thresholds=list(p.thresholds),
-                                                   kept_ratio=round(p.kept_ratio, 4)) for p in plans])
+                                                   kept_ratio=round(p.kept_ratio, 4), margin=round(p.margin, 4))
+                                              for p in plans])
                 m = measure_layers(cal, cfg, plans, on_gpu=on_gpu)
             else:
                 m = measure(cal, cfg, on_gpu=on_gpu)
@@ -289,7 +290,9 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
             speedup=speedup, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
             **(dict(held_out=held_out) if held_out else {}),
             **(dict(per_head=dict(margin=spec.margin, reference_threshold=cfg["threshold"],
-                                  bound="per layer: output rel-L2 <= margin x the reference threshold's, and per "
+                                  margins_used=[p.get("margin") for p in trial.user_attrs.get("plans", [])],
+                                  bound="per layer: output rel-L2 <= margin x the reference threshold's (with "
+                                        "several captured sequences also on each one left out of the fit), and per "
                                         "head no fewer sampled queries' heaviest keys kept"))
                if spec.per_head else {}),
             versions=dict(torch=str(torch.__version__), triton=str(triton.__version__),
@@ -308,8 +311,8 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, on_gpu: boo
                                       LaunchConfig(**cfg["launch"]))
     plans = [SimpleNamespace(thresholds=tuple(p["thresholds"]), permute=p["permute"])
              for p in trial.user_attrs.get("plans", [])]
-    if plans and len(plans) != hold.q.shape[0]:
-        raise ValueError(f"held-out data {hold.source} has {hold.q.shape[0]} layers; the calibration had {len(plans)}")
+    if plans and len(plans) != hold.layers:
+        raise ValueError(f"held-out data {hold.source} has {hold.layers} layers; the calibration had {len(plans)}")
     with torch.no_grad():
         mine = measure_layers(hold, config, plans, on_gpu=on_gpu) if plans else measure(hold, config, on_gpu=on_gpu)
     ref = reference_measurement(hold, spec, on_gpu)
@@ -329,7 +332,7 @@ def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool) -> di
         if spec.per_head:  # timed layer by layer, as the per-head trials are
             from .allocate import LayerPlan
             heads = cal.q.shape[1]
-            plans = [LayerPlan(True, (cfg.threshold,) * heads, 1.0, 0.0, 0.0)] * cal.q.shape[0]
+            plans = [LayerPlan(True, (cfg.threshold,) * heads, 1.0, 0.0, 0.0)] * cal.layers
             return dict(config=cfg.as_dict(), **measure_layers(cal, cfg, plans, on_gpu=on_gpu))
         return dict(config=cfg.as_dict(), **measure(cal, cfg, on_gpu=on_gpu))
     except Exception as exc:

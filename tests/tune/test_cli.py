@@ -319,20 +319,27 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     assert isinstance(workload.params.threshold, tuple) and not workload.layers
 
 
-def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path):
+def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path, monkeypatch):
     res, calib = capture_tiny_llama(tmp_path, "def f(x):\n    return x + 1\n" * 20, "--layers", "1")
     assert res.exit_code == 0, res.output
-    held_file = tmp_path / "held.safetensors"
-    calib.rename(held_file)
-    res, calib = capture_tiny_llama(tmp_path, "class A:\n    pass\n" * 40, "--layers", "1")
+    held_file = calib.rename(tmp_path / "held.safetensors")
+    res, calib = capture_tiny_llama(tmp_path, "class A:\n    pass\n" * 40, "--layers", "1", "--sequences", "2")
     assert res.exit_code == 0, res.output
     calib = calib.rename(tmp_path / "train.safetensors")
-    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", seqlen="128", trials="2")
+    from pbs_tune.tune import allocate
+    seen = []
+    real = allocate.layer_curves
+    monkeypatch.setattr(allocate, "layer_curves", lambda q, *a, **kw: seen.append(q.shape[0]) or real(q, *a, **kw))
+    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", seqlen="128", trials="1")
             if a not in ("--workload", "diffuse")]
     res = CliRunner().invoke(main, args + ["--holdout-calib", str(held_file)])
     assert res.exit_code == 0, res.output
+    assert seen and set(seen) == {2}  # the layer's curves over both captured sequences: checked leaving one out
     (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
-    held = e.info["held_out"]
+    assert list(e.layers) == [1]
+    (margin,) = e.info["per_head"]["margins_used"]
+    assert 0.0 <= margin <= 0.95
+    held = e.info["held_out"]  # the single-sequence capture of other text, same layer
     assert held["source"] == f"capture:{held_file}" and held["rel_l2"] >= 0 and held["reference_rel_l2"] >= 0
     # Layers that differ, or a held-out file without --calib: one line each.
     res, other = capture_tiny_llama(tmp_path, "x = 1\n" * 80, "--layers", "0")
@@ -340,3 +347,21 @@ def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path):
     assert res.exit_code == 1 and "capture the same --layers" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, sweep_args(tmp_path, "--holdout-calib", str(held_file)))
     assert res.exit_code == 1 and "--holdout-calib checks a --calib sweep" in res.output
+
+
+def test_several_captured_sequences_are_read_layer_after_layer(tmp_path):
+    res, calib = capture_tiny_llama(tmp_path, "def f(x):\n    return x + 1\n" * 20, "--sequences", "2")
+    assert res.exit_code == 0, res.output
+    assert "(2 sequences)" in res.output
+    from safetensors.torch import load_file
+    t = load_file(calib)
+    assert t["layer001.q"].shape == (2, 2, 128, 64) and t["layer001.k"].shape == (2, 1, 128, 64)
+    assert not torch.equal(t["layer001.q"][0], t["layer001.q"][1])  # two windows of the text
+    from pbs_tune.tune import evaluate
+    cal = evaluate.load_calibration(seqlen=128, heads=2, kv_heads=1, head_dim=64, dtype=torch.float32,
+                                    device="cpu", calib_file=str(calib))
+    assert (cal.layers, cal.samples, cal.layer_ids) == (2, 2, (0, 1))
+    assert torch.equal(cal.q[cal.layer(1)], t["layer001.q"])
+    # Too little text for the windows asked: one line.
+    res, _ = capture_tiny_llama(tmp_path, "x = 1\n" * 30, "--sequences", "3")
+    assert res.exit_code == 1 and "fewer than --sequences 3 x --seqlen 128" in res.output
