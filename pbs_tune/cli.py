@@ -85,8 +85,8 @@ def main():
 @click.option("--trials-only", is_flag=True, hidden=True, help="Worker mode: run trials, write nothing.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib,
-          holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers, heartbeat_s,
-          trials_only):
+          holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers,
+          heartbeat_s, trials_only):
     """Search block size, segment size, threshold and launch config per length.
 
     \b

@@ -129,7 +129,8 @@ def part_mixed(res, lengths, margin, samples=2):
         torch.cuda.empty_cache()
         q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=1)
         dense = dense_reference(q, k, v)
-        row = dict(n=n, calib_samples=samples, thresholds=list(plan.thresholds), permute=plan.permute, calib_kept_ratio=plan.kept_ratio,
+        row = dict(n=n, calib_samples=samples, thresholds=list(plan.thresholds), permute=plan.permute,
+                   calib_kept_ratio=plan.kept_ratio,
                    calib_margin_used=plan.margin, calib_rel_l2=plan.rel_l2, calib_default_rel_l2=plan.reference_rel_l2)
         for name, t, permute in (("default", DEFAULT, True), ("per_head", plan.thresholds, plan.permute)):
             with torch.no_grad():

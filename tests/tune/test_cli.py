@@ -77,7 +77,8 @@ def test_tiny_sweep_writes_a_valid_profile_and_show_prints_it(tmp_path):
     from pbs_tune import pbs_attention
     from pbs_tune.tune.metrics import dense_reference, rel_l2
     from pbs_tune.tune.workloads import make_qkv
-    q, k, v = make_qkv("diffuse", seqlen=96, heads=2, kv_heads=1, head_dim=64, dtype=torch.float32, device="cpu", seed=1)
+    q, k, v = make_qkv("diffuse", seqlen=96, heads=2, kv_heads=1, head_dim=64, dtype=torch.float32, device="cpu",
+                       seed=1)
     out = pbs_attention(q, k, v, block_size=e.params.block_size, segment_size=e.params.segment_size,
                         threshold=e.params.threshold, launch=e.launch)
     assert abs(held["rel_l2"] - rel_l2(out, dense_reference(q, k, v))) < 1e-4
