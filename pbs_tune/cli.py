@@ -310,6 +310,10 @@ def show(gpu, profile_path):
                    f"{_measured(m, 'latency_ms', 9, 3)} {_measured(m, 'rel_l2', 7, 4)} "
                    f"{_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
+        held = e.info.get("held_out")
+        if held:
+            click.echo(f"{'':>6} held out ({held['source']}): rel_l2 {held['rel_l2']:.4f}, "
+                       f"default {held['reference_rel_l2']}, {held['latency_ms'] or '-'} ms")
         for idx, c in sorted(e.layers.items()):
             what = "dense" if c == profiles.DENSE else (
                 f"{'permuted' if c[0].permute else 'unpermuted'} {describe_threshold(c[0].threshold)[1:]}")

@@ -94,11 +94,12 @@ def _dense(q, k, v):
     return dense_reference(q, k, v), lse
 
 
-def measure(cal: Calibration, cfg, *, on_gpu: bool) -> dict:
-    """Latency of the whole op (permute + select + attend) and its accuracy."""
+def measure(cal: Calibration, cfg, *, on_gpu: bool, timed: bool = True) -> dict:
+    """Latency of the whole op (permute + select + attend) and its accuracy (`timed=False`:
+    accuracy only, latency None)."""
     check_inputs(cal.q, cal.k, cal.v, block_size=cfg.block_size, segment_size=cfg.segment_size,
                  threshold=cfg.threshold, launch=cfg.launch)
-    return _measure_parts(cal, cfg, [(slice(None), cfg.threshold, True)], on_gpu=on_gpu)
+    return _measure_parts(cal, cfg, [(slice(None), cfg.threshold, True)], on_gpu=on_gpu, timed=timed)
 
 
 def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
@@ -122,13 +123,13 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None)
     return [choose_plan(curves, margin=margin, reference=cfg.threshold) for curves in cache[key]]
 
 
-def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool) -> dict:
+def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool, timed: bool = True) -> dict:
     """Like `measure`, but each layer runs its own plan, one after another, as in a model."""
     return _measure_parts(cal, cfg, [(cal.layer(i), p.thresholds, p.permute) for i, p in enumerate(plans)],
-                          on_gpu=on_gpu)
+                          on_gpu=on_gpu, timed=timed)
 
 
-def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool) -> dict:
+def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = True) -> dict:
     """Time the op over `parts` [(batch slice, threshold, permute)] in turn; accuracy over all."""
     scale = 1.0 / math.sqrt(cal.q.shape[-1])
     inputs = [(cal.q[cut], cal.k[cut], cal.v[cut], thr, permute) for cut, thr, permute in parts]
@@ -144,7 +145,7 @@ def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool) -> dict:
 
     with torch.no_grad():
         results = run(return_lse=True)
-        latency = median_ms(run, on_gpu)
+        latency = median_ms(run, on_gpu) if timed else None
     out = torch.cat([r[0][0] for r in results])
     lse = torch.cat([r[0][1] for r in results])
     kept = sum(r[1].kept_blocks() for r in results)

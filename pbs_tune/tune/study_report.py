@@ -59,7 +59,7 @@ def write_study_report(storage_url: str, study_name: str, out_dir: str):
                   "| trial | held-out data | calibration rel_l2 | held-out rel_l2 | default's held-out rel_l2 "
                   "| held-out ms | default's ms | within bound |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {h['trial']} | {h['source']} | {h['calibration_rel_l2']:.4f} | {h['rel_l2']:.4f} "
-                  f"| {h['reference_rel_l2']} | {h['latency_ms']:.3f} | {h['reference_latency_ms']} "
+                  f"| {h['reference_rel_l2']} | {h['latency_ms'] or '-'} | {h['reference_latency_ms'] or '-'} "
                   f"| {'yes' if h['within_bound'] else 'no'} |" for h in held]
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -304,7 +304,8 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
 def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, on_gpu: bool) -> dict:
     """The chosen trial and the published default on a sample the search never saw (another
     seed of the workload, or a capture of other text): a calibration error that does not carry
-    over is the tuner fitting its own sample. Kept on the study and in the entry's info."""
+    over is the tuner fitting its own sample. Kept on the study and in the entry's info. Timed
+    on a GPU only: interpreter times order trials, they mean nothing beside a profile."""
     from types import SimpleNamespace
     cfg = trial.user_attrs["config"]
     config = search_space.TrialConfig(cfg["block_size"], cfg["segment_size"], cfg["threshold"],
@@ -314,18 +315,23 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, on_gpu: boo
     if plans and len(plans) != hold.layers:
         raise ValueError(f"held-out data {hold.source} has {hold.layers} layers; the calibration had {len(plans)}")
     with torch.no_grad():
-        mine = measure_layers(hold, config, plans, on_gpu=on_gpu) if plans else measure(hold, config, on_gpu=on_gpu)
-    ref = reference_measurement(hold, spec, on_gpu)
+        mine = (measure_layers(hold, config, plans, on_gpu=on_gpu, timed=on_gpu) if plans
+                else measure(hold, config, on_gpu=on_gpu, timed=on_gpu))
+    ref = reference_measurement(hold, spec, on_gpu, timed=on_gpu)
     out = dict(source=hold.source, trial=trial.number, calibration_rel_l2=round(trial.user_attrs["rel_l2"], 5),
-               rel_l2=round(mine["rel_l2"], 5), latency_ms=round(mine["latency_ms"], 4),
-               reference_rel_l2=round(ref["rel_l2"], 5) if "rel_l2" in ref else None,
-               reference_latency_ms=round(ref["latency_ms"], 4) if "latency_ms" in ref else None,
+               rel_l2=round(mine["rel_l2"], 5), latency_ms=_rounded(mine.get("latency_ms"), 4),
+               reference_rel_l2=_rounded(ref.get("rel_l2"), 5),
+               reference_latency_ms=_rounded(ref.get("latency_ms"), 4),
                within_bound=mine["rel_l2"] <= spec.max_error)
     study.set_user_attr(f"held_out:{trial.number}", out)
     return out
 
 
-def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool) -> dict:
+def _rounded(x, digits):
+    return None if x is None else round(x, digits)
+
+
+def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool, timed: bool = True) -> dict:
     """The published default config on the same data, for every profile entry."""
     cfg = search_space.reference_config(spec.head_dim, cpu=not on_gpu)
     try:
@@ -333,7 +339,7 @@ def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool) -> di
             from .allocate import LayerPlan
             heads = cal.q.shape[1]
             plans = [LayerPlan(True, (cfg.threshold,) * heads, 1.0, 0.0, 0.0)] * cal.layers
-            return dict(config=cfg.as_dict(), **measure_layers(cal, cfg, plans, on_gpu=on_gpu))
-        return dict(config=cfg.as_dict(), **measure(cal, cfg, on_gpu=on_gpu))
+            return dict(config=cfg.as_dict(), **measure_layers(cal, cfg, plans, on_gpu=on_gpu, timed=timed))
+        return dict(config=cfg.as_dict(), **measure(cal, cfg, on_gpu=on_gpu, timed=timed))
     except Exception as exc:
         return dict(config=cfg.as_dict(), error=f"{type(exc).__name__}: {exc}"[:300])

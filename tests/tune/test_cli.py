@@ -84,6 +84,7 @@ def test_tiny_sweep_writes_a_valid_profile_and_show_prints_it(tmp_path):
     assert abs(held["rel_l2"] - rel_l2(out, dense_reference(q, k, v))) < 1e-4
     assert held["within_bound"] == (held["rel_l2"] <= 0.9) and held["reference_rel_l2"] is not None
     assert "held out (workload:diffuse)" in res.output
+    assert f"held out (workload:diffuse): rel_l2 {held['rel_l2']:.4f}" in shown.output
 
 
 def test_relaunch_retimes_launches_and_keeps_the_tuned_parameters(tmp_path):
