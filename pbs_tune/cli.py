@@ -104,6 +104,12 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         raise ValueError(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
     if holdout_calib and not calib:
         raise ValueError("--holdout-calib checks a --calib sweep; a workload is checked on its next seed")
+    if holdout_calib:
+        from .tune.evaluate import captured_layers
+        (_, held_ids), (_, calib_ids) = captured_layers(holdout_calib), captured_layers(calib)
+        if held_ids != calib_ids:
+            raise ValueError(f"--holdout-calib {holdout_calib} holds layers {held_ids}; --calib holds "
+                             f"{calib_ids}: capture the same --layers")
     gpu = resolve_gpu(gpu)
     on_gpu = gpu != CPU
     check_storage(storage or profile_store.default_storage_url(), create_folder=storage is None)
@@ -158,9 +164,6 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
             hold = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
                                     dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
                                     calib_file=holdout_calib, seed=seed + 1)
-            if hold.layer_ids != layer_ids:
-                raise ValueError(f"--holdout-calib {holdout_calib} holds layers {hold.layer_ids}; "
-                                 f"--calib holds {layer_ids}: capture the same --layers")
             held = held_out_check(hold, spec, best, study, on_gpu)
             del hold
             click.echo(f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "

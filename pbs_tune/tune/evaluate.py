@@ -60,10 +60,18 @@ def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, worklo
     return Calibration(q, k, v, dense_out, dense_lse, source, layer_ids, samples)
 
 
+def captured_layers(path) -> tuple:
+    """(tensor-name prefixes, model layer indices) of a capture, read from its header only."""
+    from safetensors import safe_open
+    with safe_open(path, framework="pt") as f:
+        layers = sorted({name.split(".")[0] for name in f.keys()})
+    return layers, tuple(int(n[len("layer"):]) if n[len("layer"):].isdigit() else i for i, n in enumerate(layers))
+
+
 def _read_capture(path, seqlen, dtype, device):
     from safetensors.torch import load_file
     tensors = load_file(path)
-    layers = sorted({name.split(".")[0] for name in tensors})
+    layers, ids = captured_layers(path)
     try:
         # (heads, seqlen, dim) per layer, or (sequences, heads, seqlen, dim): one layout for both.
         q, k, v = (torch.stack([_with_sequences(tensors[f"{layer}.{x}"]) for layer in layers]) for x in "qkv")
@@ -73,7 +81,6 @@ def _read_capture(path, seqlen, dtype, device):
         raise ValueError(f"{path}: its layers differ in shape; capture them in one run of pbs-tune capture") from None
     if q.shape[3] < seqlen:
         raise ValueError(f"{path}: captured {q.shape[3]} tokens, fewer than --seqlen {seqlen}")
-    ids = tuple(int(name[len("layer"):]) if name[len("layer"):].isdigit() else i for i, name in enumerate(layers))
     samples = q.shape[1]
     return (*(t[:, :, :, :seqlen].flatten(0, 1).to(device=device, dtype=dtype).contiguous() for t in (q, k, v)),
             ids, samples)

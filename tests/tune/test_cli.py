@@ -201,11 +201,11 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_p
     real = sweep_mod.measure
     calls = {"n": 0}
 
-    def flaky(cal, cfg, on_gpu):
+    def flaky(cal, cfg, on_gpu, **kw):
         calls["n"] += 1
         if calls["n"] == 2:  # the first call is the reference measurement, then trial 0
             raise RuntimeError("out of resources: shared memory")
-        return real(cal, cfg, on_gpu=on_gpu)
+        return real(cal, cfg, on_gpu=on_gpu, **kw)
     monkeypatch.setattr(sweep_mod, "measure", flaky)
     res = CliRunner().invoke(main, sweep_args(tmp_path, trials="4"))
     assert res.exit_code == 0, res.output
@@ -343,10 +343,11 @@ def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path, monkeyp
     assert 0.0 <= margin <= 0.95
     held = e.info["held_out"]  # the single-sequence capture of other text, same layer
     assert held["source"] == f"capture:{held_file}" and held["rel_l2"] >= 0 and held["reference_rel_l2"] >= 0
-    # Layers that differ, or a held-out file without --calib: one line each.
+    # Layers that differ (found before any trial runs), or a held-out file without --calib: one line each.
     res, other = capture_tiny_llama(tmp_path, "x = 1\n" * 80, "--layers", "0")
-    res = CliRunner().invoke(main, args + ["--holdout-calib", str(other)])
+    res = CliRunner().invoke(main, args + ["--holdout-calib", str(other), "--study", "never-run"])
     assert res.exit_code == 1 and "capture the same --layers" in res.output and "Traceback" not in res.output
+    assert "never-run" not in res.output  # no study was opened
     res = CliRunner().invoke(main, sweep_args(tmp_path, "--holdout-calib", str(held_file)))
     assert res.exit_code == 1 and "--holdout-calib checks a --calib sweep" in res.output
 
