@@ -75,8 +75,8 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, grid=GRID, l
     """Measure every head's error and kept blocks at each grid threshold; the batch holds the
     samples, whose curves are kept apart in `samples` (`dense`: the float32 dense output, `top`:
     heaviest_keys, where the caller has them)."""
-    dense = (dense_reference(q, k, v) if dense is None else dense).double()
-    ref_sq = dense.pow(2).sum(dim=(2, 3)).cpu()
+    dense = dense_reference(q, k, v) if dense is None else dense
+    ref_sq = _squared_norms(dense)
     sq_err = torch.empty((q.shape[0], q.shape[1], len(grid)), dtype=torch.float64)
     kept = torch.empty_like(sq_err)
     hits = torch.empty_like(sq_err)
@@ -89,11 +89,18 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, grid=GRID, l
             blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size, segment_size=segment_size,
                                    threshold=thr, scale=scale)
             out = attend_blocks(q, perm, blocks, launch=launch, scale=scale)
-            sq_err[..., g] = (out.double() - dense).pow(2).sum(dim=(2, 3)).cpu()
+            sq_err[..., g] = _squared_norms(out, dense)
             kept[..., g] = blocks.count.double().sum(dim=2).cpu()
             hits[..., g] = heaviest_key_kept(top, rows, perm.positions, blocks).double().sum(dim=2).cpu()
     return functools.reduce(operator.add, [HeadCurves(tuple(grid), sq_err[b], kept[b], ref_sq[b], hits[b])
                                            for b in range(q.shape[0])])
+
+
+def _squared_norms(x, minus=None):
+    """(B, H) float64 squared norms of x (or x - minus) per sample and head, one sample at a time:
+    a float64 copy of a whole batch of four 128k samples (32 heads, D 128) would be 16 GiB."""
+    return torch.stack([(x[b].double() - (0.0 if minus is None else minus[b].double())).pow(2).sum(dim=(1, 2))
+                        for b in range(x.shape[0])]).cpu()
 
 
 def sampled_rows(n, block_size, count=SAMPLED_ROWS):
