@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .attend_hopper import _attend_fwd_tma
 from .launch import run
-from .online_softmax import causal_softmax_step, online_softmax_step
+from .online_softmax import causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step
 
 
 @triton.jit
@@ -65,15 +65,9 @@ def _attend_fwd(
     v_base = V + b * stride_vb + hkv * stride_vh
     pos_base = POS + b * stride_pb + hkv * stride_ph
 
-    sel = (pid_bh.to(tl.int64) * NQB + (start_m * BLOCK_M) // SEL_BLOCK)
-    n_full = tl.load(KV_FULL + sel)
-    n_total = tl.load(KV_COUNT + sel)
-    idx_base = KV_IDX + sel * MAXK
-
-    # A finite floor instead of -inf keeps fully masked tiles NaN-free.
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_full, n_total, idx_base = kept_blocks(KV_COUNT, KV_FULL, KV_IDX, pid_bh, start_m, NQB, MAXK, BLOCK_M,
+                                            SEL_BLOCK)
+    m_i, l_i, acc = initial_state(BLOCK_M, HEAD_DIM)
     SUB: tl.constexpr = SEL_BLOCK // BLOCK_N
 
     # Kept blocks entirely before every query of the tile: no mask, no bounds checks.
@@ -106,13 +100,10 @@ def _attend_fwd(
         pos = tl.load(pos_base + start_n + offs_n, mask=col_ok, other=2147483647)
         acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
 
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out, lse = finish(acc, l_i, m_i)
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
     if STORE_LSE:
-        # Natural-log LSE of the kept scores: recall = exp(lse_sparse - lse_dense).
-        lse = (m_i + tl.math.log2(l_safe)) * 0.6931471805599453
         tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=row_ok)
 
 

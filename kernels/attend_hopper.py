@@ -22,7 +22,7 @@ JIT, and the kernel library's launcher allocates it itself (`launch.BoundKernel`
 import triton
 import triton.language as tl
 
-from .online_softmax import causal_softmax_step, online_softmax_step
+from .online_softmax import causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step
 
 
 @triton.jit
@@ -69,14 +69,9 @@ def _attend_fwd_tma(
         q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qn
                     + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
-        sel = pid_bh.to(tl.int64) * NQB + (start_m * BLOCK_M) // SEL_BLOCK
-        n_full = tl.load(KV_FULL + sel)
-        n_total = tl.load(KV_COUNT + sel)
-        idx_base = KV_IDX + sel * MAXK
-
-        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        n_full, n_total, idx_base = kept_blocks(KV_COUNT, KV_FULL, KV_IDX, pid_bh, start_m, NQB, MAXK, BLOCK_M,
+                                                SEL_BLOCK)
+        m_i, l_i, acc = initial_state(BLOCK_M, HEAD_DIM)
 
         # Kept blocks entirely before every query of the tile: no mask.
         if SUB == 1:
@@ -101,10 +96,8 @@ def _attend_fwd_tma(
             pos = tl.load(pos_base + start_n + offs_n, mask=start_n + offs_n < N, other=2147483647)
             acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
 
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        out = (acc / l_safe[:, None]).to(O.dtype.element_ty)
+        out, lse = finish(acc, l_i, m_i)
         tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_on
-                 + offs_d[None, :], out, mask=row_ok[:, None])
+                 + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
         if STORE_LSE:
-            lse = (m_i + tl.math.log2(l_safe)) * 0.6931471805599453
             tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=row_ok)

@@ -1,4 +1,5 @@
-"""The online-softmax update that both attend kernels apply per key tile (scores in base 2)."""
+"""What both attend kernels do per query tile: find its kept-block list, keep the online-softmax
+state, update it per key tile (scores in base 2) and normalise at the end."""
 import triton
 import triton.language as tl
 
@@ -26,3 +27,27 @@ def causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale):
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, l_i, m_ij
+
+
+@triton.jit
+def kept_blocks(KV_COUNT, KV_FULL, KV_IDX, pid_bh, start_m, NQB, MAXK, BLOCK_M: tl.constexpr,
+                SEL_BLOCK: tl.constexpr):
+    """(blocks needing no mask, all kept blocks, pointer to their indices) of this query tile."""
+    sel = pid_bh.to(tl.int64) * NQB + (start_m * BLOCK_M) // SEL_BLOCK
+    return tl.load(KV_FULL + sel), tl.load(KV_COUNT + sel), KV_IDX + sel * MAXK
+
+
+@triton.jit
+def initial_state(BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Running max, running sum and accumulator. A finite floor instead of -inf for the max
+    keeps fully masked tiles NaN-free."""
+    return (tl.full([BLOCK_M], -1.0e30, dtype=tl.float32), tl.zeros([BLOCK_M], dtype=tl.float32),
+            tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32))
+
+
+@triton.jit
+def finish(acc, l_i, m_i):
+    """The normalised output and the natural-log LSE of the kept scores (recall = exp(lse_sparse -
+    lse_dense)); rows with nothing kept give zeros."""
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    return acc / l_safe[:, None], (m_i + tl.math.log2(l_safe)) * 0.6931471805599453
