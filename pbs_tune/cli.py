@@ -26,6 +26,19 @@ def one_line_errors(fn):
     return wrapper
 
 
+def _max_error(ctx, param, value):
+    """A number in (0, 1], or None for 'default' (resolved on the calibration data)."""
+    if value.strip().lower() == "default":
+        return None
+    try:
+        bound = float(value)
+    except ValueError:
+        bound = -1.0
+    if not 0.0 < bound <= 1.0:
+        raise click.BadParameter(f"expected a number in (0, 1] or 'default', got {value!r}")
+    return bound
+
+
 def _lengths(ctx, param, values):
     try:
         return sorted({parse_length(v) for v in values})
@@ -48,8 +61,10 @@ def main():
 @click.option("--head-dim", default=128, show_default=True, type=click.Choice(["64", "128"]), help="Head dimension.")
 @click.option("--dtype", default="bfloat16", show_default=True,
               type=click.Choice(["bfloat16", "float16", "float32"]), help="float32 only in the CPU interpreter.")
-@click.option("--max-error", default=DEFAULT_MAX_ERROR, show_default=True, type=float,
-              help="Largest relative L2 error of the output vs dense attention a config may have.")
+@click.option("--max-error", default=str(DEFAULT_MAX_ERROR), show_default=True, callback=_max_error,
+              help="Largest relative L2 error of the output vs dense attention a config may have, or 'default': "
+                   "no more than the published default config's error on the calibration data (and the held-out "
+                   "check then compares with the default's there).")
 @click.option("--trials", default=40, show_default=True, type=click.IntRange(min=1),
               help="Finished trials per length (counted across all workers of the study).")
 @click.option("--timeout", default=None, type=float, help="Stop this worker after so many seconds per length.")
@@ -57,6 +72,9 @@ def main():
               help="Synthetic calibration workload.")
 @click.option("--calib", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Captured Q/K/V (pbs-tune capture) to tune on instead of a workload.")
+@click.option("--samples", default=None, type=click.IntRange(1, 16),
+              help="Workload samples (a batch of --seed) to calibrate on; latencies are of the whole batch. "
+                   "Per-head plans are checked on each one left out. [default: 4 with --per-head, else 1]")
 @click.option("--holdout-calib", default=None, type=click.Path(exists=True, dir_okay=False),
               help="With --calib: a capture of other text (same layers) on which the chosen config and the "
                    "default are checked afterwards. A workload is checked on its next seed.")
@@ -84,7 +102,7 @@ def main():
                    "and its trial is run again.")
 @click.option("--trials-only", is_flag=True, hidden=True, help="Worker mode: run trials, write nothing.")
 @one_line_errors
-def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib,
+def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib, samples,
           holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers,
           heartbeat_s, trials_only):
     """Search block size, segment size, threshold and launch config per length.
@@ -95,11 +113,12 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     """
     from .dtypes import torch_dtype
     from .tune.evaluate import dense_baselines, load_calibration
-    from .tune.sweep import (SweepSpec, check_storage, choose, enqueue_known_configs, held_out_check, objective_for,
-                             open_study, pareto_front, profile_entry, recover_stale_trials, reference_measurement,
-                             run_trials)
-    if not 0.0 < max_error <= 1.0:
-        raise ValueError(f"--max-error must be in (0, 1], got {max_error}")
+    from .tune.sweep import (SweepSpec, bound_by_default, check_storage, choose, enqueue_known_configs, held_out_check,
+                             objective_for, open_study, pareto_front, profile_entry, recover_stale_trials,
+                             reference_measurement, run_trials)
+    if calib and samples:
+        raise ValueError("--samples draws workload samples; a --calib capture has its own (capture --sequences N)")
+    samples = 1 if calib else samples or (4 if per_head else 1)
     if heads % kv_heads:
         raise ValueError(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
     if holdout_calib and not calib:
@@ -127,14 +146,15 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     for n in seqlens:
         spec = SweepSpec(gpu=gpu, seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim), dtype=dtype,
                          workload=source_name, max_error=max_error, trials=trials, timeout=timeout, seed=seed,
-                         heartbeat_s=heartbeat_s, per_head=per_head, margin=margin)
+                         heartbeat_s=heartbeat_s, per_head=per_head, margin=margin, samples=samples)
         specs.append((spec, study_prefix if study_prefix and len(seqlens) == 1 else spec.study_name(study_prefix)))
     if n_workers > 1:
         for spec, name in specs:  # the published default goes in once, before the workers start
             enqueue_known_configs(open_study(spec, storage, name), on_gpu)
         _run_workers(n_workers, on_gpu, storage, profile_path, dict(
             gpu=gpu, seqlen=[str(n) for n in seqlens], heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
-            max_error=max_error, trials=trials, timeout=timeout, workload=workload, calib=calib, study=study_prefix,
+            max_error=max_error or "default", trials=trials, timeout=timeout, workload=workload, calib=calib,
+            samples=None if calib else samples, study=study_prefix,
             seed=seed, heartbeat=heartbeat_s, per_head=per_head, margin=margin))
     entries = []
     for spec, name in specs:
@@ -142,20 +162,23 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         click.echo(f"== {format_length(n)}: study '{name}' in {storage}")
         cal = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
                                dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
-                               calib_file=calib, seed=seed)
+                               calib_file=calib, seed=seed, samples=samples)
+        reference = reference_measurement(cal, spec, on_gpu, timed=not trials_only)
+        if spec.max_error is None:
+            spec = bound_by_default(spec, reference)
+            click.echo(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}")
         study = open_study(spec, storage, name)
         if trials_only:
             run_trials(study, objective_for(cal, spec, on_gpu), spec, on_gpu=on_gpu)
             continue
         baselines = dense_baselines(cal, on_gpu=on_gpu)
-        reference = reference_measurement(cal, spec, on_gpu)
         recover_stale_trials(study, 3 * heartbeat_s)
         run_trials(study, objective_for(cal, spec, on_gpu), spec, callbacks=[_Progress(spec)], on_gpu=on_gpu)
         click.echo("", err=True)
-        _print_front(pareto_front(study), max_error)
-        best = choose(study, max_error)
+        _print_front(pareto_front(study), spec.max_error)
+        best = choose(study, spec.max_error)
         if best is None:
-            raise RuntimeError(f"no trial at {format_length(n)} met --max-error {max_error}; "
+            raise RuntimeError(f"no trial at {format_length(n)} met --max-error {spec.max_error}; "
                                f"raise --trials or --max-error")
         layer_ids, source = cal.layer_ids, cal.source
         del cal
@@ -163,12 +186,14 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         if holdout_calib or not calib:
             hold = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
                                     dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
-                                    calib_file=holdout_calib, seed=seed + 1)
+                                    calib_file=holdout_calib, seed=seed + 1, samples=samples)
             held = held_out_check(hold, spec, best, study, on_gpu)
             del hold
             click.echo(f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
                        f"{held['calibration_rel_l2']:.4f}; default {held['reference_rel_l2']}), "
-                       f"{'within' if held['within_bound'] else 'OVER'} --max-error {max_error}")
+                       f"{'within' if held['within_bound'] else 'OVER'} the bound "
+                       f"({'the default there' if spec.bound_default else spec.max_error}); "
+                       f"{held['speedup_vs_reference'] or '-'}x the default's speed")
         entry = profile_entry(spec, best, baselines, reference, name, source, layer_ids, held)
         entries.append(entry)
         click.echo("chosen: " + _entry_line(entry))

@@ -42,16 +42,17 @@ class Calibration:
 
 
 def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, workload="mixed",
-                     calib_file=None, seed=0) -> Calibration:
-    """Synthetic workload Q/K/V, or captured ones (layers, each with its sequences, stacked as the batch)."""
-    layer_ids, samples = None, 1
+                     calib_file=None, seed=0, samples=1) -> Calibration:
+    """Synthetic workload Q/K/V (`samples` of them, a batch of `seed`), or captured ones (layers,
+    each with its sequences, stacked as the batch)."""
+    layer_ids = None
     if calib_file:
         q, k, v, layer_ids, samples = _read_capture(calib_file, seqlen, dtype, device)
         source = f"capture:{calib_file}"
     else:
-        q, k, v = make_qkv(workload, seqlen=seqlen, heads=heads, kv_heads=kv_heads,
+        q, k, v = make_qkv(workload, seqlen=seqlen, batch=samples, heads=heads, kv_heads=kv_heads,
                            head_dim=head_dim, dtype=dtype, device=device, seed=seed)
-        source = f"workload:{workload}"
+        source = f"workload:{workload}" + (f" x{samples}" if samples > 1 else "")
     if (q.shape[1], k.shape[1], q.shape[3]) != (heads, kv_heads, head_dim):
         raise ValueError(f"calibration shape {tuple(q.shape)}/{tuple(k.shape)} does not match "
                          f"--heads {heads} --kv-heads {kv_heads} --head-dim {head_dim}")

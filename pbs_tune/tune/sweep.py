@@ -12,7 +12,7 @@ import socket
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 import sqlalchemy.exc
@@ -39,17 +39,20 @@ class SweepSpec:
     head_dim: int = 128
     dtype: str = "bfloat16"
     workload: str = "mixed"
-    max_error: float = 0.10
+    max_error: float | None = 0.10  # None: the published default's error on the calibration data
     trials: int = 40
     timeout: float | None = None
     seed: int = 0
     heartbeat_s: int = 10  # a worker silent for 3x this long is presumed dead
     per_head: bool = False  # per-layer plans (tune/allocate.py) around each trial's global knobs
     margin: float = 0.95
+    samples: int = 1  # workload samples calibrated on (a capture brings its own sequences)
+    bound_default: bool = False  # max_error was resolved from the default's error (--max-error default)
 
     def study_name(self, prefix=None):
         base = (f"{self.gpu}-{self.seqlen}-{self.heads}x{self.kv_heads}x{self.head_dim}-{self.dtype}-"
-                f"{self.workload}" + ("-per-head" if self.per_head else ""))
+                f"{self.workload}" + (f"-x{self.samples}" if self.samples > 1 else "")
+                + ("-per-head" if self.per_head else ""))
         return f"{prefix}-{base}" if prefix else base
 
 
@@ -133,8 +136,9 @@ def _create_study(spec, storage_url, study_name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["latency_ms", "rel_l2"])
-    for key in ("gpu", "seqlen", "heads", "kv_heads", "head_dim", "dtype", "workload", "max_error"):
-        study.set_user_attr(key, getattr(spec, key))
+    for key in ("gpu", "seqlen", "heads", "kv_heads", "head_dim", "dtype", "workload", "max_error", "samples"):
+        if getattr(spec, key) is not None:
+            study.set_user_attr(key, getattr(spec, key))
     return study
 
 
@@ -288,6 +292,8 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
             baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
             reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
             speedup=speedup, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
+            **(dict(max_error_is_default=True) if spec.bound_default else {}),
+            **(dict(samples=spec.samples) if spec.samples > 1 else {}),
             **(dict(held_out=held_out) if held_out else {}),
             **(dict(per_head=dict(margin=spec.margin, reference_threshold=cfg["threshold"],
                                   margins_used=[p.get("margin") for p in trial.user_attrs.get("plans", [])],
@@ -322,9 +328,19 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, on_gpu: boo
                rel_l2=round(mine["rel_l2"], 5), latency_ms=_rounded(mine.get("latency_ms"), 4),
                reference_rel_l2=_rounded(ref.get("rel_l2"), 5),
                reference_latency_ms=_rounded(ref.get("latency_ms"), 4),
-               within_bound=mine["rel_l2"] <= spec.max_error)
+               speedup_vs_reference=_rounded(ref["latency_ms"] / mine["latency_ms"], 3)
+               if ref.get("latency_ms") and mine.get("latency_ms") else None,
+               # With --max-error default the bound is the default's error, on this sample too.
+               within_bound=mine["rel_l2"] <= (ref.get("rel_l2", 0.0) if spec.bound_default else spec.max_error))
     study.set_user_attr(f"held_out:{trial.number}", out)
     return out
+
+
+def bound_by_default(spec: SweepSpec, reference: dict) -> SweepSpec:
+    """`spec` with its error bound set to the published default's error on the calibration data."""
+    if "rel_l2" not in reference:
+        raise RuntimeError(f"--max-error default: the default config did not run here ({reference.get('error')})")
+    return replace(spec, max_error=reference["rel_l2"], bound_default=True)
 
 
 def _rounded(x, digits):

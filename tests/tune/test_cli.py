@@ -41,7 +41,9 @@ def test_every_subcommand_has_help_with_an_example(cmd):
 @pytest.mark.parametrize("args,code,msg", [
     (["--seqlen", "12q"], 2, "bad sequence length"),
     (["--seqlen", "0"], 2, "bad sequence length"),
-    (["--seqlen", "1k", "--max-error", "0"], 1, "--max-error must be in"),
+    (["--seqlen", "1k", "--max-error", "0"], 2, "expected a number in (0, 1] or 'default'"),
+    (["--seqlen", "1k", "--max-error", "paper"], 2, "expected a number in (0, 1] or 'default'"),
+    (["--seqlen", "1k", "--samples", "2", "--calib", __file__], 1, "a --calib capture has its own"),
     (["--seqlen", "1k", "--heads", "3", "--kv-heads", "2"], 1, "multiple of --kv-heads"),
     (["--seqlen", "1k", "--dtype", "bfloat16"], 1, "cannot run bfloat16"),
 ])
@@ -315,10 +317,26 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     assert "-per-head" in e.info["study"]
     shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
     assert shown.exit_code == 0 and "layer 1: " in shown.output and "permuted" in shown.output
-    res = CliRunner().invoke(main, sweep_args(tmp_path, "--per-head", seqlen="96", trials="2"))
+    res = CliRunner().invoke(main, sweep_args(tmp_path, "--per-head", "--samples", "2", seqlen="96", trials="2"))
     assert res.exit_code == 0, res.output
     workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 96][0]
     assert isinstance(workload.params.threshold, tuple) and not workload.layers
+    # Two samples of the workload: the plan was fitted leaving each out; its study is not a 1-sample one.
+    assert workload.info["samples"] == 2 and "-x2-per-head" in workload.info["study"]
+    assert workload.info["held_out"]["source"] == "workload:diffuse x2"
+
+
+def test_max_error_default_bounds_trials_by_the_published_default_there(tmp_path):
+    args = [a for a in sweep_args(tmp_path, seqlen="96", trials="3") if a not in ("--max-error", "0.9")]
+    res = CliRunner().invoke(main, args + ["--max-error", "default"])
+    assert res.exit_code == 0, res.output
+    (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
+    bound = e.info["reference"]["rel_l2"]
+    assert round(e.info["max_error"], 5) == bound and e.info["max_error_is_default"]
+    assert f"error bound: the default's on this data, rel_l2 {bound:.5f}" in res.output
+    assert e.measured["rel_l2"] <= e.info["max_error"]
+    held = e.info["held_out"]  # on the next seed the bound is the default's error there
+    assert held["within_bound"] == (held["rel_l2"] <= held["reference_rel_l2"])
 
 
 def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path, monkeypatch):
