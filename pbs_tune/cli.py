@@ -341,7 +341,8 @@ def show(gpu, profile_path):
         held = e.info.get("held_out")
         if held:
             click.echo(f"{'':>6} held out ({held['source']}): rel_l2 {held['rel_l2']:.4f}, "
-                       f"default {held['reference_rel_l2']}, {held['latency_ms'] or '-'} ms")
+                       f"default {held['reference_rel_l2']}, {held['latency_ms'] or '-'} ms, "
+                       f"{held.get('speedup_vs_reference') or '-'}x the default")
         for idx, c in sorted(e.layers.items()):
             what = "dense" if c == profiles.DENSE else (
                 f"{'permuted' if c[0].permute else 'unpermuted'} {describe_threshold(c[0].threshold)[1:]}")

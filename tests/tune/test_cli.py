@@ -128,6 +128,7 @@ def test_report_writes_png_and_markdown(tmp_path):
     (held,) = [line for line in text.splitlines() if "| workload:diffuse |" in line]
     (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
     assert held.startswith(f"| {e.info['trial']} |") and f"{e.info['held_out']['rel_l2']:.4f}" in held
+    assert held.count("|") == 10 and "x default" in text  # not timed in the interpreter: '-'
 
 
 def _cli(tmp_path, *args):
