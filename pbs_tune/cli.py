@@ -163,7 +163,9 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         cal = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
                                dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
                                calib_file=calib, seed=seed, samples=samples)
-        reference = reference_measurement(cal, spec, on_gpu, timed=not trials_only)
+        # A worker measures the default only to resolve --max-error default, and untimed.
+        reference = (reference_measurement(cal, spec, on_gpu, timed=not trials_only)
+                     if not trials_only or spec.max_error is None else None)
         if spec.max_error is None:
             spec = bound_by_default(spec, reference)
             click.echo(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}")

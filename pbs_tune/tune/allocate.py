@@ -285,14 +285,18 @@ def held_out_margin(curves: dict, *, margin: float, reference: float) -> float:
     if n < 2:
         return margin
 
+    # Per fold i: the curves of the other samples, and the bound on sample i.
+    fitted = [{p: functools.reduce(operator.add, [s for j, s in enumerate(ps) if j != i]) for p, ps in parts.items()}
+              for i in range(n)]
+    bounds = [margin * uniform_error(parts[True][i], reference) for i in range(n)]
+
     def holds(m, i):
-        fitted = {p: functools.reduce(operator.add, [s for j, s in enumerate(ps) if j != i]) for p, ps in parts.items()}
-        plan = _cheapest_plan(fitted, m, reference)
+        plan = _cheapest_plan(fitted[i], m, reference)
         if plan.kept_ratio >= 1.0:
             return True
         left_out = parts[plan.permute][i]
         choice = torch.tensor([left_out.grid.index(t) for t in plan.thresholds])
-        return left_out.rel_l2(choice) <= margin * uniform_error(parts[True][i], reference)
+        return left_out.rel_l2(choice) <= bounds[i]
 
     for step in VALIDATION_STEPS:
         if all(holds(margin * step, i) for i in range(n)):

@@ -323,7 +323,9 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, on_gpu: boo
     with torch.no_grad():
         mine = (measure_layers(hold, config, plans, on_gpu=on_gpu, timed=on_gpu) if plans
                 else measure(hold, config, on_gpu=on_gpu, timed=on_gpu))
-    ref = reference_measurement(hold, spec, on_gpu, timed=on_gpu)
+    default = search_space.reference_config(spec.head_dim, cpu=not on_gpu).as_dict()
+    ref = (dict(config=default, **mine) if not plans and cfg == default  # the default was chosen: measured above
+           else reference_measurement(hold, spec, on_gpu, timed=on_gpu))
     out = dict(source=hold.source, trial=trial.number, calibration_rel_l2=round(trial.user_attrs["rel_l2"], 5),
                rel_l2=round(mine["rel_l2"], 5), latency_ms=_rounded(mine.get("latency_ms"), 4),
                reference_rel_l2=_rounded(ref.get("rel_l2"), 5),
