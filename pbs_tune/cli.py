@@ -489,7 +489,7 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, bl
     Example:
       pbs-tune plan --model smollm2 --seqlen 8k
     """
-    from .tune.fixtures import load_model, python_sources, token_sequences
+    from .models.fixtures import load_model, python_sources, token_sequences
     from .tune.model_plan import plan_model
     if segment_size % block_size:
         raise ValueError(f"--segment-size {segment_size} must be a multiple of --block-size {block_size}")

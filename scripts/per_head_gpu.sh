@@ -12,8 +12,8 @@ export PYTHONUNBUFFERED=1
 work=$(mktemp -d)
 python3 - "$work" <<'PY'
 import sys
-from pbs_tune.tune.byte_llama import text_bytes
-from pbs_tune.tune.fixtures import python_sources
+from pbs_tune.models.byte_llama import text_bytes
+from pbs_tune.models.fixtures import python_sources
 for split in ("calibration", "evaluation"):
     text = text_bytes(python_sources(split), 2 * 32768 + 1000).tobytes().decode("utf-8", errors="replace")
     open(f"{sys.argv[1]}/{split}.txt", "w", encoding="utf-8").write(text)

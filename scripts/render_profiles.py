@@ -1,8 +1,8 @@
-"""Render the tuned profiles into a markdown table and a PNG plot, and put the table in README.
+"""Render the tuned profiles into a markdown table and a PNG plot, and put the table in benchmarks/README.md.
 
 Usage: python scripts/render_profiles.py [configs/h100-sxm.yaml configs/h200-sxm.yaml ...]
 Writes benchmarks/results/report.md and benchmarks/results/report.png, and replaces the
-text between the report markers in README.md.
+text between the report markers in benchmarks/README.md.
 """
 import os
 import re
@@ -18,6 +18,7 @@ from pbs_tune.runtime.profiles import describe_config  # noqa: E402
 from pbs_tune.seqlen import format_length  # noqa: E402
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
+RESULTS_README = "benchmarks/README.md"
 
 
 def table(entries):
@@ -74,19 +75,19 @@ def main(paths):
         groups += [(gpu, sorted(es, key=lambda e: e.seqlen)) for gpu, es in sorted(by_gpu.items())]
     os.makedirs("benchmarks/results", exist_ok=True)
     md = "\n\n".join(table(es) for _, es in groups)
-    md += "\n\n![latency per length](benchmarks/results/report.png)\n"
     with open("benchmarks/results/report.md", "w") as f:
-        f.write(md)
+        f.write(md + "\n\n![latency per length](report.png)\n")
+    md += "\n\n![latency per length](results/report.png)\n"
     plot(groups, "benchmarks/results/report.png")
-    if os.path.exists("README.md"):
-        text = open("README.md").read()
+    if os.path.exists(RESULTS_README):
+        text = open(RESULTS_README).read()
         if START in text and END in text:
             text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{md}\n{END}", text,
                           flags=re.S)
-            with open("README.md", "w") as f:
+            with open(RESULTS_README, "w") as f:
                 f.write(text)
     print("wrote benchmarks/results/report.md, benchmarks/results/report.png")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["configs/h100.yaml", "configs/h200.yaml"])
+    main(sys.argv[1:] or ["configs/h100-sxm.yaml", "configs/h200-sxm.yaml"])

@@ -24,11 +24,11 @@ from ..op.pbs_attention import pbs_attention
 from ..runtime import profiles
 from ..seqlen import parse_length
 from ..tune.allocate import GRID, layer_curves, plan_layer, uniform_error
-from ..tune.fixtures import load_model, python_sources, token_sequences
+from ..models.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
 from ..tune.model_plan import model_entry, plan_model, record_layers, use_entry
-from ..tune.retrieval import retrieval_hits, retrieval_prompts
+from ..models.retrieval import retrieval_hits, retrieval_prompts
 from .real_attention import _ci
 from .timing import env_info, median_ms, write_json
 

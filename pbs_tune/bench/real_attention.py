@@ -1,7 +1,7 @@
 """PBS on real, trained attention: `python -m pbs_tune.bench.real_attention` (GPU).
 
-The model is the packaged SmolLM2-135M (`--model smollm2`, tune/fixtures.py) or the byte-level
-long-context fixture trained here (`--model fixtures/byte-llama`, tune/byte_llama.py); the texts
+The model is the packaged SmolLM2-135M (`--model smollm2`, models/fixtures.py) or the byte-level
+long-context fixture trained here (`--model fixtures/byte-llama`, models/byte_llama.py); the texts
 are Python sources of installed packages in the *evaluation* split, which no calibration uses. Variants: dense SDPA,
 PBS at the paper default (threshold 0.9, segment 256, block 128 and 64), and unpermuted
 selection at block 128. Parts:
@@ -29,10 +29,10 @@ from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
 from ..seqlen import parse_length
 from ..tune.capture import recording_attention
-from ..tune.fixtures import load_model, python_sources, token_sequences
+from ..models.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference
 from ..tune.model_plan import model_entry, use_entry
-from ..tune.retrieval import retrieval_answers, retrieval_prompts
+from ..models.retrieval import retrieval_answers, retrieval_prompts
 from .timing import env_info, median_ms, sdpa_backend, write_json
 
 VARIANTS = {  # name -> (block, segment, threshold, permute); None is dense SDPA

@@ -302,7 +302,7 @@ def merge_entries(path: str, new_entries, library: str | None = None) -> Profile
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".profile-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
-                yaml.safe_dump(doc, f, sort_keys=False, allow_unicode=True)
+                yaml.dump(doc, f, Dumper=_ProfileDumper, sort_keys=False, allow_unicode=True, width=120)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644 & ~_umask())
@@ -312,6 +312,17 @@ def merge_entries(path: str, new_entries, library: str | None = None) -> Profile
                 os.unlink(tmp)
             raise
     return Profile(path, entries, library=library and os.path.abspath(library))
+
+
+class _ProfileDumper(yaml.SafeDumper):
+    """Block style, except that a list of plain values (per-head thresholds) is one line."""
+
+    def represent_list(self, data):
+        flat = all(isinstance(x, (int, float, str, bool)) or x is None for x in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_ProfileDumper.add_representer(list, _ProfileDumper.represent_list)
 
 
 def _umask() -> int:

@@ -35,7 +35,7 @@ def capture_qkv(model_dir, text_file, seqlen, out_file, layers=None, dtype="bflo
     `model_dir` is a local folder (a GGUF file in it with `gguf_file`) or 'smollm2'."""
     from safetensors.torch import save_file
 
-    from .fixtures import load_model
+    from ..models.fixtures import load_model
     model, tokenizer = load_model(model_dir, gguf_file=gguf_file, dtype=dtype, device=device)
     device = next(model.parameters()).device
     n_layers = model.config.num_hidden_layers

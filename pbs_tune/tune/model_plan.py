@@ -2,7 +2,7 @@
 
 Every layer's Q/K/V is recorded on calibration text; each layer gets the plan of
 tune/allocate.py (permute or not, a threshold per head: error within margin x the reference's,
-heaviest keys kept). Then the model answers retrieval probes (tune/retrieval.py, on the
+heaviest keys kept). Then the model answers retrieval probes (models/retrieval.py, on the
 calibration text, with needles of their own) with the plans and with the reference; while the
 plans answer fewer, the margin shrinks, down to 0 where every layer is the reference. The
 result is one profile entry with a plan per layer.
@@ -16,7 +16,7 @@ from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
 from .allocate import choose_plan, layer_curves
 from .capture import recording_attention
-from .retrieval import retrieval_hits, retrieval_prompts
+from ..models.retrieval import retrieval_hits, retrieval_prompts
 
 PROBE_MARGINS = (0.8, 0.6, 0.4, 0.2, 0.0)  # tried in turn while the plans lose probes
 

@@ -12,7 +12,7 @@ units of the scaled score q.k/sqrt(D)):
 * ``diffuse``     broad attention with little structure (hard to sparsify).
 * ``mixed``       a preset mixing the four over the KV heads, calibrated so that PBS at
                   threshold 0.9 keeps roughly 30-45% of causal blocks at 32k-128k, as the
-                  paper reports for real models (see benchmarks/results/h100_op_mixed_v3.json).
+                  paper reports for real models (see benchmarks/results/h100_op_mixed.json).
 
 The first half of the head dimension carries rotary position features, the second half
 carries content directions (sink, heavy hitters, topics) and noise. Generation is

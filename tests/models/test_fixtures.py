@@ -3,7 +3,7 @@ import pytest
 from click.testing import CliRunner
 
 from pbs_tune.cli import main
-from pbs_tune.tune import fixtures
+from pbs_tune.models import fixtures
 
 
 def test_python_sources_split_by_package_is_deterministic_and_disjoint():

@@ -1,6 +1,6 @@
-"""Train the long-context fixture (tune/byte_llama.py) on one GPU: `python -m pbs_tune.tune.train_fixture`.
+"""Train the long-context fixture (models/byte_llama.py) on one GPU: `python -m pbs_tune.models.train_fixture`.
 
-Data: bytes of the installed Python packages' sources in the *train* split (tune/fixtures.py;
+Data: bytes of the installed Python packages' sources in the *train* split (models/fixtures.py;
 calibration and evaluation packages are never read here), plus a share of needle sequences.
 Length curriculum: each phase is `length:steps` at a fixed number of bytes per step, so a run
 is the same for a given seed and device; learning rate: warm-up, then cosine to 10% over all
@@ -125,7 +125,7 @@ def train(out_dir, phases, *, tokens_per_step=65536, lr=2e-3, warmup=200, needle
     with open(os.path.join(out_dir, MARKER), "w", encoding="utf-8") as f:
         json.dump(facts, f, indent=1)
     with open(os.path.join(out_dir, "data_manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(split_rule=f"sha256(package name) % 10 in {ROLES} (tune/fixtures.py)",
+        json.dump(dict(split_rule=f"sha256(package name) % 10 in {ROLES} (models/fixtures.py)",
                        train=dict(files=len(train_files), bytes_used=int(len(text)), sha256=digest,
                                   packages=_package_names("train")),
                        **{role: dict(packages=_package_names(role))

@@ -2,7 +2,7 @@
 
 SmolLM2 (and any model with a tokenizer): a passkey ('The secret key is 12345.') hidden at a
 depth of code, asked for at the end. The byte-level fixture: its trained key-value needles with
-distractors (tune/byte_llama.py). A prompt is (ids, answer, depth); a hit is a greedy
+distractors (models/byte_llama.py). A prompt is (ids, answer, depth); a hit is a greedy
 continuation containing the answer.
 """
 import random

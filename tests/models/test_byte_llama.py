@@ -9,8 +9,8 @@ import torch
 
 import pbs_tune
 from pbs_tune.runtime import profiles
-from pbs_tune.tune import byte_llama
-from pbs_tune.tune.byte_llama import ByteTokenizer, needle_prompts, needle_sequence
+from pbs_tune.models import byte_llama
+from pbs_tune.models.byte_llama import ByteTokenizer, needle_prompts, needle_sequence
 
 transformers = pytest.importorskip("transformers")
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "byte-llama")
@@ -50,8 +50,8 @@ def test_byte_tokenizer_round_trips_utf8():
 
 
 def test_training_writes_a_loadable_fixture(tmp_path):
-    from pbs_tune.tune.fixtures import load_model
-    from pbs_tune.tune.train_fixture import parse_phases, train
+    from pbs_tune.models.fixtures import load_model
+    from pbs_tune.models.train_fixture import parse_phases, train
     assert parse_phases("256:3,512:2") == [(256, 3), (512, 2)]
     with pytest.raises(ValueError, match="length:steps"):
         parse_phases("256")

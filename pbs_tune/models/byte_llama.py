@@ -1,7 +1,7 @@
 """The long-context fixture trained here: a small byte-level GQA Llama with real, trained attention.
 
 SmolLM2 stops at 8k tokens and has head_dim 64; this fixture has head_dim 128, 8 query / 2 KV
-heads and was trained up to 32k bytes (tune/train_fixture.py). Its tokenizer is UTF-8 bytes
+heads and was trained up to 32k bytes (models/train_fixture.py). Its tokenizer is UTF-8 bytes
 (vocabulary 256), so it needs no files; `fixture.json` in the model folder marks it.
 
 Needles: a key-value line `# <name> = <5 digits>` hidden in code, asked for at the end with
