@@ -3,12 +3,16 @@ import torch
 
 
 def allowed_matrix(blocks, positions, n, group):
-    """(B, Hq, N, N) bool over permuted key slots: kept block and original position <= query."""
+    """(B, Hq, n, N) bool over permuted key slots: kept block and original position <= query.
+    The n queries are the last n of the N = positions.shape[-1] key positions."""
     bs = blocks.block_size
-    kept = blocks.to_dense().cpu()
-    tokens = kept.repeat_interleave(bs, dim=2).repeat_interleave(bs, dim=3)[:, :, :n, :n]
+    keys = positions.shape[-1]
+    query_pos = torch.arange(keys - n, keys)
+    kept = blocks.to_dense().cpu()                                  # (B, Hq, NQB, NKB)
+    rows = kept[:, :, query_pos // bs - blocks.first_query_block]   # (B, Hq, n, NKB)
+    tokens = rows.repeat_interleave(bs, dim=3)[..., :keys]
     pos = positions.repeat_interleave(group, dim=1).cpu()          # (B, Hq, N)
-    causal = pos[:, :, None, :] <= torch.arange(n)[None, None, :, None]
+    causal = pos[:, :, None, :] <= query_pos[None, None, :, None]
     return tokens & causal
 
 
@@ -24,8 +28,9 @@ def masked_attention(q, k, v, allowed, scale):
 
 
 def causal_attention(q, k, v, scale):
-    n = q.shape[2]
-    allowed = torch.ones(n, n, dtype=torch.bool).tril()
+    """Causal attention of the last q.shape[2] positions over all k.shape[2] keys."""
+    n, keys = q.shape[2], k.shape[2]
+    allowed = torch.ones(n, keys, dtype=torch.bool).tril(diagonal=keys - n)
     return masked_attention(q, k, v, allowed, scale)
 
 

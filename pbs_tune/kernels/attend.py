@@ -1,7 +1,10 @@
 """Block-sparse FlashAttention forward over a compact list of kept key blocks.
 
-Each program owns BLOCK_M query rows of one (batch, query head). Its selection block
-(`SEL_BLOCK` rows, the PBS block size) has a list of kept key blocks, ordered so that
+Each program owns BLOCK_M query rows of one (batch, query head). The queries may be the last
+rows of a longer key sequence (chunked prefill over a cached prefix): query row r sits at key
+position `Q_OFF + r`, and query tiles are aligned to key blocks in those positions, so the first
+tile may start before row 0 (its rows before `Q_OFF` are masked). Its selection block
+(`SEL_BLOCK` positions, the PBS block size) has a list of kept key blocks, ordered so that
 blocks needing no token mask come first (`KV_FULL` of them) and blocks that need the
 causal mask by original position come last (up to `KV_COUNT`). The kernel never scans a
 dense mask: it reads exactly `KV_COUNT` indices. Launch parameters are plain arguments;
@@ -17,7 +20,8 @@ import triton.language as tl
 
 from .attend_hopper import _attend_fwd_tma
 from .launch import run
-from .online_softmax import causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step
+from .online_softmax import (causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step,
+                             query_rows)
 
 
 @triton.jit
@@ -30,7 +34,7 @@ def _unmasked_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d, st
 
 # Lengths and head counts vary per call: not specialising on them lets one compiled kernel
 # (the tuner's ahead-of-time cache) serve every sequence length.
-@triton.jit(do_not_specialize=["N", "H", "GROUP", "NQB", "MAXK", "stride_pb", "stride_ph"])
+@triton.jit(do_not_specialize=["N", "Q_OFF", "H", "GROUP", "NQB", "MAXK", "stride_pb", "stride_ph"])
 def _attend_fwd(
     Q, K, V, POS, O, LSE, KV_COUNT, KV_FULL, KV_IDX,
     qk_scale,  # softmax scale * log2(e): the kernel works in base 2
@@ -39,7 +43,7 @@ def _attend_fwd(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     stride_pb, stride_ph,
-    N, H, GROUP, NQB, MAXK,
+    N, Q_OFF, H, GROUP, NQB, MAXK,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -54,12 +58,11 @@ def _attend_fwd(
     hkv = (h // GROUP).to(tl.int64)
     h = h.to(tl.int64)
 
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m, rows, row_ok = query_rows(start_m, N, Q_OFF, BLOCK_M, SEL_BLOCK)  # key positions, q rows
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < N
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
+    q_ptrs = Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :]
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
     k_base = K + b * stride_kb + hkv * stride_kh
     v_base = V + b * stride_vb + hkv * stride_vh
@@ -101,10 +104,10 @@ def _attend_fwd(
         acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
 
     out, lse = finish(acc, l_i, m_i)
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
+    o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
     if STORE_LSE:
-        tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=row_ok)
+        tl.store(LSE + pid_bh.to(tl.int64) * (N - Q_OFF) + rows, lse, mask=row_ok)
 
 
 def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size, scale,
@@ -112,30 +115,34 @@ def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size
                   return_lse=False):
     """Launch the kernel. Inputs are assumed validated by the caller (see pbs_tune.op).
 
-    q: (B, Hq, N, D); k, v: (B, Hkv, N, D) in permuted key order; positions: (B, Hkv, N)
-    int32 original key positions; kv_count/kv_full: (B, Hq, NQB) int32; kv_index:
-    (B, Hq, NQB, MAXK) int32. `tma` runs the Hopper kernel (attend_hopper.py), on a persistent
-    grid of `programs_per_sm` programs per SM if > 0. Returns out (and the fp32 LSE (B, Hq, N)
-    if asked).
+    q: (B, Hq, M, D), the last M <= N positions; k, v: (B, Hkv, N, D) in permuted key order;
+    positions: (B, Hkv, N) int32 original key positions; kv_count/kv_full: (B, Hq, NQB) int32
+    for the key blocks holding queries; kv_index: (B, Hq, NQB, MAXK) int32. `tma` runs the Hopper
+    kernel (attend_hopper.py), on a persistent grid of `programs_per_sm` programs per SM if > 0.
+    Returns out (and the fp32 LSE (B, Hq, M) if asked).
     """
-    B, H, N, D = q.shape
+    B, H, M, D = q.shape
+    N = k.shape[2]
+    q_off = N - M
+    first = (q_off // block_size) * block_size  # the first query tile starts on a key block
     group = H // k.shape[1]
     nqb, maxk = kv_count.shape[-1], kv_index.shape[-1]
     if out is None:
         out = torch.empty_like(q)
-    lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32) if return_lse else out
+    lse = torch.empty((B, H, M), device=q.device, dtype=torch.float32) if return_lse else out
     args = (q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
             scale * 1.4426950408889634,  # softmax scale * log2(e): the kernels work in base 2
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *positions.stride()[:2])
     consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse)
+    m_tiles = triton.cdiv(N - first, block_m)
     if tma:
-        tiles = triton.cdiv(N, block_m) * B * H
+        tiles = m_tiles * B * H
         programs = min(tiles, programs_per_sm * _sm_count(q.device)) if programs_per_sm else tiles
         _ensure_allocator()
-        run(_attend_fwd_tma, (programs,), args + (B, N, H, k.shape[1], group, nqb, maxk, tiles), consts,
+        run(_attend_fwd_tma, (programs,), args + (B, N, q_off, H, k.shape[1], group, nqb, maxk, tiles), consts,
             num_warps=num_warps, num_stages=num_stages)
     else:
-        run(_attend_fwd, (triton.cdiv(N, block_m), B * H), args + (N, H, group, nqb, maxk), consts,
+        run(_attend_fwd, (m_tiles, B * H), args + (N, q_off, H, group, nqb, maxk), consts,
             num_warps=num_warps, num_stages=num_stages)
     return (out, lse) if return_lse else out
 

@@ -22,7 +22,8 @@ JIT, and the kernel library's launcher allocates it itself (`launch.BoundKernel`
 import triton
 import triton.language as tl
 
-from .online_softmax import causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step
+from .online_softmax import (causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step,
+                             query_rows)
 
 
 @triton.jit
@@ -32,7 +33,7 @@ def _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N: tl.constexpr, HEAD_DIM: 
     return k, v
 
 
-@triton.jit(do_not_specialize=["B", "N", "H", "HKV", "GROUP", "NQB", "MAXK", "NUM_TILES", "stride_pb", "stride_ph"])
+@triton.jit(do_not_specialize=["B", "N", "Q_OFF", "H", "HKV", "GROUP", "NQB", "MAXK", "NUM_TILES", "stride_pb", "stride_ph"])
 def _attend_fwd_tma(
     Q, K, V, POS, O, LSE, KV_COUNT, KV_FULL, KV_IDX,
     qk_scale,
@@ -41,7 +42,7 @@ def _attend_fwd_tma(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     stride_pb, stride_ph,
-    B, N, H, HKV, GROUP, NQB, MAXK, NUM_TILES,
+    B, N, Q_OFF, H, HKV, GROUP, NQB, MAXK, NUM_TILES,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -53,7 +54,7 @@ def _attend_fwd_tma(
     v_desc = tl.make_tensor_descriptor(V, shape=[B, HKV, N, HEAD_DIM], strides=[stride_vb, stride_vh, stride_vn, 1],
                                        block_shape=[1, 1, BLOCK_N, HEAD_DIM])
     SUB: tl.constexpr = SEL_BLOCK // BLOCK_N
-    num_m = tl.cdiv(N, BLOCK_M)
+    num_m = tl.cdiv(N - (Q_OFF // SEL_BLOCK) * SEL_BLOCK, BLOCK_M)  # query tiles (see query_rows)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for tile in range(tl.program_id(0), NUM_TILES, tl.num_programs(0)):
@@ -64,9 +65,8 @@ def _attend_fwd_tma(
         hkv = bkv % HKV
         h = hkv * GROUP + r % GROUP
         pid_bh = b * H + h
-        offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < N
-        q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qn
+        offs_m, rows, row_ok = query_rows(start_m, N, Q_OFF, BLOCK_M, SEL_BLOCK)
+        q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qn
                     + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
         n_full, n_total, idx_base = kept_blocks(KV_COUNT, KV_FULL, KV_IDX, pid_bh, start_m, NQB, MAXK, BLOCK_M,
@@ -97,7 +97,7 @@ def _attend_fwd_tma(
             acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
 
         out, lse = finish(acc, l_i, m_i)
-        tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_on
+        tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows[:, None] * stride_on
                  + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
         if STORE_LSE:
-            tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=row_ok)
+            tl.store(LSE + pid_bh.to(tl.int64) * (N - Q_OFF) + rows, lse, mask=row_ok)

@@ -21,15 +21,15 @@ import triton.language as tl
 from .launch import run
 
 
-@triton.jit(do_not_specialize=["N", "NB", "BPS", "BS", "H", "GROUP"])
+@triton.jit(do_not_specialize=["N", "NB", "QB0", "NQB", "BPS", "BS", "H", "GROUP"])
 def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, THRESHOLD,
-                 N, NB, BPS, BS, H, GROUP,
+                 N, NB, QB0, NQB, BPS, BS, H, GROUP,
                  NB_P2: tl.constexpr, KEEP_ALL: tl.constexpr, BISECT: tl.constexpr):
-    qb = tl.program_id(0)
+    qb = QB0 + tl.program_id(0)  # query rows start in key block QB0 (chunked prefill), else 0
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     hkv = (pid_bh % H) // GROUP
-    row = pid_bh.to(tl.int64) * NB + qb
+    row = pid_bh.to(tl.int64) * NQB + tl.program_id(0)
     kb = tl.arange(0, NB_P2)
     seg_first = (qb // BPS) * BPS
     outside = kb < seg_first
@@ -79,8 +79,10 @@ def _select_rows(LOGITS, KMIN, KMAX, SINK, COUNT, FULL, INDEX, THRESHOLD,
     tl.store(COUNT + row, n_full + n_masked)
 
 
-def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_size, threshold, bisect=False):
-    """Compact kept-block list (count, full, index) from (B, Hq, NB, NB) block logits.
+def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_size, threshold, bisect=False,
+                query_blocks=None):
+    """Compact kept-block list (count, full, index) from (B, Hq, NQB, NB) block logits: rows for the
+    last NQB of the NB key blocks (the ones holding queries; NQB = NB without a cached prefix).
 
     `threshold`: (Hq,) float32 tensor, one per query head. `logits` may be None when every
     threshold is >= 1 (every candidate kept). kmin/kmax: (B, Hkv, NB) int32 position bounds
@@ -88,15 +90,16 @@ def select_rows(logits, kmin, kmax, sink, *, heads, seqlen, block_size, segment_
     bisection instead of a sort (the op decides by row width: pbs_tune.op.selection.bisects).
     """
     B, Hkv, nb = kmin.shape
+    query_blocks = query_blocks or nb
     dev = kmin.device
-    count = torch.empty((B, heads, nb), dtype=torch.int32, device=dev)
+    count = torch.empty((B, heads, query_blocks), dtype=torch.int32, device=dev)
     full = torch.empty_like(count)
-    index = torch.empty((B, heads, nb, nb), dtype=torch.int32, device=dev)  # read only up to count
+    index = torch.empty((B, heads, query_blocks, nb), dtype=torch.int32, device=dev)  # read only up to count
     nb_p2 = triton.next_power_of_2(nb)
     keep_all = logits is None
-    run(_select_rows, (nb, B * heads), (
+    run(_select_rows, (query_blocks, B * heads), (
         kmin if keep_all else logits, kmin, kmax, sink, count, full, index, threshold,
-        seqlen, nb, segment_size // block_size, block_size, heads, heads // Hkv),
+        seqlen, nb, nb - query_blocks, query_blocks, segment_size // block_size, block_size, heads, heads // Hkv),
         dict(NB_P2=nb_p2, KEEP_ALL=keep_all, BISECT=bool(bisect) and not keep_all),
         num_warps=4 if nb_p2 <= 2048 else 8, num_stages=3)
     return count, full, index

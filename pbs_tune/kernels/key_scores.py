@@ -4,7 +4,9 @@ Rows are the last `rows` queries of every query head of a GQA group (R = group *
 each key's score is the mean over those R rows of softmax(q k^T * scale), causal. Two
 passes over the keys, never holding the (R, N) matrix: pass 1 writes each key chunk's
 row max and row sum-of-exp, torch combines them into the row normaliser, pass 2
-recomputes the logits and averages the normalised probabilities per key.
+recomputes the logits and averages the normalised probabilities per key. The queries may be
+the last rows of a longer key sequence (chunked prefill): query row r sits at key position
+`Q_OFF + r`.
 """
 import torch
 import triton
@@ -14,15 +16,15 @@ from .launch import run
 
 
 @triton.jit
-def _last_block_queries(Q, b, hkv, tile, stride_qb, stride_qh, stride_qn, N, ROWS, R, GROUP,
-              HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
+def _last_block_queries(Q, b, hkv, tile, stride_qb, stride_qh, stride_qn, N, Q_OFF, ROWS, R, GROUP,
+                        HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
     """Load BLOCK_R of the R last-block query rows of KV head `hkv`; returns (q, pos, ok)."""
     i = tile * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = i < R
     pos = N - ROWS + i % ROWS
     head = hkv * GROUP + i // ROWS
     offs_d = tl.arange(0, HEAD_DIM)
-    ptrs = Q + b * stride_qb + head.to(tl.int64)[:, None] * stride_qh + pos[:, None] * stride_qn + offs_d[None, :]
+    ptrs = Q + b * stride_qb + head.to(tl.int64)[:, None] * stride_qh + (pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :]
     return tl.load(ptrs, mask=ok[:, None], other=0.0), pos, ok
 
 
@@ -38,10 +40,10 @@ def _logits(q, K, b, hkv, pid_k, q_pos, row_ok, stride_kb, stride_kh, stride_kn,
     return tl.where(valid, s, float("-inf")), offs_k
 
 
-@triton.jit(do_not_specialize=["N", "ROWS", "R", "GROUP", "HKV", "NCHUNK"])
+@triton.jit(do_not_specialize=["N", "Q_OFF", "ROWS", "R", "GROUP", "HKV", "NCHUNK"])
 def _key_scores_stats(Q, K, M_PART, L_PART, qk_scale,
                       stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-                      N, ROWS, R, GROUP, HKV, NCHUNK,
+                      N, Q_OFF, ROWS, R, GROUP, HKV, NCHUNK,
                       HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_k = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -49,8 +51,8 @@ def _key_scores_stats(Q, K, M_PART, L_PART, qk_scale,
     hkv = (pid_bh % HKV).to(tl.int64)
     part = (pid_bh.to(tl.int64) * NCHUNK + pid_k) * R
     for tile in range(0, tl.cdiv(R, BLOCK_R)):
-        q, q_pos, row_ok = _last_block_queries(Q, b, hkv, tile, stride_qb, stride_qh, stride_qn, N, ROWS, R, GROUP,
-                                     HEAD_DIM, BLOCK_R)
+        q, q_pos, row_ok = _last_block_queries(Q, b, hkv, tile, stride_qb, stride_qh, stride_qn, N, Q_OFF, ROWS, R, GROUP,
+                                               HEAD_DIM, BLOCK_R)
         s, _ = _logits(q, K, b, hkv, pid_k, q_pos, row_ok, stride_kb, stride_kh, stride_kn, N, qk_scale,
                        HEAD_DIM, BLOCK_K)
         m = tl.maximum(tl.max(s, 1), -1.0e30)
@@ -60,10 +62,10 @@ def _key_scores_stats(Q, K, M_PART, L_PART, qk_scale,
         tl.store(L_PART + part + rows, l_sum, mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["N", "ROWS", "R", "GROUP", "HKV"])
+@triton.jit(do_not_specialize=["N", "Q_OFF", "ROWS", "R", "GROUP", "HKV"])
 def _key_scores_mean(Q, K, M_ROW, L_ROW, SCORES, qk_scale,
                      stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-                     N, ROWS, R, GROUP, HKV,
+                     N, Q_OFF, ROWS, R, GROUP, HKV,
                      HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_k = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -72,8 +74,8 @@ def _key_scores_mean(Q, K, M_ROW, L_ROW, SCORES, qk_scale,
     acc = tl.zeros([BLOCK_K], dtype=tl.float32)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     for tile in range(0, tl.cdiv(R, BLOCK_R)):
-        q, q_pos, row_ok = _last_block_queries(Q, b, hkv, tile, stride_qb, stride_qh, stride_qn, N, ROWS, R, GROUP,
-                                     HEAD_DIM, BLOCK_R)
+        q, q_pos, row_ok = _last_block_queries(Q, b, hkv, tile, stride_qb, stride_qh, stride_qn, N, Q_OFF, ROWS, R, GROUP,
+                                               HEAD_DIM, BLOCK_R)
         s, offs_k = _logits(q, K, b, hkv, pid_k, q_pos, row_ok, stride_kb, stride_kh, stride_kn, N, qk_scale,
                             HEAD_DIM, BLOCK_K)
         rows = pid_bh.to(tl.int64) * R + tile * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -85,8 +87,10 @@ def _key_scores_mean(Q, K, M_ROW, L_ROW, SCORES, qk_scale,
 
 
 def key_scores(q, k, *, rows, scale, block_r=64, block_k=64, num_warps=4, num_stages=3):
-    """(B, Hkv, N) float32 mean softmax mass of each key from the last `rows` queries."""
-    B, Hq, N, D = q.shape
+    """(B, Hkv, N) float32 mean softmax mass of each key from the last `rows` queries.
+    q (B, Hq, M, D) holds the last M <= N positions of k (B, Hkv, N, D); rows <= M."""
+    B, Hq, M, D = q.shape
+    N = k.shape[2]
     Hkv = k.shape[1]
     group = Hq // Hkv
     r_total = group * rows
@@ -98,12 +102,12 @@ def key_scores(q, k, *, rows, scale, block_r=64, block_k=64, num_warps=4, num_st
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
     grid = (nchunk, B * Hkv)
     tiles = dict(HEAD_DIM=D, BLOCK_R=block_r, BLOCK_K=block_k)
-    run(_key_scores_stats, grid, (q, k, m_part, l_part, qk_scale, *strides, N, rows, r_total, group, Hkv, nchunk),
+    run(_key_scores_stats, grid, (q, k, m_part, l_part, qk_scale, *strides, N, N - M, rows, r_total, group, Hkv, nchunk),
         tiles, num_warps=num_warps, num_stages=num_stages)
     m_row = m_part.amax(dim=1)
     l_row = (l_part * torch.exp2(m_part - m_row[:, None, :])).sum(dim=1)
     scores = torch.empty((B, Hkv, N), device=dev, dtype=torch.float32)
     run(_key_scores_mean, grid, (q, k, m_row.contiguous(), l_row.contiguous(), scores, qk_scale, *strides,
-                                 N, rows, r_total, group, Hkv),
+                                 N, N - M, rows, r_total, group, Hkv),
         tiles, num_warps=num_warps, num_stages=num_stages)
     return scores

@@ -30,6 +30,14 @@ def causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale):
 
 
 @triton.jit
+def query_rows(start_m, N, Q_OFF, BLOCK_M: tl.constexpr, SEL_BLOCK: tl.constexpr):
+    """Key positions of query tile `start_m`, their rows in q (position - Q_OFF) and which exist.
+    Tiles start at the key block holding the first query, so they nest in selection blocks."""
+    offs_m = (Q_OFF // SEL_BLOCK) * SEL_BLOCK + start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    return offs_m, offs_m - Q_OFF, (offs_m >= Q_OFF) & (offs_m < N)
+
+
+@triton.jit
 def kept_blocks(KV_COUNT, KV_FULL, KV_IDX, pid_bh, start_m, NQB, MAXK, BLOCK_M: tl.constexpr,
                 SEL_BLOCK: tl.constexpr):
     """(blocks needing no mask, all kept blocks, pointer to their indices) of this query tile."""

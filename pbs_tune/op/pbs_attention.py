@@ -31,8 +31,11 @@ def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None):
     if k.shape != v.shape:
         raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
     B, Hq, N, D = q.shape
-    if k.shape[0] != B or k.shape[2] != N or k.shape[3] != D:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch, seq and head_dim")
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch and head_dim")
+    if k.shape[2] < N:
+        raise ValueError(f"q is longer than k ({N} > {k.shape[2]} positions): queries are the last positions of "
+                         f"the keys, so k and v must hold the whole prefix (chunked prefill: cache + chunk)")
     if B < 1 or N < 1 or k.shape[1] < 1:
         raise ValueError(f"empty input: q {tuple(q.shape)}, k {tuple(k.shape)}")
     if Hq % k.shape[1]:
@@ -133,7 +136,10 @@ attend = attend_blocks  # the name of earlier releases
 
 def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, scale=None,
                   permute=True, return_blocks=False):
-    """Causal PBS-Attn prefill, forward only. q (B, Hq, N, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
+    """Causal PBS-Attn prefill, forward only. q (B, Hq, M, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
+
+    M <= N: the queries are the last M key positions (M < N: a chunk of a prompt after its cached
+    prefix; query i attends to keys 0 .. N - M + i). Permutation and selection cover all N keys.
 
     threshold: one number in (0, 1], or one per query head (per-head budgets); 1.0 keeps every
     causal block (dense attention). permute=False is the unpermuted block-selection baseline.

@@ -21,6 +21,8 @@ class BlockList:
 
     `index[b, h, i, :count]` are key-block numbers; the first `full` of them need no token
     mask (every key precedes every query of the block), the rest are causal by position.
+    Query block i is key block `first_query_block + i`: queries that are the last rows of a
+    longer key sequence (chunked prefill) have no rows for the prefix's blocks.
     """
 
     count: torch.Tensor  # (B, Hq, NQB) int32
@@ -29,7 +31,8 @@ class BlockList:
     block_size: int
     segment_size: int | None = None    # set by select_blocks: the candidates follow the permutation
     key_min: torch.Tensor | None = None  # (B, Hkv, NKB) smallest original position per key block
-    seqlen: int | None = None
+    seqlen: int | None = None          # keys (the whole prefix)
+    first_query_block: int = 0
 
     def kept_blocks(self) -> int:
         return int(self.count.sum())
@@ -39,16 +42,17 @@ class BlockList:
         query's own segment holding a key at or before its last query. Without a permutation
         that is the causal triangle; with one, a permuted diagonal segment has more."""
         B, H, nqb = self.count.shape
+        qb = torch.arange(nqb, device=self.count.device) + self.first_query_block
         if self.key_min is None:
-            return B * H * nqb * (nqb + 1) // 2
+            return B * H * int((qb + 1).sum())
         bps = self.segment_size // self.block_size
         dev = self.key_min.device
-        qb = torch.arange(nqb, device=dev)
+        nkb = self.key_min.shape[-1]
         seg_first = (qb // bps) * bps
         q_hi = torch.clamp((qb + 1) * self.block_size, max=self.seqlen) - 1
         j = seg_first[:, None] + torch.arange(bps, device=dev)[None, :]
-        kmin = self.key_min[..., j.clamp(max=nqb - 1)]                 # (B, Hkv, NQB, BPS)
-        diagonal = ((kmin <= q_hi[:, None]) & (j < nqb)).sum()
+        kmin = self.key_min[..., j.clamp(max=nkb - 1)]                 # (B, Hkv, NQB, BPS)
+        diagonal = ((kmin <= q_hi[:, None]) & (j < nkb)).sum()
         group = H // self.key_min.shape[1]
         return int(diagonal) * group + int(seg_first.sum()) * B * H
 
@@ -59,17 +63,20 @@ class BlockList:
     def to_dense(self) -> torch.Tensor:
         """(B, Hq, NQB, NKB) bool: which key blocks each query block keeps."""
         B, H, nqb = self.count.shape
+        nkb = nqb + self.first_query_block
         cols = torch.arange(self.index.shape[-1], device=self.count.device)
         valid = cols < self.count[..., None]
-        kept = torch.zeros((B, H, nqb, nqb + 1), dtype=torch.bool, device=self.count.device)
-        kept.scatter_(-1, torch.where(valid, self.index.long(), nqb), True)  # unused slots -> spare column
-        return kept[..., :nqb]
+        kept = torch.zeros((B, H, nqb, nkb + 1), dtype=torch.bool, device=self.count.device)
+        kept.scatter_(-1, torch.where(valid, self.index.long(), nkb), True)  # unused slots -> spare column
+        return kept[..., :nkb]
 
     def to_flex_block_mask(self, positions, seqlen):
         """The same kept blocks and causal-by-position masking as a FlexAttention BlockMask."""
         import inspect
 
         from torch.nn.attention.flex_attention import BlockMask
+        if self.first_query_block:
+            raise ValueError("to_flex_block_mask takes square attention (queries as long as keys)")
         B, H, nqb = self.count.shape
         group = H // positions.shape[1]
         full_idx = torch.zeros((B, H, nqb, nqb), dtype=torch.int32, device=self.count.device)
@@ -91,8 +98,15 @@ class BlockList:
                                         BLOCK_SIZE=self.block_size, mask_mod=mask_mod, **kwargs)
 
 
-def block_means(x, block_size):
-    """Mean over consecutive blocks of rows: (..., N, D) -> (..., ceil(N/b), D) float32."""
+def block_means(x, block_size, first=0):
+    """Mean over consecutive blocks of rows: (..., N, D) -> (..., ceil(N/b), D) float32.
+    With `first` > 0 the first block has only `block_size - first` rows (rows that start
+    mid-block: a chunk after a cached prefix)."""
+    if first:
+        head = x[..., : block_size - first, :].mean(dim=-2, keepdim=True, dtype=torch.float32)
+        if x.shape[-2] <= block_size - first:
+            return head
+        return torch.cat([head, block_means(x[..., block_size - first:, :], block_size)], dim=-2)
     n = x.shape[-2]
     n_full = n // block_size
     parts = []
@@ -180,21 +194,25 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
 
     `threshold` is one number or one per query head (a per-head budget). Block logits come
     from one batched matmul of pooled queries and keys; the per-row softmax, threshold, and
-    compaction run in one Triton kernel (kernels/block_select.py).
+    compaction run in one Triton kernel (kernels/block_select.py). q (B, Hq, M, D) may be the
+    last M of the N key positions (chunked prefill): rows are then the key blocks holding queries.
     """
-    B, Hq, N, D = q.shape
-    Hkv = k_perm.shape[1]
+    B, Hq, M, D = q.shape
+    Hkv, N = k_perm.shape[1], k_perm.shape[2]
     nb = -(-N // block_size)
+    first_qb = (N - M) // block_size
+    nqb = nb - first_qb
     values = head_thresholds(threshold, Hq)
     logits = None
     if min(values) < 1.0:
-        pooled_q = block_means(q, block_size).view(B, Hkv, (Hq // Hkv) * nb, D)
+        pooled_q = block_means(q, block_size, (N - M) % block_size).view(B, Hkv, (Hq // Hkv) * nqb, D)
         pooled_k = block_means(k_perm, block_size)
-        logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nb, nb)
+        logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nqb, nb)
     kmin, kmax = block_position_bounds(positions, block_size)
     sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,
                                      block_size=block_size, segment_size=segment_size,
-                                     threshold=_threshold_tensor(values, str(q.device)), bisect=bisects(nb))
+                                     threshold=_threshold_tensor(values, str(q.device)), bisect=bisects(nb),
+                                     query_blocks=nqb)
     return BlockList(count=count, full=full, index=index, block_size=block_size, segment_size=segment_size,
-                     key_min=kmin, seqlen=N)
+                     key_min=kmin, seqlen=N, first_query_block=first_qb)

@@ -1,0 +1,81 @@
+"""PBS prefill over a packed batch (FlashAttention's varlen layout): sequences of unequal length
+concatenated along tokens, each permuted, selected and attended on its own.
+
+Each sequence runs the op on views of the packed tensors (no copy of Q, no padding) and writes
+into its rows of one packed output. The loop over sequences is on the host: per sequence it costs
+the op's launches (~10), which at prefill lengths is a small share of the attention itself
+(benchmarks/README.md, "Packed batches").
+"""
+import torch
+
+from .pbs_attention import attend_blocks, check_inputs, plan
+
+
+def check_cu_seqlens(cu_q, cu_k, total_q, total_k, max_q, max_k, device):
+    """The per-sequence lengths ([(q_len, k_len), ...]) of valid cu_seqlens, else one clear error."""
+    for name, cu in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
+        if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.dtype != torch.int32:
+            raise TypeError(f"{name} must be a 1-D torch.int32 tensor of sequence starts (batch + 1 values), got "
+                            + (f"{cu.dtype} of shape {tuple(cu.shape)}" if isinstance(cu, torch.Tensor)
+                               else type(cu).__name__))
+        if cu.device != device:
+            raise ValueError(f"{name} is on {cu.device} and q on {device}: put them on one device")
+    if cu_q.numel() != cu_k.numel() or cu_q.numel() < 2:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must both hold batch + 1 >= 2 values, got "
+                         f"{cu_q.numel()} and {cu_k.numel()}")
+    starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
+    for name, starts, total in (("cu_seqlens_q", starts_q, total_q), ("cu_seqlens_k", starts_k, total_k)):
+        if starts[0] != 0 or any(b < a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"{name} must start at 0 and never decrease, got {starts}")
+        if starts[-1] != total:
+            raise ValueError(f"{name} ends at {starts[-1]} but the packed tensor has {total} tokens")
+    lengths = [(starts_q[i + 1] - starts_q[i], starts_k[i + 1] - starts_k[i]) for i in range(len(starts_q) - 1)]
+    for i, (n_q, n_k) in enumerate(lengths):
+        if n_q > n_k:
+            raise ValueError(f"sequence {i} has {n_q} queries but {n_k} keys: queries are the last positions of "
+                             f"their keys, so each sequence needs k_len >= q_len")
+    if max(n for n, _ in lengths) > max_q or max(n for _, n in lengths) > max_k:
+        raise ValueError(f"max_seqlen_q={max_q} / max_seqlen_k={max_k} are below the longest sequence "
+                         f"({max(n for n, _ in lengths)} / {max(n for _, n in lengths)})")
+    return starts_q, starts_k, lengths
+
+
+def sequence_view(x, start, end):
+    """Rows start:end of a packed (tokens, heads, D) tensor as a (1, heads, n, D) view."""
+    return x[start:end].transpose(0, 1).unsqueeze(0)
+
+
+def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, block_size,
+                         segment_size, threshold, launch=None, scale=None, permute=True, return_blocks=False):
+    """Causal PBS-Attn prefill over packed sequences. q (total_q, Hq, D), k/v (total_k, Hkv, D);
+    cu_seqlens_*: int32 (batch + 1,) starts, as FlashAttention's varlen functions take them.
+
+    Sequence i's queries are the last q_len of its k_len keys (q_len < k_len: a chunk after a
+    cached prefix). No sequence reads another's keys. Returns (total_q, Hq, D) (and the
+    BlockList of every sequence with return_blocks=True).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"{name} must be a packed (total_tokens, heads, head_dim) tensor, got "
+                             + (f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError("pbs_attention_varlen is forward-only (prefill inference): call it under "
+                         "torch.no_grad() or torch.inference_mode(), or detach the inputs")
+    starts_q, starts_k, lengths = check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0],
+                                                   max_seqlen_q, max_seqlen_k, q.device)
+    out = torch.empty_like(q)
+    all_blocks = []
+    with torch.no_grad():
+        for i, (n_q, n_k) in enumerate(lengths):
+            if n_q == 0:
+                continue
+            qs = sequence_view(q, starts_q[i], starts_q[i + 1])
+            ks, vs = (sequence_view(t, starts_k[i], starts_k[i + 1]) for t in (k, v))
+            check_inputs(qs, ks, vs, block_size=block_size, segment_size=segment_size, threshold=threshold,
+                         launch=launch)
+            perm, blocks = plan(qs, ks, vs, block_size=block_size, segment_size=segment_size,
+                                threshold=threshold, scale=scale, permute=permute)
+            attend_blocks(qs, perm, blocks, launch=launch, scale=scale,
+                          out=sequence_view(out, starts_q[i], starts_q[i + 1]))
+            all_blocks.append(blocks)
+    return (out, all_blocks) if return_blocks else out
