@@ -8,7 +8,7 @@ import click
 
 from .op.launch_config import LaunchConfig
 from .runtime import profile_store, profiles
-from .runtime.gpu import CPU, device_for, present_gpu, resolve_gpu
+from .runtime.gpu import CPU, device_for, family_of, present_gpu, resolve_gpu
 from .seqlen import format_length, parse_length
 from .tune.workloads import WORKLOADS
 
@@ -306,16 +306,21 @@ def _compile_in_fresh_process(profile_path, library):
 @click.option("--gpu", default="auto", show_default=True,
               help="Whose profile: 'auto' (the GPU present) or a name such as h100-sxm (no GPU needed).")
 @click.option("--profile", "profile_path", default=None, help="Profile YAML (default: looked up, see below).")
+@click.option("--shape", default=None, metavar="HEADS/KV_HEADS/HEAD_DIM[/DTYPE]",
+              help="Say which entries a model of this shape would run, e.g. 28/4/128 (dtype: bfloat16).")
+@click.option("--seqlen", default=None, callback=lambda c, p, v: v and parse_length(v),
+              help="With --shape: the prompt length (prefix + chunk) to pick the entry for, e.g. 32k.")
 @one_line_errors
-def show(gpu, profile_path):
+def show(gpu, profile_path, shape, seqlen):
     """Print a tuned profile as a table.
 
     Without --profile the profile is looked up, from any directory: $PBS_TUNE_HOME/configs,
     the user store (~/.local/share/pbs-tune/configs), then the profiles shipped with pbs-tune.
 
     \b
-    Example:
+    Examples:
       pbs-tune show --gpu h100-sxm
+      pbs-tune show --gpu h100-sxm --shape 28/4/128 --seqlen 32k
     """
     if gpu == "auto":
         gpu = present_gpu()
@@ -328,6 +333,8 @@ def show(gpu, profile_path):
         profile_path = found.path
     from .runtime.profiles import describe_threshold
     prof = profiles.load(profile_path)
+    if shape is not None:
+        return _show_shape(prof, gpu.lower(), shape, seqlen)
     click.echo(f"{prof.path}: {len(prof.entries)} entries")
     click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>20} "
                f"{'ms':>9} {'rel_l2':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
@@ -351,6 +358,39 @@ def show(gpu, profile_path):
             click.echo(f"{'':>6} layer {idx}: {what}")
 
 
+def _show_shape(prof, gpu, shape, seqlen):
+    """Which tuned shape and entries serve a model of `shape` on `gpu` (what the loader would pick)."""
+    from .dtypes import BY_NAME
+    parts = shape.split("/")
+    try:
+        heads, kv_heads, head_dim = (int(x) for x in parts[:3])
+        dtype = parts[3] if len(parts) > 3 else "bfloat16"
+    except ValueError:
+        heads = None
+    if heads is None or len(parts) not in (3, 4) or min(heads, kv_heads, head_dim) < 1 or heads % kv_heads \
+            or dtype not in BY_NAME:
+        raise ValueError(f"--shape {shape!r}: give HEADS/KV_HEADS/HEAD_DIM[/DTYPE] with HEADS a multiple of "
+                         f"KV_HEADS, e.g. 28/4/128 or 9/3/64/float16")
+    entries = [e for e in prof.entries if e.gpu == gpu or family_of(e.gpu) == family_of(gpu)]
+    gpu = gpu if any(e.gpu == gpu for e in entries) else (entries[0].gpu if entries else gpu)
+    serving = prof.nearest_shape(gpu=gpu, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype)
+    if serving is None:
+        click.echo(f"{shape} on {gpu}: no entry of head_dim {head_dim} and {dtype} in {prof.path}: "
+                   f"this model runs SDPA (tune it: pbs-tune sweep --heads {heads} --kv-heads {kv_heads} "
+                   f"--head-dim {head_dim} --dtype {dtype})")
+        return
+    tuned = prof.for_shape(**serving)
+    own = (serving["heads"], serving["kv_heads"]) == (heads, kv_heads)
+    click.echo(f"{shape} on {gpu}: " + ("its own entries" if own else
+               f"the entries of {serving['heads']}/{serving['kv_heads']}/{head_dim} (nearest GQA ratio)"))
+    for e in tuned:
+        if seqlen is None or e is prof.pick(seqlen, **serving):
+            click.echo(f"  from {format_length(e.seqlen)} tokens: {profiles.describe_config(e.params, e.launch)}"
+                       + (" (dense faster: SDPA)" if e.dense_faster else ""))
+    if seqlen is not None and prof.pick(seqlen, **serving) is None:
+        click.echo(f"  {format_length(seqlen)} is below the smallest tuned length ({format_length(tuned[0].seqlen)}): SDPA")
+
+
 def _measured(m, key, width, digits):
     """A measured figure, or '-' for an entry that was planned rather than timed."""
     return f"{m[key]:{width}.{digits}f}" if key in m else f"{'-':>{width}}"
@@ -370,7 +410,7 @@ def compile_cmd(profile_path, library):
       pbs-tune compile --profile configs/h100-sxm.yaml
     """
     from .runtime import kernel_library
-    from .runtime.gpu import family_of
+
     gpu = present_gpu()
     if gpu in (None, CPU):
         raise ValueError("compiling kernels needs a CUDA GPU of the arch they will run on")
@@ -407,7 +447,7 @@ def relaunch(profile_path, out_path, library, no_compile):
     Example (after an upgrade that adds a kernel):
       pbs-tune relaunch --profile configs/h100-sxm.yaml --out configs/h100-sxm.yaml
     """
-    from .runtime.gpu import family_of
+
     from .tune.relaunch import calibration_for, relaunch_entry
     gpu = present_gpu()
     if gpu is None:

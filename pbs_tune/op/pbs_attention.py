@@ -135,7 +135,7 @@ attend = attend_blocks  # the name of earlier releases
 
 
 def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, scale=None,
-                  permute=True, return_blocks=False):
+                  permute=True, return_blocks=False, out=None):
     """Causal PBS-Attn prefill, forward only. q (B, Hq, M, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
 
     M <= N: the queries are the last M key positions (M < N: a chunk of a prompt after its cached
@@ -145,6 +145,7 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
     causal block (dense attention). permute=False is the unpermuted block-selection baseline.
     Output is in the original token order.
     With return_blocks=True, returns (out, BlockList) so callers can read the density.
+    `out`: a (B, Hq, M, D) tensor (or view) to write into.
     """
     check_inputs(q, k, v, block_size=block_size, segment_size=segment_size,
                  threshold=threshold, launch=launch)
@@ -154,5 +155,5 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
     with torch.no_grad():
         perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size,
                             threshold=threshold, scale=scale, permute=permute)
-        out = attend_blocks(q, perm, blocks, launch=launch, scale=scale)
+        out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out)
     return (out, blocks) if return_blocks else out

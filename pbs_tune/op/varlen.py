@@ -8,7 +8,7 @@ the op's launches (~10), which at prefill lengths is a small share of the attent
 """
 import torch
 
-from .pbs_attention import attend_blocks, check_inputs, plan
+from .pbs_attention import pbs_attention
 
 
 def check_cu_seqlens(cu_q, cu_k, total_q, total_k, max_q, max_k, device):
@@ -18,8 +18,8 @@ def check_cu_seqlens(cu_q, cu_k, total_q, total_k, max_q, max_k, device):
             raise TypeError(f"{name} must be a 1-D torch.int32 tensor of sequence starts (batch + 1 values), got "
                             + (f"{cu.dtype} of shape {tuple(cu.shape)}" if isinstance(cu, torch.Tensor)
                                else type(cu).__name__))
-        if cu.device != device:
-            raise ValueError(f"{name} is on {cu.device} and q on {device}: put them on one device")
+        if cu.device != device and cu.device.type != "cpu":
+            raise ValueError(f"{name} is on {cu.device} and q on {device}: put them on q's device or the CPU")
     if cu_q.numel() != cu_k.numel() or cu_q.numel() < 2:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must both hold batch + 1 >= 2 values, got "
                          f"{cu_q.numel()} and {cu_k.numel()}")
@@ -48,7 +48,8 @@ def sequence_view(x, start, end):
 def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, block_size,
                          segment_size, threshold, launch=None, scale=None, permute=True, return_blocks=False):
     """Causal PBS-Attn prefill over packed sequences. q (total_q, Hq, D), k/v (total_k, Hkv, D);
-    cu_seqlens_*: int32 (batch + 1,) starts, as FlashAttention's varlen functions take them.
+    cu_seqlens_*: int32 (batch + 1,) starts, as FlashAttention's varlen functions take them; on the
+    CPU they cost no device synchronisation (the lengths are read on the host either way).
 
     Sequence i's queries are the last q_len of its k_len keys (q_len < k_len: a chunk after a
     cached prefix). No sequence reads another's keys. Returns (total_q, Hq, D) (and the
@@ -71,11 +72,8 @@ def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
                 continue
             qs = sequence_view(q, starts_q[i], starts_q[i + 1])
             ks, vs = (sequence_view(t, starts_k[i], starts_k[i + 1]) for t in (k, v))
-            check_inputs(qs, ks, vs, block_size=block_size, segment_size=segment_size, threshold=threshold,
-                         launch=launch)
-            perm, blocks = plan(qs, ks, vs, block_size=block_size, segment_size=segment_size,
-                                threshold=threshold, scale=scale, permute=permute)
-            attend_blocks(qs, perm, blocks, launch=launch, scale=scale,
-                          out=sequence_view(out, starts_q[i], starts_q[i + 1]))
+            _, blocks = pbs_attention(qs, ks, vs, block_size=block_size, segment_size=segment_size,
+                                      threshold=threshold, launch=launch, scale=scale, permute=permute,
+                                      return_blocks=True, out=sequence_view(out, starts_q[i], starts_q[i + 1]))
             all_blocks.append(blocks)
     return (out, all_blocks) if return_blocks else out

@@ -1,11 +1,14 @@
 """Run-time half of pbs-tune: pick the tuned entry for this GPU and length, and apply it.
 
 `apply(model)` registers PBS as the attention function "pbs" through transformers'
-`AttentionInterface` (with SDPA's mask builder) and switches the model to it. Prefill at
-or above the profile's smallest tuned length runs PBS with the entry tuned for the largest
-length <= the prompt; everything PBS cannot do exactly (decode steps, padding masks,
-dropout, non-causal modules, autograd, other dtypes, untuned shapes) falls back to SDPA and is
-counted in `stats()`.
+`AttentionInterface` and switches the model to it. Prefill whose keys (cached prefix + chunk)
+reach the profile's smallest tuned length runs PBS with the entry tuned for the largest length
+<= the keys, for the model's shape or the nearest tuned one (same head_dim and dtype, closest
+GQA ratio; said once). Padded batches get transformers' 2-D padding mask (as its
+flash-attention path does) and run PBS per sequence on its unpadded rows; chunked prefill runs
+the chunk's queries against the whole prefix. Everything PBS cannot do exactly (decode steps,
+masks other than contiguous padding, dropout, non-causal modules, autograd, other dtypes,
+shapes with no entry of their head_dim) falls back to SDPA and is counted in `stats()`.
 Kernels come from the profile's compiled-kernel library (see kernel_library.py), so no
 call compiles or tunes; without a usable library Triton's JIT takes over, said once.
 """
@@ -142,22 +145,29 @@ def _require_runnable(prof):
                                     f"{present_gpu() or 'no GPU'}: running it needs that GPU")
 
 
+MIN_CHUNK = 2048  # shorter chunks after a cached prefix stay dense (benchmarks/README.md, "Chunked prefill")
+
+
 class _Settings:
     """What one applied model needs at each attention call."""
 
-    def __init__(self, prof, min_seqlen):
+    def __init__(self, prof, min_seqlen, min_chunk=MIN_CHUNK):
         self.profile = prof
         self.gpu = prof.gpu
         self.min_seqlen = min_seqlen
+        self.min_chunk = min_chunk
 
 
 def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs, causal=True):
+    """Why the whole call runs SDPA, or None. Padding masks are handled per sequence (_run)."""
     n = q.shape[2]
     if not causal:
         return "non_causal"
-    if k.shape[2] != n:
+    if n == 1:
         return "decode"
-    if attention_mask is not None:
+    if n < k.shape[2] and n < settings.min_chunk:
+        return "short_chunk"
+    if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape != (q.shape[0], k.shape[2])):
         return "mask"
     if dropout:
         return "dropout"
@@ -169,35 +179,106 @@ def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs, causal=Tru
         return "dtype"
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         return "grad"  # PBS is forward-only (prefill inference)
-    if n < settings.min_seqlen:
+    if k.shape[2] < settings.min_seqlen:
         return "short"
     return None
 
 
 def _pick(settings, q, k, seqlen):
     return settings.profile.pick(seqlen, gpu=settings.gpu, heads=q.shape[1], kv_heads=k.shape[1],
-                                 head_dim=q.shape[3], dtype=_DTYPE_NAMES[q.dtype])
+                                 head_dim=q.shape[3], dtype=_DTYPE_NAMES[q.dtype], nearest=True)
 
 
-def _run(settings, q, k, v, scale, layer_idx, sdpa):
-    """PBS output (B, H, N, D), or SDPA's when PBS does not apply; counts which ran."""
-    entry = _pick(settings, q, k, q.shape[2])
+def _config(settings, q, k, layer_idx):
+    """(PbsParams, LaunchConfig) for keys of this length, or the fallback reason."""
+    if k.shape[2] < settings.min_seqlen:
+        return "short"
+    entry = _pick(settings, q, k, k.shape[2])
     if entry is None:
-        _count("fallback:untuned_shape")
-        logger.debug("pbs_tune: no profile entry for shape %s dtype %s at %d tokens; using SDPA",
-                     tuple(q.shape), q.dtype, q.shape[2])
-        return sdpa()
+        return "untuned_shape"
     if entry.dense_faster:
-        _count("fallback:dense_faster")
-        return sdpa()
-    cfg = entry.config_for_layer(layer_idx)
-    if cfg is None:
-        _count("fallback:dense_layer")
-        return sdpa()
+        return "dense_faster"
+    return entry.config_for_layer(layer_idx) or "dense_layer"
+
+
+def _pbs(q, k, v, cfg, scale, out=None):
     params, launch = cfg
-    _count("pbs")
     return pbs_attention(q, k, v, block_size=params.block_size, segment_size=params.segment_size,
-                         threshold=params.threshold, launch=launch, scale=scale, permute=params.permute)
+                         threshold=params.threshold, launch=launch, scale=scale, permute=params.permute, out=out)
+
+
+def _run(settings, q, k, v, scale, layer_idx, sdpa, padding=None):
+    """PBS output (B, H, M, D), or SDPA's when PBS does not apply; counts which ran.
+    `padding` (B, N) bool marks real tokens: each sequence then runs on its own rows."""
+    if padding is not None:
+        return _run_padded(settings, q, k, v, scale, layer_idx, padding)
+    cfg = _config(settings, q, k, layer_idx)
+    if isinstance(cfg, str):
+        _count(f"fallback:{cfg}")
+        logger.debug("pbs_tune: %s at %d keys falls back to SDPA (%s)", tuple(q.shape), k.shape[2], cfg)
+        return sdpa()
+    _count("pbs")
+    return _pbs(q, k, v, cfg, scale)
+
+
+def _run_padded(settings, q, k, v, scale, layer_idx, padding):
+    """A padded batch: per sequence, PBS (or dense SDPA) over its real tokens only, zeros on the
+    padded query rows. Counted once per sequence. Padding must be contiguous (left or right)."""
+    spans = padded_spans(padding)
+    if spans is None:
+        _count("fallback:mask")
+        return None
+    B, H, M, D = q.shape
+    offset = k.shape[2] - M
+    out = q.new_zeros(B, H, M, D)
+    for b, (start, end) in enumerate(spans):
+        first_query = max(start, offset)
+        if end <= first_query:
+            continue  # this sequence has no real query rows in the chunk
+        qs = q[b:b + 1, :, first_query - offset:end - offset]
+        ks, vs = k[b:b + 1, :, start:end], v[b:b + 1, :, start:end]
+        rows = out[b:b + 1, :, first_query - offset:end - offset]
+        cfg = _config(settings, qs, ks, layer_idx)
+        if isinstance(cfg, str):
+            _count(f"fallback:{cfg}")
+            rows.copy_(dense_causal(qs, ks, vs, scale))
+        else:
+            _count("pbs")
+            _pbs(qs, ks, vs, cfg, scale, out=rows)
+    return out
+
+
+def padded_spans(padding):
+    """[(start, end), ...] of each row's real tokens, or None if some row's are not contiguous."""
+    real = padding.bool()
+    counts = real.sum(-1)
+    starts = real.to(torch.int8).argmax(-1)
+    idx = torch.arange(real.shape[-1], device=real.device)
+    inside = (idx >= starts[:, None]) & (idx < (starts + counts)[:, None])
+    if not torch.equal(inside, real):
+        return None
+    return [(s, s + c) for s, c in zip(starts.tolist(), counts.tolist())]
+
+
+def dense_causal(q, k, v, scale):
+    """SDPA for queries that are the last positions of their keys (any q/k lengths)."""
+    M, N = q.shape[2], k.shape[2]
+    mask = None if M == N else torch.ones(M, N, dtype=torch.bool, device=q.device).tril(N - M)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def sdpa_mask_from_padding(padding, q_len, k_len):
+    """transformers' SDPA mask (B, 1, q, k) bool for a 2-D padding mask and queries that are the
+    last q_len of k_len positions; None where plain `is_causal` is exact."""
+    if padding is None and q_len in (1, k_len):
+        return None
+    causal = torch.ones(q_len, k_len, dtype=torch.bool,
+                        device=padding.device if padding is not None else None).tril(k_len - q_len)
+    mask = causal[None, None]
+    if padding is not None:
+        mask = mask & padding.bool()[:, None, None, :]
+    return mask
 
 
 def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -205,8 +286,14 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
     """transformers attention function: same contract as its `sdpa_attention_forward`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    # The mask builder registered for "pbs" hands over transformers' 2-D padding mask (or None),
+    # as for flash attention; SDPA needs the 4-D one, made here only when SDPA runs.
+    padding = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+
     def sdpa():
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+        mask = attention_mask if padding is None and attention_mask is not None else \
+            sdpa_mask_from_padding(padding, query.shape[2], key.shape[2])
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
 
     settings = getattr(module, "pbs_settings", None)
@@ -217,7 +304,9 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
         _count(f"fallback:{reason}")
         logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", getattr(module, "layer_idx", "?"), reason)
         return sdpa()
-    out = _run(settings, query, key, value, scaling, getattr(module, "layer_idx", None), sdpa)
+    out = _run(settings, query, key, value, scaling, getattr(module, "layer_idx", None), sdpa, padding)
+    if out is None:
+        return sdpa()
     if isinstance(out, tuple):  # SDPA fallback already returns (B, N, H, D), None
         return out
     return out.transpose(1, 2).contiguous(), None
@@ -225,9 +314,9 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
 
 def _register():
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
     AttentionInterface.register(ATTN_NAME, _pbs_attention_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, flash_attention_mask)  # 2-D padding mask or None
 
 
 def _ready(prof):
@@ -244,13 +333,17 @@ def _ready(prof):
     return prof
 
 
-def apply(model, profile=None, min_seqlen=None):
-    """Switch a transformers model to PBS attention with a tuned profile; returns the model."""
+def apply(model, profile=None, min_seqlen=None, min_chunk=MIN_CHUNK):
+    """Switch a transformers model to PBS attention with a tuned profile; returns the model.
+
+    min_seqlen: fewest keys (prefix + chunk) for PBS (default: the profile's smallest tuned
+    length); min_chunk: fewest queries of a chunk after a cached prefix for PBS.
+    """
     prof = _ready(profile if profile is not None else load_profile())
     smallest = min(e.seqlen for e in prof.for_gpu(prof.gpu))
     min_seqlen = max(smallest, min_seqlen or 0)
     _register()
-    settings = _Settings(prof, min_seqlen)
+    settings = _Settings(prof, min_seqlen, min_chunk)
     n_layers = 0
     for module in model.modules():
         if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups"):
@@ -267,8 +360,9 @@ def apply(model, profile=None, min_seqlen=None):
 def tuned_attention(q, k, v, profile=None, scale=None):
     """PBS causal prefill with the tuned entry for this length; SDPA where PBS does not apply.
 
-    Usable without transformers: q (B, Hq, N, D), k/v (B, Hkv, N, D); returns (B, Hq, N, D).
-    Without `profile`, this GPU's profile is loaded once per process.
+    Usable without transformers: q (B, Hq, M, D), k/v (B, Hkv, N, D), M <= N (the queries are
+    the last M positions); returns (B, Hq, M, D). Without `profile`, this GPU's profile is loaded
+    once per process.
     """
     global _default_profile
     if profile is None:
@@ -278,8 +372,7 @@ def tuned_attention(q, k, v, profile=None, scale=None):
     settings = _Settings(prof, smallest if smallest is not None else float("inf"))
 
     def sdpa():
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                              enable_gqa=q.shape[1] != k.shape[1])
+        return dense_causal(q, k, v, scale)
 
     reason = _fallback_reason(settings, q, k, None, 0.0, {})
     if reason is not None:

@@ -8,6 +8,8 @@ rename) under a file lock and merge with what is there; a file that does not par
 reported with its line and never overwritten.
 """
 import datetime as _dt
+import logging
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,7 @@ from ..op.launch_config import LaunchConfig
 from ..dtypes import BY_NAME as DTYPE_NAMES
 from ..seqlen import format_length
 
+logger = logging.getLogger("pbs_tune")
 SCHEMA_VERSION = 1
 KEY_FIELDS = ("gpu", "seqlen", "heads", "kv_heads", "head_dim", "dtype")
 REQUIRED = KEY_FIELDS + ("params", "launch")
@@ -223,6 +226,7 @@ class Profile:
     library: str | None = None  # folder of its compiled kernels (the file's `kernels:`, relative to it)
     runnable: bool = True       # False when loaded as data for a GPU that is not present
     load_times: dict = field(default_factory=dict)  # where load_profile() spent its time
+    _nearest: dict = field(default_factory=dict, repr=False, compare=False)  # shape -> serving shape
 
     def for_gpu(self, gpu):
         return [e for e in self.entries if e.gpu == gpu]
@@ -232,10 +236,36 @@ class Profile:
         return sorted((e for e in self.entries if (e.gpu, e.heads, e.kv_heads, e.head_dim, e.dtype) == shape),
                       key=lambda e: e.seqlen)
 
-    def pick(self, seqlen, **shape):
-        """Entry tuned for the largest length <= seqlen, or None below the smallest."""
+    def pick(self, seqlen, *, nearest=False, **shape):
+        """Entry tuned for the largest length <= seqlen, or None below the smallest. With
+        `nearest`, a shape without entries uses the nearest tuned one (`nearest_shape`)."""
+        if nearest:
+            shape = self.nearest_shape(**shape) or shape
         below = [e for e in self.for_shape(**shape) if e.seqlen <= seqlen]
         return below[-1] if below else None
+
+    def nearest_shape(self, *, gpu, heads, kv_heads, head_dim, dtype):
+        """The tuned shape that serves this one: itself if tuned, else the one of the same GPU,
+        head_dim and dtype with the closest GQA ratio (then head count), said once; None if none.
+        What a config costs and keeps depends on the ratio (query heads sharing one key order),
+        not on the head count, and the kernels take any head count."""
+        want = (heads, kv_heads)
+        key = (gpu, heads, kv_heads, head_dim, dtype)
+        if key not in self._nearest:
+            tuned = {(e.heads, e.kv_heads) for e in self.entries
+                     if (e.gpu, e.head_dim, e.dtype) == (gpu, head_dim, dtype)}
+            best = None
+            if tuned and want not in tuned:
+                ratio = heads / kv_heads
+                best = min(tuned, key=lambda hk: (abs(math.log(hk[0] / hk[1] / ratio)), abs(math.log(hk[0] / heads)), hk))
+                logger.warning("pbs_tune: %s has no entry for %d/%d heads (head_dim %d, %s); using the nearest "
+                               "tuned shape %d/%d (re-tune with pbs-tune sweep --heads %d --kv-heads %d for this one)",
+                               self.path, heads, kv_heads, head_dim, dtype, *best, heads, kv_heads)
+            elif tuned:
+                best = want
+            self._nearest[key] = None if best is None else dict(gpu=gpu, heads=best[0], kv_heads=best[1],
+                                                                 head_dim=head_dim, dtype=dtype)
+        return self._nearest[key]
 
 
 def load(path: str) -> Profile:

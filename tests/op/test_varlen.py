@@ -69,6 +69,7 @@ def test_no_sequence_reads_another():
     (lambda cq, ck: (torch.tensor([0, 30, 50], dtype=torch.int32), torch.tensor([0, 20, 70], dtype=torch.int32)),
      "sequence 0 has 30 queries but 20 keys"),
     (lambda cq, ck: (cq.float(), ck), "int32"),
+    (lambda cq, ck: (cq.to("meta"), ck), "q's device or the CPU"),
 ])
 def test_bad_cu_seqlens_are_one_clear_error(change, match):
     q, k, v, cu_q, cu_k = packed([20, 30], [20, 50])

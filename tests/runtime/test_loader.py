@@ -54,12 +54,12 @@ def test_apply_at_threshold_one_matches_sdpa_and_decode_falls_back(tmp_path):
     assert s["pbs"] == 2 and s["fallback:decode"] == 4  # 2 layers x 2 decode steps
 
 
-def test_short_prompt_and_padding_fall_back(tmp_path):
+def test_short_prompt_and_a_mask_with_holes_fall_back(tmp_path):
     model = pbs_tune.apply(tiny_llama(), pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(64)])))
     with torch.no_grad():
         model(torch.randint(0, 97, (1, 40)))
         mask = torch.ones(2, 80, dtype=torch.long)
-        mask[0, :5] = 0
+        mask[0, 30:35] = 0  # not padding: a hole in the middle
         model(torch.randint(0, 97, (2, 80)), attention_mask=mask)
     s = pbs_tune.stats()
     assert s == {"fallback:short": 2, "fallback:mask": 2}
@@ -183,7 +183,7 @@ def _attention_call(tmp_path, entries, **kwargs):
 
 @pytest.mark.parametrize("entries,kwargs,reason", [
     ([entry(32, dense_faster=True)], {}, "dense_faster"),
-    ([dict(entry(32), heads=4)], {}, "untuned_shape"),
+    ([dict(entry(32), heads=4, head_dim=128)], {}, "untuned_shape"),
     ([entry(32)], dict(dropout=0.5), "dropout"),
     ([entry(32)], dict(sliding_window=16), "unsupported_kwargs"),
     ([entry(32)], dict(is_causal=False), "non_causal"),

@@ -1,0 +1,123 @@
+"""The loader on serving traffic: padded batches, chunked prefill against a cache, other shapes
+(tiny Llama, interpreter mode, float32; threshold 1 so that PBS must equal dense attention)."""
+import logging
+
+import pytest
+import torch
+
+import pbs_tune
+from test_loader import entry, tiny_llama, write_profile
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def clean_stats():
+    pbs_tune.reset_stats()
+
+
+def applied(tmp_path, entries, **kwargs):
+    dense = tiny_llama()
+    model = tiny_llama()
+    model.load_state_dict(dense.state_dict())
+    return dense, pbs_tune.apply(model, pbs_tune.load_profile("auto", write_profile(tmp_path, entries)), **kwargs)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_runs_pbs_per_sequence_and_matches_sdpa(tmp_path, side):
+    dense, model = applied(tmp_path, [entry(48)])
+    ids = torch.randint(0, 97, (3, 90))
+    mask = torch.ones(3, 90, dtype=torch.long)
+    pad = {0: 7, 1: 0, 2: 60}  # sequence 2 keeps 30 tokens: too short for the 48-token entry
+    for b, n in pad.items():
+        if n:
+            mask[b, :n] = 0 if side == "left" else 1
+            if side == "right":
+                mask[b] = 0
+                mask[b, :90 - n] = 1
+    with torch.no_grad():
+        want = dense(ids, attention_mask=mask).logits
+        got = model(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert torch.allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
+    assert pbs_tune.stats() == {"pbs": 4, "fallback:short": 2}  # 2 layers x (2 long + 1 short sequence)
+
+
+def test_padded_generate_gives_the_dense_tokens(tmp_path):
+    dense, model = applied(tmp_path, [entry(32)])
+    ids = torch.randint(0, 97, (2, 70))
+    mask = torch.ones(2, 70, dtype=torch.long)
+    mask[1, :9] = 0
+    args = dict(attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, **args), dense.generate(ids, **args))
+    s = pbs_tune.stats()
+    assert s["pbs"] == 4 and s["fallback:decode"] == 6  # prefill 2 layers x 2 sequences; 3 decode steps
+
+
+def test_chunked_prefill_with_a_cache_matches_one_dense_forward(tmp_path):
+    dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
+    ids = torch.randint(0, 97, (1, 150))
+    cache = transformers.DynamicCache()
+    with torch.no_grad():
+        want = dense(ids).logits
+        parts = [model(ids[:, a:b], past_key_values=cache, use_cache=True).logits
+                 for a, b in ((0, 40), (40, 100), (100, 108), (108, 150))]
+    assert torch.allclose(torch.cat(parts, 1), want, atol=1e-4, rtol=1e-4)
+    # chunk 1 (40 keys), chunk 2 (100 keys), chunk 4 (150 keys) in PBS; chunk 3 is 8 queries
+    assert pbs_tune.stats() == {"pbs": 6, "fallback:short_chunk": 2}
+
+
+def test_a_short_chunk_falls_back_with_the_right_causal_mask(tmp_path):
+    dense, model = applied(tmp_path, [entry(32)])  # default min_chunk: every chunk here is short
+    ids = torch.randint(0, 97, (2, 80))
+    mask = torch.ones(2, 80, dtype=torch.long)
+    mask[0, :6] = 0
+    cache = transformers.DynamicCache()
+    with torch.no_grad():
+        want = dense(ids, attention_mask=mask).logits
+        first = model(ids[:, :50], attention_mask=mask[:, :50], past_key_values=cache, use_cache=True).logits
+        second = model(ids[:, 50:], attention_mask=mask, past_key_values=cache, use_cache=True).logits
+    got = torch.cat([first, second], 1)
+    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-4, rtol=1e-4)
+    assert pbs_tune.stats() == {"pbs": 4, "fallback:short_chunk": 2}
+
+
+def test_a_shape_without_entries_uses_the_nearest_gqa_ratio_once_said(tmp_path, caplog):
+    prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [
+        dict(entry(32, 0.5), heads=8, kv_heads=2), dict(entry(32, 0.7), heads=8, kv_heads=1),
+        dict(entry(32, 0.9), heads=8, kv_heads=8), dict(entry(32, 0.6), heads=4, kv_heads=2, head_dim=128)]))
+    shape = dict(gpu="cpu", head_dim=64, dtype="float32")
+    with caplog.at_level(logging.WARNING, logger="pbs_tune"):
+        assert prof.pick(64, heads=28, kv_heads=4, nearest=True, **shape).params.threshold == 0.7  # 7 -> 8
+        assert prof.pick(64, heads=28, kv_heads=4, nearest=True, **shape).params.threshold == 0.7
+        assert prof.pick(64, heads=6, kv_heads=3, nearest=True, **shape).params.threshold == 0.5   # 2 -> 4
+        assert prof.pick(64, heads=4, kv_heads=4, nearest=True, **shape).params.threshold == 0.9   # 1 -> 1
+        assert prof.pick(64, heads=8, kv_heads=2, nearest=True, **shape).params.threshold == 0.5   # its own
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 3 and "28/4" in said[0] and "nearest tuned shape 8/1" in said[0]
+    assert prof.pick(64, heads=28, kv_heads=4, **shape) is None  # only with nearest
+    assert prof.pick(64, heads=2, kv_heads=1, gpu="cpu", head_dim=32, dtype="float32", nearest=True) is None
+
+
+def test_tuned_attention_takes_a_chunk_after_a_prefix(tmp_path):
+    prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(32, 1.0)]))
+    q, k, v = torch.randn(1, 2, 40, 64), torch.randn(1, 1, 100, 64), torch.randn(1, 1, 100, 64)
+    from pbs_tune.runtime.loader import dense_causal
+    got = pbs_tune.tuned_attention(q, k, v, profile=prof)
+    assert pbs_tune.stats() == {"fallback:short_chunk": 1}  # 40 < the default min_chunk
+    assert torch.allclose(got, dense_causal(q, k, v, None), atol=1e-5)
+
+
+def test_generate_with_chunked_prefill_gives_the_dense_tokens(tmp_path):
+    if not hasattr(transformers.GenerationConfig(), "prefill_chunk_size"):
+        pytest.skip(f"transformers {transformers.__version__} has no chunked prefill in generate")
+    dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
+    ids = torch.randint(1, 97, (1, 130))  # no pad token (0) inside: generate would mask it
+    args = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want = dense.generate(ids, **args)
+        got = model.generate(ids, prefill_chunk_size=48, **args)
+    assert torch.equal(got, want)
+    s = pbs_tune.stats()
+    assert s["pbs"] == 6 and s["fallback:decode"] == 4  # chunks of 48, 48, 34 queries x 2 layers
