@@ -119,7 +119,8 @@ def part_packed(res, lengths, heads, kv_heads):
             for i, (qs, ks, vs) in enumerate(seqs):
                 timed_dense(per, str(i), dense_chunk(qs, ks, vs, backend))
             if all(f"{i}_ms" in per for i in range(len(seqs))):
-                row[f"dense_{backend}_sum_ms"] = sum(per[f"{i}_ms"] for i in range(len(seqs)))
+                row[f"dense_{backend}_ms"] = [per[f"{i}_ms"] for i in range(len(seqs))]
+                row[f"dense_{backend}_sum_ms"] = sum(row[f"dense_{backend}_ms"])
             else:
                 row[f"dense_{backend}_error"] = next(v for key, v in per.items() if key.endswith("error"))
         try:

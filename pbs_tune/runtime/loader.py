@@ -145,7 +145,9 @@ def _require_runnable(prof):
                                     f"{present_gpu() or 'no GPU'}: running it needs that GPU")
 
 
-MIN_CHUNK = 2048  # shorter chunks after a cached prefix stay dense (benchmarks/README.md, "Chunked prefill")
+# Shorter chunks after a cached prefix stay dense: re-permuting the whole prefix per chunk costs more
+# than it saves (H200, 32k prefix: 2k chunks 0.97x dense cuDNN, 4k 1.46x; benchmarks/README.md).
+MIN_CHUNK = 4096
 
 
 class _Settings:

@@ -121,3 +121,28 @@ def test_generate_with_chunked_prefill_gives_the_dense_tokens(tmp_path):
     assert torch.equal(got, want)
     s = pbs_tune.stats()
     assert s["pbs"] == 6 and s["fallback:decode"] == 4  # chunks of 48, 48, 34 queries x 2 layers
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--shape", "28/4/128", "--seqlen", "40k"], ["entries of 32/8/128 (nearest GQA ratio)", "from 32k tokens"]),
+    (["--shape", "32/8/128"], ["its own entries", "from 128k tokens"]),
+    (["--shape", "9/3/64"], ["its own entries", "dense faster: SDPA"]),
+    (["--shape", "8/2/96"], ["no entry of head_dim 96", "runs SDPA"]),
+    (["--shape", "8/2/128", "--seqlen", "1k"], ["below the smallest tuned length"]),
+])
+def test_show_says_which_entries_a_model_shape_runs(args, says):
+    from click.testing import CliRunner
+
+    from pbs_tune.cli import main
+    out = CliRunner().invoke(main, ["show", "--gpu", "h200-sxm"] + args)
+    assert out.exit_code == 0, out.output
+    for text in says:
+        assert text in out.output
+
+
+def test_show_refuses_a_malformed_shape_in_one_line():
+    from click.testing import CliRunner
+
+    from pbs_tune.cli import main
+    out = CliRunner().invoke(main, ["show", "--gpu", "h200-sxm", "--shape", "9/2/64"])
+    assert out.exit_code != 0 and out.output.count("\n") == 1 and "multiple of KV_HEADS" in out.output
