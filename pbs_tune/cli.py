@@ -1,11 +1,13 @@
 """`pbs-tune`: tune PBS-Attn for this GPU, inspect profiles, build their kernel libraries."""
 import functools
+import json
 import os
 import subprocess
 import sys
 
 import click
 
+from . import progress
 from .op.launch_config import LaunchConfig
 from .runtime import profile_store, profiles
 from .runtime.gpu import CPU, device_for, family_of, present_gpu, resolve_gpu
@@ -100,11 +102,14 @@ def main():
 @click.option("--heartbeat", "heartbeat_s", default=10, show_default=True, type=click.IntRange(min=1),
               help="Seconds between worker heartbeats; a worker silent for 3x this long is presumed dead "
                    "and its trial is run again.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr (stages, trials, time left).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary (the written entries) as JSON on stdout; the rest goes to stderr.")
 @click.option("--trials-only", is_flag=True, hidden=True, help="Worker mode: run trials, write nothing.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib, samples,
           holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers,
-          heartbeat_s, trials_only):
+          heartbeat_s, quiet, as_json, trials_only):
     """Search block size, segment size, threshold and launch config per length.
 
     \b
@@ -118,6 +123,10 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
                              reference_measurement, run_trials)
     if calib and samples:
         raise ValueError("--samples draws workload samples; a --calib capture has its own (capture --sequences N)")
+    progress.set_quiet(quiet)
+    say = functools.partial(click.echo, err=as_json)  # with --json, stdout carries the JSON alone
+    if calib:
+        heads, kv_heads, head_dim, dtype = _shape_of_capture(calib, heads, kv_heads, head_dim, dtype)
     samples = 1 if calib else samples or (4 if per_head else 1)
     if heads % kv_heads:
         raise ValueError(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
@@ -159,7 +168,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     entries = []
     for spec, name in specs:
         n = spec.seqlen
-        click.echo(f"== {format_length(n)}: study '{name}' in {storage}")
+        say(f"== {format_length(n)}: study '{name}' in {storage}")
         cal = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
                                dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
                                calib_file=calib, seed=seed, samples=samples)
@@ -168,16 +177,16 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
                      if not trials_only or spec.max_error is None else None)
         if spec.max_error is None:
             spec = bound_by_default(spec, reference)
-            click.echo(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}")
+            say(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}")
         study = open_study(spec, storage, name)
         if trials_only:
             run_trials(study, objective_for(cal, spec, on_gpu), spec, on_gpu=on_gpu)
             continue
         baselines = dense_baselines(cal, on_gpu=on_gpu)
         recover_stale_trials(study, 3 * heartbeat_s)
-        run_trials(study, objective_for(cal, spec, on_gpu), spec, callbacks=[_Progress(spec)], on_gpu=on_gpu)
-        click.echo("", err=True)
-        _print_front(pareto_front(study), spec.max_error)
+        run_trials(study, objective_for(cal, spec, on_gpu), spec, callbacks=[] if quiet else [_Progress(spec)],
+                   on_gpu=on_gpu)
+        _print_front(pareto_front(study), spec.max_error, say)
         best = choose(study, spec.max_error)
         if best is None:
             raise RuntimeError(f"no trial at {format_length(n)} met --max-error {spec.max_error}; "
@@ -191,18 +200,21 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
                                     calib_file=holdout_calib, seed=seed + 1, samples=samples)
             held = held_out_check(hold, spec, best, study, on_gpu)
             del hold
-            click.echo(f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
+            say(f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
                        f"{held['calibration_rel_l2']:.4f}; default {held['reference_rel_l2']}), "
                        f"{'within' if held['within_bound'] else 'OVER'} the bound "
                        f"({'the default there' if spec.bound_default else spec.max_error}); "
-                       f"{held['speedup_vs_reference'] or '-'}x the default's speed")
+                       + (f"{held['speedup_vs_reference']}x the default's speed" if held['speedup_vs_reference']
+                          else "speed not compared (the interpreter's times mean nothing)"))
         entry = profile_entry(spec, best, baselines, reference, name, source, layer_ids, held)
         entries.append(entry)
-        click.echo("chosen: " + _entry_line(entry))
+        say("chosen: " + _entry_line(entry))
     if trials_only:
         return
     profiles.merge_entries(profile_path, entries)
-    click.echo(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {profile_path}")
+    say(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {profile_path}")
+    if as_json:
+        click.echo(json.dumps(dict(profile=profile_path, entries=[e.to_dict() for e in entries]), default=str))
     if on_gpu and not no_compile:
         _compile_in_fresh_process(profile_path, library)
 
@@ -270,18 +282,34 @@ class _Progress:
         done = finished_count(study)
         best = f"{self.best[0]:.3f} ms (err {self.best[1]:.4f})" if self.best else "none yet"
         bar = "#" * int(20 * min(done, self.spec.trials) / self.spec.trials)
-        click.echo(f"\r  [{bar:<20}] {done}/{self.spec.trials} trials, best feasible: {best}   ",
-                   nl=False, err=True)
+        click.echo(f"  [{bar:<20}] {done}/{self.spec.trials} trials, best feasible: {best}", err=True)
 
 
-def _print_front(front, max_error):
-    click.echo("Pareto front (latency vs error):")
-    click.echo(f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'recall':>7} {'density':>7}  block seg   thr  launch")
+def _shape_of_capture(calib, heads, kv_heads, head_dim, dtype):
+    """heads, kv_heads, head_dim and dtype from the capture's header; a flag given on the command line
+    must agree with it (dtype may differ: the capture is converted)."""
+    from .tune.evaluate import captured_shape
+    got = captured_shape(calib)
+    ctx = click.get_current_context()
+    given = dict(heads=heads, kv_heads=kv_heads, head_dim=int(head_dim), dtype=dtype)
+    for name in ("heads", "kv_heads", "head_dim"):
+        explicit = ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+        if explicit and given[name] != got[name]:
+            raise ValueError(f"--{name.replace('_', '-')} {given[name]} but {calib} holds {got[name]}: "
+                             f"leave it out (the capture's shape is used)")
+    if ctx.get_parameter_source("dtype") == click.core.ParameterSource.DEFAULT:
+        dtype = got["dtype"]
+    return got["heads"], got["kv_heads"], str(got["head_dim"]), dtype
+
+
+def _print_front(front, max_error, say=click.echo):
+    say("Pareto front (latency vs error):")
+    say(f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'recall':>7} {'density':>7}  block seg   thr  launch")
     for t in front:
         c, u = t.user_attrs["config"], t.user_attrs
         lc = c["launch"]
         flag = "" if u["rel_l2"] <= max_error else "  (over bound)"
-        click.echo(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {u['recall']:7.4f} {u['density']:7.3f}"
+        say(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {u['recall']:7.4f} {u['density']:7.3f}"
                    f"  {c['block_size']:>5} {c['segment_size']:>4} {c['threshold']:.3f}"
                    f"  {LaunchConfig(**lc).label()}{flag}")
 
@@ -310,8 +338,9 @@ def _compile_in_fresh_process(profile_path, library):
               help="Say which entries a model of this shape would run, e.g. 28/4/128 (dtype: bfloat16).")
 @click.option("--seqlen", default=None, callback=lambda c, p, v: v and parse_length(v),
               help="With --shape: the prompt length (prefix + chunk) to pick the entry for, e.g. 32k.")
+@click.option("--json", "as_json", is_flag=True, help="The profile's entries as JSON.")
 @one_line_errors
-def show(gpu, profile_path, shape, seqlen):
+def show(gpu, profile_path, shape, seqlen, as_json):
     """Print a tuned profile as a table.
 
     Without --profile the profile is looked up, from any directory: $PBS_TUNE_HOME/configs,
@@ -333,6 +362,12 @@ def show(gpu, profile_path, shape, seqlen):
         profile_path = found.path
     from .runtime.profiles import describe_threshold
     prof = profiles.load(profile_path)
+    if not prof.entries:
+        raise ValueError(f"{prof.path} holds no entries; make them with pbs-tune sweep --gpu {gpu} --seqlen 32k "
+                         f"--profile {prof.path}")
+    if as_json:
+        click.echo(json.dumps(dict(profile=prof.path, entries=[e.to_dict() for e in prof.entries]), default=str))
+        return
     if shape is not None:
         return _show_shape(prof, gpu.lower(), shape, seqlen)
     click.echo(f"{prof.path}: {len(prof.entries)} entries")
@@ -349,9 +384,10 @@ def show(gpu, profile_path, shape, seqlen):
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
         held = e.info.get("held_out")
         if held:
+            speed = (f"{held['latency_ms']} ms, {held['speedup_vs_reference']}x the default"
+                     if held.get("speedup_vs_reference") else "not timed (interpreter)")
             click.echo(f"{'':>6} held out ({held['source']}): rel_l2 {held['rel_l2']:.4f}, "
-                       f"default {held['reference_rel_l2']}, {held['latency_ms'] or '-'} ms, "
-                       f"{held.get('speedup_vs_reference') or '-'}x the default")
+                       f"default {held['reference_rel_l2']:.4f}, {speed}")
         for idx, c in sorted(e.layers.items()):
             what = "dense" if c == profiles.DENSE else (
                 f"{'permuted' if c[0].permute else 'unpermuted'} {describe_threshold(c[0].threshold)[1:]}")
@@ -481,7 +517,8 @@ def relaunch(profile_path, out_path, library, no_compile):
 @main.command()
 @click.option("--storage", default=None, help="Optuna RDB storage URL (default: the sweep's default).")
 @click.option("--study", "study_name", required=True, help="Study to report (see `optuna studies`).")
-@click.option("--out", "out_dir", default="benchmarks/results", show_default=True, help="Folder for PNG and markdown.")
+@click.option("--out", "out_dir", default=None,
+              help="Folder for PNG and markdown (default: the folder of a SQLite study, else the current one).")
 @one_line_errors
 def report(storage, study_name, out_dir):
     """Pareto plot (PNG) and a markdown table of a study's trials.
@@ -491,9 +528,13 @@ def report(storage, study_name, out_dir):
       pbs-tune report --storage sqlite:///benchmarks/studies/h100.db --study h100-131072-32x8x128-bfloat16-mixed
     """
     from .tune.study_report import write_study_report
-    from .tune.sweep import check_storage
+    from .tune.sweep import check_storage, sqlite_path
     storage = storage or profile_store.default_storage_url()
+    db = sqlite_path(storage)
+    if db is not None and not os.path.isfile(db):  # opening it would create an empty database
+        raise ValueError(f"no study database at {db}: run pbs-tune sweep first, or name one with --storage")
     check_storage(storage)
+    out_dir = out_dir or (os.path.dirname(os.path.abspath(db)) if db else os.getcwd())
     png, md = write_study_report(storage, study_name, out_dir)
     click.echo(f"wrote {png} and {md}")
 
@@ -518,9 +559,10 @@ def report(storage, study_name, out_dir):
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
 @click.option("--profile", "profile_path", default=None, help="Profile YAML to add the entry to (default: user store).")
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @one_line_errors
 def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, block_size, segment_size, dtype,
-         profile_path, no_compile):
+         profile_path, no_compile, quiet):
     """Per-layer plans for one model, judged by the model: permutation on/off and a threshold per
     head in every layer, within --margin x the reference's layer error, keeping each head's
     heaviest keys and the model's answers to retrieval probes (tune/model_plan.py).
@@ -530,6 +572,7 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, bl
       pbs-tune plan --model smollm2 --seqlen 8k
     """
     from .models.fixtures import load_model, python_sources, token_sequences
+    progress.set_quiet(quiet)
     from .tune.model_plan import plan_model
     if segment_size % block_size:
         raise ValueError(f"--segment-size {segment_size} must be a multiple of --block-size {block_size}")
@@ -570,8 +613,9 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, bl
 @click.option("--layers", default=None, help="Comma-separated layer indices (default: all).")
 @click.option("--out", "out_file", required=True, help="Output .safetensors file.")
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @one_line_errors
-def capture(model, gguf_file, text_file, seqlen, sequences, layers, out_file, dtype):
+def capture(model, gguf_file, text_file, seqlen, sequences, layers, out_file, dtype, quiet):
     """Record per-layer calibration Q/K/V (after RoPE) from a transformers model.
 
     \b
@@ -581,6 +625,7 @@ def capture(model, gguf_file, text_file, seqlen, sequences, layers, out_file, dt
       pbs-tune capture --model smollm2 --text code.py --seqlen 8k --sequences 3 --out smol.safetensors
     """
     from .tune.capture import capture_qkv
+    progress.set_quiet(quiet)
     layer_ids = [int(x) for x in layers.split(",")] if layers else None
     n = capture_qkv(model, text_file, seqlen, out_file, layers=layer_ids, dtype=dtype, gguf_file=gguf_file,
                     sequences=sequences)

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from .. import progress
+
 RECORDER = "pbs_capture"
 
 
@@ -36,6 +38,7 @@ def capture_qkv(model_dir, text_file, seqlen, out_file, layers=None, dtype="bflo
     from safetensors.torch import save_file
 
     from ..models.fixtures import load_model
+    progress.say(f"capture: loading {model_dir}")
     model, tokenizer = load_model(model_dir, gguf_file=gguf_file, dtype=dtype, device=device)
     device = next(model.parameters()).device
     n_layers = model.config.num_hidden_layers
@@ -46,12 +49,14 @@ def capture_qkv(model_dir, text_file, seqlen, out_file, layers=None, dtype="bflo
     with open(text_file, encoding="utf-8") as f:
         windows = _token_ids(tokenizer, f.read(), seqlen, model.config.vocab_size, sequences).to(device)
     parts = {}
+    steps = progress.Steps(f"capture: prefill of {seqlen} tokens, sequence", len(windows))
     for ids in windows:  # one prefill at a time: a batch would hold every sequence's activations
         with recording_attention(model, wanted) as seen, torch.no_grad():
             model(ids[None])
         for idx, qkv in seen.items():
             for name, t in zip("qkv", qkv):
                 parts.setdefault(f"layer{idx:03d}.{name}", []).append(t[0].to("cpu"))
+        steps.step(f"({len(seen)} layers recorded)")
     recorded = {key: (ts[0] if sequences == 1 else torch.stack(ts)).contiguous() for key, ts in parts.items()}
     os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
     save_file(recorded, out_file, metadata=dict(model=str(model_dir), gguf_file=str(gguf_file), seqlen=str(seqlen),

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import progress
+
 from ..op.pbs_attention import attend_blocks, check_inputs, plan
 from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
@@ -46,6 +48,7 @@ def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, worklo
     """Synthetic workload Q/K/V (`samples` of them, a batch of `seed`), or captured ones (layers,
     each with its sequences, stacked as the batch)."""
     layer_ids = None
+    progress.say(f"calibration data: {calib_file or workload} at {seqlen} tokens")
     if calib_file:
         q, k, v, layer_ids, samples = _read_capture(calib_file, seqlen, dtype, device)
         source = f"capture:{calib_file}"
@@ -56,23 +59,45 @@ def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, worklo
     if (q.shape[1], k.shape[1], q.shape[3]) != (heads, kv_heads, head_dim):
         raise ValueError(f"calibration shape {tuple(q.shape)}/{tuple(k.shape)} does not match "
                          f"--heads {heads} --kv-heads {kv_heads} --head-dim {head_dim}")
+    progress.say(f"dense reference over {q.shape[0]} layer-sample(s)")
     with torch.no_grad():
         dense_out, dense_lse = _dense(q, k, v)
     return Calibration(q, k, v, dense_out, dense_lse, source, layer_ids, samples)
 
 
+def _capture_header(path):
+    """{tensor name: (shape, dtype)} of a capture, read from its header only; one clear error for a
+    file that is not a safetensors capture."""
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for unreadable files
+        raise ValueError(f"{path} is not a safetensors capture ({str(exc).splitlines()[0]}); "
+                         f"make one with pbs-tune capture --model ... --out FILE") from None
+
+
 def captured_layers(path) -> tuple:
     """(tensor-name prefixes, model layer indices) of a capture, read from its header only."""
-    from safetensors import safe_open
-    with safe_open(path, framework="pt") as f:
-        layers = sorted({name.split(".")[0] for name in f.keys()})
+    layers = sorted({name.split(".")[0] for name in _capture_header(path)})
     return layers, tuple(int(n[len("layer"):]) if n[len("layer"):].isdigit() else i for i, n in enumerate(layers))
+
+
+def captured_shape(path) -> dict:
+    """heads, kv_heads, head_dim and dtype of a capture (its first layer's q and k), header only."""
+    header = _capture_header(path)
+    layer = min(name.split(".")[0] for name in header)
+    if f"{layer}.q" not in header or f"{layer}.k" not in header:
+        raise ValueError(f"{path}: expected tensors '<layer>.q/.k/.v' as written by pbs-tune capture")
+    (q_shape, q_dtype), (k_shape, _) = header[f"{layer}.q"], header[f"{layer}.k"]
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+    return dict(heads=q_shape[-3], kv_heads=k_shape[-3], head_dim=q_shape[-1], dtype=names.get(q_dtype, q_dtype))
 
 
 def _read_capture(path, seqlen, dtype, device):
     from safetensors.torch import load_file
+    layers, ids = captured_layers(path)  # checks the file first
     tensors = load_file(path)
-    layers, ids = captured_layers(path)
     try:
         # (heads, seqlen, dim) per layer, or (sequences, heads, seqlen, dim): one layout for both.
         q, k, v = (torch.stack([_with_sequences(tensors[f"{layer}.{x}"]) for layer in layers]) for x in "qkv")
@@ -125,9 +150,14 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None)
     key = (cfg.block_size, cfg.segment_size)
     cache = {} if cache is None else cache
     if key not in cache:
-        cache[key] = [layer_curves(cal.q[cal.layer(i)], cal.k[cal.layer(i)], cal.v[cal.layer(i)],
-                                   block_size=cfg.block_size, segment_size=cfg.segment_size, launch=cfg.launch)
-                      for i in range(cal.layers)]
+        steps = progress.Steps(f"per-head curves at block {cfg.block_size}, segment {cfg.segment_size}: layer",
+                               cal.layers)
+        cache[key] = []
+        for i in range(cal.layers):
+            cache[key].append(layer_curves(cal.q[cal.layer(i)], cal.k[cal.layer(i)], cal.v[cal.layer(i)],
+                                           block_size=cfg.block_size, segment_size=cfg.segment_size,
+                                           launch=cfg.launch))
+            steps.step()
     return [choose_plan(curves, margin=margin, reference=cfg.threshold) for curves in cache[key]]
 
 
@@ -152,7 +182,10 @@ def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = 
         return results
 
     with torch.no_grad():
+        progress.say(f"  running the op for accuracy ({len(parts)} part{'s' if len(parts) > 1 else ''})")
         results = run(return_lse=True)
+        if timed:
+            progress.say("  timing it")
         latency = median_ms(run, on_gpu) if timed else None
     out = torch.cat([r[0][0] for r in results])
     lse = torch.cat([r[0][1] for r in results])

@@ -11,6 +11,8 @@ import statistics
 
 import torch
 
+from .. import progress
+
 from ..op.launch_config import default_launch
 from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
@@ -67,6 +69,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
     need = retrieval_hits(model, tokenizer, prompts)
     log = [dict(variant="reference", hits=need, prompts=len(prompts))]
     for m in [margin] + [x for x in PROBE_MARGINS if x < margin]:
+        progress.say(f"retrieval probe at margin {m}: {len(prompts)} prompts")
         plans = {idx: choose_plan(c, margin=m, reference=reference) for idx, c in curves.items()}
         planned = entry({idx: (profiles.PbsParams(block_size, segment_size, p.thresholds, p.permute), launch)
                          for idx, p in plans.items()})
@@ -86,8 +89,13 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     device = next(model.parameters()).device
     launch = launch or default_launch(block_size, model.config.head_dim,
                                       torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
-    curves = {idx: layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch)
-              for idx, (q, k, v) in sorted(record_layers(model, calib_seqs).items())}
+    progress.say(f"recording Q/K/V of every layer on {len(calib_seqs)} calibration sequences")
+    recorded = sorted(record_layers(model, calib_seqs).items())
+    steps = progress.Steps("per-head curves: layer", len(recorded))
+    curves = {}
+    for idx, (q, k, v) in recorded:
+        curves[idx] = layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch)
+        steps.step()
     haystack = [int(t) for s in probe_seqs for t in s]
     prompts = retrieval_prompts(tokenizer, haystack, probes, seqlen - min(512, seqlen // 4), seed=1) if probes else []
     entry, plans, used, log = probed_plans(model, tokenizer, curves, prompts, margin=margin, reference=reference,

@@ -21,6 +21,7 @@ import triton
 from filelock import FileLock
 from optuna.trial import TrialState
 
+from .. import progress
 from ..op.launch_config import LaunchConfig
 from ..runtime.profiles import PbsParams, ProfileEntry
 from . import space as search_space
@@ -56,7 +57,8 @@ class SweepSpec:
         return f"{prefix}-{base}" if prefix else base
 
 
-def _sqlite_path(url: str):
+def sqlite_path(url: str):
+    """The database file of a sqlite:/// URL, else None."""
     return url.split("///", 1)[-1] if url.startswith("sqlite") else None
 
 
@@ -77,7 +79,7 @@ def check_storage(url: str, create_folder: bool = False) -> None:
     except ImportError as exc:
         raise ValueError(f"--storage {parsed.drivername}: its driver is not installed ({exc.name}); "
                          f"for PostgreSQL: pip install 'psycopg[binary]'") from None
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         folder = os.path.dirname(os.path.abspath(path)) if path else ""
         if folder and not os.path.isdir(folder):
@@ -102,7 +104,7 @@ def open_storage(url: str, heartbeat_s: int = 10):
     """RDB storage with heartbeats: a killed worker's running trial is marked failed after the
     grace period and enqueued again (Optuna's RetryHeartbeatStaleTrialCallback), so no trial is lost."""
     kwargs = {}
-    if _sqlite_path(url) is not None:
+    if sqlite_path(url) is not None:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -114,7 +116,7 @@ def open_storage(url: str, heartbeat_s: int = 10):
 def open_study(spec: SweepSpec, storage_url: str, study_name: str) -> optuna.Study:
     """Create or join the study. Workers starting together must not both create the schema:
     SQLite creation is serialised by a lock file, other databases retry once."""
-    path = _sqlite_path(storage_url)
+    path = sqlite_path(storage_url)
     lock = FileLock(os.path.join(tempfile.gettempdir(), "pbs-tune-study-" + hashlib.sha256(
         os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"), timeout=300) if path else contextlib.nullcontext()
     for attempt in range(3):
@@ -153,6 +155,8 @@ def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
     def objective(trial):
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:gpu={_visible_gpus()}")
         cfg = search_space.suggest(trial, space, per_head=spec.per_head)
+        progress.say(f"trial {trial.number}: block {cfg.block_size}, segment {cfg.segment_size}, threshold "
+                     f"{cfg.threshold:.3g}, launch {cfg.launch.label()}")
         problem = search_space.launch_problem(cfg, head_dim=spec.head_dim, dtype=spec.dtype, arch=arch,
                                               smem_limit=smem) if on_gpu else None
         if problem:
