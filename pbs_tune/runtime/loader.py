@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -250,16 +251,23 @@ def _run_padded(settings, q, k, v, scale, layer_idx, padding):
     return out
 
 
+_last_spans = [lambda: None, None, None]  # (weak ref to the mask, its version, spans)
+
+
 def padded_spans(padding):
-    """[(start, end), ...] of each row's real tokens, or None if some row's are not contiguous."""
+    """[(start, end), ...] of each row's real tokens, or None if some row's are not contiguous.
+    Every layer of one forward gets the same mask object, so it is read on the host once per
+    forward (one device sync), not once per layer; a different or modified mask is read anew."""
+    if _last_spans[0]() is padding and _last_spans[1] == padding._version:
+        return _last_spans[2]
     real = padding.bool()
     counts = real.sum(-1)
     starts = real.to(torch.int8).argmax(-1)
     idx = torch.arange(real.shape[-1], device=real.device)
     inside = (idx >= starts[:, None]) & (idx < (starts + counts)[:, None])
-    if not torch.equal(inside, real):
-        return None
-    return [(s, s + c) for s, c in zip(starts.tolist(), counts.tolist())]
+    spans = [(s, s + c) for s, c in zip(starts.tolist(), counts.tolist())] if torch.equal(inside, real) else None
+    _last_spans[:] = [weakref.ref(padding), padding._version, spans]
+    return spans
 
 
 def dense_causal(q, k, v, scale):
@@ -270,13 +278,12 @@ def dense_causal(q, k, v, scale):
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
-def sdpa_mask_from_padding(padding, q_len, k_len):
+def sdpa_mask_from_padding(padding, q_len, k_len, device):
     """transformers' SDPA mask (B, 1, q, k) bool for a 2-D padding mask and queries that are the
     last q_len of k_len positions; None where plain `is_causal` is exact."""
     if padding is None and q_len in (1, k_len):
         return None
-    causal = torch.ones(q_len, k_len, dtype=torch.bool,
-                        device=padding.device if padding is not None else None).tril(k_len - q_len)
+    causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
     mask = causal[None, None]
     if padding is not None:
         mask = mask & padding.bool()[:, None, None, :]
@@ -294,7 +301,7 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
 
     def sdpa():
         mask = attention_mask if padding is None and attention_mask is not None else \
-            sdpa_mask_from_padding(padding, query.shape[2], key.shape[2])
+            sdpa_mask_from_padding(padding, query.shape[2], key.shape[2], query.device)
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
 

@@ -146,3 +146,16 @@ def test_show_refuses_a_malformed_shape_in_one_line():
     from pbs_tune.cli import main
     out = CliRunner().invoke(main, ["show", "--gpu", "h200-sxm", "--shape", "9/2/64"])
     assert out.exit_code != 0 and out.output.count("\n") == 1 and "multiple of KV_HEADS" in out.output
+
+
+def test_padding_spans_are_read_once_per_mask_object_and_again_for_a_new_or_changed_one():
+    from pbs_tune.runtime.loader import padded_spans
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, :3] = 0
+    assert padded_spans(mask) == [(3, 10), (0, 10)]
+    assert padded_spans(mask) == [(3, 10), (0, 10)]
+    mask[1, 8:] = 0                      # changed in place: read again
+    assert padded_spans(mask) == [(3, 10), (0, 8)]
+    other = torch.ones(2, 10, dtype=torch.long)
+    other[1, 4] = 0                      # another object with a hole
+    assert padded_spans(other) is None
