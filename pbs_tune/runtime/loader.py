@@ -27,6 +27,7 @@ from ..dtypes import NAME_OF as _DTYPE_NAMES
 from ..seqlen import format_length
 from . import kernel_library, profile_store, profiles
 from .gpu import CPU, family_of, present_gpu
+from .graphs import GraphCache
 
 logger = logging.getLogger("pbs_tune")
 ATTN_NAME = "pbs"
@@ -151,14 +152,18 @@ def _require_runnable(prof):
 MIN_CHUNK = 4096
 
 
+_graphs = GraphCache()  # one per process: the graphs' buffers are reused by every layer and model
+
+
 class _Settings:
     """What one applied model needs at each attention call."""
 
-    def __init__(self, prof, min_seqlen, min_chunk=MIN_CHUNK):
+    def __init__(self, prof, min_seqlen, min_chunk=MIN_CHUNK, cuda_graphs=True):
         self.profile = prof
         self.gpu = prof.gpu
         self.min_seqlen = min_seqlen
         self.min_chunk = min_chunk
+        self.graphs = _graphs if cuda_graphs and os.environ.get("PBS_TUNE_CUDA_GRAPHS", "1") != "0" else None
 
 
 def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs, causal=True):
@@ -221,7 +226,8 @@ def _run(settings, q, k, v, scale, layer_idx, sdpa, padding=None):
         logger.debug("pbs_tune: %s at %d keys falls back to SDPA (%s)", tuple(q.shape), k.shape[2], cfg)
         return sdpa()
     _count("pbs")
-    return _pbs(q, k, v, cfg, scale)
+    out = settings.graphs.run(q, k, v, *cfg, scale) if settings.graphs is not None else None
+    return out if out is not None else _pbs(q, k, v, cfg, scale)
 
 
 def _run_padded(settings, q, k, v, scale, layer_idx, padding):
@@ -342,17 +348,19 @@ def _ready(prof):
     return prof
 
 
-def apply(model, profile=None, min_seqlen=None, min_chunk=MIN_CHUNK):
+def apply(model, profile=None, min_seqlen=None, min_chunk=MIN_CHUNK, cuda_graphs=True):
     """Switch a transformers model to PBS attention with a tuned profile; returns the model.
 
     min_seqlen: fewest keys (prefix + chunk) for PBS (default: the profile's smallest tuned
-    length); min_chunk: fewest queries of a chunk after a cached prefix for PBS.
+    length); min_chunk: fewest queries of a chunk after a cached prefix for PBS; cuda_graphs:
+    replay the op from a CUDA graph per shape up to 16k keys (graphs.py; PBS_TUNE_CUDA_GRAPHS=0
+    turns it off everywhere).
     """
     prof = _ready(profile if profile is not None else load_profile())
     smallest = min(e.seqlen for e in prof.for_gpu(prof.gpu))
     min_seqlen = max(smallest, min_seqlen or 0)
     _register()
-    settings = _Settings(prof, min_seqlen, min_chunk)
+    settings = _Settings(prof, min_seqlen, min_chunk, cuda_graphs)
     n_layers = 0
     for module in model.modules():
         if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups"):
