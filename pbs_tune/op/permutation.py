@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels.key_scores import key_scores
+from ..kernels.segment_sort import segment_permute
 
 
 @dataclass
@@ -42,19 +43,8 @@ def permute_keys(q, k, v, *, block_size, segment_size, scale):
     The permutation never crosses a segment boundary, so keys of earlier segments still
     precede every query of later segments and causality between segments is untouched.
     """
-    B, Hkv, N, D = k.shape
-    n_full = N // segment_size
-    if n_full == 0:
+    if k.shape[2] < segment_size:
         return identity_permutation(k, v)
     scores = last_block_key_scores(q, k, block_size=block_size, scale=scale)
-    head = scores[..., : n_full * segment_size].reshape(B, Hkv, n_full, segment_size)
-    local = torch.argsort(head, dim=-1, descending=True, stable=True)
-    offsets = torch.arange(n_full, device=k.device).mul_(segment_size)[:, None]
-    order = (local + offsets).reshape(B, Hkv, n_full * segment_size)
-    tail = torch.arange(n_full * segment_size, N, device=k.device).expand(B, Hkv, -1)
-    order = torch.cat([order, tail], dim=-1)                  # (B, Hkv, N) int64
-
-    flat = (order + torch.arange(B * Hkv, device=k.device).view(B, Hkv, 1) * N).reshape(-1)
-    k_perm = k.reshape(B * Hkv * N, D).index_select(0, flat).view(B, Hkv, N, D)
-    v_perm = v.reshape(B * Hkv * N, D).index_select(0, flat).view(B, Hkv, N, D)
-    return KeyPermutation(k=k_perm, v=v_perm, positions=order.to(torch.int32).contiguous())
+    k_perm, v_perm, positions = segment_permute(scores, k, v, segment_size=segment_size)
+    return KeyPermutation(k=k_perm, v=v_perm, positions=positions)

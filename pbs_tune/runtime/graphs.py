@@ -1,14 +1,17 @@
-"""The op replayed from CUDA graphs, one per (shape, config), for prompts short enough that
-launching its ~30 kernels from Python costs more than running them.
+"""The op replayed from CUDA graphs, one per (shape, config), where launching its ~25 kernels
+from Python costs more than running them: few query heads or short prompts.
 
-At 8k tokens (H200, 32/8 heads) the op's kernels take 0.92 ms on the GPU but issuing them takes
-1.8 ms: the host is the bottleneck (benchmarks/results/h200_stages.json). A graph issues them
-all at once. Each graph owns static input buffers: a call copies q/k/v in (contiguous, the
-layout the kernel library was built for), replays, and returns its own copy of the output.
+H200, bf16, kernels from the library (benchmarks/results/h200_crossover_fused.json,
+h200_stages_fused.json): 8/2 heads at 8k run 0.62 ms eagerly and 0.34 ms from a graph; 32/8 at
+8k run 0.83 ms eagerly and 0.90 ms from a graph, whose input copies then cost more than the
+launches it saves. So graphs serve calls of fewer than 2^18 query-head tokens (query heads x
+keys: 32 heads x 4k, 8 heads x 16k, ...). Each graph owns static input buffers: a call copies
+q/k/v in (contiguous, the layout the kernel library was built for), replays, and returns its own
+copy of the output.
 
 Not used: on the CPU, while another CUDA graph is being captured (the caller's own capture, e.g.
-a compiled model), above `max_keys` keys (launches are then a small share), and beyond `capacity`
-distinct shapes (least recently used graphs are dropped, with their memory).
+a compiled model), from 2^18 query-head tokens up, and beyond `capacity` distinct shapes (least
+recently used graphs are dropped, with their memory).
 """
 import collections
 import logging
@@ -18,7 +21,7 @@ import torch
 from ..op.pbs_attention import pbs_attention
 
 logger = logging.getLogger("pbs_tune")
-MAX_KEYS = 16384   # H200: graph 1.9x faster at 8k, 1.02x at 32k (h200_stages.json)
+MAX_WORK = 1 << 18  # query heads x keys below which a graph beats eager launches (H200, see above)
 CAPACITY = 8
 
 
@@ -54,13 +57,14 @@ class GraphedOp:
 class GraphCache:
     """Graphs by (shapes, dtype, device, config, scale), least recently used dropped first."""
 
-    def __init__(self, capacity=CAPACITY, max_keys=MAX_KEYS):
-        self.capacity, self.max_keys = capacity, max_keys
+    def __init__(self, capacity=CAPACITY, max_work=MAX_WORK):
+        self.capacity, self.max_work = capacity, max_work
         self.graphs = collections.OrderedDict()
         self.failed = set()
 
     def usable(self, q, k) -> bool:
-        return (q.is_cuda and k.shape[2] <= self.max_keys and not torch.cuda.is_current_stream_capturing())
+        return (q.is_cuda and q.shape[1] * k.shape[2] < self.max_work
+                and not torch.cuda.is_current_stream_capturing())
 
     def run(self, q, k, v, params, launch, scale):
         """The op's output through this shape's graph, or None where a graph cannot serve."""

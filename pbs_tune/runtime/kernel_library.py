@@ -244,7 +244,8 @@ def launched_kernels():
     from ..kernels.attend_hopper import _attend_fwd_tma
     from ..kernels.block_select import _select_rows
     from ..kernels.key_scores import _key_scores_mean, _key_scores_stats
-    return (_attend_fwd, _attend_fwd_tma, _key_scores_stats, _key_scores_mean, _select_rows)
+    from ..kernels.segment_sort import _segment_permute
+    return (_attend_fwd, _attend_fwd_tma, _key_scores_stats, _key_scores_mean, _select_rows, _segment_permute)
 
 
 def build(profile, path: str) -> dict:

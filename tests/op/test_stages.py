@@ -168,3 +168,19 @@ def test_per_head_thresholds_select_as_each_head_alone_would():
         assert _kept_sets(mixed)[0][h] == _kept_sets(alone)[0][h]
     with pytest.raises(ValueError, match="3 values for 4 query heads"):
         select_blocks(q, k, pos, block_size=bs, segment_size=seg, threshold=(0.5, 0.5, 0.5), scale=0.125)
+
+
+@pytest.mark.parametrize("n,seg", [(150, 32), (200, 48), (64, 64), (40, 64)])
+def test_segment_permute_kernel_equals_a_stable_descending_argsort_per_segment(n, seg):
+    from pbs_tune.kernels.segment_sort import segment_permute
+    scores = torch.randint(0, 6, (2, 3, n)).float() / 7  # many ties: order among equals must be by position
+    k = torch.randn(2, n, 3, 64).transpose(1, 2)         # a strided view, as a model's layout gives
+    v = torch.randn(2, 3, n, 64)
+    k_perm, v_perm, pos = segment_permute(scores, k, v, segment_size=seg)
+    full = (n // seg) * seg
+    local = torch.argsort(scores[..., :full].reshape(2, 3, -1, seg), dim=-1, descending=True, stable=True)
+    want = torch.cat([(local + torch.arange(0, full, seg)[:, None]).reshape(2, 3, full),
+                      torch.arange(full, n).expand(2, 3, -1)], dim=-1)
+    assert torch.equal(pos.long(), want)
+    idx = want[..., None].expand(-1, -1, -1, 64)
+    assert torch.equal(k_perm, torch.gather(k, 2, idx)) and torch.equal(v_perm, torch.gather(v, 2, idx))
