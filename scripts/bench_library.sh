@@ -2,11 +2,7 @@
 # On a GPU machine: build the kernel libraries of the shipped profiles, check them against the JIT,
 # then time first calls from a read-only installed wheel, a relocated read-only checkout and the
 # JIT fallback, each in fresh processes started outside the checkout. Results go to $OUT (or ./out).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-py=python3
+source "$(dirname "$0")/gpu_common.sh"
 $py -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 if [ "${BUILD:-1}" = 1 ]; then  # BUILD=0: use the libraries in the tree, as shipped
   for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml || exit 1; done

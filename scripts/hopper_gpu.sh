@@ -4,11 +4,7 @@
 # kernels, FlexAttention, SDPA cuDNN and flash), then (RELAUNCH=1) this GPU's shipped profile
 # re-timed over launches, both kernel libraries rebuilt and the library checked against the JIT
 # in fresh processes (GRID=0, RELAUNCH=0, LIBRARY=0 skip parts). LAUNCHES overrides the grid's configs; results go to $OUT (or ./out).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-py=python3
+source "$(dirname "$0")/gpu_common.sh"
 $py -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 LAUNCHES=${LAUNCHES:-128x128w8s3,128x128w8s2,128x64w4s3,128x128w8s3-tma,128x128w8s2-tma,128x128w8s3-tma-p1,128x128w8s3-tma-p2}
 $py - "$LAUNCHES" <<'PY' 2>&1 | grep -v -i warn | tee "$OUT/hopper_builds.txt"

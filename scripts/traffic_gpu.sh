@@ -4,20 +4,13 @@
 # `git archive <rev> pbs_tune kernels`, kernels moved under pbs_tune/), and time the shipped
 # profile on other GQA shapes and chunks from a read-only installed wheel. STEP=traffic: packed
 # batches, chunked prefill and the fixture through apply. Results go to $OUT (or ./out).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
-OUT=${OUT:-$PWD/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-py=python3
-rm -rf /tmp/site-ro /tmp/wheel
+source "$(dirname "$0")/gpu_common.sh"
 if [ "${STEP:-build}" = build ]; then
   for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml || exit 1; done
   tar czf "$OUT/libraries.tar.gz" cache/*-*/ configs/*.yaml
   $py -m pbs_tune.bench.library --parts identity --profile configs/h200-sxm.yaml --out "$OUT/identity.json" 2>&1 | tail -3
 fi
-$py -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel . 2>&1 | tail -2
-$py -m pip install -q --no-deps --target /tmp/site-ro /tmp/wheel/*.whl && chmod -R a-w /tmp/site-ro
+install_readonly_wheel
 cd /tmp
 if [ "${STEP:-build}" = build ]; then
   for round in 1 2; do
