@@ -10,7 +10,7 @@ import sys
 import torch
 
 import pbs_tune
-from pbs_tune.bench.timing import env_info, median_ms
+from pbs_tune.timing import env_info, median_ms
 from pbs_tune.tune.workloads import make_qkv
 
 LAUNCHES = {"portable": pbs_tune.LaunchConfig(128, 128, 8, 3), "tma": pbs_tune.LaunchConfig(128, 128, 8, 3, tma=True)}

@@ -20,7 +20,7 @@ from ..runtime import profiles
 from ..runtime.graphs import GraphCache
 from ..seqlen import parse_length
 from ..tune.workloads import make_qkv
-from .timing import dense_baselines, env_info, median_ms, rounded, write_json
+from ..timing import dense_baselines, env_info, median_ms, rounded, write_json
 
 
 def entry_row(e):

@@ -28,7 +28,7 @@ from ..op.selection import block_list_from_mask
 from ..seqlen import parse_length
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
-from .timing import dense_sdpa_ms, env_info, median_ms, rounded, write_json
+from ..timing import dense_sdpa_ms, env_info, median_ms, rounded, write_json
 
 LAUNCHES = "128x128w8s3,128x128w8s2,128x64w4s3,64x128w4s3"  # the portable kernel's measured set
 

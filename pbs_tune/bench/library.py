@@ -26,7 +26,7 @@ def _qkv(n, heads=32, kv_heads=8, head_dim=128, seed=0):
 def part_identity(res, lengths, profile_path):
     import pbs_tune
     from ..kernels import launch
-    from .timing import median_ms
+    from ..timing import median_ms
     prof = pbs_tune.load_profile("auto", profile_path)
     bound = launch.library_size()
     rows = []
@@ -126,7 +126,7 @@ def main():
     ap.add_argument("--out", default=None, help="JSON file (appended to when it exists)")
     args = ap.parse_args()
     from ..seqlen import parse_length
-    from .timing import env_info, write_json
+    from ..timing import env_info, write_json
     res = dict(env=env_info(), args=vars(args), argv=sys.argv)
     if args.out and os.path.exists(args.out):
         with open(args.out) as f:

@@ -147,7 +147,7 @@ def main():
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--out", default="bench_loader.json")
     args = ap.parse_args()
-    from .timing import env_info, write_json
+    from ..timing import env_info, write_json
     res = dict(env=env_info(), args=vars(args))
     try:
         if "density" in args.parts:

@@ -30,7 +30,7 @@ from ..tune.workloads import make_qkv
 from ..tune.model_plan import model_entry, plan_model, record_layers, use_entry
 from ..models.retrieval import retrieval_hits, retrieval_prompts
 from .real_attention import _ci
-from .timing import env_info, median_ms, write_json
+from ..timing import env_info, median_ms, write_json
 
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
 PROBE_TEXTS, PROBE_PROMPTS = 4, 40

@@ -33,7 +33,7 @@ from ..models.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference
 from ..tune.model_plan import model_entry, use_entry
 from ..models.retrieval import retrieval_answers, retrieval_prompts
-from .timing import env_info, median_ms, sdpa_backend, write_json
+from ..timing import env_info, median_ms, sdpa_backend, write_json
 
 VARIANTS = {  # name -> (block, segment, threshold, permute); None is dense SDPA
     "dense": None,

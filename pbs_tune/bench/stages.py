@@ -19,7 +19,7 @@ from ..op.permutation import last_block_key_scores, permute_keys
 from ..op.selection import block_means, select_blocks
 from ..seqlen import parse_length
 from ..tune.workloads import make_qkv
-from .timing import dense_baselines, env_info, median_ms, rounded, write_json
+from ..timing import dense_baselines, env_info, median_ms, rounded, write_json
 
 BLOCK, SEGMENT, THRESHOLD = 128, 256, 0.9
 

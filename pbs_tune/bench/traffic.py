@@ -27,7 +27,7 @@ from ..op.pbs_attention import pbs_attention
 from ..op.varlen import pbs_attention_varlen, sequence_view
 from ..seqlen import parse_length
 from ..tune.workloads import make_qkv
-from .timing import env_info, median_ms, rounded, sdpa_backend, write_json
+from ..timing import env_info, median_ms, rounded, sdpa_backend, write_json
 
 DEFAULT = dict(block_size=128, segment_size=256, threshold=0.9)
 

@@ -13,8 +13,8 @@ from .. import progress
 from ..op.pbs_attention import attend_blocks, check_inputs, plan
 from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
-from ..bench.timing import dense_baselines as sdpa_baselines
-from ..bench.timing import median_ms
+from ..timing import dense_baselines as sdpa_baselines
+from ..timing import median_ms
 from .metrics import dense_reference, recall_from_lse, rel_l2
 from .workloads import make_qkv
 
