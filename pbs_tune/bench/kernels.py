@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..op.launch_config import LaunchConfig
-from ..op.pbs_attention import attend_blocks as attend
-from ..op.pbs_attention import plan
+from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
 from ..seqlen import parse_length
@@ -55,29 +54,29 @@ def part_checks(res, launches):
     q, k, v = (torch.randn(1, h, n, 128, device=dev, dtype=torch.bfloat16) for h in (32, 8, 8))
     ref = dense_reference(q, k, v)
     for permute in (True, False):
-        perm, blocks = plan(q, k, v, block_size=128, segment_size=256, threshold=1.0, permute=permute)
+        perm, blocks = permute_and_select(q, k, v, block_size=128, segment_size=256, threshold=1.0, permute=permute)
         for cfg in [LaunchConfig(128, 128, 8, 3)] + [c for c in launches if c.tma]:
             try:
-                o = attend(q, perm, blocks, launch=cfg)
+                o = attend_blocks(q, perm, blocks, launch=cfg)
                 out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = rel_l2(o, ref)
             except Exception as exc:
                 out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
     # Model layout: (B, N, H, D) storage viewed as (B, H, N, D).
     qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
-    perm, blocks = plan(qt, kt, vt, block_size=128, segment_size=256, threshold=1.0, permute=False)
+    perm, blocks = permute_and_select(qt, kt, vt, block_size=128, segment_size=256, threshold=1.0, permute=False)
     for cfg in [c for c in launches if c.tma][:2]:
-        out[f"dense_model_layout_vs_fp32_ref_{cfg.label()}"] = rel_l2(attend(qt, perm, blocks, launch=cfg), ref)
+        out[f"dense_model_layout_vs_fp32_ref_{cfg.label()}"] = rel_l2(attend_blocks(qt, perm, blocks, launch=cfg), ref)
     del qt, kt, vt
     sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     out["sdpa_bf16_vs_fp32_ref"] = rel_l2(sdpa, dense_reference(q, k, v))
     # Sparse: reference = dense attention with an additive mask of the kept key slots.
     n = 2048 + 33
     q, k, v = make_qkv("mixed", seqlen=n, heads=8, kv_heads=2, device=dev, seed=1)
-    perm, blocks = plan(q, k, v, block_size=64, segment_size=256, threshold=0.8)
+    perm, blocks = permute_and_select(q, k, v, block_size=64, segment_size=256, threshold=0.8)
     ref = _masked_reference(q, perm, blocks)
     for cfg in [LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2)] + hopper:
         try:
-            o = attend(q, perm, blocks, launch=cfg)
+            o = attend_blocks(q, perm, blocks, launch=cfg)
             out[f"sparse_vs_fp32_ref_{cfg.label()}"] = rel_l2(o, ref)
         except Exception as exc:  # a variant this Triton cannot build: report, keep going
             out[f"sparse_vs_fp32_ref_{cfg.label()}"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
@@ -143,7 +142,8 @@ def part_masks(res, lengths, densities, with_flex, launches):
                        floor_ms=real * cudnn)
             for cfg in launches:
                 try:
-                    row[f"attend_{cfg.label()}_ms"] = median_ms(lambda: attend(q, perm, blocks, launch=cfg, out=out))
+                    row[f"attend_{cfg.label()}_ms"] = median_ms(
+                        lambda: attend_blocks(q, perm, blocks, launch=cfg, out=out))
                 except Exception as exc:
                     row[f"attend_{cfg.label()}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             for family, pick in (("portable", lambda c: not c.tma), ("tma", lambda c: c.tma)):
@@ -164,7 +164,7 @@ def part_masks(res, lengths, densities, with_flex, launches):
                     torch.cuda.synchronize()
                     row["flex_first_call_s"] = time.perf_counter() - t0
                     row["flex_ms"] = median_ms(lambda: flex(q, k, v, block_mask=bm, enable_gqa=True))
-                    row["flex_vs_attend_rel_l2"] = rel_l2(o_flex, attend(q, perm, blocks, out=out))
+                    row["flex_vs_attend_rel_l2"] = rel_l2(o_flex, attend_blocks(q, perm, blocks, out=out))
                     del bm
                 except Exception as exc:
                     row["flex_error"] = str(exc)[:300]
@@ -190,7 +190,7 @@ def part_op(res, lengths, configs, threshold):
         nb = -(-n // 128)
         causal = torch.ones((nb, nb), dtype=torch.bool, device="cuda").tril().expand(1, 32, nb, nb)
         dense_blocks = block_list_from_mask(causal, dense_perm.positions, 128)
-        dense_out, dense_lse = attend(q, dense_perm, dense_blocks, return_lse=True)
+        dense_out, dense_lse = attend_blocks(q, dense_perm, dense_blocks, return_lse=True)
         kk, vv = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             cudnn = median_ms(lambda: F.scaled_dot_product_attention(q, kk, vv, is_causal=True))
@@ -198,7 +198,7 @@ def part_op(res, lengths, configs, threshold):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             flash = median_ms(lambda: F.scaled_dot_product_attention(q, kk, vv, is_causal=True))
         del kk, vv
-        dense_attend = median_ms(lambda: attend(q, dense_perm, dense_blocks))
+        dense_attend = median_ms(lambda: attend_blocks(q, dense_perm, dense_blocks))
         scale = 1 / math.sqrt(128)
         for bs, seg in configs:
             for permute in (True, False):
@@ -212,8 +212,8 @@ def part_op(res, lengths, configs, threshold):
                                                        threshold=threshold, scale=scale))
                 blocks = select_blocks(q, perm.k, perm.positions, block_size=bs, segment_size=seg,
                                        threshold=threshold, scale=scale)
-                t_att = median_ms(lambda: attend(q, perm, blocks, launch=launch))
-                out, lse = attend(q, perm, blocks, launch=launch, return_lse=True)
+                t_att = median_ms(lambda: attend_blocks(q, perm, blocks, launch=launch))
+                out, lse = attend_blocks(q, perm, blocks, launch=launch, return_lse=True)
                 row = dict(n=n, workload="mixed", threshold=threshold, block_size=bs, segment_size=seg,
                            permute=permute, density=blocks.density(), rel_l2_vs_dense=rel_l2(out, sdpa_out),
                            recall=recall_from_lse(lse, dense_lse), permute_ms=t_perm, select_ms=t_sel,
@@ -260,12 +260,12 @@ def part_select(res, lengths, threshold):
                 lc = LaunchConfig.parse(label)
                 if bs % lc.block_m:
                     continue
-                row[f"attend_{label}_ms"] = median_ms(lambda: attend(q, perm, a, launch=lc))
+                row[f"attend_{label}_ms"] = median_ms(lambda: attend_blocks(q, perm, a, launch=lc))
             best = min((v, key) for key, v in row.items() if key.startswith("attend_"))
             row["attend_best"] = best[1]
             row["permute_ms"] = median_ms(lambda: permute_keys(q, k, v, block_size=bs, segment_size=seg, scale=scale))
             row["op_ms"] = row["permute_ms"] + min(row["sort_ms"], row["bisect_ms"]) + best[0]
-            row["rel_l2"] = rel_l2(attend(q, perm, a, launch=LaunchConfig.parse(best[1][7:-3])), dense)
+            row["rel_l2"] = rel_l2(attend_blocks(q, perm, a, launch=LaunchConfig.parse(best[1][7:-3])), dense)
             rows.append(row)
             print(json.dumps(rounded(row)), flush=True)
             del perm, kept, a, b

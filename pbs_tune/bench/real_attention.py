@@ -24,7 +24,7 @@ import statistics
 import torch
 
 from ..op.launch_config import default_launch
-from ..op.pbs_attention import attend_blocks, plan
+from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
 from ..seqlen import parse_length
@@ -100,7 +100,7 @@ def _per_head(x):
 
 def _head_stats(q, k, v, params, permute, dense_out, dense_lse):
     bs, seg, thr = params
-    perm, blocks = plan(q, k, v, block_size=bs, segment_size=seg, threshold=thr, permute=permute)
+    perm, blocks = permute_and_select(q, k, v, block_size=bs, segment_size=seg, threshold=thr, permute=permute)
     out, lse = attend_blocks(q, perm, blocks, launch=default_launch(bs, q.shape[-1]), return_lse=True)
     err = ((_per_head(out) - _per_head(dense_out)).norm(dim=-1) / _per_head(dense_out).norm(dim=-1)).mean(0)
     recall = torch.exp((lse - dense_lse).clamp(max=0)).mean(dim=(0, 2))

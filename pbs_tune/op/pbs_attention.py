@@ -122,7 +122,7 @@ def key_order(q, k, v, *, block_size, segment_size, scale=None, permute=True):
     return identity_permutation(k, v)
 
 
-def plan(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True):
+def permute_and_select(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True):
     """Stages 1 and 2: the key permutation and the kept-block list (no attention yet)."""
     scale = default_scale(q, scale)
     perm = key_order(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale, permute=permute)
@@ -130,8 +130,6 @@ def plan(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=Tr
                            segment_size=segment_size, threshold=threshold, scale=scale)
     return perm, blocks
 
-
-attend = attend_blocks  # the name of earlier releases
 
 
 def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, scale=None,
@@ -153,7 +151,7 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
         raise ValueError("pbs_attention is forward-only (prefill inference) and has no backward: call it "
                          "under torch.no_grad() or torch.inference_mode(), or detach the inputs")
     with torch.no_grad():
-        perm, blocks = plan(q, k, v, block_size=block_size, segment_size=segment_size,
+        perm, blocks = permute_and_select(q, k, v, block_size=block_size, segment_size=segment_size,
                             threshold=threshold, scale=scale, permute=permute)
         out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out)
     return (out, blocks) if return_blocks else out

@@ -397,5 +397,3 @@ def tuned_attention(q, k, v, profile=None, scale=None):
         return sdpa()
     return _run(settings, q, k, v, scale, None, sdpa)
 
-
-attention = tuned_attention  # the name of earlier releases

@@ -227,14 +227,20 @@ class Profile:
     runnable: bool = True       # False when loaded as data for a GPU that is not present
     load_times: dict = field(default_factory=dict)  # where load_profile() spent its time
     _nearest: dict = field(default_factory=dict, repr=False, compare=False)  # shape -> serving shape
+    _by_shape: dict = field(default_factory=dict, repr=False, compare=False)  # shape -> entries by length
+    _index_size: int = field(default=-1, repr=False, compare=False)
 
     def for_gpu(self, gpu):
         return [e for e in self.entries if e.gpu == gpu]
 
     def for_shape(self, *, gpu, heads, kv_heads, head_dim, dtype):
-        shape = (gpu, heads, kv_heads, head_dim, dtype)
-        return sorted((e for e in self.entries if (e.gpu, e.heads, e.kv_heads, e.head_dim, e.dtype) == shape),
-                      key=lambda e: e.seqlen)
+        """Entries of one shape by length (indexed once: the loader asks at every attention call)."""
+        if self._index_size != len(self.entries):
+            self._by_shape = {}
+            for e in sorted(self.entries, key=lambda e: e.seqlen):
+                self._by_shape.setdefault((e.gpu, e.heads, e.kv_heads, e.head_dim, e.dtype), []).append(e)
+            self._index_size = len(self.entries)
+        return list(self._by_shape.get((gpu, heads, kv_heads, head_dim, dtype), ()))
 
     def pick(self, seqlen, *, nearest=False, **shape):
         """Entry tuned for the largest length <= seqlen, or None below the smallest. With
@@ -257,7 +263,8 @@ class Profile:
             best = None
             if tuned and want not in tuned:
                 ratio = heads / kv_heads
-                best = min(tuned, key=lambda hk: (abs(math.log(hk[0] / hk[1] / ratio)), abs(math.log(hk[0] / heads)), hk))
+                best = min(tuned, key=lambda hk: (abs(math.log(hk[0] / hk[1] / ratio)),
+                                                  abs(math.log(hk[0] / heads)), hk))
                 logger.warning("pbs_tune: %s has no entry for %d/%d heads (head_dim %d, %s); using the nearest "
                                "tuned shape %d/%d (re-tune with pbs-tune sweep --heads %d --kv-heads %d for this one)",
                                self.path, heads, kv_heads, head_dim, dtype, *best, heads, kv_heads)

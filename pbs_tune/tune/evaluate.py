@@ -10,7 +10,7 @@ import torch
 
 from .. import progress
 
-from ..op.pbs_attention import attend_blocks, check_inputs, plan
+from ..op.pbs_attention import attend_blocks, check_inputs, permute_and_select
 from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
 from ..timing import dense_baselines as sdpa_baselines
@@ -175,7 +175,7 @@ def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = 
     def run(return_lse=False):
         results = []
         for q, k, v, thr, permute in inputs:
-            perm, blocks = plan(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size,
+            perm, blocks = permute_and_select(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size,
                                 threshold=thr, scale=scale, permute=permute)
             results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse),
                             blocks))

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pbs_tune import LaunchConfig, attend, block_list_from_mask, identity_permutation, pbs_attention, plan
+from pbs_tune import (LaunchConfig, attend_blocks, block_list_from_mask, identity_permutation, pbs_attention,
+                      permute_and_select)
 from pbs_tune.op.permutation import KeyPermutation
 from reference import allowed_matrix, causal_attention, masked_attention, rel_l2
 
@@ -30,8 +31,8 @@ def reference_for(q, perm, blocks):
 ])
 def test_sparse_output_matches_reference_on_kept_blocks(dtype, n, threshold, launch):
     q, k, v = qkv(2, 8, 2, n, 64, dtype)
-    perm, blocks = plan(q, k, v, block_size=32, segment_size=64, threshold=threshold)
-    out = attend(q, perm, blocks, launch=launch)
+    perm, blocks = permute_and_select(q, k, v, block_size=32, segment_size=64, threshold=threshold)
+    out = attend_blocks(q, perm, blocks, launch=launch)
     assert rel_l2(out, reference_for(q, perm, blocks)) < TOL[dtype]
 
 
@@ -43,7 +44,7 @@ def test_random_block_masks_with_head_dim_128():
     keep = torch.rand(1, 4, nb, nb) < 0.3
     keep |= torch.eye(nb, dtype=torch.bool)
     blocks = block_list_from_mask(keep & torch.ones(nb, nb, dtype=torch.bool).tril(), perm.positions, bs)
-    out = attend(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
+    out = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
     assert rel_l2(out, reference_for(q, perm, blocks)) < 1e-5
 
 
@@ -60,13 +61,13 @@ def test_threshold_one_equals_dense_sdpa(permute, n):
 
 def test_gqa_equals_repeated_kv():
     q, k, v = qkv(1, 8, 2, 111, 64)
-    perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=0.7)
+    perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=0.7)
     launch = LaunchConfig(16, 16, 4, 1)
-    out_gqa = attend(q, perm, blocks, launch=launch)
+    out_gqa = attend_blocks(q, perm, blocks, launch=launch)
     repeated = KeyPermutation(k=perm.k.repeat_interleave(4, dim=1).contiguous(),
                               v=perm.v.repeat_interleave(4, dim=1).contiguous(),
                               positions=perm.positions.repeat_interleave(4, dim=1).contiguous())
-    out_rep = attend(q, repeated, blocks, launch=launch)
+    out_rep = attend_blocks(q, repeated, blocks, launch=launch)
     assert rel_l2(out_gqa, out_rep) < 1e-6
     dense = pbs_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), block_size=16,
                           segment_size=32, threshold=1.0, launch=launch)
@@ -78,14 +79,14 @@ def test_attend_is_invariant_to_key_order_within_segments():
     n, seg = 120, 32
     q, k, v = qkv(1, 4, 2, n, 64)
     ident = identity_permutation(k, v)
-    _, blocks = plan(q, k, v, block_size=16, segment_size=seg, threshold=1.0, permute=False)
+    _, blocks = permute_and_select(q, k, v, block_size=16, segment_size=seg, threshold=1.0, permute=False)
     order = torch.cat([torch.randperm(min(seg, n - s)) + s for s in range(0, n, seg)])
     shuffled = KeyPermutation(k=k[:, :, order].contiguous(), v=v[:, :, order].contiguous(),
                               positions=order.to(torch.int32).expand(1, 2, n).contiguous())
     blocks_shuffled = block_list_from_mask(_keep_all(blocks, seg // 16), shuffled.positions, 16)
     launch = LaunchConfig(16, 16, 4, 1)
-    a = attend(q, ident, blocks, launch=launch)
-    b = attend(q, shuffled, blocks_shuffled, launch=launch)
+    a = attend_blocks(q, ident, blocks, launch=launch)
+    b = attend_blocks(q, shuffled, blocks_shuffled, launch=launch)
     assert rel_l2(b, a) < 1e-5
 
 
@@ -99,9 +100,9 @@ def _keep_all(blocks, blocks_per_seg):
 
 def test_poisoned_output_buffer_is_fully_overwritten():
     q, k, v = qkv(2, 4, 2, 77, 64)
-    perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=0.5)
+    perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=0.5)
     out = torch.full_like(q, float("nan"))
-    out2, lse = attend(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1), out=out, return_lse=True)
+    out2, lse = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1), out=out, return_lse=True)
     assert out2 is out
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     assert rel_l2(out, reference_for(q, perm, blocks)) < 1e-5
@@ -110,10 +111,10 @@ def test_poisoned_output_buffer_is_fully_overwritten():
 def test_lse_gives_attention_recall():
     q, k, v = qkv(1, 2, 2, 90, 64)
     launch = LaunchConfig(16, 16, 4, 1)
-    perm, dense_blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=1.0)
-    _, lse_dense = attend(q, perm, dense_blocks, launch=launch, return_lse=True)
-    _, sparse_blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=0.3)
-    _, lse_sparse = attend(q, perm, sparse_blocks, launch=launch, return_lse=True)
+    perm, dense_blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=1.0)
+    _, lse_dense = attend_blocks(q, perm, dense_blocks, launch=launch, return_lse=True)
+    _, sparse_blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=0.3)
+    _, lse_sparse = attend_blocks(q, perm, sparse_blocks, launch=launch, return_lse=True)
     s = (q.double() @ perm.k.double().transpose(-1, -2)) / 8.0
     allowed = allowed_matrix(sparse_blocks, perm.positions, 90, 1)
     causal = allowed_matrix(dense_blocks, perm.positions, 90, 1)
@@ -124,8 +125,8 @@ def test_lse_gives_attention_recall():
 
 def test_per_head_thresholds_stay_exact_on_kept_blocks():
     q, k, v = qkv(1, 4, 2, 150, 64)
-    perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=(0.2, 0.95, 0.5, 1.0))
-    out = attend(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
+    perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=(0.2, 0.95, 0.5, 1.0))
+    out = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
     assert rel_l2(out, reference_for(q, perm, blocks)) < 1e-5
     dense_head = pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=1.0, launch=LaunchConfig(16, 16, 4, 1))
     assert rel_l2(out[:, 3], dense_head[:, 3]) < 1e-5  # the head at 1.0 is dense attention

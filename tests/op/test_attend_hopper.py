@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pbs_tune import LaunchConfig, attend, block_list_from_mask, identity_permutation, plan
+from pbs_tune import LaunchConfig, attend_blocks, block_list_from_mask, identity_permutation, permute_and_select
 from pbs_tune.op.pbs_attention import tma_compatible
 from reference import allowed_matrix, masked_attention, rel_l2
 
@@ -24,12 +24,13 @@ def reference_for(q, perm, blocks):
 @pytest.mark.parametrize("n,threshold", [(131, 0.6), (64, 0.9), (203, 0.3)])
 def test_hopper_kernel_matches_reference_and_portable_kernel(launch, n, threshold):
     q, k, v = (torch.randn(2, h, n, 64) for h in (8, 2, 2))
-    perm, blocks = plan(q, k, v, block_size=32, segment_size=64, threshold=threshold)
+    perm, blocks = permute_and_select(q, k, v, block_size=32, segment_size=64, threshold=threshold)
     out = torch.full_like(q, float("nan"))
-    got, lse = attend(q, perm, blocks, launch=launch, out=out, return_lse=True)
+    got, lse = attend_blocks(q, perm, blocks, launch=launch, out=out, return_lse=True)
     assert torch.isfinite(got).all()  # every row written, including the ragged last tile
     assert rel_l2(got, reference_for(q, perm, blocks)) < 1e-5
-    want, want_lse = attend(q, perm, blocks, launch=dataclasses.replace(launch, tma=False, programs_per_sm=0), return_lse=True)
+    portable = dataclasses.replace(launch, tma=False, programs_per_sm=0)
+    want, want_lse = attend_blocks(q, perm, blocks, launch=portable, return_lse=True)
     assert rel_l2(got, want) < 1e-6
     assert torch.allclose(lse, want_lse, atol=1e-5)
 
@@ -42,7 +43,7 @@ def test_hopper_kernel_reads_model_layout_strides():
     nb = -(-n // 16)
     keep = (torch.rand(1, 4, nb, nb) < 0.4) | torch.eye(nb, dtype=torch.bool)
     blocks = block_list_from_mask(keep & torch.ones(nb, nb, dtype=torch.bool).tril(), perm.positions, 16)
-    got = attend(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1, tma=True, programs_per_sm=1))
+    got = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1, tma=True, programs_per_sm=1))
     assert rel_l2(got, reference_for(q, perm, blocks)) < 1e-5
 
 
@@ -52,8 +53,8 @@ def test_unaligned_inputs_run_the_portable_kernel_with_the_same_result():
     k = base[1:].view(1, 2, n, 64)  # 4-byte offset: no tensor descriptor can address it
     q, v = torch.randn(1, 4, n, 64), torch.randn(1, 2, n, 64)
     assert not tma_compatible(k) and tma_compatible(q, v)
-    perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=0.7)
-    got = attend(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1, tma=True))
+    perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=0.7)
+    got = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1, tma=True))
     assert rel_l2(got, reference_for(q, perm, blocks)) < 1e-5
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pbs_tune import LaunchConfig, attend_blocks, pbs_attention, plan
+from pbs_tune import LaunchConfig, attend_blocks, pbs_attention, permute_and_select
 from reference import allowed_matrix, causal_attention, masked_attention, rel_l2
 
 
@@ -30,7 +30,7 @@ def test_threshold_one_equals_dense_over_the_whole_prefix(permute, n_q, n_k, lau
 @pytest.mark.parametrize("n_q,n_k,threshold", [(70, 230, 0.5), (96, 224, 0.8), (5, 131, 0.3)])
 def test_sparse_chunk_is_exact_on_its_kept_blocks(n_q, n_k, threshold):
     q, k, v = chunk_qkv(8, 2, n_q, n_k, dtype=torch.float16)
-    perm, blocks = plan(q, k, v, block_size=16, segment_size=48, threshold=threshold)
+    perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=48, threshold=threshold)
     assert blocks.first_query_block == (n_k - n_q) // 16
     out = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
     allowed = allowed_matrix(blocks, perm.positions, n_q, 4)
@@ -46,8 +46,8 @@ def test_a_chunk_keeps_the_blocks_the_full_prompt_keeps_for_its_rows():
     q_full, k, v = chunk_qkv(4, 2, n_k, n_k)
     q = q_full[:, :, n_k - n_q:]
     # The key order comes from the last query block, which the chunk and the prompt share.
-    _, whole = plan(q_full, k, v, block_size=bs, segment_size=64, threshold=0.6)
-    _, part = plan(q, k, v, block_size=bs, segment_size=64, threshold=0.6)
+    _, whole = permute_and_select(q_full, k, v, block_size=bs, segment_size=64, threshold=0.6)
+    _, part = permute_and_select(q, k, v, block_size=bs, segment_size=64, threshold=0.6)
     first = (n_k - n_q) // bs
     assert torch.equal(part.to_dense(), whole.to_dense()[:, :, first:])
 

@@ -83,8 +83,8 @@ def test_standalone_attention_uses_profile_and_falls_back_when_short(tmp_path):
     prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(32)]))
     q, k, v = torch.randn(1, 2, 50, 64), torch.randn(1, 1, 50, 64), torch.randn(1, 1, 50, 64)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    assert torch.allclose(pbs_tune.attention(q, k, v, profile=prof), ref, atol=1e-5)
-    assert torch.allclose(pbs_tune.attention(q[:, :, :20], k[:, :, :20], v[:, :, :20], profile=prof),
+    assert torch.allclose(pbs_tune.tuned_attention(q, k, v, profile=prof), ref, atol=1e-5)
+    assert torch.allclose(pbs_tune.tuned_attention(q[:, :, :20], k[:, :, :20], v[:, :, :20], profile=prof),
                           ref[:, :, :20], atol=1e-6)
     assert pbs_tune.stats() == {"pbs": 1, "fallback:short": 1}
 

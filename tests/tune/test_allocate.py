@@ -59,7 +59,7 @@ def _brute_force_kept(top, rows, positions, blocks):
 
 
 def test_heaviest_key_kept_matches_a_brute_force_check_under_the_permutation():
-    from pbs_tune.op.pbs_attention import plan
+    from pbs_tune.op.pbs_attention import permute_and_select
     from pbs_tune.tune.allocate import heaviest_key_kept, heaviest_keys, sampled_rows
     q, k, v = torch.randn(2, 4, 160, 32) * 2, torch.randn(2, 2, 160, 32) * 2, torch.randn(2, 2, 160, 32)
     rows = sampled_rows(160, 16, count=40)
@@ -70,10 +70,10 @@ def test_heaviest_key_kept_matches_a_brute_force_check_under_the_permutation():
     assert torch.equal(top, scores.argmax(-1))
     assert torch.all(top <= rows)  # causal
     for permute in (True, False):
-        perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=0.6, permute=permute)
+        perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=0.6, permute=permute)
         got = heaviest_key_kept(top, rows, perm.positions, blocks)
         assert torch.equal(got, _brute_force_kept(top, rows, perm.positions, blocks))
-    perm, blocks = plan(q, k, v, block_size=16, segment_size=32, threshold=1.0)
+    perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=1.0)
     assert heaviest_key_kept(top, rows, perm.positions, blocks).all()  # threshold 1 keeps every causal key
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pbs_tune import plan
+from pbs_tune import permute_and_select
 from pbs_tune.tune.workloads import WORKLOADS, make_qkv
 
 
@@ -27,8 +27,8 @@ def test_structured_heads_are_sparser_than_diffuse_and_permutation_helps_stripes
     density = {}
     for w in ("stripes", "diffuse"):
         q, k, v = make_qkv(w, **kw)
-        density[w] = plan(q, k, v, **args)[1].density()
+        density[w] = permute_and_select(q, k, v, **args)[1].density()
         if w == "stripes":
-            density["stripes_unpermuted"] = plan(q, k, v, **args, permute=False)[1].density()
+            density["stripes_unpermuted"] = permute_and_select(q, k, v, **args, permute=False)[1].density()
     assert density["stripes"] < density["diffuse"]
     assert density["stripes"] < density["stripes_unpermuted"]
