@@ -1,5 +1,20 @@
-"""Float64 torch references for the tests (materialise N x N: small sizes only)."""
+"""Float64 torch references and random inputs shared by the tests (materialise N x N: small sizes only)."""
+import math
+
 import torch
+
+
+def random_qkv(b, hq, hkv, n, d, dtype=torch.float32, n_keys=None):
+    """Fresh random q (b, hq, n, d) and k, v (b, hkv, n_keys or n, d): the queries are the last n keys."""
+    n_keys = n_keys or n
+    return (torch.randn(b, hq, n, d, dtype=dtype), torch.randn(b, hkv, n_keys, d, dtype=dtype),
+            torch.randn(b, hkv, n_keys, d, dtype=dtype))
+
+
+def reference_for(q, perm, blocks):
+    """Float64 attention over exactly the kept blocks of `blocks`, causal by original position."""
+    allowed = allowed_matrix(blocks, perm.positions, q.shape[2], q.shape[1] // perm.k.shape[1])
+    return masked_attention(q, perm.k, perm.v, allowed, 1 / math.sqrt(q.shape[-1]))
 
 
 def allowed_matrix(blocks, positions, n, group):

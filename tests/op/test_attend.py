@@ -8,19 +8,9 @@ import torch.nn.functional as F
 from pbs_tune import (LaunchConfig, attend_blocks, block_list_from_mask, identity_permutation, pbs_attention,
                       permute_and_select)
 from pbs_tune.op.permutation import KeyPermutation
-from reference import allowed_matrix, causal_attention, masked_attention, rel_l2
+from reference import allowed_matrix, causal_attention, random_qkv, reference_for, rel_l2
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
-
-
-def qkv(b, hq, hkv, n, d, dtype=torch.float32):
-    return (torch.randn(b, hq, n, d, dtype=dtype), torch.randn(b, hkv, n, d, dtype=dtype),
-            torch.randn(b, hkv, n, d, dtype=dtype))
-
-
-def reference_for(q, perm, blocks):
-    allowed = allowed_matrix(blocks, perm.positions, q.shape[2], q.shape[1] // perm.k.shape[1])
-    return masked_attention(q, perm.k, perm.v, allowed, 1 / math.sqrt(q.shape[-1]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -30,7 +20,7 @@ def reference_for(q, perm, blocks):
     (160, 0.3, LaunchConfig(16, 32, 4, 1)),
 ])
 def test_sparse_output_matches_reference_on_kept_blocks(dtype, n, threshold, launch):
-    q, k, v = qkv(2, 8, 2, n, 64, dtype)
+    q, k, v = random_qkv(2, 8, 2, n, 64, dtype)
     perm, blocks = permute_and_select(q, k, v, block_size=32, segment_size=64, threshold=threshold)
     out = attend_blocks(q, perm, blocks, launch=launch)
     assert rel_l2(out, reference_for(q, perm, blocks)) < TOL[dtype]
@@ -38,7 +28,7 @@ def test_sparse_output_matches_reference_on_kept_blocks(dtype, n, threshold, lau
 
 def test_random_block_masks_with_head_dim_128():
     n, bs = 150, 16
-    q, k, v = qkv(1, 4, 4, n, 128)
+    q, k, v = random_qkv(1, 4, 4, n, 128)
     perm = identity_permutation(k, v)
     nb = -(-n // bs)
     keep = torch.rand(1, 4, nb, nb) < 0.3
@@ -51,7 +41,7 @@ def test_random_block_masks_with_head_dim_128():
 @pytest.mark.parametrize("permute", [True, False])
 @pytest.mark.parametrize("n", [1, 13, 64, 203])
 def test_threshold_one_equals_dense_sdpa(permute, n):
-    q, k, v = qkv(2, 4, 2, n, 64)
+    q, k, v = random_qkv(2, 4, 2, n, 64)
     out = pbs_attention(q, k, v, block_size=16, segment_size=48, threshold=1.0, permute=permute,
                         launch=LaunchConfig(16, 16, 4, 1))
     sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
@@ -60,7 +50,7 @@ def test_threshold_one_equals_dense_sdpa(permute, n):
 
 
 def test_gqa_equals_repeated_kv():
-    q, k, v = qkv(1, 8, 2, 111, 64)
+    q, k, v = random_qkv(1, 8, 2, 111, 64)
     perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=0.7)
     launch = LaunchConfig(16, 16, 4, 1)
     out_gqa = attend_blocks(q, perm, blocks, launch=launch)
@@ -77,7 +67,7 @@ def test_gqa_equals_repeated_kv():
 
 def test_attend_is_invariant_to_key_order_within_segments():
     n, seg = 120, 32
-    q, k, v = qkv(1, 4, 2, n, 64)
+    q, k, v = random_qkv(1, 4, 2, n, 64)
     ident = identity_permutation(k, v)
     _, blocks = permute_and_select(q, k, v, block_size=16, segment_size=seg, threshold=1.0, permute=False)
     order = torch.cat([torch.randperm(min(seg, n - s)) + s for s in range(0, n, seg)])
@@ -99,7 +89,7 @@ def _keep_all(blocks, blocks_per_seg):
 
 
 def test_poisoned_output_buffer_is_fully_overwritten():
-    q, k, v = qkv(2, 4, 2, 77, 64)
+    q, k, v = random_qkv(2, 4, 2, 77, 64)
     perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=0.5)
     out = torch.full_like(q, float("nan"))
     out2, lse = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1), out=out, return_lse=True)
@@ -109,7 +99,7 @@ def test_poisoned_output_buffer_is_fully_overwritten():
 
 
 def test_lse_gives_attention_recall():
-    q, k, v = qkv(1, 2, 2, 90, 64)
+    q, k, v = random_qkv(1, 2, 2, 90, 64)
     launch = LaunchConfig(16, 16, 4, 1)
     perm, dense_blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=1.0)
     _, lse_dense = attend_blocks(q, perm, dense_blocks, launch=launch, return_lse=True)
@@ -124,7 +114,7 @@ def test_lse_gives_attention_recall():
 
 
 def test_per_head_thresholds_stay_exact_on_kept_blocks():
-    q, k, v = qkv(1, 4, 2, 150, 64)
+    q, k, v = random_qkv(1, 4, 2, 150, 64)
     perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=(0.2, 0.95, 0.5, 1.0))
     out = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
     assert rel_l2(out, reference_for(q, perm, blocks)) < 1e-5

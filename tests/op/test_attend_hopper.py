@@ -1,23 +1,17 @@
 """The Hopper attend kernel (tensor descriptors, persistent grid) in the interpreter, against a
 float64 reference and against the portable kernel on the same kept blocks."""
 import dataclasses
-import math
 
 import pytest
 import torch
 
 from pbs_tune import LaunchConfig, attend_blocks, block_list_from_mask, identity_permutation, permute_and_select
 from pbs_tune.op.pbs_attention import tma_compatible
-from reference import allowed_matrix, masked_attention, rel_l2
+from reference import reference_for, rel_l2
 
 HOPPER = [LaunchConfig(16, 16, 4, 1, tma=True),                       # a program per query tile
           LaunchConfig(32, 16, 4, 2, tma=True, programs_per_sm=1),    # persistent: 3 programs
           LaunchConfig(16, 32, 4, 1, tma=True, programs_per_sm=2)]    # one key tile per block: index prefetch
-
-
-def reference_for(q, perm, blocks):
-    allowed = allowed_matrix(blocks, perm.positions, q.shape[2], q.shape[1] // perm.k.shape[1])
-    return masked_attention(q, perm.k, perm.v, allowed, 1 / math.sqrt(q.shape[-1]))
 
 
 @pytest.mark.parametrize("launch", HOPPER, ids=lambda c: c.label())

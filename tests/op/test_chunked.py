@@ -5,12 +5,7 @@ import pytest
 import torch
 
 from pbs_tune import LaunchConfig, attend_blocks, pbs_attention, permute_and_select
-from reference import allowed_matrix, causal_attention, masked_attention, rel_l2
-
-
-def chunk_qkv(hq, hkv, n_q, n_k, d=64, b=2, dtype=torch.float32):
-    return (torch.randn(b, hq, n_q, d, dtype=dtype), torch.randn(b, hkv, n_k, d, dtype=dtype),
-            torch.randn(b, hkv, n_k, d, dtype=dtype))
+from reference import causal_attention, random_qkv, reference_for, rel_l2
 
 
 @pytest.mark.parametrize("permute", [True, False])
@@ -21,7 +16,7 @@ def chunk_qkv(hq, hkv, n_q, n_k, d=64, b=2, dtype=torch.float32):
     (150, 150, LaunchConfig(16, 32, 4, 1)),    # no prefix: the square case
 ])
 def test_threshold_one_equals_dense_over_the_whole_prefix(permute, n_q, n_k, launch):
-    q, k, v = chunk_qkv(4, 2, n_q, n_k)
+    q, k, v = random_qkv(2, 4, 2, n_q, 64, n_keys=n_k)
     out = pbs_attention(q, k, v, block_size=32, segment_size=64, threshold=1.0, permute=permute, launch=launch)
     assert out.shape == q.shape
     assert rel_l2(out, causal_attention(q, k, v, 1 / math.sqrt(64))) < 1e-5
@@ -29,13 +24,11 @@ def test_threshold_one_equals_dense_over_the_whole_prefix(permute, n_q, n_k, lau
 
 @pytest.mark.parametrize("n_q,n_k,threshold", [(70, 230, 0.5), (96, 224, 0.8), (5, 131, 0.3)])
 def test_sparse_chunk_is_exact_on_its_kept_blocks(n_q, n_k, threshold):
-    q, k, v = chunk_qkv(8, 2, n_q, n_k, dtype=torch.float16)
+    q, k, v = random_qkv(2, 8, 2, n_q, 64, torch.float16, n_keys=n_k)
     perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=48, threshold=threshold)
     assert blocks.first_query_block == (n_k - n_q) // 16
     out = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
-    allowed = allowed_matrix(blocks, perm.positions, n_q, 4)
-    ref = masked_attention(q, perm.k, perm.v, allowed, 1 / math.sqrt(64))
-    assert rel_l2(out, ref) < 2e-3
+    assert rel_l2(out, reference_for(q, perm, blocks)) < 2e-3
     assert 0 < blocks.density() <= 1
 
 
@@ -43,7 +36,7 @@ def test_a_chunk_keeps_the_blocks_the_full_prompt_keeps_for_its_rows():
     """Selection of a chunk depends on its own queries only: the rows of the whole prompt's
     selection that belong to the chunk's query blocks are the chunk's selection."""
     n_k, n_q, bs = 256, 96, 32
-    q_full, k, v = chunk_qkv(4, 2, n_k, n_k)
+    q_full, k, v = random_qkv(2, 4, 2, n_k, 64, n_keys=n_k)
     q = q_full[:, :, n_k - n_q:]
     # The key order comes from the last query block, which the chunk and the prompt share.
     _, whole = permute_and_select(q_full, k, v, block_size=bs, segment_size=64, threshold=0.6)
@@ -53,6 +46,6 @@ def test_a_chunk_keeps_the_blocks_the_full_prompt_keeps_for_its_rows():
 
 
 def test_q_longer_than_k_is_one_clear_error():
-    q, k, v = chunk_qkv(4, 2, 64, 32)
+    q, k, v = random_qkv(2, 4, 2, 64, 64, n_keys=32)
     with pytest.raises(ValueError, match="q is longer than k"):
         pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.9)
