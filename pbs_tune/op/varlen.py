@@ -75,5 +75,6 @@ def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
             _, blocks = pbs_attention(qs, ks, vs, block_size=block_size, segment_size=segment_size,
                                       threshold=threshold, launch=launch, scale=scale, permute=permute,
                                       return_blocks=True, out=sequence_view(out, starts_q[i], starts_q[i + 1]))
-            all_blocks.append(blocks)
+            if return_blocks:  # otherwise each sequence's index list is freed as the loop goes on
+                all_blocks.append(blocks)
     return (out, all_blocks) if return_blocks else out
