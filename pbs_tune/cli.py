@@ -2,13 +2,10 @@
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import click
 
 from . import progress
-from .op.launch_config import LaunchConfig
 from .runtime import profile_store, profiles
 from .runtime.gpu import CPU, device_for, family_of, present_gpu, resolve_gpu
 from .seqlen import format_length, parse_length
@@ -105,118 +102,33 @@ def main():
 @click.option("--quiet", is_flag=True, help="No progress on stderr (stages, trials, time left).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary (the written entries) as JSON on stdout; the rest goes to stderr.")
-@click.option("--trials-only", is_flag=True, hidden=True, help="Worker mode: run trials, write nothing.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib, samples,
           holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers,
-          heartbeat_s, quiet, as_json, trials_only):
+          heartbeat_s, quiet, as_json):
     """Search block size, segment size, threshold and launch config per length.
 
     \b
     Example:
       pbs-tune sweep --gpu h100 --seqlen 32k --seqlen 128k --trials 60 --workers auto
     """
-    from .dtypes import torch_dtype
-    from .tune.evaluate import dense_baselines, load_calibration
-    from .tune.sweep import (SweepSpec, bound_by_default, check_storage, choose, enqueue_known_configs, held_out_check,
-                             objective_for, open_study, pareto_front, profile_entry, recover_stale_trials,
-                             reference_measurement, run_trials)
+    from .tune.sweep import SweepSpec, run_sweep
     if calib and samples:
         raise ValueError("--samples draws workload samples; a --calib capture has its own (capture --sequences N)")
     progress.set_quiet(quiet)
-    say = functools.partial(click.echo, err=as_json)  # with --json, stdout carries the JSON alone
     if calib:
         heads, kv_heads, head_dim, dtype = _shape_of_capture(calib, heads, kv_heads, head_dim, dtype)
-    samples = 1 if calib else samples or (4 if per_head else 1)
-    if heads % kv_heads:
-        raise ValueError(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
-    if holdout_calib and not calib:
-        raise ValueError("--holdout-calib checks a --calib sweep; a workload is checked on its next seed")
-    if holdout_calib:
-        from .tune.evaluate import captured_layers
-        (_, held_ids), (_, calib_ids) = captured_layers(holdout_calib), captured_layers(calib)
-        if held_ids != calib_ids:
-            raise ValueError(f"--holdout-calib {holdout_calib} holds layers {held_ids}; --calib holds "
-                             f"{calib_ids}: capture the same --layers")
     gpu = resolve_gpu(gpu)
-    on_gpu = gpu != CPU
-    check_storage(storage or profile_store.default_storage_url(), create_folder=storage is None)
-    if on_gpu and dtype == "float32":
-        raise ValueError("--dtype float32 is only for the CPU interpreter; use bfloat16 or float16")
-    if not on_gpu and dtype == "bfloat16":
-        raise ValueError("the CPU interpreter cannot run bfloat16; use --dtype float32 or float16")
-    profile_path = profile_path or profile_store.default_profile_path(gpu)
-    storage = storage or profile_store.default_storage_url()
-    if os.path.exists(profile_path):
-        profiles.load(profile_path)  # fail now, not after an hour of tuning
-    n_workers = _worker_count(workers, on_gpu)
-    source_name = "capture" if calib else workload
-    specs = []
-    for n in seqlens:
-        spec = SweepSpec(gpu=gpu, seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim), dtype=dtype,
-                         workload=source_name, max_error=max_error, trials=trials, timeout=timeout, seed=seed,
-                         heartbeat_s=heartbeat_s, per_head=per_head, margin=margin, samples=samples)
-        specs.append((spec, study_prefix if study_prefix and len(seqlens) == 1 else spec.study_name(study_prefix)))
-    if n_workers > 1:
-        for spec, name in specs:  # the published default goes in once, before the workers start
-            enqueue_known_configs(open_study(spec, storage, name), on_gpu)
-        _run_workers(n_workers, on_gpu, storage, profile_path, dict(
-            gpu=gpu, seqlen=[str(n) for n in seqlens], heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
-            max_error=max_error or "default", trials=trials, timeout=timeout, workload=workload, calib=calib,
-            samples=None if calib else samples, study=study_prefix,
-            seed=seed, heartbeat=heartbeat_s, per_head=per_head, margin=margin))
-    entries = []
-    for spec, name in specs:
-        n = spec.seqlen
-        say(f"== {format_length(n)}: study '{name}' in {storage}")
-        cal = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
-                               dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
-                               calib_file=calib, seed=seed, samples=samples)
-        # A worker measures the default only to resolve --max-error default, and untimed.
-        reference = (reference_measurement(cal, spec, on_gpu, timed=not trials_only)
-                     if not trials_only or spec.max_error is None else None)
-        if spec.max_error is None:
-            spec = bound_by_default(spec, reference)
-            say(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}")
-        study = open_study(spec, storage, name)
-        if trials_only:
-            run_trials(study, objective_for(cal, spec, on_gpu), spec, on_gpu=on_gpu)
-            continue
-        baselines = dense_baselines(cal, on_gpu=on_gpu)
-        recover_stale_trials(study, 3 * heartbeat_s)
-        run_trials(study, objective_for(cal, spec, on_gpu), spec, callbacks=[] if quiet else [_Progress(spec)],
-                   on_gpu=on_gpu)
-        _print_front(pareto_front(study), spec.max_error, say)
-        best = choose(study, spec.max_error)
-        if best is None:
-            raise RuntimeError(f"no trial at {format_length(n)} met --max-error {spec.max_error}; "
-                               f"raise --trials or --max-error")
-        layer_ids, source = cal.layer_ids, cal.source
-        del cal
-        held = None
-        if holdout_calib or not calib:
-            hold = load_calibration(seqlen=n, heads=heads, kv_heads=kv_heads, head_dim=int(head_dim),
-                                    dtype=torch_dtype(dtype), device=device_for(gpu), workload=workload,
-                                    calib_file=holdout_calib, seed=seed + 1, samples=samples)
-            held = held_out_check(hold, spec, best, study, on_gpu)
-            del hold
-            say(f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
-                       f"{held['calibration_rel_l2']:.4f}; default {held['reference_rel_l2']}), "
-                       f"{'within' if held['within_bound'] else 'OVER'} the bound "
-                       f"({'the default there' if spec.bound_default else spec.max_error}); "
-                       + (f"{held['speedup_vs_reference']}x the default's speed" if held['speedup_vs_reference']
-                          else "speed not compared (the interpreter's times mean nothing)"))
-        entry = profile_entry(spec, best, baselines, reference, name, source, layer_ids, held)
-        entries.append(entry)
-        say("chosen: " + _entry_line(entry))
-    if trials_only:
-        return
-    profiles.merge_entries(profile_path, entries)
-    say(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {profile_path}")
+    spec = SweepSpec(
+        gpu=gpu, seqlens=tuple(seqlens), storage=storage or profile_store.default_storage_url(),
+        profile=profile_path or profile_store.default_profile_path(gpu), heads=heads, kv_heads=kv_heads,
+        head_dim=int(head_dim), dtype=dtype, workload=workload, calib=calib, holdout_calib=holdout_calib,
+        max_error=max_error, trials=trials, timeout=timeout, seed=seed, heartbeat_s=heartbeat_s, per_head=per_head,
+        margin=margin, samples=1 if calib else samples or (4 if per_head else 1), study=study_prefix,
+        library=library, workers=_worker_count(workers, gpu != CPU), compile=not no_compile, quiet=quiet)
+    entries = run_sweep(spec, say=functools.partial(click.echo, err=as_json))  # with --json, stdout is the JSON
     if as_json:
-        click.echo(json.dumps(dict(profile=profile_path, entries=[e.to_dict() for e in entries]), default=str))
-    if on_gpu and not no_compile:
-        _compile_in_fresh_process(profile_path, library)
+        click.echo(json.dumps(dict(profile=spec.profile, entries=[e.to_dict() for e in entries]), default=str))
 
 
 def _worker_count(workers, on_gpu) -> int:
@@ -230,59 +142,6 @@ def _worker_count(workers, on_gpu) -> int:
     if n < 1:
         raise ValueError(f"--workers must be a positive number or 'auto', got {workers!r}")
     return n
-
-
-def _run_workers(n, on_gpu, storage, profile_path, options):
-    """Start n worker processes on the same studies (each GPU worker sees one GPU) and wait.
-
-    A worker that dies is reported, not fatal: its running trial is failed once its heartbeat
-    is stale and run again, by another worker or by this process afterwards."""
-    args = [sys.executable, "-m", "pbs_tune", "sweep", "--trials-only", "--workers", "1", "--storage", storage,
-            "--profile", profile_path]
-    for key, value in options.items():
-        flag = f"--{key.replace('_', '-')}"
-        if isinstance(value, bool):
-            args += [flag] if value else []
-            continue
-        for v in (value if isinstance(value, list) else [value]):
-            if v is not None:
-                args += [flag, str(v)]
-    env = dict(os.environ)
-    procs = []
-    for i in range(n):
-        if on_gpu:
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=_visible_device(i))
-        procs.append(subprocess.Popen(args, env=env))
-    click.echo(f"started {n} workers: pids {' '.join(str(p.pid) for p in procs)}")
-    for i, p in enumerate(procs):
-        code = p.wait()
-        if code:
-            click.echo(f"worker {i} (pid {p.pid}) ended with status {code}; its trials are recovered", err=True)
-
-
-def _visible_device(i) -> str:
-    """The i-th GPU this process may use, as CUDA_VISIBLE_DEVICES names it."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return visible.split(",")[i].strip() if visible else str(i)
-
-
-class _Progress:
-    """One status line: trials done and the best feasible latency so far."""
-
-    def __init__(self, spec):
-        self.spec = spec
-        self.best = None
-
-    def __call__(self, study, trial):
-        from .tune.sweep import finished_count
-        rel = trial.user_attrs.get("rel_l2")
-        if trial.values and rel is not None and rel <= self.spec.max_error:
-            if self.best is None or trial.values[0] < self.best[0]:
-                self.best = (trial.values[0], rel)
-        done = finished_count(study)
-        best = f"{self.best[0]:.3f} ms (err {self.best[1]:.4f})" if self.best else "none yet"
-        bar = "#" * int(20 * min(done, self.spec.trials) / self.spec.trials)
-        click.echo(f"  [{bar:<20}] {done}/{self.spec.trials} trials, best feasible: {best}", err=True)
 
 
 def _shape_of_capture(calib, heads, kv_heads, head_dim, dtype):
@@ -300,34 +159,6 @@ def _shape_of_capture(calib, heads, kv_heads, head_dim, dtype):
     if ctx.get_parameter_source("dtype") == click.core.ParameterSource.DEFAULT:
         dtype = got["dtype"]
     return got["heads"], got["kv_heads"], str(got["head_dim"]), dtype
-
-
-def _print_front(front, max_error, say=click.echo):
-    say("Pareto front (latency vs error):")
-    say(f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'recall':>7} {'density':>7}  block seg   thr  launch")
-    for t in front:
-        c, u = t.user_attrs["config"], t.user_attrs
-        lc = c["launch"]
-        flag = "" if u["rel_l2"] <= max_error else "  (over bound)"
-        say(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {u['recall']:7.4f} {u['density']:7.3f}"
-                   f"  {c['block_size']:>5} {c['segment_size']:>4} {c['threshold']:.3f}"
-                   f"  {LaunchConfig(**lc).label()}{flag}")
-
-
-def _entry_line(e):
-    m = e.measured
-    sp = " ".join(f"{k}={v}x" for k, v in e.info.get("speedup", {}).items())
-    return (f"{e.describe()}: {m['latency_ms']} ms, err {m['rel_l2']}, recall {m['recall']}, "
-            f"density {m['density']} {sp}")
-
-
-def _compile_in_fresh_process(profile_path, library):
-    """The library holds exactly what the JIT builds for the profile: build it in a new process."""
-    cmd = [sys.executable, "-m", "pbs_tune", "compile", "--profile", profile_path]
-    if library:
-        cmd += ["--kernels", library]
-    if subprocess.run(cmd).returncode:
-        raise RuntimeError("building the kernel library failed (see above); run: pbs-tune " + " ".join(cmd[3:]))
 
 
 @main.command()
@@ -511,7 +342,8 @@ def relaunch(profile_path, out_path, library, no_compile):
     profiles.merge_entries(out_path, new, library=library)
     click.echo(f"wrote {len(new)} entries to {out_path}")
     if on_gpu and not no_compile:
-        _compile_in_fresh_process(out_path, library)
+        from .tune.sweep import compile_in_fresh_process
+        compile_in_fresh_process(out_path, library)
 
 
 @main.command()
@@ -597,7 +429,8 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, bl
     profiles.merge_entries(profile_path, [entry])
     click.echo(f"wrote a plan for {len(entry.layers)} layers to {profile_path} (margin used {report['margin_used']})")
     if on_gpu and not no_compile:
-        _compile_in_fresh_process(profile_path, None)
+        from .tune.sweep import compile_in_fresh_process
+        compile_in_fresh_process(profile_path, None)
 
 
 @main.command()

@@ -11,8 +11,9 @@ def set_quiet(quiet: bool) -> None:
     _quiet = bool(quiet)
 
 
-def say(message: str) -> None:
-    if not _quiet:
+def say(message: str, always: bool = False) -> None:
+    """`always`: a problem the user must see, even with --quiet."""
+    if always or not _quiet:
         print(f"pbs-tune: {message}", file=sys.stderr, flush=True)
 
 

@@ -232,6 +232,17 @@ class LayerPlan:
     reference_rel_l2: float
     margin: float = None  # the margin the allocation worked to (below the bound's after validation)
 
+    def as_dict(self) -> dict:
+        """As a trial stores it (JSON)."""
+        return dict(permute=self.permute, thresholds=list(self.thresholds), kept_ratio=round(self.kept_ratio, 4),
+                    rel_l2=round(self.rel_l2, 6), reference_rel_l2=round(self.reference_rel_l2, 6),
+                    margin=None if self.margin is None else round(self.margin, 4))
+
+    @classmethod
+    def from_dict(cls, d) -> "LayerPlan":
+        return cls(d["permute"], tuple(d["thresholds"]), d["kept_ratio"], d.get("rel_l2"),
+                   d.get("reference_rel_l2"), d.get("margin"))
+
 
 def layer_curves(q, k, v, *, block_size, segment_size, launch=None, permutes=(True, False)) -> dict:
     """{permute: HeadCurves} of one layer (batch = samples), with and without the permutation;

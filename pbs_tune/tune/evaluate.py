@@ -130,14 +130,27 @@ def _dense(q, k, v):
 def measure(cal: Calibration, cfg, *, on_gpu: bool, timed: bool = True) -> dict:
     """Latency of the whole op (permute + select + attend) and its accuracy (`timed=False`:
     accuracy only, latency None)."""
-    check_inputs(cal.q, cal.k, cal.v, block_size=cfg.block_size, segment_size=cfg.segment_size,
-                 threshold=cfg.threshold, launch=cfg.launch)
-    return _measure_parts(cal, cfg, [(slice(None), cfg.threshold, True)], on_gpu=on_gpu, timed=timed)
+    p = cfg.params
+    check_inputs(cal.q, cal.k, cal.v, block_size=p.block_size, segment_size=p.segment_size,
+                 threshold=p.threshold, launch=cfg.launch)
+    return _measure_parts(cal, cfg, [(slice(None), p.threshold, p.permute)], on_gpu=on_gpu, timed=timed)
 
 
 def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
     """SDPA cuDNN and flash latency on the calibration data (GPU only)."""
     return sdpa_baselines(cal.q, cal.k, cal.v, on_gpu=on_gpu)
+
+
+def compared(latency_ms: float, baselines: dict, reference: dict) -> dict:
+    """A config's latency beside dense SDPA and the published default timed in the same run:
+    the rounded figures, the speedups, and whether dense was faster (then the loader runs SDPA)."""
+    speedup = {name: round(base / latency_ms, 3) for name, base in (
+        ("vs_cudnn", baselines.get("cudnn_ms")), ("vs_flash", baselines.get("flash_ms")),
+        ("vs_reference", reference.get("latency_ms"))) if base}
+    dense = [v for k, v in baselines.items() if k.endswith("_ms")]
+    return dict(baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
+                reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
+                speedup=speedup, dense_faster=bool(dense) and min(dense) < latency_ms)
 
 
 def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None) -> list:
@@ -147,18 +160,19 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None)
     The curves depend on block and segment only (every launch keeps the same blocks, and the
     reference threshold is a point of the grid), so `cache` keeps them from trial to trial."""
     from .allocate import choose_plan, layer_curves
-    key = (cfg.block_size, cfg.segment_size)
+    p = cfg.params
+    key = (p.block_size, p.segment_size)
     cache = {} if cache is None else cache
     if key not in cache:
-        steps = progress.Steps(f"per-head curves at block {cfg.block_size}, segment {cfg.segment_size}: layer",
+        steps = progress.Steps(f"per-head curves at block {p.block_size}, segment {p.segment_size}: layer",
                                cal.layers)
         cache[key] = []
         for i in range(cal.layers):
             cache[key].append(layer_curves(cal.q[cal.layer(i)], cal.k[cal.layer(i)], cal.v[cal.layer(i)],
-                                           block_size=cfg.block_size, segment_size=cfg.segment_size,
+                                           block_size=p.block_size, segment_size=p.segment_size,
                                            launch=cfg.launch))
             steps.step()
-    return [choose_plan(curves, margin=margin, reference=cfg.threshold) for curves in cache[key]]
+    return [choose_plan(curves, margin=margin, reference=p.threshold) for curves in cache[key]]
 
 
 def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool, timed: bool = True) -> dict:
@@ -175,8 +189,9 @@ def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = 
     def run(return_lse=False):
         results = []
         for q, k, v, thr, permute in inputs:
-            perm, blocks = permute_and_select(q, k, v, block_size=cfg.block_size, segment_size=cfg.segment_size,
-                                threshold=thr, scale=scale, permute=permute)
+            perm, blocks = permute_and_select(q, k, v, block_size=cfg.params.block_size,
+                                              segment_size=cfg.params.segment_size, threshold=thr, scale=scale,
+                                              permute=permute)
             results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse),
                             blocks))
         return results

@@ -16,7 +16,7 @@ from ..op.launch_config import LaunchConfig
 from ..op.pbs_attention import portable
 from ..runtime.profiles import ProfileEntry
 from . import space as search_space
-from .evaluate import Calibration, dense_baselines, load_calibration, measure
+from .evaluate import Calibration, compared, dense_baselines, load_calibration, measure
 
 
 def candidates(launch: LaunchConfig, arch: int | None) -> list:
@@ -46,31 +46,23 @@ def relaunch_entry(entry: ProfileEntry, cal: Calibration, *, arch: int | None, o
     """The entry with the fastest of `candidates` as its launch, its figures re-measured in this run."""
     if entry.layers:
         raise ValueError(f"entry {entry.describe()} has per-layer plans; re-plan it (pbs-tune plan) instead")
-    p = entry.params
     times, results = {}, {}
     for lc in candidates(entry.launch, arch):
-        cfg = search_space.TrialConfig(p.block_size, p.segment_size, p.threshold, lc)
+        cfg = search_space.TrialConfig(entry.params, lc)
         results[lc] = measure(cal, cfg, on_gpu=on_gpu)
         times[lc.label()] = round(results[lc]["latency_ms"], 4)
     best = min(results, key=lambda lc: results[lc]["latency_ms"])
     got = results[best]
     ref_cfg = search_space.reference_config(entry.head_dim, cpu=not on_gpu)
     reference = dict(config=ref_cfg.as_dict(), **measure(cal, ref_cfg, on_gpu=on_gpu))
-    baselines = dense_baselines(cal, on_gpu=on_gpu)
     lat = got["latency_ms"]
-    speedup = {name: round(base / lat, 3) for name, base in (
-        ("vs_cudnn", baselines.get("cudnn_ms")), ("vs_flash", baselines.get("flash_ms")),
-        ("vs_reference", reference["latency_ms"])) if base}
-    dense = [v for k, v in baselines.items() if k.endswith("_ms")]
-    info = dict(entry.info,
-                baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
-                reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
-                speedup=speedup,
+    figures = compared(lat, dense_baselines(cal, on_gpu=on_gpu), reference)
+    dense_faster = figures.pop("dense_faster")
+    info = dict(entry.info, **figures,
                 relaunch=dict(latency_ms=times, chosen=best.label(), date=_dt.date.today().isoformat()),
                 versions=dict(entry.info.get("versions", {}), torch=str(torch.__version__),
                               triton=str(triton.__version__)),
                 date=_dt.date.today().isoformat())
     measured = dict(latency_ms=round(lat, 4), rel_l2=round(got["rel_l2"], 5), recall=round(got["recall"], 5),
                     density=round(got["density"], 4))
-    return dataclasses.replace(entry, launch=best, measured=measured, info=info,
-                               dense_faster=bool(dense) and min(dense) < lat)
+    return dataclasses.replace(entry, launch=best, measured=measured, info=info, dense_faster=dense_faster)

@@ -4,11 +4,12 @@ Parameters are drawn so that every combination tiles correctly by construction (
 block x blocks_per_segment, tile = block / split); configs whose compiled attend kernel does
 not fit the device are pruned before they run, with the reason stored on the trial.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 
 from ..op.launch_config import LaunchConfig, default_launch
+from ..runtime.profiles import PbsParams
 
 # kernel: the portable attend kernel or the Hopper one (TMA); programs_per_sm: the Hopper
 # kernel's persistent grid (0: a program per query tile).
@@ -35,22 +36,36 @@ PER_HEAD_REFERENCES = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 
 @dataclass(frozen=True)
 class TrialConfig:
-    block_size: int
-    segment_size: int
-    threshold: float
+    """What a trial runs: its PBS parameters and its launch. Stored on the trial once
+    (`as_dict`, user attribute 'config') and read back only through `of_trial`."""
+
+    params: PbsParams
     launch: LaunchConfig
 
     def as_dict(self):
-        return dict(block_size=self.block_size, segment_size=self.segment_size,
-                    threshold=round(float(self.threshold), 4), launch=self.launch.as_dict())
+        p = self.params
+        return dict(block_size=p.block_size, segment_size=p.segment_size, threshold=round(float(p.threshold), 4),
+                    launch=self.launch.as_dict())
+
+    @classmethod
+    def from_dict(cls, d) -> "TrialConfig":
+        return cls(PbsParams(d["block_size"], d["segment_size"], d["threshold"]), LaunchConfig(**d["launch"]))
+
+    @classmethod
+    def of_trial(cls, trial) -> "TrialConfig":
+        return cls.from_dict(trial.user_attrs["config"])
+
+    def planned(self, plan) -> PbsParams:
+        """This trial's parameters with a layer plan's per-head thresholds and permutation."""
+        return replace(self.params, threshold=tuple(plan.thresholds), permute=plan.permute)
 
 
-def reference_config(head_dim, seqlen=None, cpu=False):
+def reference_config(head_dim, cpu=False):
     """The published default (block 128, segment 256, threshold 0.9) with a stock launch."""
     bs, seg = REFERENCE["block_size"], REFERENCE["segment_size"]
     if cpu:
         bs, seg = 16, 32  # same ratio, interpreter-sized
-    return TrialConfig(bs, seg, REFERENCE["threshold"], default_launch(bs, head_dim))
+    return TrialConfig(PbsParams(bs, seg, REFERENCE["threshold"]), default_launch(bs, head_dim))
 
 
 def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, arch: int, smem_limit: int) -> str | None:
@@ -64,7 +79,7 @@ def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, arch: int, sm
     except ValueError as exc:
         return str(exc)
     try:
-        kernel = compile_call(attend_call(dtype=dtype, head_dim=head_dim, block_size=cfg.block_size,
+        kernel = compile_call(attend_call(dtype=dtype, head_dim=head_dim, block_size=cfg.params.block_size,
                                           **lc.as_dict()), arch=arch)
     except Exception as exc:  # the compiler's own refusal, reported in one line
         return f"attend kernel does not compile for sm_{arch}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -88,6 +103,6 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
                           num_warps=trial.suggest_categorical("num_warps", list(space["num_warps"])),
                           num_stages=trial.suggest_categorical("num_stages", list(space["num_stages"])),
                           programs_per_sm=programs, **KERNELS[kernel])
-    cfg = TrialConfig(bs, bs * per_seg, threshold, launch)
+    cfg = TrialConfig(PbsParams(bs, bs * per_seg, threshold), launch)
     trial.set_user_attr("config", cfg.as_dict())
     return cfg

@@ -1,14 +1,21 @@
 """The Optuna search behind `pbs-tune sweep`: one study per (GPU, length, shape, workload).
 
-The study lives in an RDB storage (SQLite under cache/ by default), so a killed sweep
-resumes where it stopped and several workers can share one study. Trials minimise
-(latency, error); trials whose error exceeds the bound are infeasible.
+`run_sweep(spec)` is the whole sweep: per length it calibrates, runs the trials (with worker
+processes that are handed the same spec), checks the chosen trial on held-out data, writes the
+profile entries and builds their kernel library. The study lives in an RDB storage (SQLite in
+the user store by default), so a killed sweep resumes where it stopped and several workers can
+share one study. Trials minimise (latency, error); trials whose error exceeds the bound are
+infeasible.
 """
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
+import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -22,24 +29,34 @@ from filelock import FileLock
 from optuna.trial import TrialState
 
 from .. import progress
-from ..op.launch_config import LaunchConfig
-from ..runtime.profiles import PbsParams, ProfileEntry
+from ..runtime import profile_store, profiles
+from ..runtime.gpu import CPU, device_for
+from ..runtime.profiles import ProfileEntry
+from ..seqlen import format_length
 from . import space as search_space
-from .evaluate import Calibration, layer_plans, measure, measure_layers
+from .evaluate import Calibration, compared, dense_baselines, layer_plans, load_calibration, measure, measure_layers
+from .space import TrialConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepSpec:
+    """One sweep, whole: what to tune, on which data, and where the study, profile and library
+    go. Worker processes are handed it as JSON (`to_json`/`from_json`), not as flags."""
+
     gpu: str
-    seqlen: int
+    seqlens: tuple
+    storage: str
+    profile: str
     heads: int = 32
     kv_heads: int = 8
     head_dim: int = 128
     dtype: str = "bfloat16"
     workload: str = "mixed"
+    calib: str | None = None          # captured Q/K/V to tune on instead of the workload
+    holdout_calib: str | None = None  # with calib: a capture of other text for the held-out check
     max_error: float | None = 0.10  # None: the published default's error on the calibration data
     trials: int = 40
     timeout: float | None = None
@@ -48,13 +65,55 @@ class SweepSpec:
     per_head: bool = False  # per-layer plans (tune/allocate.py) around each trial's global knobs
     margin: float = 0.95
     samples: int = 1  # workload samples calibrated on (a capture brings its own sequences)
+    study: str | None = None  # the study's name (one length) or names' prefix
+    library: str | None = None  # kernel library folder (default: the profile's)
+    workers: int = 1
+    compile: bool = True
+    quiet: bool = False  # no progress on stderr, in this process and the workers
     bound_default: bool = False  # max_error was resolved from the default's error (--max-error default)
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu != CPU
+
+    @property
+    def seqlen(self) -> int:
+        """The length of a one-length spec (`at`)."""
+        (n,) = self.seqlens
+        return n
+
+    def at(self, seqlen: int) -> "SweepSpec":
+        return replace(self, seqlens=(seqlen,))
+
+    def study_names(self) -> dict:
+        """{length: study name}: `study` itself for one length, else its prefix."""
+        if self.study and len(self.seqlens) == 1:
+            return {self.seqlens[0]: self.study}
+        return {n: self.at(n).study_name(self.study) for n in self.seqlens}
+
     def study_name(self, prefix=None):
+        source = "capture" if self.calib else self.workload
         base = (f"{self.gpu}-{self.seqlen}-{self.heads}x{self.kv_heads}x{self.head_dim}-{self.dtype}-"
-                f"{self.workload}" + (f"-x{self.samples}" if self.samples > 1 else "")
+                f"{source}" + (f"-x{self.samples}" if self.samples > 1 else "")
                 + ("-per-head" if self.per_head else ""))
         return f"{prefix}-{base}" if prefix else base
+
+    def calibration(self, held_out: bool = False) -> Calibration:
+        """This length's calibration data, or the held-out data: the workload's next seed, or
+        the capture of other text."""
+        from ..dtypes import torch_dtype
+        return load_calibration(seqlen=self.seqlen, heads=self.heads, kv_heads=self.kv_heads,
+                                head_dim=self.head_dim, dtype=torch_dtype(self.dtype), device=device_for(self.gpu),
+                                workload=self.workload, calib_file=self.holdout_calib if held_out else self.calib,
+                                seed=self.seed + (1 if held_out else 0), samples=self.samples)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "SweepSpec":
+        d = json.loads(text)
+        return cls(**dict(d, seqlens=tuple(d["seqlens"])))
 
 
 def sqlite_path(url: str):
@@ -113,40 +172,43 @@ def open_storage(url: str, heartbeat_s: int = 10):
                                           heartbeat_stale_trial_callback=retry, **kwargs)
 
 
-def open_study(spec: SweepSpec, storage_url: str, study_name: str) -> optuna.Study:
+def open_study(spec: SweepSpec, study_name: str) -> optuna.Study:
     """Create or join the study. Workers starting together must not both create the schema:
     SQLite creation is serialised by a lock file, other databases retry once."""
-    path = sqlite_path(storage_url)
+    path = sqlite_path(spec.storage)
     lock = FileLock(os.path.join(tempfile.gettempdir(), "pbs-tune-study-" + hashlib.sha256(
         os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"), timeout=300) if path else contextlib.nullcontext()
     for attempt in range(3):
         try:
             with lock:
-                return _create_study(spec, storage_url, study_name)
+                return _create_study(spec, study_name)
         except sqlalchemy.exc.IntegrityError:
             if attempt == 2:
                 raise
             time.sleep(1.0 + attempt)
 
 
-def _create_study(spec, storage_url, study_name):
+def _create_study(spec, study_name):
     # Workers of one study must not replay each other's random start: the seed mixes in the pid.
     sampler = optuna.samplers.TPESampler(seed=(spec.seed * 1_000_003 + os.getpid()) % (2 ** 31),
                                          multivariate=True, n_startup_trials=10)
-    study = optuna.create_study(storage=open_storage(storage_url, spec.heartbeat_s), study_name=study_name,
+    study = optuna.create_study(storage=open_storage(spec.storage, spec.heartbeat_s), study_name=study_name,
                                 directions=["minimize", "minimize"], sampler=sampler, load_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["latency_ms", "rel_l2"])
-    for key in ("gpu", "seqlen", "heads", "kv_heads", "head_dim", "dtype", "workload", "max_error", "samples"):
-        if getattr(spec, key) is not None:
-            study.set_user_attr(key, getattr(spec, key))
+    attrs = dict(gpu=spec.gpu, seqlen=spec.seqlen, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
+                 dtype=spec.dtype, workload="capture" if spec.calib else spec.workload, max_error=spec.max_error,
+                 samples=spec.samples)
+    for key, value in attrs.items():
+        if value is not None:
+            study.set_user_attr(key, value)
     return study
 
 
-def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
+def objective_for(cal: Calibration, spec: SweepSpec):
     space, arch, smem = search_space.CPU_SPACE, None, None
-    if on_gpu:
+    if spec.on_gpu:
         props = torch.cuda.get_device_properties(0)
         arch, smem = props.major * 10 + props.minor, props.shared_memory_per_block_optin
         space = search_space.gpu_space(arch)
@@ -155,25 +217,24 @@ def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
     def objective(trial):
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:gpu={_visible_gpus()}")
         cfg = search_space.suggest(trial, space, per_head=spec.per_head)
-        progress.say(f"trial {trial.number}: block {cfg.block_size}, segment {cfg.segment_size}, threshold "
-                     f"{cfg.threshold:.3g}, launch {cfg.launch.label()}")
+        p = cfg.params
+        progress.say(f"trial {trial.number}: block {p.block_size}, segment {p.segment_size}, threshold "
+                     f"{p.threshold:.3g}, launch {cfg.launch.label()}")
         problem = search_space.launch_problem(cfg, head_dim=spec.head_dim, dtype=spec.dtype, arch=arch,
-                                              smem_limit=smem) if on_gpu else None
+                                              smem_limit=smem) if spec.on_gpu else None
         if problem:
             trial.set_user_attr("fail_reason", problem)
             raise optuna.TrialPruned(problem)
         try:
             if spec.per_head:
                 plans = layer_plans(cal, cfg, spec.margin, curves)
-                trial.set_user_attr("plans", [dict(permute=p.permute, thresholds=list(p.thresholds),
-                                                   kept_ratio=round(p.kept_ratio, 4), margin=round(p.margin, 4))
-                                              for p in plans])
-                m = measure_layers(cal, cfg, plans, on_gpu=on_gpu)
+                trial.set_user_attr("plans", [plan.as_dict() for plan in plans])
+                m = measure_layers(cal, cfg, plans, on_gpu=spec.on_gpu)
             else:
-                m = measure(cal, cfg, on_gpu=on_gpu)
+                m = measure(cal, cfg, on_gpu=spec.on_gpu)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            if on_gpu:
+            if spec.on_gpu:
                 torch.cuda.empty_cache()
             # Optuna records a NaN result as a failed trial with one log line (an exception would
             # print its traceback); the reason is on the trial.
@@ -183,6 +244,12 @@ def objective_for(cal: Calibration, spec: SweepSpec, on_gpu: bool):
         trial.set_constraint("error_over_bound", m["rel_l2"] - spec.max_error)  # feasible when <= 0
         return m["latency_ms"], m["rel_l2"]
     return objective
+
+
+def trial_plans(trial) -> list:
+    """The per-layer plans a per-head trial stored (LayerPlan), in calibration-layer order."""
+    from .allocate import LayerPlan
+    return [LayerPlan.from_dict(d) for d in trial.user_attrs.get("plans", [])]
 
 
 def _visible_gpus() -> str:
@@ -219,6 +286,24 @@ class _StopAtTarget:
             study.stop()
 
 
+class _Progress:
+    """One line per finished trial: trials done and the best feasible latency so far."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.best = None
+
+    def __call__(self, study, trial):
+        rel = trial.user_attrs.get("rel_l2")
+        if trial.values and rel is not None and rel <= self.spec.max_error:
+            if self.best is None or trial.values[0] < self.best[0]:
+                self.best = (trial.values[0], rel)
+        done = finished_count(study)
+        best = f"{self.best[0]:.3f} ms (err {self.best[1]:.4f})" if self.best else "none yet"
+        bar = "#" * int(20 * min(done, self.spec.trials) / self.spec.trials)
+        progress.say(f"[{bar:<20}] {done}/{self.spec.trials} trials, best feasible: {best}")
+
+
 def enqueue_known_configs(study, on_gpu: bool):
     """Start a new study from the published default and two neighbours, so the search
     never reports worse than the reference merely for lack of trials."""
@@ -233,12 +318,12 @@ def enqueue_known_configs(study, on_gpu: bool):
             study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr, **launch))
 
 
-def run_trials(study, objective, spec: SweepSpec, callbacks=(), on_gpu=True):
+def run_trials(study, objective, spec: SweepSpec, callbacks=()):
     """Run until the study holds spec.trials finished trials (across all workers)."""
     remaining = spec.trials - finished_count(study)
     if remaining <= 0:
         return
-    enqueue_known_configs(study, on_gpu)
+    enqueue_known_configs(study, spec.on_gpu)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     study.optimize(objective, n_trials=max(remaining, waiting), timeout=spec.timeout, catch=(Exception,),
                    callbacks=[_StopAtTarget(spec.trials), *callbacks])
@@ -267,40 +352,27 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
                   source: str, layer_ids=None, held_out=None) -> ProfileEntry:
     """The chosen trial as a profile entry. A per-head trial on captured layers gives each
     layer its plan (`layers:`); on a synthetic workload (one 'layer') the plan is the entry's."""
-    cfg = trial.user_attrs["config"]
-    params = PbsParams(cfg["block_size"], cfg["segment_size"], cfg["threshold"])
-    launch = LaunchConfig(**cfg["launch"])
-    layers = {}
-    for i, p in enumerate(trial.user_attrs.get("plans", [])):
-        planned = PbsParams(cfg["block_size"], cfg["segment_size"], tuple(p["thresholds"]), p["permute"])
+    cfg = TrialConfig.of_trial(trial)
+    params, layers = cfg.params, {}
+    for i, plan in enumerate(trial_plans(trial)):
         if layer_ids is None:
-            params = planned
+            params = cfg.planned(plan)
         else:
-            layers[layer_ids[i]] = (planned, launch)
+            layers[layer_ids[i]] = (cfg.planned(plan), cfg.launch)
     lat = trial.values[0]
-    speedup = {}
-    for name, base in (("vs_cudnn", baselines.get("cudnn_ms")), ("vs_flash", baselines.get("flash_ms")),
-                       ("vs_reference", reference.get("latency_ms"))):
-        if base:
-            speedup[name] = round(base / lat, 3)
-    dense = [v for k, v in baselines.items() if k.endswith("_ms")]
+    figures = compared(lat, baselines, reference)
     return ProfileEntry(
         gpu=spec.gpu, seqlen=spec.seqlen, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
-        dtype=spec.dtype,
-        params=params, launch=launch, layers=layers,
-        # The loader runs dense SDPA where it beats the best sparse config at this length.
-        dense_faster=bool(dense) and min(dense) < lat,
+        dtype=spec.dtype, params=params, launch=cfg.launch, layers=layers, dense_faster=figures.pop("dense_faster"),
         measured=dict(latency_ms=round(lat, 4), rel_l2=round(trial.user_attrs["rel_l2"], 5),
                       recall=round(trial.user_attrs["recall"], 5), density=round(trial.user_attrs["density"], 4)),
         info=dict(
-            baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
-            reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
-            speedup=speedup, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
+            **figures, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
             **(dict(max_error_is_default=True) if spec.bound_default else {}),
             **(dict(samples=spec.samples) if spec.samples > 1 else {}),
             **(dict(held_out=held_out) if held_out else {}),
-            **(dict(per_head=dict(margin=spec.margin, reference_threshold=cfg["threshold"],
-                                  margins_used=[p.get("margin") for p in trial.user_attrs.get("plans", [])],
+            **(dict(per_head=dict(margin=spec.margin, reference_threshold=cfg.params.threshold,
+                                  margins_used=[p.margin for p in trial_plans(trial)],
                                   bound="per layer: output rel-L2 <= margin x the reference threshold's (with "
                                         "several captured sequences also on each one left out of the fit), and per "
                                         "head no fewer sampled queries' heaviest keys kept"))
@@ -311,25 +383,22 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
     )
 
 
-def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, on_gpu: bool) -> dict:
+def held_out_check(hold: Calibration, spec: SweepSpec, trial, study) -> dict:
     """The chosen trial and the published default on a sample the search never saw (another
     seed of the workload, or a capture of other text): a calibration error that does not carry
     over is the tuner fitting its own sample. Kept on the study and in the entry's info. Timed
     on a GPU only: interpreter times order trials, they mean nothing beside a profile."""
-    from types import SimpleNamespace
-    cfg = trial.user_attrs["config"]
-    config = search_space.TrialConfig(cfg["block_size"], cfg["segment_size"], cfg["threshold"],
-                                      LaunchConfig(**cfg["launch"]))
-    plans = [SimpleNamespace(thresholds=tuple(p["thresholds"]), permute=p["permute"])
-             for p in trial.user_attrs.get("plans", [])]
+    on_gpu = spec.on_gpu
+    cfg = TrialConfig.of_trial(trial)
+    plans = trial_plans(trial)
     if plans and len(plans) != hold.layers:
         raise ValueError(f"held-out data {hold.source} has {hold.layers} layers; the calibration had {len(plans)}")
     with torch.no_grad():
-        mine = (measure_layers(hold, config, plans, on_gpu=on_gpu, timed=on_gpu) if plans
-                else measure(hold, config, on_gpu=on_gpu, timed=on_gpu))
-    default = search_space.reference_config(spec.head_dim, cpu=not on_gpu).as_dict()
-    ref = (dict(config=default, **mine) if not plans and cfg == default  # the default was chosen: measured above
-           else reference_measurement(hold, spec, on_gpu, timed=on_gpu))
+        mine = (measure_layers(hold, cfg, plans, on_gpu=on_gpu, timed=on_gpu) if plans
+                else measure(hold, cfg, on_gpu=on_gpu, timed=on_gpu))
+    default = search_space.reference_config(spec.head_dim, cpu=not on_gpu)
+    ref = (dict(config=default.as_dict(), **mine) if not plans and cfg == default  # the default was chosen: measured above
+           else reference_measurement(hold, spec, timed=on_gpu))
     out = dict(source=hold.source, trial=trial.number, calibration_rel_l2=round(trial.user_attrs["rel_l2"], 5),
                rel_l2=round(mine["rel_l2"], 5), latency_ms=_rounded(mine.get("latency_ms"), 4),
                reference_rel_l2=_rounded(ref.get("rel_l2"), 5),
@@ -353,15 +422,162 @@ def _rounded(x, digits):
     return None if x is None else round(x, digits)
 
 
-def reference_measurement(cal: Calibration, spec: SweepSpec, on_gpu: bool, timed: bool = True) -> dict:
+def reference_measurement(cal: Calibration, spec: SweepSpec, timed: bool = True) -> dict:
     """The published default config on the same data, for every profile entry."""
-    cfg = search_space.reference_config(spec.head_dim, cpu=not on_gpu)
+    cfg = search_space.reference_config(spec.head_dim, cpu=not spec.on_gpu)
     try:
         if spec.per_head:  # timed layer by layer, as the per-head trials are
             from .allocate import LayerPlan
             heads = cal.q.shape[1]
-            plans = [LayerPlan(True, (cfg.threshold,) * heads, 1.0, 0.0, 0.0)] * cal.layers
-            return dict(config=cfg.as_dict(), **measure_layers(cal, cfg, plans, on_gpu=on_gpu, timed=timed))
-        return dict(config=cfg.as_dict(), **measure(cal, cfg, on_gpu=on_gpu, timed=timed))
+            plans = [LayerPlan(True, (cfg.params.threshold,) * heads, 1.0, 0.0, 0.0)] * cal.layers
+            return dict(config=cfg.as_dict(), **measure_layers(cal, cfg, plans, on_gpu=spec.on_gpu, timed=timed))
+        return dict(config=cfg.as_dict(), **measure(cal, cfg, on_gpu=spec.on_gpu, timed=timed))
     except Exception as exc:
         return dict(config=cfg.as_dict(), error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+# ---- the sweep ----
+
+def check_spec(spec: SweepSpec) -> None:
+    """Everything that can be wrong with a sweep, said in one line before any GPU work."""
+    if spec.heads % spec.kv_heads:
+        raise ValueError(f"--heads {spec.heads} must be a multiple of --kv-heads {spec.kv_heads}")
+    if spec.holdout_calib and not spec.calib:
+        raise ValueError("--holdout-calib checks a --calib sweep; a workload is checked on its next seed")
+    if spec.holdout_calib:
+        from .evaluate import captured_layers
+        (_, held_ids), (_, calib_ids) = captured_layers(spec.holdout_calib), captured_layers(spec.calib)
+        if held_ids != calib_ids:
+            raise ValueError(f"--holdout-calib {spec.holdout_calib} holds layers {held_ids}; --calib holds "
+                             f"{calib_ids}: capture the same --layers")
+    # The user store's folder is made on first use; a folder the user named must exist.
+    check_storage(spec.storage, create_folder=spec.storage == profile_store.default_storage_url())
+    if spec.on_gpu and spec.dtype == "float32":
+        raise ValueError("--dtype float32 is only for the CPU interpreter; use bfloat16 or float16")
+    if not spec.on_gpu and spec.dtype == "bfloat16":
+        raise ValueError("the CPU interpreter cannot run bfloat16; use --dtype float32 or float16")
+    if os.path.exists(spec.profile):
+        profiles.load(spec.profile)  # fail now, not after an hour of tuning
+
+
+def run_sweep(spec: SweepSpec, say=progress.say) -> list:
+    """Tune every length of `spec` and write the chosen entries to its profile (and their
+    kernel library); returns the entries. `say` prints the sweep's results (fronts, choices)."""
+    check_spec(spec)
+    names = spec.study_names()
+    if spec.workers > 1:
+        for n, name in names.items():  # the published default goes in once, before the workers start
+            enqueue_known_configs(open_study(spec.at(n), name), spec.on_gpu)
+        _run_workers(spec, say)
+    entries = []
+    for n, name in names.items():
+        say(f"== {format_length(n)}: study '{name}' in {spec.storage}")
+        entry = _sweep_length(spec.at(n), name, say)
+        entries.append(entry)
+        say("chosen: " + entry_line(entry))
+    profiles.merge_entries(spec.profile, entries)
+    say(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {spec.profile}")
+    if spec.on_gpu and spec.compile:
+        compile_in_fresh_process(spec.profile, spec.library)
+    return entries
+
+
+def _sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
+    cal = spec.calibration()
+    reference = reference_measurement(cal, spec)
+    if spec.max_error is None:
+        spec = bound_by_default(spec, reference)
+        say(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}")
+    study = open_study(spec, name)
+    baselines = dense_baselines(cal, on_gpu=spec.on_gpu)
+    recover_stale_trials(study, 3 * spec.heartbeat_s)
+    run_trials(study, objective_for(cal, spec), spec, callbacks=[_Progress(spec)])
+    print_front(pareto_front(study), spec.max_error, say)
+    best = choose(study, spec.max_error)
+    if best is None:
+        raise RuntimeError(f"no trial at {format_length(spec.seqlen)} met --max-error {spec.max_error}; "
+                           f"raise --trials or --max-error")
+    layer_ids, source = cal.layer_ids, cal.source
+    del cal
+    held = None
+    if spec.holdout_calib or not spec.calib:
+        hold = spec.calibration(held_out=True)
+        held = held_out_check(hold, spec, best, study)
+        del hold
+        say(f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
+            f"{held['calibration_rel_l2']:.4f}; default {held['reference_rel_l2']}), "
+            f"{'within' if held['within_bound'] else 'OVER'} the bound "
+            f"({'the default there' if spec.bound_default else spec.max_error}); "
+            + (f"{held['speedup_vs_reference']}x the default's speed" if held['speedup_vs_reference']
+               else "speed not compared (the interpreter's times mean nothing)"))
+    return profile_entry(spec, best, baselines, reference, name, source, layer_ids, held)
+
+
+def run_worker(spec: SweepSpec) -> None:
+    """A worker process: trials only, on the studies of every length; writes nothing else.
+    It measures the default only to resolve --max-error default, and untimed."""
+    progress.set_quiet(spec.quiet)
+    for n, name in spec.study_names().items():
+        one = spec.at(n)
+        cal = one.calibration()
+        if one.max_error is None:
+            one = bound_by_default(one, reference_measurement(cal, one, timed=False))
+        run_trials(open_study(one, name), objective_for(cal, one), one)
+        del cal
+
+
+def _run_workers(spec: SweepSpec, say) -> None:
+    """Start spec.workers worker processes on the same studies (each GPU worker sees one GPU),
+    hand each the spec, and wait.
+
+    A worker that dies is reported, not fatal: its running trial is failed once its heartbeat
+    is stale and run again, by another worker or by this process afterwards."""
+    fd, spec_file = tempfile.mkstemp(prefix="pbs-tune-sweep-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(spec.to_json())
+    try:
+        procs = []
+        for i in range(spec.workers):
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=_visible_device(i)) if spec.on_gpu else None
+            procs.append(subprocess.Popen([sys.executable, "-m", "pbs_tune.tune.worker", spec_file], env=env))
+        say(f"started {spec.workers} workers: pids {' '.join(str(p.pid) for p in procs)}")
+        for i, p in enumerate(procs):
+            code = p.wait()
+            if code:
+                progress.say(f"worker {i} (pid {p.pid}) ended with status {code}; its trials are recovered",
+                             always=True)
+    finally:
+        os.unlink(spec_file)
+
+
+def _visible_device(i) -> str:
+    """The i-th GPU this process may use, as CUDA_VISIBLE_DEVICES names it."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[i].strip() if visible else str(i)
+
+
+def compile_in_fresh_process(profile_path, library=None):
+    """The library holds exactly what the JIT builds for the profile: build it in a new process."""
+    cmd = [sys.executable, "-m", "pbs_tune", "compile", "--profile", profile_path]
+    if library:
+        cmd += ["--kernels", library]
+    if subprocess.run(cmd).returncode:
+        raise RuntimeError("building the kernel library failed (see above); run: pbs-tune " + " ".join(cmd[3:]))
+
+
+def print_front(front, max_error, say):
+    say("Pareto front (latency vs error):")
+    say(f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'recall':>7} {'density':>7}  block seg   thr  launch")
+    for t in front:
+        cfg, u = TrialConfig.of_trial(t), t.user_attrs
+        p, launch = cfg.params, cfg.launch
+        flag = "" if u["rel_l2"] <= max_error else "  (over bound)"
+        say(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {u['recall']:7.4f} {u['density']:7.3f}"
+            f"  {p.block_size:>5} {p.segment_size:>4} {p.threshold:.3f}  {launch.label()}{flag}")
+
+
+def entry_line(e: ProfileEntry) -> str:
+    m = e.measured
+    sp = " ".join(f"{k}={v}x" for k, v in e.info.get("speedup", {}).items())
+    return (f"{e.describe()}: {m['latency_ms']} ms, err {m['rel_l2']}, recall {m['recall']}, "
+            f"density {m['density']} {sp}")

@@ -153,6 +153,7 @@ def test_without_any_margin_that_holds_out_of_sample_the_plan_is_the_reference()
 def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypatch):
     from pbs_tune.op.launch_config import LaunchConfig
     from pbs_tune.tune import allocate, evaluate
+    from pbs_tune.runtime.profiles import PbsParams
     from pbs_tune.tune.space import TrialConfig
     cal = evaluate.load_calibration(seqlen=64, heads=2, kv_heads=1, head_dim=32, dtype=torch.float32, device="cpu")
     measured = []
@@ -166,10 +167,10 @@ def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypa
     launch = LaunchConfig(16, 16, 1, 1)
     cache = {}
     for threshold in (0.9, 0.5):  # the reference threshold changes, the curves do not
-        plans = evaluate.layer_plans(cal, TrialConfig(16, 32, threshold, launch), 0.95, cache)
+        plans = evaluate.layer_plans(cal, TrialConfig(PbsParams(16, 32, threshold), launch), 0.95, cache)
         assert plans == [allocate.choose_plan(curves, margin=0.95, reference=threshold)]
     assert measured == [(16, 32, 1)]  # measured once, one layer at a time
-    evaluate.layer_plans(cal, TrialConfig(32, 64, 0.9, launch), 0.95, cache)
+    evaluate.layer_plans(cal, TrialConfig(PbsParams(32, 64, 0.9), launch), 0.95, cache)
     assert measured[-1] == (32, 64, 1) and set(cache) == {(16, 32), (32, 64)}
-    evaluate.layer_plans(cal, TrialConfig(16, 32, 0.9, launch), 0.95)  # no cache: measured again
+    evaluate.layer_plans(cal, TrialConfig(PbsParams(16, 32, 0.9), launch), 0.95)  # no cache: measured again
     assert len(measured) == 3

@@ -5,11 +5,12 @@ import sys
 
 CODE = """
 from pbs_tune.op.launch_config import LaunchConfig
+from pbs_tune.runtime.profiles import PbsParams
 from pbs_tune.tune.space import TrialConfig, launch_problem
-fits = TrialConfig(128, 256, 0.9, LaunchConfig(128, 128, 8, 2))
+fits = TrialConfig(PbsParams(128, 256, 0.9), LaunchConfig(128, 128, 8, 2))
 print(launch_problem(fits, head_dim=128, dtype="bfloat16", arch=90, smem_limit=232448))
 print(launch_problem(fits, head_dim=128, dtype="bfloat16", arch=90, smem_limit=49152))
-hopper = TrialConfig(128, 256, 0.9, LaunchConfig(128, 128, 8, 3, tma=True, programs_per_sm=1))
+hopper = TrialConfig(PbsParams(128, 256, 0.9), LaunchConfig(128, 128, 8, 3, tma=True, programs_per_sm=1))
 print(launch_problem(hopper, head_dim=128, dtype="bfloat16", arch=90, smem_limit=232448))
 print(launch_problem(hopper, head_dim=128, dtype="bfloat16", arch=80, smem_limit=166912))
 """
@@ -37,7 +38,7 @@ def test_the_hopper_kernel_is_drawn_only_where_tma_exists():
     for _ in range(40):
         trial = study.ask()
         cfg = space.suggest(trial, space.gpu_space(90))
-        cfg.launch.check(cfg.block_size)  # every draw is a valid config
+        cfg.launch.check(cfg.params.block_size)  # every draw is a valid config
         drawn.add((cfg.launch.tma, cfg.launch.programs_per_sm))
         study.tell(trial, 1.0)
     assert (False, 0) in drawn and any(tma and p > 0 for tma, p in drawn)
