@@ -1,4 +1,5 @@
 """`pbs-tune`: tune PBS-Attn for this GPU, inspect profiles, build their kernel libraries."""
+import dataclasses
 import functools
 import json
 import os
@@ -7,7 +8,7 @@ import click
 
 from . import progress
 from .runtime import profile_store, profiles
-from .runtime.gpu import CPU, device_for, family_of, present_gpu, resolve_gpu
+from .runtime.gpu import CPU, device_for, present_gpu, resolve_gpu, variant_in
 from .seqlen import format_length, parse_length
 from .tune.workloads import WORKLOADS
 
@@ -182,12 +183,12 @@ def show(gpu, profile_path, shape, seqlen, as_json):
       pbs-tune show --gpu h100-sxm
       pbs-tune show --gpu h100-sxm --shape 28/4/128 --seqlen 32k
     """
-    if gpu == "auto":
-        gpu = present_gpu()
-        if gpu is None:
-            raise ValueError("no GPU here: name one, e.g. pbs-tune show --gpu h100-sxm")
+    try:
+        gpu = resolve_gpu(gpu, must_be_present=False)
+    except RuntimeError:
+        raise ValueError("no GPU here: name one, e.g. pbs-tune show --gpu h100-sxm") from None
     if profile_path is None:
-        found = profile_store.find_profile(gpu.lower())
+        found = profile_store.find_profile(gpu)
         if found is None:
             raise ValueError(f"no profile for {gpu} (searched {profile_store.searched_folders()})")
         profile_path = found.path
@@ -200,7 +201,7 @@ def show(gpu, profile_path, shape, seqlen, as_json):
         click.echo(json.dumps(dict(profile=prof.path, entries=[e.to_dict() for e in prof.entries]), default=str))
         return
     if shape is not None:
-        return _show_shape(prof, gpu.lower(), shape, seqlen)
+        return _show_shape(prof, gpu, shape, seqlen)
     click.echo(f"{prof.path}: {len(prof.entries)} entries")
     click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>20} "
                f"{'ms':>9} {'rel_l2':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
@@ -238,8 +239,7 @@ def _show_shape(prof, gpu, shape, seqlen):
             or dtype not in BY_NAME:
         raise ValueError(f"--shape {shape!r}: give HEADS/KV_HEADS/HEAD_DIM[/DTYPE] with HEADS a multiple of "
                          f"KV_HEADS, e.g. 28/4/128 or 9/3/64/float16")
-    entries = [e for e in prof.entries if e.gpu == gpu or family_of(e.gpu) == family_of(gpu)]
-    gpu = gpu if any(e.gpu == gpu for e in entries) else (entries[0].gpu if entries else gpu)
+    gpu = variant_in((e.gpu for e in prof.entries), gpu) or gpu
     serving = prof.nearest_shape(gpu=gpu, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype)
     if serving is None:
         click.echo(f"{shape} on {gpu}: no entry of head_dim {head_dim} and {dtype} in {prof.path}: "
@@ -283,14 +283,13 @@ def compile_cmd(profile_path, library):
         raise ValueError("compiling kernels needs a CUDA GPU of the arch they will run on")
     profile_path = profile_path or profile_store.default_profile_path(gpu)
     prof = profiles.load(profile_path)
-    # A library is built for this GPU's arch; it serves any variant of the same arch (checked at load).
-    names = sorted({e.gpu for e in prof.entries})
-    same_family = [n for n in names if family_of(n) == family_of(gpu)]
-    prof.gpu = gpu if gpu in names else (same_family or names or [None])[0]
-    if prof.gpu is None:
+    if not prof.entries:
         raise ValueError(f"{prof.path} has no entries")
-    if prof.gpu != gpu:
-        click.echo(f"note: building {prof.gpu}'s kernels on {gpu}; they load only where the arch is the same")
+    # A library is built for this GPU's arch; it serves any GPU of the same arch (checked at load).
+    variant = variant_in((e.gpu for e in prof.entries), gpu) or sorted(e.gpu for e in prof.entries)[0]
+    if variant != gpu:
+        click.echo(f"note: building {variant}'s kernels on {gpu}; they load only where the arch is the same")
+    prof = dataclasses.replace(prof, gpu=variant)
     library = library or prof.library or profile_store.default_library_dir(profile_path)
     manifest = kernel_library.build(prof, library)
     profiles.merge_entries(profile_path, [], library=library)
@@ -321,7 +320,7 @@ def relaunch(profile_path, out_path, library, no_compile):
         raise ValueError("relaunch times kernels: it needs a CUDA GPU (or TRITON_INTERPRET=1 for a dry run)")
     on_gpu = gpu != CPU
     prof = profiles.load(profile_path)
-    entries = [e for e in prof.entries if family_of(e.gpu) == family_of(gpu)]
+    entries = prof.for_gpu(variant_in((e.gpu for e in prof.entries), gpu))
     if not entries:
         raise ValueError(f"{profile_path} has no entries for {gpu}")
     arch = None

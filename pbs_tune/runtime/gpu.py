@@ -57,16 +57,38 @@ def family_of(name: str) -> str:
     return name.split("-", 1)[0]
 
 
-def resolve_gpu(requested) -> str:
-    """'auto' names the present GPU; a family ('h100') or variant ('h100-sxm') must match it."""
-    present = detect_gpu()
+def resolve_gpu(requested="auto", *, must_be_present: bool = True) -> str:
+    """The GPU a command or call means; every caller decides it here.
+
+    'auto' is the present GPU; a family ('h100') is the present variant of it ('h100-sxm').
+    With `must_be_present` (tuning, compiling, planning) any other name is an error; without it
+    (reading a profile as data) it names another GPU."""
     if requested in (None, "", "auto"):
-        return present
+        return detect_gpu()
+    present = detect_gpu() if must_be_present else present_gpu()
     wanted = requested.lower()
-    if wanted not in (present, family_of(present)):
+    if present is not None and wanted in (present, family_of(present)):
+        return present
+    if must_be_present:
         raise ValueError(f"--gpu {requested} does not match the GPU present ({present}); "
                          f"run this on that GPU or pass --gpu auto")
-    return present
+    return wanted
+
+
+def variant_in(names, gpu: str) -> str | None:
+    """Of the GPU names a profile holds, the one whose entries serve `gpu`: its own, else
+    another variant of its family (the first by name), else None."""
+    names = sorted(set(names))
+    if gpu in names:
+        return gpu
+    family = [n for n in names if family_of(n) == family_of(gpu)]
+    return family[0] if family else None
+
+
+def runs_here(gpu: str) -> bool:
+    """Whether entries tuned on `gpu` can run in this process (the same family is present)."""
+    present = present_gpu()
+    return present is not None and family_of(present) == family_of(gpu)
 
 
 def device_for(gpu: str) -> str:

@@ -13,6 +13,7 @@ Kernels come from the profile's compiled-kernel library (see kernel_library.py),
 call compiles or tunes; without a usable library Triton's JIT takes over, said once.
 """
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -26,7 +27,7 @@ from ..op.pbs_attention import pbs_attention
 from ..dtypes import NAME_OF as _DTYPE_NAMES
 from ..seqlen import format_length
 from . import kernel_library, profile_store, profiles
-from .gpu import CPU, family_of, present_gpu
+from .gpu import CPU, present_gpu, resolve_gpu, runs_here, variant_in
 from .graphs import GraphCache
 
 logger = logging.getLogger("pbs_tune")
@@ -61,28 +62,28 @@ def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: boo
     environment) leaves every kernel to Triton's JIT.
     """
     use_library = use_library and os.environ.get("PBS_TUNE_KERNELS", "library") != "jit"
-    present = present_gpu()
-    wanted = present if gpu in (None, "", "auto") else gpu.lower()
-    if wanted is None:
+    try:
+        wanted = resolve_gpu(gpu, must_be_present=False)
+    except RuntimeError:
         raise profiles.ProfileError("no GPU here (set TRITON_INTERPRET=1 for the CPU interpreter); "
-                                    "name the profile's GPU to read it as data, e.g. load_profile('h100-sxm')")
-    if present and wanted == family_of(present):
-        wanted = present  # 'h100' on an H100 SXM means 'h100-sxm'
+                                    "name the profile's GPU to read it as data, e.g. load_profile('h100-sxm')") from None
     t0 = time.perf_counter()
     if path is not None and not os.path.exists(path):
         raise profiles.ProfileError(f"no tuned profile at {path}; make one on that GPU with: "
                                     f"pbs-tune sweep --gpu {wanted} --seqlen 32k --seqlen 128k --profile {path}")
     prof = profiles.load(path or _find(wanted))
-    variant = _variant_in(prof, wanted)
+    variant = variant_in((e.gpu for e in prof.entries), wanted)
+    if variant is None:
+        raise profiles.ProfileError(f"{prof.path} has no entries for {wanted}; make them on that GPU with: "
+                                    f"pbs-tune sweep --gpu {wanted} --seqlen 32k --profile {prof.path}")
     if variant != wanted:
         logger.warning("pbs_tune: %s has no entries for %s; using those tuned on %s (same family, "
                        "other clocks and bandwidth: re-tune with pbs-tune sweep --gpu %s for exact timings)",
                        prof.path, wanted, variant, wanted)
-    prof.gpu = variant
-    prof.runnable = present is not None and (present == wanted or family_of(present) == family_of(variant))
-    prof.load_times = dict(read_s=time.perf_counter() - t0)
-    if prof.runnable and present != CPU:
-        _bind_kernels(prof, use_library)
+    runnable = runs_here(variant)
+    prof = dataclasses.replace(prof, gpu=variant, runnable=runnable, load_times=dict(read_s=time.perf_counter() - t0))
+    if runnable and variant != CPU:
+        prof.load_times.update(_bind_kernels(prof, use_library))
     logger.info("pbs_tune: loaded %s: %s", prof.path, ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in prof.load_times.items()))
     return prof
 
@@ -95,23 +96,13 @@ def _find(gpu):
     return found.path
 
 
-def _variant_in(prof, wanted):
-    """`wanted` if the profile has its entries, else one variant of the same family."""
-    if prof.for_gpu(wanted):
-        return wanted
-    family = [e.gpu for e in prof.entries if family_of(e.gpu) == family_of(wanted)]
-    if not family:
-        raise profiles.ProfileError(f"{prof.path} has no entries for {wanted}; make them on that GPU with: "
-                                    f"pbs-tune sweep --gpu {wanted} --seqlen 32k --profile {prof.path}")
-    return sorted(family)[0]
-
-
 _bound_libraries = {}
 
 
-def _bind_kernels(prof, use_library=True):
+def _bind_kernels(prof, use_library=True) -> dict:
     """Load the profile's kernel library once per process, then pay torch's and the kernels'
-    first-use costs with one short call per config, at load time rather than on a prompt."""
+    first-use costs with one short call per config, at load time rather than on a prompt.
+    Returns where the time went."""
     t0 = time.perf_counter()
     if use_library and prof.library not in _bound_libraries:
         try:
@@ -123,7 +114,7 @@ def _bind_kernels(prof, use_library=True):
             logger.warning("pbs_tune: %s; Triton's JIT compiles the kernels on first use instead", exc)
     t1 = time.perf_counter()
     _prewarm(prof.for_gpu(prof.gpu))
-    prof.load_times.update(bind_s=t1 - t0, warm_up_s=time.perf_counter() - t1)
+    return dict(bind_s=t1 - t0, warm_up_s=time.perf_counter() - t1)
 
 
 _prewarmed = set()
@@ -334,17 +325,26 @@ def _register():
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, flash_attention_mask)  # 2-D padding mask or None
 
 
+_resolved = {}  # id of a profile read with profiles.load() -> (weak reference to it, its copy for this GPU)
+
+
 def _ready(prof):
-    """A profile made or loaded elsewhere, checked and bound to this process (once)."""
+    """A profile made or loaded elsewhere, checked and bound to this process (once). One read
+    with profiles.load() names no GPU: it is used through a copy that names the GPU present,
+    made once, so the caller's object is never changed."""
     if prof.gpu is None:
-        prof.gpu = present_gpu()
-        prof.runnable = prof.gpu is not None
+        ref, copy = _resolved.get(id(prof), (None, None))
+        if ref is None or ref() is not prof:
+            gpu = present_gpu()
+            copy = dataclasses.replace(prof, gpu=gpu, runnable=gpu is not None, load_times={})
+            _resolved[id(prof)] = (weakref.ref(prof), copy)
+        prof = copy
     _require_runnable(prof)
     if not prof.for_gpu(prof.gpu):
         raise profiles.ProfileError(f"{prof.path} has no entries for {prof.gpu}; make them with: "
                                     f"pbs-tune sweep --gpu {prof.gpu} --seqlen 32k --profile {prof.path}")
     if prof.gpu != CPU and "bind_s" not in prof.load_times:
-        _bind_kernels(prof)
+        prof.load_times.update(_bind_kernels(prof))
     return prof
 
 
