@@ -85,7 +85,7 @@ def main():
 @click.option("--profile", "profile_path", default=None,
               help="Profile YAML to write (default: <user store>/configs/<gpu>.yaml).")
 @click.option("--kernels", "library", default=None,
-              help="Folder of its compiled-kernel library (default: cache/<name>/ of the profile's store).")
+              help="Folder of its compiled-kernel library (default: cache/sm_<arch>/ of the profile's store).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the workload data and the sampler.")
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
 @click.option("--per-head", is_flag=True,
@@ -267,7 +267,8 @@ def _measured(m, key, width, digits):
 @click.option("--profile", "profile_path", default=None,
               help="Profile YAML (default: <user store>/configs/<this GPU>.yaml).")
 @click.option("--kernels", "library", default=None,
-              help="Library folder to write (default: the profile's own, else cache/<name>/ of its store).")
+              help="Library folder to add the kernels to (default: the profile's own, else cache/sm_<arch>/ "
+                   "of its store, shared by the profiles of every GPU of this arch).")
 @one_line_errors
 def compile_cmd(profile_path, library):
     """Build the compiled-kernel library of a profile on this GPU (same arch as where it runs).
@@ -290,11 +291,13 @@ def compile_cmd(profile_path, library):
     if variant != gpu:
         click.echo(f"note: building {variant}'s kernels on {gpu}; they load only where the arch is the same")
     prof = dataclasses.replace(prof, gpu=variant)
-    library = library or prof.library or profile_store.default_library_dir(profile_path)
+    import torch
+    major, minor = torch.cuda.get_device_capability()
+    library = library or prof.library or profile_store.default_library_dir(profile_path, major * 10 + minor)
     manifest = kernel_library.build(prof, library)
     profiles.merge_entries(profile_path, [], library=library)
     size = sum(os.path.getsize(os.path.join(library, f)) for f in os.listdir(library))
-    click.echo(f"compiled {len(manifest['kernels'])} kernels for sm_{manifest['arch']} into {library} "
+    click.echo(f"compiled {prof.gpu}'s kernels for sm_{manifest['arch']} into {library}, now {len(manifest['kernels'])} kernels "
                f"({size / 1024:.0f} KiB); {profile_path} now names it")
 
 

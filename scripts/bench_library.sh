@@ -6,7 +6,7 @@ source "$(dirname "$0")/gpu_common.sh"
 $py -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 if [ "${BUILD:-1}" = 1 ]; then  # BUILD=0: use the libraries in the tree, as shipped
   for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml || exit 1; done
-  tar czf "$OUT/libraries.tar.gz" cache/*-*/ configs/*.yaml
+  tar czf "$OUT/libraries.tar.gz" cache/sm_*/ configs/*.yaml
 fi
 [ "${IDENTITY:-1}" = 1 ] && $py -m pbs_tune.bench.library --parts identity --profile configs/h100-sxm.yaml \
   --out "$OUT/aot.json"

@@ -40,6 +40,6 @@ if [ "${LIBRARY:-1}" = 1 ]; then
     --out "$OUT/library.json" 2>&1 | grep -v -i warn | tail -8
   $py -m pbs_tune.bench.library --parts firstcall --profile "$PWD/configs/$gpu.yaml" --lengths 8k,32k --runs 2 \
     --label relaunched --out "$OUT/library.json" 2>&1 | grep -v -i warn | tail -8
-  tar czf "$OUT/libraries.tar.gz" cache/h100-sxm cache/h200-sxm configs/h100-sxm.yaml configs/h200-sxm.yaml
+  tar czf "$OUT/libraries.tar.gz" cache/sm_*/ configs/h100-sxm.yaml configs/h200-sxm.yaml
 fi
 ls -la "$OUT"

@@ -8,7 +8,7 @@ for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml
 gpu=$($py -c "from pbs_tune.runtime.gpu import present_gpu; print(present_gpu())")
 $py -m pbs_tune.bench.crossover --profile configs/$gpu.yaml $([ "${UPDATE:-1}" = 1 ] && echo --update) \
   --fixture fixtures/byte-llama --out "$OUT/crossover.json" 2>&1 | grep -v "Warn\|Loading"
-tar czf "$OUT/libraries.tar.gz" cache/*-*/ configs/*.yaml
+tar czf "$OUT/libraries.tar.gz" cache/sm_*/ configs/*.yaml
 install_readonly_wheel
 cd /tmp
 PYTHONPATH=$root/ab_old $py "$root/scripts/op_ab.py" before >> "$OUT/op_ab.jsonl"

@@ -7,7 +7,7 @@
 source "$(dirname "$0")/gpu_common.sh"
 if [ "${STEP:-build}" = build ]; then
   for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml || exit 1; done
-  tar czf "$OUT/libraries.tar.gz" cache/*-*/ configs/*.yaml
+  tar czf "$OUT/libraries.tar.gz" cache/sm_*/ configs/*.yaml
   $py -m pbs_tune.bench.library --parts identity --profile configs/h200-sxm.yaml --out "$OUT/identity.json" 2>&1 | tail -3
 fi
 install_readonly_wheel

@@ -90,41 +90,66 @@ def record_key(rec) -> tuple:
 
 
 def write(path: str, compiled_kernels, built_with: dict) -> dict:
-    """Write a library folder atomically (replacing any earlier one); returns the manifest."""
-    records, blobs = [], {}
-    for ck in compiled_kernels:
-        rec, cubin = record_of(ck)
-        if rec["file"] not in blobs:
-            records.append(rec)
-            blobs[rec["file"]] = cubin
-    archs = {r["arch"] for r in records}
-    if len(archs) != 1:
-        raise LibraryError(f"a library holds kernels of one arch, got {sorted(archs)}")
-    manifest = dict(format=FORMAT, arch=archs.pop(), kernel_sources=kernel_sources_hash(), built_with=built_with,
-                    kernels=sorted(records, key=lambda r: (r["kernel"], r["file"])),
-                    files={name: _sha256(data) for name, data in sorted(blobs.items())})
+    """Add kernels to the library folder at `path`, atomically; returns the manifest.
+
+    A library is keyed by arch and shared by every profile of it (an H100 and an H200 profile
+    both run sm_90 cubins), so a current library (same arch, same kernel sources) keeps the
+    kernels it holds; a stale or unreadable one is replaced."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with FileLock(os.path.join(tempfile.gettempdir(), "pbs-tune-library-" + _sha256(path.encode())[:16] + ".lock")):
-        tmp = tempfile.mkdtemp(dir=parent, prefix=".library-")
-        try:
-            for name, data in blobs.items():
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
-            with open(os.path.join(tmp, MANIFEST), "w") as f:
-                json.dump(manifest, f, indent=1)
-            os.chmod(tmp, 0o755)
-            old = None
-            if os.path.exists(path):
-                old = tempfile.mkdtemp(dir=parent, prefix=".library-old-")
-                os.replace(path, os.path.join(old, "x"))
-            os.replace(tmp, path)
-            if old:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        records, blobs = _current_kernels(path)
+        for ck in compiled_kernels:
+            rec, cubin = record_of(ck)
+            if rec["file"] not in blobs:
+                records.append(rec)
+                blobs[rec["file"]] = cubin
+        archs = {r["arch"] for r in records}
+        if len(archs) != 1:
+            raise LibraryError(f"a library holds kernels of one arch, got {sorted(archs)}")
+        manifest = dict(format=FORMAT, arch=archs.pop(), kernel_sources=kernel_sources_hash(), built_with=built_with,
+                        kernels=sorted(records, key=lambda r: (r["kernel"], r["file"])),
+                        files={name: _sha256(data) for name, data in sorted(blobs.items())})
+        _replace_folder(path, blobs, manifest)
     return manifest
+
+
+def _current_kernels(path) -> tuple:
+    """(records, {file: cubin}) of the library at `path` if it is current, else nothing."""
+    try:
+        manifest = read(path)
+    except LibraryError:
+        return [], {}
+    if manifest.get("kernel_sources") != kernel_sources_hash():
+        return [], {}
+    blobs = {}
+    for rec in manifest["kernels"]:
+        with open(os.path.join(path, rec["file"]), "rb") as f:
+            blobs[rec["file"]] = f.read()
+    return list(manifest["kernels"]), blobs
+
+
+def _replace_folder(path, blobs, manifest):
+    """Write the folder beside `path` and swap it in with renames, so a reader never sees half."""
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".library-")
+    try:
+        for name, data in blobs.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+        os.chmod(tmp, 0o755)
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(dir=parent, prefix=".library-old-")
+            os.replace(path, os.path.join(old, "x"))
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read(path: str) -> dict:
@@ -249,7 +274,8 @@ def launched_kernels():
 
 
 def build(profile, path: str) -> dict:
-    """Compile every kernel `profile` needs (in this process, through the JIT) and write the library."""
+    """Compile every kernel `profile` needs (in this process, through the JIT) and add them to
+    the library at `path`."""
     import triton
     if launch.library_size():
         raise RuntimeError("build the kernel library in a fresh process (kernels are already bound here)")

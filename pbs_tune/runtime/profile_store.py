@@ -1,10 +1,10 @@
 """Where profiles and their kernel libraries live, independent of the working directory.
 
-A *store* is a folder with `configs/<gpu>.yaml` (profiles) and `cache/<gpu>/` (their compiled
-kernels). Profiles are looked up in this order: an explicit path, the store named by the
-environment variable PBS_TUNE_HOME, the user's store ($XDG_DATA_HOME/pbs-tune, by default
-~/.local/share/pbs-tune), and last the profiles shipped inside the installed package. In
-each, the GPU's own variant ('h100-sxm') wins; another variant of the same family is used
+A *store* is a folder with `configs/<gpu>.yaml` (profiles) and `cache/sm_<arch>/` (their
+compiled kernels, one library per GPU arch). Profiles are looked up in this order: an explicit
+path, the store named by the environment variable PBS_TUNE_HOME, the user's store
+($XDG_DATA_HOME/pbs-tune, by default ~/.local/share/pbs-tune), and last the profiles shipped
+inside the installed package. In each, the GPU's own variant ('h100-sxm') wins; another variant of the same family is used
 only when no store has the exact one, and the loader says so once.
 """
 import glob
@@ -52,13 +52,13 @@ def default_storage_url() -> str:
     return "sqlite:///" + os.path.join(home, "studies.db")
 
 
-def default_library_dir(profile_path: str) -> str:
-    """A profile in `<store>/configs/x.yaml` has its kernels in `<store>/cache/x/`; a loose
-    `dir/x.yaml` in `dir/cache/x/`."""
-    folder, name = os.path.split(os.path.abspath(profile_path))
-    stem = os.path.splitext(name)[0]
+def default_library_dir(profile_path: str, arch: int) -> str:
+    """A profile in `<store>/configs/x.yaml` has its kernels in `<store>/cache/sm_<arch>/`, a loose
+    `dir/x.yaml` in `dir/cache/sm_<arch>/`: one library per arch, shared by the profiles of
+    every GPU of that arch (H100 and H200 profiles run the same sm_90 cubins)."""
+    folder = os.path.dirname(os.path.abspath(profile_path))
     root = os.path.dirname(folder) if os.path.basename(folder) == "configs" else folder
-    return os.path.join(root, "cache", stem)
+    return os.path.join(root, "cache", f"sm_{arch}")
 
 
 @dataclass

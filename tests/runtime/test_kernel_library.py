@@ -16,7 +16,7 @@ import pytest
 from pbs_tune.runtime import kernel_library
 
 BUILD = """
-import json, sys
+import json, os, sys
 from pbs_tune.kernels import launch
 from pbs_tune.kernels.aot import attend_call, compile_call
 from pbs_tune.runtime import kernel_library
@@ -25,10 +25,23 @@ calls = [attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128
          attend_call(dtype="float16", head_dim=64, block_size=64, block_m=64, block_n=32, num_warps=4, num_stages=3),
          attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
                      num_stages=3, tma=True)]
-manifest = kernel_library.write(sys.argv[1], [compile_call(c, arch=90) for c in calls], dict(triton="test"))
+compiled = [compile_call(c, arch=90) for c in calls]
+manifest = kernel_library.write(sys.argv[1], compiled, dict(triton="test"))
 keys = [list(map(str, launch.call_key(c.fn, c.args, c.constexprs, c.num_warps, c.num_stages))) for c in calls]
 recs = [list(map(str, kernel_library.record_key(r))) for r in manifest["kernels"]]
-print(json.dumps(dict(same_keys=sorted(keys) == sorted(recs))))
+# One library per arch, shared: a second profile's kernels are added to the first's ...
+shared = sys.argv[1] + "-shared"
+kernel_library.write(shared, compiled[:2], dict(triton="test"))
+union = kernel_library.write(shared, compiled[1:], dict(triton="test"))
+# ... unless the library was built from other kernel sources: then it is replaced.
+with open(shared + "/manifest.json") as f:
+    old = json.load(f)
+with open(shared + "/manifest.json", "w") as f:
+    json.dump(dict(old, kernel_sources="0" * 64), f)
+fresh = kernel_library.write(shared, compiled[:1], dict(triton="test"))
+print(json.dumps(dict(same_keys=sorted(keys) == sorted(recs), union=[r["file"] for r in union["kernels"]] == [r["file"] for r in manifest["kernels"]],
+                      fresh=[r["file"] for r in fresh["kernels"]] == [r["file"] for r in kernel_library.read(shared)["kernels"]],
+                      fresh_count=len(fresh["kernels"]), files=sorted(os.listdir(shared)) == sorted(["manifest.json"] + list(fresh["files"])))))
 """
 
 
@@ -62,6 +75,18 @@ def test_manifest_records_what_a_launch_needs_and_no_ir(library):
     assert big["shared"] > 0 and len(big["scratch"]) <= 2
     with open(os.path.join(path, big["file"]), "rb") as f:
         assert f.read(4) == b"\x7fELF"  # a cubin
+
+
+def test_a_library_is_shared_by_profiles_of_one_arch_and_replaced_when_stale(library):
+    _, result = library
+    assert result["union"]  # two writes with overlapping kernels hold each once
+    assert result["fresh"] and result["fresh_count"] == 1 and result["files"]  # stale: only the new kernel, no leftovers
+
+
+def test_the_shipped_h100_and_h200_profiles_share_one_sm_90_library():
+    from pbs_tune.runtime import profile_store, profiles
+    libraries = {profiles.load(profile_store.find_profile(gpu).path).library for gpu in ("h100-sxm", "h200-sxm")}
+    assert len(libraries) == 1 and os.path.basename(libraries.pop()) == "sm_90"
 
 
 def test_relocated_and_read_only_copies_work_and_stay_untouched(library, tmp_path):
