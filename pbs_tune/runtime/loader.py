@@ -123,8 +123,7 @@ _prewarmed = set()
 def _prewarm(entries):
     for e in entries:
         for params, launch in e.configs():
-            key = (e.dtype, e.heads, e.kv_heads, e.head_dim, params.block_size, params.segment_size,
-                   params.keeps_all, launch)
+            key = profiles.KernelKey.of(e, params, launch)
             if key in _prewarmed:
                 continue
             _prewarmed.add(key)

@@ -57,14 +57,22 @@ class PbsParams:
 
 @dataclass(frozen=True)
 class KernelKey:
-    """What the compiled kernels of a config depend on: never the length or the threshold
-    itself (only whether it keeps every block), so a threshold-only re-tune reuses them."""
+    """What the compiled kernels of a config depend on: never the length, the head counts or the
+    threshold itself (only whether it keeps every block), so a threshold-only re-tune reuses
+    them; the loader warms up one config per key."""
 
     dtype: str
     head_dim: int
     block_size: int
+    segment_size: int  # the segment sort is specialised on it
+    permute: bool      # unpermuted selection runs no segment sort
     keep_all: bool
     launch: LaunchConfig
+
+    @classmethod
+    def of(cls, entry, params: PbsParams, launch: LaunchConfig) -> "KernelKey":
+        return cls(entry.dtype, entry.head_dim, params.block_size, params.segment_size, params.permute,
+                   params.keeps_all, launch)
 
 
 @dataclass
@@ -97,8 +105,7 @@ class ProfileEntry:
         return own + [c for c in self.layers.values() if c != DENSE and c not in own]
 
     def kernel_keys(self) -> list:
-        return sorted({KernelKey(self.dtype, self.head_dim, p.block_size, p.keeps_all, lc)
-                       for p, lc in self.configs()}, key=repr)
+        return sorted({KernelKey.of(self, p, lc) for p, lc in self.configs()}, key=repr)
 
     def describe(self) -> str:
         """One line: '32k 32/8/128 bfloat16 b128 s256 τ0.9 128x128w8s3'."""

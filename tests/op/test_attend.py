@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pbs_tune import (LaunchConfig, attend_blocks, block_list_from_mask, identity_permutation, pbs_attention,
                       permute_and_select)
 from pbs_tune.op.permutation import KeyPermutation
-from reference import allowed_matrix, causal_attention, random_qkv, reference_for, rel_l2
+from helpers import allowed_matrix, causal_attention, random_qkv, reference_for, rel_l2
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 

@@ -7,7 +7,7 @@ import torch
 
 from pbs_tune import LaunchConfig, attend_blocks, block_list_from_mask, identity_permutation, permute_and_select
 from pbs_tune.op.pbs_attention import tma_compatible
-from reference import reference_for, rel_l2
+from helpers import reference_for, rel_l2
 
 HOPPER = [LaunchConfig(16, 16, 4, 1, tma=True),                       # a program per query tile
           LaunchConfig(32, 16, 4, 2, tma=True, programs_per_sm=1),    # persistent: 3 programs

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pbs_tune import LaunchConfig, attend_blocks, pbs_attention, permute_and_select
-from reference import causal_attention, random_qkv, reference_for, rel_l2
+from helpers import causal_attention, random_qkv, reference_for, rel_l2
 
 
 @pytest.mark.parametrize("permute", [True, False])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pbs_tune import LaunchConfig, pbs_attention, pbs_attention_varlen
-from reference import causal_attention, rel_l2
+from helpers import causal_attention, rel_l2
 
 LAUNCH = LaunchConfig(16, 16, 4, 1)
 PARAMS = dict(block_size=16, segment_size=32, launch=LAUNCH)

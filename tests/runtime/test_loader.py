@@ -6,27 +6,13 @@ import torch
 
 import pbs_tune
 from pbs_tune.runtime import profiles
+from helpers import TINY_SHAPE, profile_entry, tiny_llama, write_profile
 
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_llama():
-    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-                                   max_position_embeddings=512, attn_implementation="sdpa")
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def write_profile(tmp_path, entries):
-    path = str(tmp_path / "cpu.yaml")
-    profiles.merge_entries(path, entries)
-    return path
-
-
 def entry(seqlen, threshold=1.0, gpu="cpu", **extra):
-    return dict(gpu=gpu, seqlen=seqlen, heads=2, kv_heads=1, head_dim=64, dtype="float32",
-                params=dict(block_size=16, segment_size=32, threshold=threshold),
-                launch=dict(block_m=16, block_n=16, num_warps=4, num_stages=1), **extra)
+    return profile_entry(seqlen, threshold, gpu, **TINY_SHAPE, **extra)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import pbs_tune
-from test_loader import entry, tiny_llama, write_profile
+from helpers import tiny_llama, write_profile
+from test_loader import entry
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,12 +6,11 @@ import pytest
 import yaml
 
 from pbs_tune.runtime import profiles
+from helpers import GPU_SHAPE, profile_entry
 
 
 def entry(seqlen, gpu="h100", thr=0.9):
-    return dict(gpu=gpu, seqlen=seqlen, heads=32, kv_heads=8, head_dim=128, dtype="bfloat16",
-                params=dict(block_size=128, segment_size=256, threshold=thr),
-                launch=dict(block_m=128, block_n=128, num_warps=8, num_stages=3))
+    return profile_entry(seqlen, thr, gpu, **GPU_SHAPE)
 
 
 def test_merge_adds_and_replaces_by_key(tmp_path):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from pbs_tune.runtime import profiles
 from pbs_tune.cli import main
+from helpers import tiny_llama_config
 
 TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "64", "--dtype", "float32", "--workload", "diffuse",
         "--max-error", "0.9"]
@@ -176,9 +177,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 def capture_tiny_llama(tmp_path, text, *extra):
     """Save a 2-layer random Llama and capture 128 tokens of `text` with it: (result, calib path)."""
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, head_dim=64)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    transformers.LlamaForCausalLM(tiny_llama_config(vocab_size=300)).save_pretrained(tmp_path / "model")
     (tmp_path / "book.txt").write_text(text)
     calib = tmp_path / "calib.safetensors"
     return CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "book.txt"),

@@ -1,7 +1,45 @@
-"""Float64 torch references and random inputs shared by the tests (materialise N x N: small sizes only)."""
+"""What the tests share: float64 torch references and random inputs (they materialise N x N:
+small sizes only), a tiny random Llama, and profile entries and files."""
 import math
 
 import torch
+
+from pbs_tune.runtime import profiles
+
+
+def tiny_llama_config(vocab_size=97, **overrides):
+    """A 2-layer Llama with 2 query heads, 1 KV head and head_dim 64 (GQA, fits the CPU interpreter)."""
+    import transformers
+    return transformers.LlamaConfig(**dict(dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=256,
+                                                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                                head_dim=64, max_position_embeddings=512), **overrides))
+
+
+def tiny_llama(**overrides):
+    """A random tiny Llama in eval mode, on SDPA."""
+    import transformers
+    return transformers.LlamaForCausalLM(tiny_llama_config(attn_implementation="sdpa", **overrides)).eval()
+
+
+# The shape of tiny_llama, and that of a Llama-3-8B-like model on a GPU profile.
+TINY_SHAPE = dict(heads=2, kv_heads=1, head_dim=64, dtype="float32", block_size=16)
+GPU_SHAPE = dict(heads=32, kv_heads=8, head_dim=128, dtype="bfloat16", block_size=128)
+
+
+def profile_entry(seqlen, threshold=1.0, gpu="cpu", *, heads, kv_heads, head_dim, dtype, block_size, **extra):
+    """A profile entry as its YAML mapping (segment = 2 blocks; launch tiles = the block, up to 128)."""
+    tile = min(128, block_size)
+    return dict(gpu=gpu, seqlen=seqlen, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
+                params=dict(block_size=block_size, segment_size=2 * block_size, threshold=threshold),
+                launch=dict(block_m=tile, block_n=tile, num_warps=8 if tile == 128 else 4,
+                            num_stages=3 if tile == 128 else 1), **extra)
+
+
+def write_profile(folder, entries, name="cpu.yaml") -> str:
+    """A profile file of `entries` in `folder`; returns its path."""
+    path = str(folder / name)
+    profiles.merge_entries(path, entries)
+    return path
 
 
 def random_qkv(b, hq, hkv, n, d, dtype=torch.float32, n_keys=None):
