@@ -214,12 +214,17 @@ def show(gpu, profile_path, shape, seqlen, as_json):
                    f"{_measured(m, 'latency_ms', 9, 3)} {_measured(m, 'rel_l2', 7, 4)} "
                    f"{_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
-        held = e.info.get("held_out")
-        if held:
-            speed = (f"{held['latency_ms']} ms, {held['speedup_vs_reference']}x the default"
-                     if held.get("speedup_vs_reference") else "not timed (interpreter)")
-            click.echo(f"{'':>6} held out ({held['source']}): rel_l2 {held['rel_l2']:.4f}, "
-                       f"default {held['reference_rel_l2']:.4f}, {speed}")
+        held = e.info.get("held_out") or []
+        for check in held if isinstance(held, list) else [held]:  # earlier profiles hold one dict
+            speed = (f"{check['latency_ms']} ms, {check['speedup_vs_reference']}x the default"
+                     if check.get("speedup_vs_reference") else "not timed (interpreter)")
+            click.echo(f"{'':>6} held out ({check['source']}): rel_l2 {check['rel_l2']:.4f}, "
+                       f"default {check['reference_rel_l2']:.4f}, {speed}")
+        chosen = e.info.get("launch_choice")
+        if chosen:
+            s = chosen["summary"][chosen["chosen"]]
+            click.echo(f"{'':>6} launch judged on {len(chosen['sources'])} sources: {chosen['chosen']} "
+                       f"(worst {s['worst']}x, geomean {s['geomean']}x the stock {chosen['stock']})")
         for idx, c in sorted(e.layers.items()):
             what = "dense" if c == profiles.DENSE else (
                 f"{'permuted' if c[0].permute else 'unpermuted'} {describe_threshold(c[0].threshold)[1:]}")
@@ -307,17 +312,21 @@ def compile_cmd(profile_path, library):
               help="Profile YAML to write (default: <user store>/configs/<gpu>.yaml; may equal --profile).")
 @click.option("--kernels", "library", default=None, help="Folder of the written profile's kernel library.")
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
+@click.option("--sources", default="all", show_default=True, type=click.Choice(["all", "own"]),
+              help="Judge each launch on every workload family and the next seed (all: never slower than the "
+                   "stock launch anywhere beyond noise, then the best geometric mean), or on the entry's own "
+                   "calibration data only (own: the fastest there).")
 @one_line_errors
-def relaunch(profile_path, out_path, library, no_compile):
-    """Re-time each entry's launch (portable and Hopper attend kernels, persistent grids) on this
-    GPU and keep the fastest; block, segment, threshold and their error stay as tuned.
+def relaunch(profile_path, out_path, library, no_compile, sources):
+    """Re-choose each entry's launch (portable and Hopper attend kernels, persistent grids) on this
+    GPU; block, segment, threshold and their error stay as tuned.
 
     \b
     Example (after an upgrade that adds a kernel):
       pbs-tune relaunch --profile configs/h100-sxm.yaml --out configs/h100-sxm.yaml
     """
 
-    from .tune.relaunch import calibration_for, relaunch_entry
+    from .tune.relaunch import calibration_for, relaunch_entry, sources_for
     gpu = present_gpu()
     if gpu is None:
         raise ValueError("relaunch times kernels: it needs a CUDA GPU (or TRITON_INTERPRET=1 for a dry run)")
@@ -334,10 +343,15 @@ def relaunch(profile_path, out_path, library, no_compile):
     new = []
     for e in entries:
         cal = calibration_for(e, device_for(gpu))
-        updated = relaunch_entry(e, cal, arch=arch, on_gpu=on_gpu)
-        times = updated.info["relaunch"]["latency_ms"]
-        click.echo(f"{format_length(e.seqlen):>6}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
-                   + f" -> {updated.launch.label()} ({updated.info['speedup'].get('vs_cudnn', '-')}x cuDNN)")
+        updated = relaunch_entry(e, cal, arch=arch, on_gpu=on_gpu,
+                                 sources=sources_for(e) if sources == "all" else None)
+        summary = updated.info["relaunch"].get("summary")
+        if summary:
+            what = ", ".join(f"{k} worst {v['worst']}x geomean {v['geomean']}x" for k, v in summary.items())
+        else:
+            what = ", ".join(f"{k} {v:.3f} ms" for k, v in updated.info["relaunch"]["latency_ms"].items())
+        click.echo(f"{format_length(e.seqlen):>6}: {what} -> {updated.launch.label()} "
+                   f"({updated.info['speedup'].get('vs_cudnn', '-')}x cuDNN)")
         new.append(updated)
         del cal
     out_path = out_path or profile_store.default_profile_path(gpu)

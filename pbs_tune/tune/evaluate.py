@@ -50,7 +50,7 @@ def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, worklo
     layer_ids = None
     progress.say(f"calibration data: {calib_file or workload} at {seqlen} tokens")
     if calib_file:
-        q, k, v, layer_ids, samples = _read_capture(calib_file, seqlen, dtype, device)
+        q, k, v, layer_ids, samples = read_capture(calib_file, seqlen, dtype, device)
         source = f"capture:{calib_file}"
     else:
         q, k, v = make_qkv(workload, seqlen=seqlen, batch=samples, heads=heads, kv_heads=kv_heads,
@@ -94,7 +94,7 @@ def captured_shape(path) -> dict:
     return dict(heads=q_shape[-3], kv_heads=k_shape[-3], head_dim=q_shape[-1], dtype=names.get(q_dtype, q_dtype))
 
 
-def _read_capture(path, seqlen, dtype, device):
+def read_capture(path, seqlen, dtype, device):
     from safetensors.torch import load_file
     layers, ids = captured_layers(path)  # checks the file first
     tensors = load_file(path)

@@ -33,11 +33,16 @@ from ..runtime import profile_store, profiles
 from ..runtime.gpu import CPU, device_for
 from ..runtime.profiles import ProfileEntry
 from ..seqlen import format_length
+from ..dtypes import torch_dtype
+from . import launch_choice
 from . import space as search_space
 from .evaluate import Calibration, compared, dense_baselines, layer_plans, load_calibration, measure, measure_layers
 from .space import TrialConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+# The held-out family of each calibration workload: one the sweep did not calibrate on.
+OTHER_FAMILY = dict(mixed="retrieval", retrieval="stripes", stripes="sink_local", sink_local="diffuse",
+                    diffuse="mixed")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -70,6 +75,9 @@ class SweepSpec:
     workers: int = 1
     compile: bool = True
     quiet: bool = False  # no progress on stderr, in this process and the workers
+    # Sources the chosen config's launch is judged on (tune/launch_choice.py); None: every
+    # workload family and the next seed (or the capture) on a GPU, none in the interpreter.
+    launch_sources: tuple | None = None
     bound_default: bool = False  # max_error was resolved from the default's error (--max-error default)
 
     @property
@@ -98,14 +106,31 @@ class SweepSpec:
                 + ("-per-head" if self.per_head else ""))
         return f"{prefix}-{base}" if prefix else base
 
-    def calibration(self, held_out: bool = False) -> Calibration:
+    def calibration(self, held_out: bool = False, workload: str | None = None) -> Calibration:
         """This length's calibration data, or the held-out data: the workload's next seed, or
-        the capture of other text."""
-        from ..dtypes import torch_dtype
+        the capture of other text; with `workload`, that workload family's next seed."""
         return load_calibration(seqlen=self.seqlen, heads=self.heads, kv_heads=self.kv_heads,
                                 head_dim=self.head_dim, dtype=torch_dtype(self.dtype), device=device_for(self.gpu),
-                                workload=self.workload, calib_file=self.holdout_calib if held_out else self.calib,
+                                workload=workload or self.workload,
+                                calib_file=None if workload else self.holdout_calib if held_out else self.calib,
                                 seed=self.seed + (1 if held_out else 0), samples=self.samples)
+
+    def held_out_data(self) -> list:
+        """What the chosen config is checked on afterwards: the workload's next seed and the next
+        seed of another workload family (never calibrated on), or the capture of other text."""
+        if self.calib:
+            return [lambda: self.calibration(held_out=True)] if self.holdout_calib else []
+        return [lambda: self.calibration(held_out=True),
+                lambda: self.calibration(held_out=True, workload=OTHER_FAMILY[self.workload])]
+
+    def launch_source_names(self) -> tuple:
+        if self.launch_sources is not None:
+            return tuple(self.launch_sources)
+        return tuple(launch_choice.source_names(self.workload, self.seed, self.calib)) if self.on_gpu else ()
+
+    def shape(self) -> dict:
+        return dict(seqlen=self.seqlen, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+                    dtype=torch_dtype(self.dtype), device=device_for(self.gpu))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -349,28 +374,34 @@ def choose(study, max_error):
 
 
 def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_name: str,
-                  source: str, layer_ids=None, held_out=None) -> ProfileEntry:
+                  source: str, layer_ids=None, held_out=None, chosen: dict | None = None) -> ProfileEntry:
     """The chosen trial as a profile entry. A per-head trial on captured layers gives each
-    layer its plan (`layers:`); on a synthetic workload (one 'layer') the plan is the entry's."""
+    layer its plan (`layers:`); on a synthetic workload (one 'layer') the plan is the entry's.
+    `chosen`: the launch chosen over several sources (`choose_entry_launch`), re-measured."""
     cfg = TrialConfig.of_trial(trial)
+    m = dict(trial.user_attrs, latency_ms=trial.values[0])
+    if chosen:
+        cfg = replace(cfg, launch=chosen["launch"])
+        m.update(chosen["measured"])
     params, layers = cfg.params, {}
     for i, plan in enumerate(trial_plans(trial)):
         if layer_ids is None:
             params = cfg.planned(plan)
         else:
             layers[layer_ids[i]] = (cfg.planned(plan), cfg.launch)
-    lat = trial.values[0]
+    lat = m["latency_ms"]
     figures = compared(lat, baselines, reference)
     return ProfileEntry(
         gpu=spec.gpu, seqlen=spec.seqlen, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
         dtype=spec.dtype, params=params, launch=cfg.launch, layers=layers, dense_faster=figures.pop("dense_faster"),
-        measured=dict(latency_ms=round(lat, 4), rel_l2=round(trial.user_attrs["rel_l2"], 5),
-                      recall=round(trial.user_attrs["recall"], 5), density=round(trial.user_attrs["density"], 4)),
+        measured=dict(latency_ms=round(lat, 4), rel_l2=round(m["rel_l2"], 5), recall=round(m["recall"], 5),
+                      density=round(m["density"], 4)),
         info=dict(
             **figures, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
             **(dict(max_error_is_default=True) if spec.bound_default else {}),
             **(dict(samples=spec.samples) if spec.samples > 1 else {}),
             **(dict(held_out=held_out) if held_out else {}),
+            **(dict(launch_choice=chosen["record"]) if chosen else {}),
             **(dict(per_head=dict(margin=spec.margin, reference_threshold=cfg.params.threshold,
                                   margins_used=[p.margin for p in trial_plans(trial)],
                                   bound="per layer: output rel-L2 <= margin x the reference threshold's (with "
@@ -383,13 +414,14 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
     )
 
 
-def held_out_check(hold: Calibration, spec: SweepSpec, trial, study) -> dict:
+def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, launch=None) -> dict:
     """The chosen trial and the published default on a sample the search never saw (another
     seed of the workload, or a capture of other text): a calibration error that does not carry
     over is the tuner fitting its own sample. Kept on the study and in the entry's info. Timed
     on a GPU only: interpreter times order trials, they mean nothing beside a profile."""
     on_gpu = spec.on_gpu
     cfg = TrialConfig.of_trial(trial)
+    cfg = replace(cfg, launch=launch) if launch else cfg
     plans = trial_plans(trial)
     if plans and len(plans) != hold.layers:
         raise ValueError(f"held-out data {hold.source} has {hold.layers} layers; the calibration had {len(plans)}")
@@ -407,7 +439,7 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study) -> dict:
                if ref.get("latency_ms") and mine.get("latency_ms") else None,
                # With --max-error default the bound is the default's error, on this sample too.
                within_bound=mine["rel_l2"] <= (ref.get("rel_l2", 0.0) if spec.bound_default else spec.max_error))
-    study.set_user_attr(f"held_out:{trial.number}", out)
+    study.set_user_attr(f"held_out:{trial.number}:{hold.source}", out)
     return out
 
 
@@ -497,20 +529,47 @@ def _sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
     if best is None:
         raise RuntimeError(f"no trial at {format_length(spec.seqlen)} met --max-error {spec.max_error}; "
                            f"raise --trials or --max-error")
+    chosen = choose_entry_launch(spec, best, cal, say)
     layer_ids, source = cal.layer_ids, cal.source
     del cal
-    held = None
-    if spec.holdout_calib or not spec.calib:
-        hold = spec.calibration(held_out=True)
-        held = held_out_check(hold, spec, best, study)
+    held = []
+    for load in spec.held_out_data():
+        hold = load()
+        held.append(held_out_check(hold, spec, best, study, chosen and chosen["launch"]))
         del hold
-        say(f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
+        say(held_out_line(held[-1], spec))
+    return profile_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen)
+
+
+def choose_entry_launch(spec: SweepSpec, trial, cal: Calibration, say) -> dict | None:
+    """The chosen trial's launch judged over several sources (tune/launch_choice.py); when it
+    differs from the trial's, the config is measured again on the calibration data with it."""
+    sources = spec.launch_source_names()
+    if not sources:
+        return None
+    cfg = TrialConfig.of_trial(trial)
+    launch, record = launch_choice.choose_launch(cfg.params, cfg.launch, sources, shape=spec.shape(),
+                                                 on_gpu=spec.on_gpu)
+    say(f"launch over {len(sources)} sources: {launch.label()} (searched {cfg.launch.label()}; "
+        f"worst {record['summary'][launch.label()]['worst']}x, geomean "
+        f"{record['summary'][launch.label()]['geomean']}x the stock {record['stock']})")
+    measured = {}
+    if launch != cfg.launch:
+        again = replace(cfg, launch=launch)
+        plans = trial_plans(trial)
+        with torch.no_grad():
+            measured = (measure_layers(cal, again, plans, on_gpu=spec.on_gpu) if plans
+                        else measure(cal, again, on_gpu=spec.on_gpu))
+    return dict(launch=launch, record=record, measured=measured)
+
+
+def held_out_line(held: dict, spec: SweepSpec) -> str:
+    return (f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
             f"{held['calibration_rel_l2']:.4f}; default {held['reference_rel_l2']}), "
             f"{'within' if held['within_bound'] else 'OVER'} the bound "
             f"({'the default there' if spec.bound_default else spec.max_error}); "
             + (f"{held['speedup_vs_reference']}x the default's speed" if held['speedup_vs_reference']
                else "speed not compared (the interpreter's times mean nothing)"))
-    return profile_entry(spec, best, baselines, reference, name, source, layer_ids, held)
 
 
 def run_worker(spec: SweepSpec) -> None:

@@ -1,0 +1,126 @@
+"""GPU benchmark: the block estimator's headroom, PBS's density against the oracle's at equal error.
+
+PBS estimates each key block's importance from mean-pooled queries and keys. The oracle knows
+the exact attention mass of every (query block, key block) pair over the same permuted keys.
+Both keep the diagonal segment and the sink block and then add key blocks in decreasing
+(estimated or exact) mass until the threshold is reached; both sweep the threshold. The
+headroom is the density PBS needs for the published default's error (block 128, segment 256,
+threshold 0.9) over the smallest density at which the oracle's error is no larger.
+"""
+import argparse
+import math
+
+import torch
+
+from ..op.pbs_attention import attend_blocks, permute_and_select
+from ..op.selection import block_list_from_mask, block_position_bounds
+from ..seqlen import parse_length
+from ..timing import env_info, write_json
+from ..tune.metrics import dense_reference, rel_l2
+from ..tune.workloads import make_qkv
+
+BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
+PBS_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99)
+ORACLE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
+
+
+def block_mass(q, perm, block_size, rows=2048):
+    """(B, Hq, NQB, NKB) float32: exact causal softmax mass of each query block on each (permuted)
+    key block, summed over the block's query rows (a row's mass sums to 1)."""
+    B, Hq, N, D = q.shape
+    group = Hq // perm.k.shape[1]
+    nb = -(-N // block_size)
+    pad = nb * block_size - N
+    mass = torch.zeros(B, Hq, nb, nb, dtype=torch.float32, device=q.device)
+    scale = 1.0 / math.sqrt(D)
+    for b in range(B):
+        for h in range(Hq):
+            k, pos = perm.k[b, h // group].float(), perm.positions[b, h // group]
+            for r0 in range(0, N, rows):
+                r1 = min(N, r0 + rows)
+                logits = (q[b, h, r0:r1].float() @ k.T) * scale
+                logits.masked_fill_(pos[None, :] > torch.arange(r0, r1, device=q.device)[:, None], float("-inf"))
+                p = torch.softmax(logits, dim=-1)
+                p = torch.nn.functional.pad(p, (0, pad, 0, -(r1 - r0) % block_size))  # whole blocks
+                per_rows = p.view(-1, block_size, nb, block_size).sum((1, 3))         # (query blocks, NKB)
+                first = r0 // block_size
+                mass[b, h, first:first + per_rows.shape[0]] += per_rows
+    return mass
+
+
+def forced_blocks(perm, nb, block_size, segment_size, heads):
+    """(B, Hq, NQB, NKB) bool: each query block's own segment and the block holding key 0."""
+    dev = perm.k.device
+    bps = segment_size // block_size
+    qb = torch.arange(nb, device=dev)
+    kb = torch.arange(nb, device=dev)
+    diag = (kb[None, :] // bps) == (qb[:, None] // bps)
+    kmin, _ = block_position_bounds(perm.positions, block_size)                 # (B, Hkv, NKB)
+    sink = (kmin == 0).repeat_interleave(heads // perm.k.shape[1], dim=1)       # (B, Hq, NKB)
+    return diag[None, None] | sink[:, :, None, :]
+
+
+def oracle_keep(mass, forced, threshold):
+    """Forced blocks plus the fewest other blocks, heaviest first, reaching `threshold` of the mass."""
+    rows = mass.sum(-1, keepdim=True)
+    need = threshold * rows - (mass * forced).sum(-1, keepdim=True)
+    other = mass.masked_fill(forced, -1.0)
+    ranked, order = other.sort(-1, descending=True)
+    before = ranked.clamp(min=0).cumsum(-1) - ranked.clamp(min=0)       # mass kept before each candidate
+    take = (before < need) & (ranked > 0)
+    keep = torch.zeros_like(forced)
+    keep.scatter_(-1, order, take)
+    return keep | forced
+
+
+def frontier(q, k, v, dense, block=BLOCK, segment=SEGMENT):
+    """PBS and oracle (density, error) curves on one input, and the densities at the default's error."""
+    pbs = []
+    for t in PBS_THRESHOLDS:
+        perm, blocks = permute_and_select(q, k, v, block_size=block, segment_size=segment, threshold=t)
+        out = attend_blocks(q, perm, blocks)
+        pbs.append(dict(threshold=t, density=blocks.kept_blocks() / blocks.candidate_blocks(),
+                        rel_l2=rel_l2(out, dense)))
+        if t == DEFAULT:
+            candidates = blocks.candidate_blocks()
+    target = next(p["rel_l2"] for p in pbs if p["threshold"] == DEFAULT)
+    mass = block_mass(q, perm, block)
+    forced = forced_blocks(perm, mass.shape[-1], block, segment, q.shape[1])
+    oracle = []
+    for t in ORACLE_THRESHOLDS:
+        blocks = block_list_from_mask(oracle_keep(mass, forced, t), perm.positions, block)
+        oracle.append(dict(threshold=t, density=blocks.kept_blocks() / candidates,
+                           rel_l2=rel_l2(attend_blocks(q, perm, blocks), dense)))
+    pbs_density = next(p["density"] for p in pbs if p["threshold"] == DEFAULT)
+    meeting = [o["density"] for o in oracle if o["rel_l2"] <= target]
+    best = min(meeting) if meeting else None
+    return dict(default_rel_l2=target, pbs_density_at_default=pbs_density, oracle_density_at_equal_error=best,
+                headroom=(pbs_density / best) if best else None, pbs=pbs, oracle=oracle)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workloads", default="mixed,stripes,retrieval,sink_local,diffuse")
+    ap.add_argument("--seqlen", default="32k")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    n = parse_length(args.seqlen)
+    rows = []
+    for w in args.workloads.split(","):
+        q, k, v = make_qkv(w, seqlen=n, heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16, device="cuda",
+                           seed=args.seed)
+        with torch.no_grad():
+            res = frontier(q, k, v, dense_reference(q, k, v))
+        rows.append(dict(workload=w, seqlen=n, seed=args.seed, **res))
+        print(f"{w} {args.seqlen}: default err {res['default_rel_l2']:.4f} at density "
+              f"{res['pbs_density_at_default']:.3f}; oracle density at that error "
+              f"{res['oracle_density_at_equal_error']}; headroom {res['headroom']}", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    write_json(args.out, dict(benchmark="oracle_frontier", env=env_info(), block=BLOCK, segment=SEGMENT,
+                              rows=rows))
+
+
+if __name__ == "__main__":
+    main()

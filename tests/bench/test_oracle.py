@@ -1,0 +1,39 @@
+"""The oracle block selection behind bench/oracle.py: exact block masses and the smallest set."""
+import torch
+
+from helpers import random_qkv
+from pbs_tune.bench import oracle
+from pbs_tune.op.pbs_attention import key_order
+from pbs_tune.tune.metrics import dense_reference
+
+
+def test_block_mass_is_the_exact_causal_softmax_mass_per_block_pair():
+    q, k, v = random_qkv(1, 2, 1, 48, 16)
+    perm = key_order(q, k, v, block_size=16, segment_size=32)
+    mass = oracle.block_mass(q, perm, 16, rows=32)  # row chunks that cut a query block's rows
+    logits = (q[0].double() @ perm.k[0, 0].double().T) / 4.0
+    logits.masked_fill_(perm.positions[0, 0][None, None, :] > torch.arange(48)[None, :, None], float("-inf"))
+    p = logits.softmax(-1)                                                  # (2, 48, 48) over permuted keys
+    expected = p.view(2, 3, 16, 3, 16).sum((2, 4))
+    assert torch.allclose(mass[0].double(), expected, atol=1e-5)
+    assert torch.allclose(mass.sum(-1), torch.full((1, 2, 3), 16.0), atol=1e-4)  # each row's mass is 1
+
+
+def test_oracle_keeps_forced_blocks_and_the_fewest_heaviest_others():
+    mass = torch.tensor([[[[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [1.0, 5.0, 0.0, 0.0],
+                           [6.0, 1.0, 2.0, 7.0]]]])
+    forced = torch.zeros_like(mass, dtype=torch.bool)
+    forced[..., 3, 3] = True                                          # a diagonal block (7 of 16)
+    keep = oracle.oracle_keep(mass, forced, 0.8)                    # need 12.8: 7 + 6 = 13 suffices
+    assert keep[0, 0, 3].tolist() == [True, False, False, True]
+    assert keep[0, 0, 2].tolist() == [False, True, False, False]    # 5 of 6 reaches 0.8
+    assert oracle.oracle_keep(mass, forced, 1.0)[0, 0, 3].all()
+
+
+def test_the_frontier_compares_pbs_and_the_oracle_at_the_defaults_error():
+    q, k, v = random_qkv(1, 2, 1, 64, 16)
+    res = oracle.frontier(q, k, v, dense_reference(q, k, v), block=16, segment=32)
+    assert len(res["pbs"]) == len(oracle.PBS_THRESHOLDS) and len(res["oracle"]) == len(oracle.ORACLE_THRESHOLDS)
+    top = res["oracle"][-1]
+    assert top["rel_l2"] <= res["default_rel_l2"] + 1e-6     # the oracle at 0.995 is at least as accurate
+    assert res["oracle_density_at_equal_error"] is not None and res["headroom"] > 0
