@@ -329,15 +329,18 @@ class _Progress:
         progress.say(f"[{bar:<20}] {done}/{self.spec.trials} trials, best feasible: {best}")
 
 
-def enqueue_known_configs(study, on_gpu: bool):
-    """Start a new study from the published default and two neighbours, so the search
-    never reports worse than the reference merely for lack of trials."""
+def enqueue_known_configs(study, spec: SweepSpec):
+    """Start a new study from the published default (with the untuned op's launch) and two
+    neighbours, so the search never reports worse than the reference merely for lack of trials."""
     if study.get_trials(deepcopy=False):
         return
-    space = search_space.GPU_SPACE if on_gpu else search_space.CPU_SPACE
+    space = search_space.GPU_SPACE if spec.on_gpu else search_space.CPU_SPACE
+    stock = search_space.reference_config(spec.head_dim, cpu=not spec.on_gpu).launch
     bs = space["block_size"][-1]
-    stages = 3 if 3 in space["num_stages"] else space["num_stages"][0]
-    launch = dict(m_split=1, n_split=1, num_warps=max(space["num_warps"]), num_stages=stages, kernel="portable")
+    stages = stock.num_stages if stock.num_stages in space["num_stages"] else space["num_stages"][0]
+    warps = stock.num_warps if stock.num_warps in space["num_warps"] else max(space["num_warps"])
+    launch = dict(m_split=1, n_split=1, num_warps=warps, num_stages=stages, kernel="tma" if stock.tma else "portable",
+                  **(dict(programs_per_sm=0) if stock.tma else {}))
     for per_seg, thr in ((2, 0.9), (4, 0.9), (2, 0.85)):
         if per_seg in space["blocks_per_segment"]:
             study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr, **launch))
@@ -348,7 +351,7 @@ def run_trials(study, objective, spec: SweepSpec, callbacks=()):
     remaining = spec.trials - finished_count(study)
     if remaining <= 0:
         return
-    enqueue_known_configs(study, spec.on_gpu)
+    enqueue_known_configs(study, spec)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     study.optimize(objective, n_trials=max(remaining, waiting), timeout=spec.timeout, catch=(Exception,),
                    callbacks=[_StopAtTarget(spec.trials), *callbacks])
@@ -499,7 +502,7 @@ def run_sweep(spec: SweepSpec, say=progress.say) -> list:
     names = spec.study_names()
     if spec.workers > 1:
         for n, name in names.items():  # the published default goes in once, before the workers start
-            enqueue_known_configs(open_study(spec.at(n), name), spec.on_gpu)
+            enqueue_known_configs(open_study(spec.at(n), name), spec)
         _run_workers(spec, say)
     entries = []
     for n, name in names.items():
