@@ -30,10 +30,23 @@ def test_oracle_keeps_forced_blocks_and_the_fewest_heaviest_others():
     assert oracle.oracle_keep(mass, forced, 1.0)[0, 0, 3].all()
 
 
-def test_the_frontier_compares_pbs_and_the_oracle_at_the_defaults_error():
+def test_estimators_are_the_exact_mass_of_fewer_or_pooled_rows():
+    q, k, v = random_qkv(1, 2, 1, 64, 16)
+    perm = key_order(q, k, v, block_size=16, segment_size=32)
+    exact = oracle.block_mass(q, perm, 16)
+    assert torch.allclose(oracle.probe_mass(q, perm, 16, probes=16), exact, atol=1e-5)  # every row: the oracle
+    probes = oracle.probe_mass(q, perm, 16, probes=4)
+    assert torch.allclose(probes.sum(-1), torch.full((1, 2, 4), 4.0), atol=1e-4)     # 4 rows' mass per block
+    pooled = oracle.pooled_query_mass(q, perm, 16)
+    assert pooled.shape == exact.shape and torch.allclose(pooled.sum(-1), torch.ones(1, 2, 4), atol=1e-4)
+
+
+def test_the_frontier_compares_each_estimator_with_pbs_at_the_defaults_error():
     q, k, v = random_qkv(1, 2, 1, 64, 16)
     res = oracle.frontier(q, k, v, dense_reference(q, k, v), block=16, segment=32)
-    assert len(res["pbs"]) == len(oracle.PBS_THRESHOLDS) and len(res["oracle"]) == len(oracle.ORACLE_THRESHOLDS)
-    top = res["oracle"][-1]
-    assert top["rel_l2"] <= res["default_rel_l2"] + 1e-6     # the oracle at 0.995 is at least as accurate
-    assert res["oracle_density_at_equal_error"] is not None and res["headroom"] > 0
+    assert len(res["pbs"]) == len(oracle.PBS_THRESHOLDS)
+    for name in oracle.ESTIMATORS:
+        assert len(res[name]["curve"]) == len(oracle.ORACLE_THRESHOLDS)
+    top = res["oracle"]["curve"][-1]
+    assert top["rel_l2"] <= res["default_rel_l2"] + 1e-6     # the oracle at 0.9995 is at least as accurate
+    assert res["oracle"]["density_at_equal_error"] is not None and res["oracle"]["pbs_over_it"] > 0
