@@ -30,8 +30,7 @@ def entry_row(e):
     graphs = GraphCache(max_work=1 << 62)  # measure the graph whatever the loader's limit
     with torch.no_grad():
         graph_ms = median_ms(lambda: graphs.run(q, k, v, p, lc, None))
-        eager_ms = median_ms(lambda: pbs_attention(q, k, v, block_size=p.block_size, segment_size=p.segment_size,
-                                                   threshold=p.threshold, launch=lc, permute=p.permute))
+        eager_ms = median_ms(lambda: pbs_attention(q, k, v, **p.op_args(), launch=lc))
     row = dict(seqlen=e.seqlen, shape=f"{e.heads}/{e.kv_heads}/{e.head_dim}", dtype=e.dtype, graph_ms=graph_ms,
                eager_ms=eager_ms, **dense_baselines(q, k, v, on_gpu=True), dense_faster_before=e.dense_faster)
     dense_ms = row.get("cudnn_ms", row.get("flash_ms"))

@@ -10,14 +10,14 @@ import torch
 from ..kernels import attend_launch
 from .launch_config import LaunchConfig, default_launch
 from .permutation import KeyPermutation, identity_permutation, permute_keys
-from .selection import BlockList, select_blocks
+from .selection import ESTIMATORS, BlockList, select_blocks
 
 logger = logging.getLogger("pbs_tune")
 SUPPORTED_HEAD_DIMS = (64, 128)
 GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None):
+def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None, estimator="mean"):
     """Raise one clear TypeError/ValueError for anything the kernels cannot do exactly."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -66,6 +66,8 @@ def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None):
     if len(values) not in (1, Hq) or any(isinstance(t, bool) or not isinstance(t, (int, float))
                                           or not 0.0 < t <= 1.0 for t in values):
         raise ValueError(f"threshold must be a number in (0, 1], or one per query head ({Hq}), got {threshold!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     if launch is not None:
         if not isinstance(launch, LaunchConfig):
             raise TypeError(f"launch must be a LaunchConfig, got {type(launch).__name__}")
@@ -122,18 +124,18 @@ def key_order(q, k, v, *, block_size, segment_size, scale=None, permute=True):
     return identity_permutation(k, v)
 
 
-def permute_and_select(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True):
+def permute_and_select(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True, estimator="mean"):
     """Stages 1 and 2: the key permutation and the kept-block list (no attention yet)."""
     scale = default_scale(q, scale)
     perm = key_order(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale, permute=permute)
     blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size,
-                           segment_size=segment_size, threshold=threshold, scale=scale)
+                           segment_size=segment_size, threshold=threshold, scale=scale, estimator=estimator)
     return perm, blocks
 
 
 
 def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, scale=None,
-                  permute=True, return_blocks=False, out=None):
+                  permute=True, return_blocks=False, out=None, estimator="mean"):
     """Causal PBS-Attn prefill, forward only. q (B, Hq, M, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
 
     M <= N: the queries are the last M key positions (M < N: a chunk of a prompt after its cached
@@ -141,17 +143,19 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
 
     threshold: one number in (0, 1], or one per query head (per-head budgets); 1.0 keeps every
     causal block (dense attention). permute=False is the unpermuted block-selection baseline.
+    estimator: how block importance is estimated, "mean" (mean query . mean key, the paper's) or
+    "lse" (mean query against every key of the block; op/selection.py).
     Output is in the original token order.
     With return_blocks=True, returns (out, BlockList) so callers can read the density.
     `out`: a (B, Hq, M, D) tensor (or view) to write into.
     """
     check_inputs(q, k, v, block_size=block_size, segment_size=segment_size,
-                 threshold=threshold, launch=launch)
+                 threshold=threshold, launch=launch, estimator=estimator)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError("pbs_attention is forward-only (prefill inference) and has no backward: call it "
                          "under torch.no_grad() or torch.inference_mode(), or detach the inputs")
     with torch.no_grad():
         perm, blocks = permute_and_select(q, k, v, block_size=block_size, segment_size=segment_size,
-                            threshold=threshold, scale=scale, permute=permute)
+                            threshold=threshold, scale=scale, permute=permute, estimator=estimator)
         out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out)
     return (out, blocks) if return_blocks else out

@@ -10,9 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels.block_scores import block_lse
 from ..kernels.block_select import select_rows
 
 _FULL, _MASKED, _SKIP = 0, 1, 2
+# Block estimators: mean query . mean key (PBS's), or mean query against every key of the block
+# (logsumexp, kernels/block_scores.py).
+ESTIMATORS = ("mean", "lse")
 
 
 @dataclass
@@ -189,11 +193,12 @@ def bisects(num_blocks: int) -> bool:
     return 1 << max(0, num_blocks - 1).bit_length() >= BISECT_FROM  # the kernel's power-of-two row width
 
 
-def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale):
+def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale, estimator="mean"):
     """Run PBS block selection on permuted keys. Returns a BlockList.
 
     `threshold` is one number or one per query head (a per-head budget). Block logits come
-    from one batched matmul of pooled queries and keys; the per-row softmax, threshold, and
+    from one batched matmul of pooled queries and keys (estimator "mean"), or from pooled
+    queries against every key of each block ("lse"); the per-row softmax, threshold, and
     compaction run in one Triton kernel (kernels/block_select.py). q (B, Hq, M, D) may be the
     last M of the N key positions (chunked prefill): rows are then the key blocks holding queries.
     """
@@ -206,8 +211,11 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
     logits = None
     if min(values) < 1.0:
         pooled_q = block_means(q, block_size, (N - M) % block_size).view(B, Hkv, (Hq // Hkv) * nqb, D)
-        pooled_k = block_means(k_perm, block_size)
-        logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nqb, nb)
+        if estimator == "lse":
+            logits = block_lse(pooled_q, k_perm, block_size=block_size, scale=scale).view(B, Hq, nqb, nb)
+        else:
+            pooled_k = block_means(k_perm, block_size)
+            logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nqb, nb)
     kmin, kmax = block_position_bounds(positions, block_size)
     sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,

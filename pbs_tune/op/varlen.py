@@ -46,7 +46,8 @@ def sequence_view(x, start, end):
 
 
 def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, block_size,
-                         segment_size, threshold, launch=None, scale=None, permute=True, return_blocks=False):
+                         segment_size, threshold, launch=None, scale=None, permute=True, return_blocks=False,
+                         estimator="mean"):
     """Causal PBS-Attn prefill over packed sequences. q (total_q, Hq, D), k/v (total_k, Hkv, D);
     cu_seqlens_*: int32 (batch + 1,) starts, as FlashAttention's varlen functions take them; on the
     CPU they cost no device synchronisation (the lengths are read on the host either way).
@@ -73,7 +74,7 @@ def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
             qs = sequence_view(q, starts_q[i], starts_q[i + 1])
             ks, vs = (sequence_view(t, starts_k[i], starts_k[i + 1]) for t in (k, v))
             _, blocks = pbs_attention(qs, ks, vs, block_size=block_size, segment_size=segment_size,
-                                      threshold=threshold, launch=launch, scale=scale, permute=permute,
+                                      threshold=threshold, launch=launch, scale=scale, permute=permute, estimator=estimator,
                                       return_blocks=True, out=sequence_view(out, starts_q[i], starts_q[i + 1]))
             if return_blocks:  # otherwise each sequence's index list is freed as the loop goes on
                 all_blocks.append(blocks)

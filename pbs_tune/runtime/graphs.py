@@ -34,9 +34,7 @@ class GraphedOp:
             static.copy_(t)
 
         def op():
-            return pbs_attention(self.q, self.k, self.v, block_size=params.block_size,
-                                 segment_size=params.segment_size, threshold=params.threshold, launch=launch,
-                                 scale=scale, permute=params.permute)
+            return pbs_attention(self.q, self.k, self.v, **params.op_args(), launch=launch, scale=scale)
         side = torch.cuda.Stream(device=q.device)
         side.wait_stream(torch.cuda.current_stream(q.device))
         with torch.cuda.stream(side):  # warm-up outside the capture: first-use work (lazy loads, caches)

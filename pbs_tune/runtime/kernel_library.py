@@ -267,10 +267,12 @@ def launched_kernels():
     """The @triton.jit functions that pbs-tune launches (through `launch.run`)."""
     from ..kernels.attend import _attend_fwd
     from ..kernels.attend_hopper import _attend_fwd_tma
+    from ..kernels.block_scores import _block_lse
     from ..kernels.block_select import _select_rows
     from ..kernels.key_scores import _key_scores_mean, _key_scores_stats
     from ..kernels.segment_sort import _segment_permute
-    return (_attend_fwd, _attend_fwd_tma, _key_scores_stats, _key_scores_mean, _select_rows, _segment_permute)
+    return (_attend_fwd, _attend_fwd_tma, _key_scores_stats, _key_scores_mean, _select_rows, _segment_permute,
+            _block_lse)
 
 
 def build(profile, path: str) -> dict:
@@ -299,8 +301,7 @@ def run_config_once(entry, params, launch_config, seqlen):
     dtype = torch_dtype(entry.dtype)
     q = torch.randn(1, entry.heads, seqlen, entry.head_dim, device="cuda", dtype=dtype)
     k = torch.randn(1, entry.kv_heads, seqlen, entry.head_dim, device="cuda", dtype=dtype)
-    pbs_attention(q, k, k, block_size=params.block_size, segment_size=params.segment_size,
-                  threshold=params.threshold, launch=launch_config, permute=params.permute)
+    pbs_attention(q, k, k, **params.op_args(), launch=launch_config)
 
 
 def prewarm_length(params) -> int:

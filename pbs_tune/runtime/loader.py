@@ -201,8 +201,7 @@ def _config(settings, q, k, layer_idx):
 
 def _pbs(q, k, v, cfg, scale, out=None):
     params, launch = cfg
-    return pbs_attention(q, k, v, block_size=params.block_size, segment_size=params.segment_size,
-                         threshold=params.threshold, launch=launch, scale=scale, permute=params.permute, out=out)
+    return pbs_attention(q, k, v, **params.op_args(), launch=launch, scale=scale, out=out)
 
 
 def _run(settings, q, k, v, scale, layer_idx, sdpa, padding=None):

@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from ..op.launch_config import REQUIRED_FIELDS as LAUNCH_REQUIRED
 from ..op.launch_config import LaunchConfig
+from ..op.selection import ESTIMATORS
 from ..dtypes import BY_NAME as DTYPE_NAMES
 from ..seqlen import format_length
 
@@ -41,14 +42,21 @@ class PbsParams:
     segment_size: int
     threshold: float | tuple  # one number, or one per query head (a per-head budget)
     permute: bool = True      # False: unpermuted block selection (a per-model or per-layer choice)
+    estimator: str = "mean"   # block importance: "mean" (the paper's) or "lse" (op/selection.py)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         if isinstance(self.threshold, tuple):
             d["threshold"] = list(self.threshold)
-        if self.permute:
-            del d["permute"]  # the default stays implicit: files of earlier releases read the same
+        for name in ("permute", "estimator"):  # defaults stay implicit: files of earlier releases read the same
+            if d[name] == PbsParams.__dataclass_fields__[name].default:
+                del d[name]
         return d
+
+    def op_args(self) -> dict:
+        """The keyword arguments of pbs_attention that these parameters set."""
+        return dict(block_size=self.block_size, segment_size=self.segment_size, threshold=self.threshold,
+                    permute=self.permute, estimator=self.estimator)
 
     @property
     def keeps_all(self) -> bool:
@@ -66,13 +74,14 @@ class KernelKey:
     block_size: int
     segment_size: int  # the segment sort is specialised on it
     permute: bool      # unpermuted selection runs no segment sort
+    estimator: str     # "lse" runs the block-scores kernel
     keep_all: bool
     launch: LaunchConfig
 
     @classmethod
     def of(cls, entry, params: PbsParams, launch: LaunchConfig) -> "KernelKey":
         return cls(entry.dtype, entry.head_dim, params.block_size, params.segment_size, params.permute,
-                   params.keeps_all, launch)
+                   params.estimator, params.keeps_all, launch)
 
 
 @dataclass
@@ -167,7 +176,7 @@ def describe_threshold(threshold) -> str:
 
 def describe_config(params: PbsParams, launch: LaunchConfig) -> str:
     return (f"b{params.block_size} s{params.segment_size} {describe_threshold(params.threshold)}"
-            f"{'' if params.permute else ' unpermuted'} "
+            f"{'' if params.permute else ' unpermuted'}{'' if params.estimator == 'mean' else ' ' + params.estimator} "
             f"{launch.label()}")
 
 
@@ -197,7 +206,8 @@ def _config(d, where, heads):
         extra = sorted(set(value) - set(fields))
         if extra:
             raise ProfileError(f"{where}: {part} has unknown field(s) {', '.join(map(str, extra))}")
-        lacking = [f for f in fields if f not in value and (f in LAUNCH_REQUIRED if part == "launch" else f != "permute")]
+        lacking = [f for f in fields if f not in value
+                   and (f in LAUNCH_REQUIRED if part == "launch" else f not in ("permute", "estimator"))]
         if lacking:
             raise ProfileError(f"{where}: {part} lacks {', '.join(lacking)}")
     bs = _positive_int(p["block_size"], f"{where}: params.block_size")
@@ -222,7 +232,10 @@ def _config(d, where, heads):
     permute = p.get("permute", True)
     if not isinstance(permute, bool):
         raise ProfileError(f"{where}: params.permute must be true or false, got {permute!r}")
-    return PbsParams(bs, seg, thr, permute), launch
+    estimator = p.get("estimator", "mean")
+    if estimator not in ESTIMATORS:
+        raise ProfileError(f"{where}: params.estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    return PbsParams(bs, seg, thr, permute, estimator), launch
 
 
 @dataclass

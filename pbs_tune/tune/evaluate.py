@@ -132,7 +132,7 @@ def measure(cal: Calibration, cfg, *, on_gpu: bool, timed: bool = True) -> dict:
     accuracy only, latency None)."""
     p = cfg.params
     check_inputs(cal.q, cal.k, cal.v, block_size=p.block_size, segment_size=p.segment_size,
-                 threshold=p.threshold, launch=cfg.launch)
+                 threshold=p.threshold, launch=cfg.launch, estimator=p.estimator)
     return _measure_parts(cal, cfg, [(slice(None), p.threshold, p.permute)], on_gpu=on_gpu, timed=timed)
 
 
@@ -191,7 +191,7 @@ def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = 
         for q, k, v, thr, permute in inputs:
             perm, blocks = permute_and_select(q, k, v, block_size=cfg.params.block_size,
                                               segment_size=cfg.params.segment_size, threshold=thr, scale=scale,
-                                              permute=permute)
+                                              permute=permute, estimator=cfg.params.estimator)
             results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse),
                             blocks))
         return results

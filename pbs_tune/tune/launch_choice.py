@@ -73,9 +73,7 @@ def time_launches(params, launches, sources, *, shape: dict, on_gpu: bool, timer
     for name in sources:
         qkv = load_source(name, **shape)
         for lc in launches:
-            run = functools.partial(pbs_attention, *qkv, block_size=params.block_size,
-                                    segment_size=params.segment_size, threshold=params.threshold, launch=lc,
-                                    permute=params.permute)
+            run = functools.partial(pbs_attention, *qkv, **params.op_args(), launch=lc)
             with torch.no_grad():
                 times[lc.label()][name] = round(timer(run, on_gpu), 4)
         del qkv, run

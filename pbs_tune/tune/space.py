@@ -10,16 +10,17 @@ import optuna
 import torch
 
 from ..op.launch_config import LaunchConfig, default_launch
+from ..op.selection import ESTIMATORS
 from ..runtime.profiles import PbsParams
 
 # kernel: the portable attend kernel or the Hopper one (TMA); programs_per_sm: the Hopper
 # kernel's persistent grid (0: a program per query tile).
 KERNELS = {"portable": dict(), "tma": dict(tma=True)}
-GPU_SPACE = dict(block_size=(64, 128), blocks_per_segment=(2, 4, 8, 16), threshold=(0.6, 0.99),
+GPU_SPACE = dict(block_size=(64, 128), blocks_per_segment=(2, 4, 8, 16), threshold=(0.6, 0.99), estimator=ESTIMATORS,
                  split=(1, 2), num_warps=(4, 8), num_stages=(2, 3, 4), kernel=tuple(KERNELS),
                  programs_per_sm=(0, 1, 2))
 # The interpreter runs tiny problems: small blocks, one launch shape (timing is meaningless).
-CPU_SPACE = dict(block_size=(16, 32), blocks_per_segment=(2, 4), threshold=(0.6, 0.99),
+CPU_SPACE = dict(block_size=(16, 32), blocks_per_segment=(2, 4), threshold=(0.6, 0.99), estimator=ESTIMATORS,
                  split=(1,), num_warps=(4,), num_stages=(1,), kernel=("portable", "tma"), programs_per_sm=(0, 1))
 
 
@@ -46,11 +47,12 @@ class TrialConfig:
     def as_dict(self):
         p = self.params
         return dict(block_size=p.block_size, segment_size=p.segment_size, threshold=round(float(p.threshold), 4),
-                    launch=self.launch.as_dict())
+                    estimator=p.estimator, launch=self.launch.as_dict())
 
     @classmethod
     def from_dict(cls, d) -> "TrialConfig":
-        return cls(PbsParams(d["block_size"], d["segment_size"], d["threshold"]), LaunchConfig(**d["launch"]))
+        return cls(PbsParams(d["block_size"], d["segment_size"], d["threshold"], estimator=d.get("estimator", "mean")),
+                   LaunchConfig(**d["launch"]))
 
     @classmethod
     def of_trial(cls, trial) -> "TrialConfig":
@@ -98,6 +100,8 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
     lo, hi = space["threshold"]
     threshold = trial.suggest_categorical("threshold", list(PER_HEAD_REFERENCES)) if per_head \
         else trial.suggest_float("threshold", lo, hi)
+    # Per-head plans are allocated on the mean estimator's curves (tune/allocate.py).
+    estimator = "mean" if per_head else trial.suggest_categorical("estimator", list(space["estimator"]))
     m_split = trial.suggest_categorical("m_split", list(space["split"]))
     n_split = trial.suggest_categorical("n_split", list(space["split"]))
     kernel = trial.suggest_categorical("kernel", list(space["kernel"]))
@@ -107,6 +111,6 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
                           num_warps=trial.suggest_categorical("num_warps", list(space["num_warps"])),
                           num_stages=trial.suggest_categorical("num_stages", list(space["num_stages"])),
                           programs_per_sm=programs, **KERNELS[kernel])
-    cfg = TrialConfig(PbsParams(bs, bs * per_seg, threshold), launch)
+    cfg = TrialConfig(PbsParams(bs, bs * per_seg, threshold, estimator=estimator), launch)
     trial.set_user_attr("config", cfg.as_dict())
     return cfg

@@ -244,7 +244,7 @@ def objective_for(cal: Calibration, spec: SweepSpec):
         cfg = search_space.suggest(trial, space, per_head=spec.per_head)
         p = cfg.params
         progress.say(f"trial {trial.number}: block {p.block_size}, segment {p.segment_size}, threshold "
-                     f"{p.threshold:.3g}, launch {cfg.launch.label()}")
+                     f"{p.threshold:.3g}, estimator {p.estimator}, launch {cfg.launch.label()}")
         problem = search_space.launch_problem(cfg, head_dim=spec.head_dim, dtype=spec.dtype, arch=arch,
                                               smem_limit=smem) if spec.on_gpu else None
         if problem:
@@ -343,7 +343,8 @@ def enqueue_known_configs(study, spec: SweepSpec):
                   **(dict(programs_per_sm=0) if stock.tma else {}))
     for per_seg, thr in ((2, 0.9), (4, 0.9), (2, 0.85)):
         if per_seg in space["blocks_per_segment"]:
-            study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr, **launch))
+            study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr,
+                                     **({} if spec.per_head else dict(estimator="mean")), **launch))
 
 
 def run_trials(study, objective, spec: SweepSpec, callbacks=()):

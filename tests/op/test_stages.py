@@ -184,3 +184,33 @@ def test_segment_permute_kernel_equals_a_stable_descending_argsort_per_segment(n
     assert torch.equal(pos.long(), want)
     idx = want[..., None].expand(-1, -1, -1, 64)
     assert torch.equal(k_perm, torch.gather(k, 2, idx)) and torch.equal(v_perm, torch.gather(v, 2, idx))
+
+
+@pytest.mark.parametrize("n,bs,hq", [(100, 16, 4), (64, 32, 2)])
+def test_lse_block_logits_are_the_mean_query_mass_on_each_whole_key_block(n, bs, hq):
+    from pbs_tune.kernels.block_scores import block_lse
+    q, k = torch.randn(2, hq, n, 64), torch.randn(2, 2, n, 64)
+    nb, group = -(-n // bs), hq // 2
+    pooled = block_means(q, bs).view(2, 2, group * nb, 64)
+    got = block_lse(pooled, k, block_size=bs, scale=0.125)
+    dots = (pooled.double() @ k.double().transpose(-1, -2)) * 0.125                 # (2, 2, R, n)
+    dots = torch.nn.functional.pad(dots, (0, nb * bs - n), value=float("-inf"))
+    expected = dots.view(2, 2, group * nb, nb, bs).logsumexp(-1)
+    assert torch.allclose(got.double(), expected, atol=1e-4)
+
+
+def test_the_lse_estimator_selects_from_those_logits_and_the_op_is_exact_on_its_blocks():
+    from helpers import reference_for
+    from pbs_tune import pbs_attention
+    from pbs_tune.op.pbs_attention import key_order
+    q, k, v = torch.randn(1, 4, 96, 64), torch.randn(1, 2, 96, 64), torch.randn(1, 2, 96, 64)
+    out, blocks = pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.7, estimator="lse",
+                                return_blocks=True)
+    perm = key_order(q, k, v, block_size=16, segment_size=32)
+    assert torch.allclose(out.double(), reference_for(q, perm, blocks), atol=1e-4)
+    mean = select_blocks(q, perm.k, perm.positions, block_size=16, segment_size=32, threshold=0.7, scale=0.125)
+    lse = select_blocks(q, perm.k, perm.positions, block_size=16, segment_size=32, threshold=0.7, scale=0.125,
+                        estimator="lse")
+    assert torch.equal(lse.to_dense(), blocks.to_dense()) and mean.count.shape == lse.count.shape
+    with pytest.raises(ValueError, match="estimator must be one of mean, lse, got 'max'"):
+        pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.7, estimator="max")

@@ -150,3 +150,18 @@ def test_per_head_thresholds_round_trip_and_are_checked(tmp_path):
         dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=[0.9] * 31))])))
     with pytest.raises(profiles.ProfileError, match=r"one per query head \(32\)"):
         profiles.load(str(path))
+
+
+def test_the_block_estimator_is_a_profile_parameter_with_the_papers_as_default(tmp_path):
+    path = tmp_path / "h100.yaml"
+    lse = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, estimator="lse"))
+    profiles.merge_entries(str(path), [lse, entry(16384)])
+    a, b = profiles.load(str(path)).entries
+    assert a.params.estimator == "lse" and b.params.estimator == "mean"
+    assert "estimator" not in yaml.safe_load(path.read_text())["entries"][1]["params"]  # the default stays implicit
+    assert a.kernel_keys() != profiles.ProfileEntry.from_dict(entry(8192, thr=0.8)).kernel_keys()
+    assert "lse" in a.describe() and a.params.op_args()["estimator"] == "lse"
+    bad = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, estimator="max"))
+    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[bad])))
+    with pytest.raises(profiles.ProfileError, match="params.estimator must be one of mean, lse, got 'max'"):
+        profiles.load(str(path))

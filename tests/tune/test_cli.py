@@ -143,7 +143,7 @@ def _cli(tmp_path, *args):
 
 
 def test_sweep_resumes_after_sigkill_without_losing_trials(tmp_path):
-    args = sweep_args(tmp_path, seqlen="160", trials="12")
+    args = sweep_args(tmp_path, seqlen="128", trials="8")
     proc = _cli(tmp_path, *args)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -161,7 +161,7 @@ def test_sweep_resumes_after_sigkill_without_losing_trials(tmp_path):
     assert done.returncode == 0, out
     after = finished_trials(tmp_path)
     assert before <= {n for n, s in after if s == "COMPLETE"}  # nothing finished was lost
-    assert len([n for n, s in after if s in ("COMPLETE", "FAIL", "PRUNED")]) >= 12
+    assert len([n for n, s in after if s in ("COMPLETE", "FAIL", "PRUNED")]) >= 8
     assert profiles.load(str(tmp_path / "cpu.yaml")).entries
 
 
