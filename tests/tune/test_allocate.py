@@ -28,7 +28,7 @@ def test_never_worse_than_one_threshold_where_the_lagrangian_misses():
 
 
 def test_measured_curves_add_up_and_the_allocation_holds_its_bound():
-    q, k, v = torch.randn(1, 4, 160, 64) * 2, torch.randn(1, 2, 160, 64) * 2, torch.randn(1, 2, 160, 64)
+    q, k, v = torch.randn(1, 4, 96, 32) * 2, torch.randn(1, 2, 96, 32) * 2, torch.randn(1, 2, 96, 32)
     q[:, :2] *= 0.1  # two heads with flat attention, two sharp ones
     a = head_curves(q, k, v, block_size=16, segment_size=32, grid=GRID)
     b = head_curves(q.flip(2), k.flip(2), v.flip(2), block_size=16, segment_size=32, grid=GRID)
@@ -92,7 +92,7 @@ def test_the_recall_floor_keeps_a_retrieval_head_at_its_threshold():
 
 def test_a_layer_plan_meets_its_bound_and_recall_or_is_the_reference():
     from pbs_tune.tune.allocate import plan_layer
-    q, k, v = torch.randn(1, 4, 192, 32) * 2, torch.randn(1, 2, 192, 32) * 2, torch.randn(1, 2, 192, 32)
+    q, k, v = torch.randn(1, 4, 128, 32) * 2, torch.randn(1, 2, 128, 32) * 2, torch.randn(1, 2, 128, 32)
     q[:, :2] *= 0.1
     plan = plan_layer(q, k, v, block_size=16, segment_size=32, margin=0.95)
     assert len(plan.thresholds) == 4 and all(t in GRID for t in plan.thresholds)
