@@ -22,6 +22,7 @@ from .. import progress
 from ..op.launch_config import LaunchConfig, default_launch
 from ..op.pbs_attention import pbs_attention
 from ..timing import median_ms
+from .space import GPU_SPACE
 from .workloads import FAMILIES, make_qkv
 
 NOISE = 0.03  # run-to-run spread of do_bench medians of one config on the H200 is ~1-2%
@@ -35,13 +36,13 @@ def stock_launch(block_size: int, head_dim: int, on_gpu: bool) -> LaunchConfig:
     return default_launch(block_size, head_dim, capability)
 
 
-def candidates(launch: LaunchConfig, stock: LaunchConfig, arch: int | None, programs=(0, 1, 2)) -> list:
+def candidates(launch: LaunchConfig, stock: LaunchConfig, arch: int | None) -> list:
     """The searched launch, the stock one, and the same tiles on the portable kernel and (from
     sm_90 on, or in the interpreter: arch None) on the Hopper kernel with each persistent grid."""
     base = dataclasses.replace(launch, tma=False, programs_per_sm=0)
     out = [stock, launch, base]
     if arch is None or arch >= 90:
-        out += [dataclasses.replace(base, tma=True, programs_per_sm=p) for p in programs]
+        out += [dataclasses.replace(base, tma=True, programs_per_sm=p) for p in GPU_SPACE["programs_per_sm"]]
     return list(dict.fromkeys(out))
 
 

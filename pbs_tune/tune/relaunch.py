@@ -52,7 +52,7 @@ def relaunch_entry(entry: ProfileEntry, cal: Calibration, *, arch: int | None, o
                      dtype=cal.q.dtype, device=cal.q.device)
         best, record = launch_choice.choose_launch(entry.params, entry.launch, sources, shape=shape, on_gpu=on_gpu)
         got = measure(cal, search_space.TrialConfig(entry.params, best), on_gpu=on_gpu)
-        times = {label: by_source for label, by_source in record["latency_ms"].items()}
+        times = record["latency_ms"]
     else:
         stock = launch_choice.stock_launch(entry.params.block_size, entry.head_dim, on_gpu)
         results = {lc: measure(cal, search_space.TrialConfig(entry.params, lc), on_gpu=on_gpu)
