@@ -39,6 +39,19 @@ def _max_error(ctx, param, value):
     return bound
 
 
+def _estimators(ctx, param, value):
+    """A comma-separated subset of the block estimators, as a tuple."""
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [n for n in names if n not in profiles.ESTIMATORS]
+    if unknown or not names:
+        raise click.BadParameter(f"expected some of {','.join(profiles.ESTIMATORS)} (comma-separated), got {value!r}")
+    return names
+
+
+ESTIMATORS_HELP = ("Block estimators a layer's plan may use, each with and without the permutation: 'mean' "
+                   "(the paper's), 'lse' (each block's mean query against every key); comma-separated.")
+
+
 def _lengths(ctx, param, values):
     try:
         return sorted({parse_length(v) for v in values})
@@ -94,6 +107,8 @@ def main():
                    "with --calib every captured layer gets its own plan.")
 @click.option("--margin", default=0.95, show_default=True, type=click.FloatRange(0.1, 1.0),
               help="--per-head: each layer's calibration error bound as a share of the reference's.")
+@click.option("--estimators", default="mean,lse", show_default=True, callback=_estimators,
+              help="--per-head: " + ESTIMATORS_HELP)
 @click.option("--workers", default="1", show_default=True,
               help="Worker processes on the study: a number, or 'auto' (one per visible GPU; on a CPU, "
                    "one interpreter worker per core, up to 4). Each GPU worker sees one GPU.")
@@ -105,8 +120,8 @@ def main():
               help="Print the summary (the written entries) as JSON on stdout; the rest goes to stderr.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib, samples,
-          holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, workers,
-          heartbeat_s, quiet, as_json):
+          holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, estimators,
+          workers, heartbeat_s, quiet, as_json):
     """Search block size, segment size, threshold and launch config per length.
 
     \b
@@ -125,7 +140,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         profile=profile_path or profile_store.default_profile_path(gpu), heads=heads, kv_heads=kv_heads,
         head_dim=int(head_dim), dtype=dtype, workload=workload, calib=calib, holdout_calib=holdout_calib,
         max_error=max_error, trials=trials, timeout=timeout, seed=seed, heartbeat_s=heartbeat_s, per_head=per_head,
-        margin=margin, samples=1 if calib else samples or (4 if per_head else 1), study=study_prefix,
+        margin=margin, estimators=estimators, samples=1 if calib else samples or (4 if per_head else 1), study=study_prefix,
         library=library, workers=_worker_count(workers, gpu != CPU), compile=not no_compile, quiet=quiet)
     entries = run_sweep(spec, say=functools.partial(click.echo, err=as_json))  # with --json, stdout is the JSON
     if as_json:
@@ -402,6 +417,7 @@ def report(storage, study_name, out_dir):
               help="The uniform threshold the plans must match (error, heaviest keys, retrieval probes).")
 @click.option("--probes", default=40, show_default=True, type=click.IntRange(min=0),
               help="Retrieval probe prompts (0: no probe).")
+@click.option("--estimators", default="mean,lse", show_default=True, callback=_estimators, help=ESTIMATORS_HELP)
 @click.option("--block-size", default=128, show_default=True, type=click.IntRange(min=16))
 @click.option("--segment-size", default=256, show_default=True, type=click.IntRange(min=32))
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
@@ -409,8 +425,8 @@ def report(storage, study_name, out_dir):
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @one_line_errors
-def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, block_size, segment_size, dtype,
-         profile_path, no_compile, quiet):
+def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, estimators, block_size, segment_size,
+         dtype, profile_path, no_compile, quiet):
     """Per-layer plans for one model, judged by the model: permutation on/off and a threshold per
     head in every layer, within --margin x the reference's layer error, keeping each head's
     heaviest keys and the model's answers to retrieval probes (tune/model_plan.py).
@@ -435,10 +451,11 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, bl
     files = [text_file] if text_file else python_sources("calibration")
     seqs = token_sequences(tokenizer, files, seqlen, 6)
     entry, report = plan_model(net, tokenizer, seqs[:2], seqs[2:], margin=margin, reference=float(reference),
-                               probes=probes, block_size=block_size, segment_size=segment_size)
-    click.echo("layer  permute  kept vs reference  error vs reference  thresholds per head")
+                               probes=probes, block_size=block_size, segment_size=segment_size,
+                               estimators=estimators)
+    click.echo("layer  permute  estimator  kept vs reference  error vs reference  thresholds per head")
     for row in report["allocation"]:
-        click.echo(f"{row['layer']:>5}  {str(row['permute']):>7}  {row['calib_kept_ratio']:>17.3f}  "
+        click.echo(f"{row['layer']:>5}  {str(row['permute']):>7}  {row['estimator']:>9}  {row['calib_kept_ratio']:>17.3f}  "
                    f"{row['calib_per_head_rel_l2']:.4f} / {row['calib_default_rel_l2']:.4f}    "
                    f"{' '.join(f'{t:g}' for t in row['thresholds'])}")
     click.echo("retrieval probe: " + ", ".join(f"{r.get('margin', 'reference')}: {r['hits']}" for r in report["probe"]))

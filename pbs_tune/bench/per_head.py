@@ -23,7 +23,7 @@ from ..op.launch_config import default_launch
 from ..op.pbs_attention import pbs_attention
 from ..runtime import profiles
 from ..seqlen import parse_length
-from ..tune.allocate import GRID, layer_curves, plan_layer, uniform_error
+from ..tune.allocate import GRID, REFERENCE, Variant, layer_curves, plan_layer, uniform_error
 from ..models.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
@@ -69,9 +69,9 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
         print(name, "retrieval", retrieval[name], "/", len(prompts), flush=True)
     per_layer = []  # the same measures on unseen text
     for a, (idx, (q, k, v)) in zip(alloc, sorted(record_layers(model, evals[:2]).items())):
-        curves = layer_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc,
-                              permutes=(True, a["permute"]))
-        ref, mine = curves[True], curves[a["permute"]]
+        chosen = Variant(a["permute"], a["estimator"])
+        curves = layer_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, variants=(chosen,))
+        ref, mine = curves[REFERENCE], curves[chosen]
         d = GRID.index(DEFAULT)
         index = torch.tensor([GRID.index(t) for t in a["thresholds"]])
         rows = torch.arange(len(index))
@@ -103,9 +103,7 @@ def _timing(model, seq, layers, variants):
         for idx, (q, k, v) in sorted(seen.items()):
             params, lc = layers[idx] if name == "per_head" else (profiles.PbsParams(BLOCK, SEGMENT, DEFAULT),
                                                                  default_launch(BLOCK, q.shape[-1]))
-            total += median_ms(lambda: pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT,
-                                                     threshold=params.threshold, launch=lc,
-                                                     permute=params.permute))
+            total += median_ms(lambda: pbs_attention(q, k, v, launch=lc, **params.op_args()))
         out[f"{name}_op_ms_all_layers"] = total
         use_entry(model, variants[name])
         with torch.no_grad():
@@ -130,16 +128,17 @@ def part_mixed(res, lengths, margin, samples=2):
         q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=1)
         dense = dense_reference(q, k, v)
         row = dict(n=n, calib_samples=samples, thresholds=list(plan.thresholds), permute=plan.permute,
+                   estimator=plan.estimator,
                    calib_kept_ratio=plan.kept_ratio,
                    calib_margin_used=plan.margin, calib_rel_l2=plan.rel_l2, calib_default_rel_l2=plan.reference_rel_l2)
-        for name, t, permute in (("default", DEFAULT, True), ("per_head", plan.thresholds, plan.permute)):
+        for name, t, x in (("default", DEFAULT, REFERENCE), ("per_head", plan.thresholds, plan.variant)):
+            args = dict(block_size=BLOCK, segment_size=SEGMENT, threshold=t, launch=lc, permute=x.permute,
+                        estimator=x.estimator)
             with torch.no_grad():
-                out, blocks = pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT, threshold=t, launch=lc,
-                                            permute=permute, return_blocks=True)
+                out, blocks = pbs_attention(q, k, v, return_blocks=True, **args)
                 row[f"{name}_rel_l2"] = rel_l2(out, dense)
                 row[f"{name}_kept_blocks"] = blocks.kept_blocks()
-                row[f"{name}_ms"] = median_ms(lambda: pbs_attention(q, k, v, block_size=BLOCK, segment_size=SEGMENT,
-                                                                    threshold=t, launch=lc, permute=permute))
+                row[f"{name}_ms"] = median_ms(lambda: pbs_attention(q, k, v, **args))
         row["speedup_vs_default"] = row["default_ms"] / row["per_head_ms"]
         rows.append(row)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "thresholds"}),

@@ -12,8 +12,10 @@ Output error alone misses retrieval (SmolLM2: a per-head allocation lowered LM l
 passkeys), so each head also has a floor: on sampled queries (the last block, where questions
 sit, and rows spread over the sequence), the number whose heaviest key lies in a kept block may
 not fall below what the reference threshold keeps. Kept sets grow with the threshold, so the
-floor is a lowest allowed grid value per head. `plan_layers` does this per layer, with and
-without the permutation, and keeps the cheaper.
+floor is a lowest allowed grid value per head. `choose_plan` does this per layer for every
+`Variant` (with and without the permutation, each block estimator) and keeps the cheapest: the
+`lse` estimator keeps far fewer blocks on some heads and loses error on others, so whether a layer
+uses it is decided, like its thresholds, on that layer's own curves.
 
 An allocation fitted to a few samples also fits their noise (mixed workload, 32k: calibrated at
 0.95 x the reference's error, 1.04 x on a held-out sample). With two or more calibration samples
@@ -23,15 +25,37 @@ others must meet the bound on it, and the margin the allocation works to shrinks
 import functools
 import operator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from ..op.pbs_attention import attend_blocks, default_scale, key_order
-from ..op.selection import select_blocks
+from ..op.selection import ESTIMATORS, select_blocks
 from .metrics import dense_reference
 
 GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0)
 SAMPLED_ROWS = 256
+
+
+class Variant(NamedTuple):
+    """How a layer selects blocks, besides its thresholds: permuted or not, and which estimator."""
+
+    permute: bool
+    estimator: str = "mean"
+
+
+REFERENCE = Variant(True, "mean")  # the published method, what every plan is measured against
+
+
+def variants_of(estimators=ESTIMATORS) -> tuple:
+    """Every variant with one of `estimators`, permuted and not."""
+    unknown = set(estimators) - set(ESTIMATORS)
+    if unknown:
+        raise ValueError(f"unknown block estimator {sorted(unknown)[0]!r}; choose from {', '.join(ESTIMATORS)}")
+    return tuple(Variant(p, e) for e in estimators for p in (True, False))
+
+
+VARIANTS = variants_of()
 
 
 @dataclass
@@ -70,8 +94,8 @@ class HeadCurves:
         return float((self.sq_err[rows, choice].sum() / self.ref_sq.sum()).sqrt())
 
 
-def head_curves(q, k, v, *, block_size, segment_size, permute=True, grid=GRID, launch=None, dense=None,
-                top=None) -> HeadCurves:
+def head_curves(q, k, v, *, block_size, segment_size, permute=True, estimator="mean", grid=GRID, launch=None,
+                dense=None, top=None) -> HeadCurves:
     """Measure every head's error and kept blocks at each grid threshold; the batch holds the
     samples, whose curves are kept apart in `samples` (`dense`: the float32 dense output, `top`:
     heaviest_keys, where the caller has them)."""
@@ -87,7 +111,7 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, grid=GRID, l
         perm = key_order(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale, permute=permute)
         for g, thr in enumerate(grid):  # one permutation serves every threshold
             blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size, segment_size=segment_size,
-                                   threshold=thr, scale=scale)
+                                   threshold=thr, scale=scale, estimator=estimator)
             out = attend_blocks(q, perm, blocks, launch=launch, scale=scale)
             sq_err[..., g] = _squared_norms(out, dense)
             kept[..., g] = blocks.count.double().sum(dim=2).cpu()
@@ -222,8 +246,8 @@ def uniform_error(curves: HeadCurves, threshold: float) -> float:
 
 @dataclass
 class LayerPlan:
-    """What one layer runs: permute or not, a threshold per query head; with the calibration
-    figures that justified it (kept blocks relative to the reference, and both errors)."""
+    """What one layer runs: permute or not, a threshold per query head, the block estimator; with
+    the calibration figures that justified it (kept blocks relative to the reference, both errors)."""
 
     permute: bool
     thresholds: tuple
@@ -231,32 +255,41 @@ class LayerPlan:
     rel_l2: float
     reference_rel_l2: float
     margin: float = None  # the margin the allocation worked to (below the bound's after validation)
+    estimator: str = "mean"
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.permute, self.estimator)
 
     def as_dict(self) -> dict:
         """As a trial stores it (JSON)."""
-        return dict(permute=self.permute, thresholds=list(self.thresholds), kept_ratio=round(self.kept_ratio, 4),
-                    rel_l2=round(self.rel_l2, 6), reference_rel_l2=round(self.reference_rel_l2, 6),
+        return dict(permute=self.permute, estimator=self.estimator, thresholds=list(self.thresholds),
+                    kept_ratio=round(self.kept_ratio, 4), rel_l2=round(self.rel_l2, 6),
+                    reference_rel_l2=round(self.reference_rel_l2, 6),
                     margin=None if self.margin is None else round(self.margin, 4))
 
     @classmethod
     def from_dict(cls, d) -> "LayerPlan":
         return cls(d["permute"], tuple(d["thresholds"]), d["kept_ratio"], d.get("rel_l2"),
-                   d.get("reference_rel_l2"), d.get("margin"))
+                   d.get("reference_rel_l2"), d.get("margin"), d.get("estimator", "mean"))
 
 
-def layer_curves(q, k, v, *, block_size, segment_size, launch=None, permutes=(True, False)) -> dict:
-    """{permute: HeadCurves} of one layer (batch = samples), with and without the permutation;
-    the dense output and the heaviest keys are computed once for both."""
+def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VARIANTS) -> dict:
+    """{Variant: HeadCurves} of one layer (batch = samples), always with the reference variant;
+    the dense output and the heaviest keys are computed once for all."""
     dense = dense_reference(q, k, v)
     top = heaviest_keys(q, k, sampled_rows(q.shape[2], block_size))
-    return {p: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=p, launch=launch,
-                           dense=dense, top=top) for p in sorted(set(permutes), reverse=True)}
+    wanted = [REFERENCE] + [Variant(*x) for x in variants if Variant(*x) != REFERENCE]
+    return {x: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=x.permute,
+                           estimator=x.estimator, launch=launch, dense=dense, top=top)
+            for x in dict.fromkeys(wanted)}
 
 
 def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:
     """Per-head thresholds with output rel-L2 at most `margin` x the reference threshold's
-    (permuted), each head keeping at least as many sampled queries' heaviest keys as the
-    reference does; permuted or not, whichever keeps fewer blocks (the reference always qualifies).
+    (the REFERENCE variant's), each head keeping at least as many sampled queries' heaviest keys
+    as the reference does; of the variants in `curves`, whichever keeps fewest blocks (the
+    reference always qualifies).
     With several calibration samples the bound is validated out of sample (`held_out_margin`)."""
     used = held_out_margin(curves, margin=margin, reference=reference)
     plan = _cheapest_plan(curves, used, reference)
@@ -265,21 +298,21 @@ def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:
 
 
 def _cheapest_plan(curves: dict, margin: float, reference: float) -> LayerPlan:
-    ref = curves[True]
+    ref = curves[REFERENCE]
     g = ref.grid.index(reference)
     ref_kept = float(ref.kept[:, g].sum())
     need = ref.top_hits[:, g]
     ref_err = uniform_error(ref, reference)
     bound = margin * ref_err
     best = LayerPlan(True, (reference,) * ref.sq_err.shape[0], 1.0, ref_err, ref_err)
-    for permute, c in curves.items():
+    for variant, c in curves.items():
         thr = allocate(c, bound, c.floor(need))
         choice = torch.tensor([c.grid.index(t) for t in thr])
         rows = torch.arange(len(thr))
         kept = float(c.kept[rows, choice].sum()) / ref_kept
         err = c.rel_l2(choice)
         if err <= bound and bool((c.top_hits[rows, choice] >= need).all()) and kept < best.kept_ratio:
-            best = LayerPlan(permute, thr, kept, err, ref_err)
+            best = LayerPlan(variant.permute, thr, kept, err, ref_err, estimator=variant.estimator)
     return best
 
 
@@ -292,20 +325,20 @@ def held_out_margin(curves: dict, *, margin: float, reference: float) -> float:
     `margin` x the reference's there (the reference plan itself always passes); 0 (every head at
     the reference) if none does. One sample: `margin`."""
     parts = {p: c.parts for p, c in curves.items()}
-    n = len(parts[True])
+    n = len(parts[REFERENCE])
     if n < 2:
         return margin
 
     # Per fold i: the curves of the other samples, and the bound on sample i.
     fitted = [{p: functools.reduce(operator.add, [s for j, s in enumerate(ps) if j != i]) for p, ps in parts.items()}
               for i in range(n)]
-    bounds = [margin * uniform_error(parts[True][i], reference) for i in range(n)]
+    bounds = [margin * uniform_error(parts[REFERENCE][i], reference) for i in range(n)]
 
     def holds(m, i):
         plan = _cheapest_plan(fitted[i], m, reference)
         if plan.kept_ratio >= 1.0:
             return True
-        left_out = parts[plan.permute][i]
+        left_out = parts[plan.variant][i]
         choice = torch.tensor([left_out.grid.index(t) for t in plan.thresholds])
         return left_out.rel_l2(choice) <= bounds[i]
 
@@ -315,7 +348,8 @@ def held_out_margin(curves: dict, *, margin: float, reference: float) -> float:
     return 0.0
 
 
-def plan_layer(q, k, v, *, block_size, segment_size, launch=None, margin=0.95, reference=0.9) -> LayerPlan:
+def plan_layer(q, k, v, *, block_size, segment_size, launch=None, margin=0.95, reference=0.9,
+               variants=VARIANTS) -> LayerPlan:
     """`choose_plan` on one layer's freshly measured curves."""
-    return choose_plan(layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch),
-                       margin=margin, reference=reference)
+    return choose_plan(layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch,
+                                    variants=variants), margin=margin, reference=reference)

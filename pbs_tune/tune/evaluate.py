@@ -133,7 +133,7 @@ def measure(cal: Calibration, cfg, *, on_gpu: bool, timed: bool = True) -> dict:
     p = cfg.params
     check_inputs(cal.q, cal.k, cal.v, block_size=p.block_size, segment_size=p.segment_size,
                  threshold=p.threshold, launch=cfg.launch, estimator=p.estimator)
-    return _measure_parts(cal, cfg, [(slice(None), p.threshold, p.permute)], on_gpu=on_gpu, timed=timed)
+    return _measure_parts(cal, cfg, [(slice(None), p)], on_gpu=on_gpu, timed=timed)
 
 
 def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
@@ -153,13 +153,14 @@ def compared(latency_ms: float, baselines: dict, reference: dict) -> dict:
                 speedup=speedup, dense_faster=bool(dense) and min(dense) < latency_ms)
 
 
-def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None) -> list:
-    """Per calibration layer: permute or not and per-head thresholds whose error is within
-    `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py); with
+def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None, estimators=("mean", "lse")) -> list:
+    """Per calibration layer: permute or not, the estimator and per-head thresholds whose error is
+    within `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py); with
     several sequences per layer, checked on each one left out.
     The curves depend on block and segment only (every launch keeps the same blocks, and the
-    reference threshold is a point of the grid), so `cache` keeps them from trial to trial."""
-    from .allocate import choose_plan, layer_curves
+    reference threshold is a point of the grid), so `cache` keeps them from trial to trial.
+    `estimators`: those a layer may use, each with and without the permutation."""
+    from .allocate import choose_plan, layer_curves, variants_of
     p = cfg.params
     key = (p.block_size, p.segment_size)
     cache = {} if cache is None else cache
@@ -170,28 +171,26 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None)
         for i in range(cal.layers):
             cache[key].append(layer_curves(cal.q[cal.layer(i)], cal.k[cal.layer(i)], cal.v[cal.layer(i)],
                                            block_size=p.block_size, segment_size=p.segment_size,
-                                           launch=cfg.launch))
+                                           launch=cfg.launch, variants=variants_of(estimators)))
             steps.step()
     return [choose_plan(curves, margin=margin, reference=p.threshold) for curves in cache[key]]
 
 
 def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool, timed: bool = True) -> dict:
     """Like `measure`, but each layer runs its own plan, one after another, as in a model."""
-    return _measure_parts(cal, cfg, [(cal.layer(i), p.thresholds, p.permute) for i, p in enumerate(plans)],
+    return _measure_parts(cal, cfg, [(cal.layer(i), cfg.planned(p)) for i, p in enumerate(plans)],
                           on_gpu=on_gpu, timed=timed)
 
 
 def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = True) -> dict:
-    """Time the op over `parts` [(batch slice, threshold, permute)] in turn; accuracy over all."""
+    """Time the op over `parts` [(batch slice, PbsParams)] in turn; accuracy over all."""
     scale = 1.0 / math.sqrt(cal.q.shape[-1])
-    inputs = [(cal.q[cut], cal.k[cut], cal.v[cut], thr, permute) for cut, thr, permute in parts]
+    inputs = [(cal.q[cut], cal.k[cut], cal.v[cut], params) for cut, params in parts]
 
     def run(return_lse=False):
         results = []
-        for q, k, v, thr, permute in inputs:
-            perm, blocks = permute_and_select(q, k, v, block_size=cfg.params.block_size,
-                                              segment_size=cfg.params.segment_size, threshold=thr, scale=scale,
-                                              permute=permute, estimator=cfg.params.estimator)
+        for q, k, v, params in inputs:
+            perm, blocks = permute_and_select(q, k, v, scale=scale, **params.op_args())
             results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse),
                             blocks))
         return results

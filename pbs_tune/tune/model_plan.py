@@ -16,7 +16,7 @@ from .. import progress
 from ..op.launch_config import default_launch
 from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
-from .allocate import choose_plan, layer_curves
+from .allocate import choose_plan, layer_curves, variants_of
 from .capture import recording_attention
 from ..models.retrieval import retrieval_hits, retrieval_prompts
 
@@ -71,7 +71,8 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
     for m in [margin] + [x for x in PROBE_MARGINS if x < margin]:
         progress.say(f"retrieval probe at margin {m}: {len(prompts)} prompts")
         plans = {idx: choose_plan(c, margin=m, reference=reference) for idx, c in curves.items()}
-        planned = entry({idx: (profiles.PbsParams(block_size, segment_size, p.thresholds, p.permute), launch)
+        planned = entry({idx: (profiles.PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator),
+                               launch)
                          for idx, p in plans.items()})
         use_entry(model, planned)
         hits = retrieval_hits(model, tokenizer, prompts) if prompts else need
@@ -82,7 +83,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
 
 
 def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, reference=0.9, probes=40,
-               block_size=128, segment_size=256, launch=None, min_len=None):
+               block_size=128, segment_size=256, launch=None, min_len=None, estimators=("mean", "lse")):
     """Plans for every layer of `model` from 2+ calibration sequences and a retrieval probe on
     `probe_seqs` (their text as haystack). Returns (profile entry, report dict)."""
     seqlen = len(calib_seqs[0])
@@ -94,7 +95,8 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     steps = progress.Steps("per-head curves: layer", len(recorded))
     curves = {}
     for idx, (q, k, v) in recorded:
-        curves[idx] = layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch)
+        curves[idx] = layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch,
+                                   variants=variants_of(estimators))
         steps.step()
     haystack = [int(t) for s in probe_seqs for t in s]
     prompts = retrieval_prompts(tokenizer, haystack, probes, seqlen - min(512, seqlen // 4), seed=1) if probes else []
@@ -107,7 +109,8 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
                                       "each calibration sequence left out of the fit), per head no fewer sampled "
                                       "queries' heaviest keys kept, and no fewer retrieval probes answered than "
                                       "with the reference"))
-    report = [dict(layer=idx, permute=p.permute, thresholds=list(p.thresholds), margin=used, allocation_margin=p.margin,
+    report = [dict(layer=idx, permute=p.permute, estimator=p.estimator, thresholds=list(p.thresholds), margin=used,
+                   allocation_margin=p.margin,
                    calib_default_rel_l2=p.reference_rel_l2, calib_per_head_rel_l2=p.rel_l2,
                    calib_kept_ratio=p.kept_ratio) for idx, p in sorted(plans.items())]
     return entry, dict(allocation=report, probe=log, margin_used=used)

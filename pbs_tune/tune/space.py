@@ -59,8 +59,9 @@ class TrialConfig:
         return cls.from_dict(trial.user_attrs["config"])
 
     def planned(self, plan) -> PbsParams:
-        """This trial's parameters with a layer plan's per-head thresholds and permutation."""
-        return replace(self.params, threshold=tuple(plan.thresholds), permute=plan.permute)
+        """This trial's parameters with a layer plan's per-head thresholds, permutation and estimator."""
+        return replace(self.params, threshold=tuple(plan.thresholds), permute=plan.permute,
+                       estimator=plan.estimator)
 
 
 def reference_config(head_dim, cpu=False):
@@ -100,7 +101,7 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
     lo, hi = space["threshold"]
     threshold = trial.suggest_categorical("threshold", list(PER_HEAD_REFERENCES)) if per_head \
         else trial.suggest_float("threshold", lo, hi)
-    # Per-head plans are allocated on the mean estimator's curves (tune/allocate.py).
+    # Per-head plans choose the estimator per layer, with the thresholds (tune/allocate.py).
     estimator = "mean" if per_head else trial.suggest_categorical("estimator", list(space["estimator"]))
     m_split = trial.suggest_categorical("m_split", list(space["split"]))
     n_split = trial.suggest_categorical("n_split", list(space["split"]))

@@ -69,6 +69,7 @@ class SweepSpec:
     heartbeat_s: int = 10  # a worker silent for 3x this long is presumed dead
     per_head: bool = False  # per-layer plans (tune/allocate.py) around each trial's global knobs
     margin: float = 0.95
+    estimators: tuple = ("mean", "lse")  # per_head: the block estimators a layer's plan may use
     samples: int = 1  # workload samples calibrated on (a capture brings its own sequences)
     study: str | None = None  # the study's name (one length) or names' prefix
     library: str | None = None  # kernel library folder (default: the profile's)
@@ -103,8 +104,12 @@ class SweepSpec:
         source = "capture" if self.calib else self.workload
         base = (f"{self.gpu}-{self.seqlen}-{self.heads}x{self.kv_heads}x{self.head_dim}-{self.dtype}-"
                 f"{source}" + (f"-x{self.samples}" if self.samples > 1 else "")
-                + ("-per-head" if self.per_head else ""))
+                + (self._per_head_suffix() if self.per_head else ""))
         return f"{prefix}-{base}" if prefix else base
+
+    def _per_head_suffix(self) -> str:
+        """Studies of plans over other estimators are other studies (mean alone: the earlier name)."""
+        return "-per-head" + ("" if self.estimators == ("mean",) else "-" + "-".join(self.estimators))
 
     def calibration(self, held_out: bool = False, workload: str | None = None) -> Calibration:
         """This length's calibration data, or the held-out data: the workload's next seed, or
@@ -138,7 +143,7 @@ class SweepSpec:
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
         d = json.loads(text)
-        return cls(**dict(d, seqlens=tuple(d["seqlens"])))
+        return cls(**dict(d, seqlens=tuple(d["seqlens"]), estimators=tuple(d["estimators"])))
 
 
 def sqlite_path(url: str):
@@ -252,7 +257,7 @@ def objective_for(cal: Calibration, spec: SweepSpec):
             raise optuna.TrialPruned(problem)
         try:
             if spec.per_head:
-                plans = layer_plans(cal, cfg, spec.margin, curves)
+                plans = layer_plans(cal, cfg, spec.margin, curves, spec.estimators)
                 trial.set_user_attr("plans", [plan.as_dict() for plan in plans])
                 m = measure_layers(cal, cfg, plans, on_gpu=spec.on_gpu)
             else:

@@ -1,7 +1,7 @@
 """Per-head thresholds under one layer error bound."""
 import torch
 
-from pbs_tune.tune.allocate import GRID, HeadCurves, allocate, head_curves, uniform_error
+from pbs_tune.tune.allocate import GRID, REFERENCE, HeadCurves, LayerPlan, Variant, allocate, head_curves, uniform_error
 
 
 def test_allocation_spends_the_budget_on_the_heads_that_need_it():
@@ -94,13 +94,14 @@ def test_a_layer_plan_meets_its_bound_and_recall_or_is_the_reference():
     from pbs_tune.tune.allocate import plan_layer
     q, k, v = torch.randn(1, 4, 128, 32) * 2, torch.randn(1, 2, 128, 32) * 2, torch.randn(1, 2, 128, 32)
     q[:, :2] *= 0.1
-    plan = plan_layer(q, k, v, block_size=16, segment_size=32, margin=0.95)
+    plan = plan_layer(q, k, v, block_size=16, segment_size=32, margin=0.95,
+                      variants=(REFERENCE, Variant(False, "lse")))  # two of the four: interpreter time
     assert len(plan.thresholds) == 4 and all(t in GRID for t in plan.thresholds)
     assert plan.kept_ratio <= 1.0
     if plan.kept_ratio < 1.0:
         assert plan.rel_l2 <= 0.95 * plan.reference_rel_l2 + 1e-12
     else:
-        assert plan.permute and plan.thresholds == (0.9,) * 4 and plan.rel_l2 == plan.reference_rel_l2
+        assert plan.variant == REFERENCE and plan.thresholds == (0.9,) * 4 and plan.rel_l2 == plan.reference_rel_l2
 
 
 def test_curves_of_a_batch_keep_each_sample_apart():
@@ -128,25 +129,25 @@ def test_the_margin_shrinks_until_a_plan_fitted_on_other_samples_holds_on_each()
     from pbs_tune.tune.allocate import _cheapest_plan, choose_plan, held_out_margin
     a = _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]])    # head 0 looks free at 0.5 here...
     b = _two_heads([[0.004, 0.0, 0.0], [0.02, 0.01, 0.0]])  # ...but is not on the other sample
-    fitted_on_a = _cheapest_plan({True: a}, 1.0, 0.9)
+    fitted_on_a = _cheapest_plan({REFERENCE: a}, 1.0, 0.9)
     assert fitted_on_a.thresholds == (0.5, 0.9)
     on_b = b.rel_l2(torch.tensor([0, 1]))
     assert on_b > uniform_error(b, 0.9)  # over the bound out of sample
-    assert held_out_margin({True: a + b}, margin=1.0, reference=0.9) == 0.95
-    plan = choose_plan({True: a + b}, margin=1.0, reference=0.9)
+    assert held_out_margin({REFERENCE: a + b}, margin=1.0, reference=0.9) == 0.95
+    plan = choose_plan({REFERENCE: a + b}, margin=1.0, reference=0.9)
     assert plan.margin == 0.95 and plan.thresholds == (0.5, 1.0)
     for left_out in (a, b):  # what the step above failed: each sample's error within the bound
         assert left_out.rel_l2(torch.tensor([0, 2])) <= uniform_error(left_out, 0.9)
     # Samples that agree leave the margin alone; one sample cannot be validated.
-    assert held_out_margin({True: a + a}, margin=0.9, reference=0.9) == 0.9
-    assert held_out_margin({True: b}, margin=0.9, reference=0.9) == 0.9
+    assert held_out_margin({REFERENCE: a + a}, margin=0.9, reference=0.9) == 0.9
+    assert held_out_margin({REFERENCE: b}, margin=0.9, reference=0.9) == 0.9
 
 
 def test_without_any_margin_that_holds_out_of_sample_the_plan_is_the_reference():
     from pbs_tune.tune.allocate import choose_plan
     a = _two_heads([[0.0, 0.0, 0.0], [0.01, 0.01, 0.0]])
     b = _two_heads([[1.0, 0.0, 0.0], [0.01, 0.01, 0.0]])  # head 0 at 0.5 is fine on a, ruinous on b
-    plan = choose_plan({True: a + b}, margin=1.0, reference=0.9)
+    plan = choose_plan({REFERENCE: a + b}, margin=1.0, reference=0.9)
     assert plan.margin == 0.0 and plan.kept_ratio == 1.0 and plan.thresholds == (0.9, 0.9)
 
 
@@ -157,10 +158,10 @@ def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypa
     from pbs_tune.tune.space import TrialConfig
     cal = evaluate.load_calibration(seqlen=64, heads=2, kv_heads=1, head_dim=32, dtype=torch.float32, device="cpu")
     measured = []
-    curves = {True: _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]]),
-              False: _two_heads([[0.01, 0.0, 0.0], [0.03, 0.01, 0.0]])}
+    curves = {REFERENCE: _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]]),
+              Variant(False): _two_heads([[0.01, 0.0, 0.0], [0.03, 0.01, 0.0]])}
 
-    def fake_curves(q, k, v, *, block_size, segment_size, launch=None):
+    def fake_curves(q, k, v, *, block_size, segment_size, launch=None, variants=None):
         measured.append((block_size, segment_size, q.shape[0]))
         return curves
     monkeypatch.setattr(allocate, "layer_curves", fake_curves)
@@ -174,3 +175,27 @@ def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypa
     assert measured[-1] == (32, 64, 1) and set(cache) == {(16, 32), (32, 64)}
     evaluate.layer_plans(cal, TrialConfig(PbsParams(16, 32, 0.9), launch), 0.95)  # no cache: measured again
     assert len(measured) == 3
+
+
+def test_each_layer_takes_the_estimator_whose_curves_keep_fewest_blocks_within_the_bound():
+    from pbs_tune.tune.allocate import choose_plan
+    mean = _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]])
+    lse = _two_heads([[0.0, 0.0, 0.0], [0.004, 0.0, 0.0]])  # head 1 can drop to 0.5 under lse, not under mean
+    plan = choose_plan({REFERENCE: mean, Variant(True, "lse"): lse}, margin=1.0, reference=0.9)
+    assert plan.variant == Variant(True, "lse") and plan.thresholds == (0.5, 0.5) and plan.kept_ratio == 0.25
+    worse = _two_heads([[0.05, 0.05, 0.0], [0.05, 0.05, 0.0]])  # lse over the bound everywhere: the mean plan
+    plan = choose_plan({REFERENCE: mean, Variant(True, "lse"): worse}, margin=1.0, reference=0.9)
+    assert plan.variant == REFERENCE and plan.thresholds == (0.5, 0.9)
+    # Stored with its estimator; plans of earlier releases (no estimator) read back as "mean".
+    assert LayerPlan.from_dict(LayerPlan(True, (0.5, 0.5), 0.25, 0.0, 0.1, estimator="lse").as_dict()).estimator == "lse"
+    old = dict(permute=False, thresholds=[0.9, 0.8], kept_ratio=0.9, rel_l2=0.01, reference_rel_l2=0.02, margin=0.95)
+    assert LayerPlan.from_dict(old).variant == Variant(False, "mean")
+
+
+def test_a_planned_trial_runs_its_layer_estimator():
+    from pbs_tune.op.launch_config import LaunchConfig
+    from pbs_tune.runtime.profiles import PbsParams
+    from pbs_tune.tune.space import TrialConfig
+    cfg = TrialConfig(PbsParams(16, 32, 0.9), LaunchConfig(16, 16, 1, 1))
+    params = cfg.planned(LayerPlan(False, (0.5, 0.7), 0.5, 0.0, 0.1, estimator="lse"))
+    assert (params.threshold, params.permute, params.estimator) == ((0.5, 0.7), False, "lse")

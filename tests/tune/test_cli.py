@@ -44,6 +44,7 @@ def test_every_subcommand_has_help_with_an_example(cmd):
     (["--seqlen", "0"], 2, "bad sequence length"),
     (["--seqlen", "1k", "--max-error", "0"], 2, "expected a number in (0, 1] or 'default'"),
     (["--seqlen", "1k", "--max-error", "paper"], 2, "expected a number in (0, 1] or 'default'"),
+    (["--seqlen", "1k", "--estimators", "mean,max"], 2, "expected some of mean,lse"),
     (["--seqlen", "1k", "--samples", "2", "--calib", __file__], 1, "a --calib capture has its own"),
     (["--seqlen", "1k", "--heads", "3", "--kv-heads", "2"], 1, "multiple of --kv-heads"),
     (["--seqlen", "1k", "--dtype", "bfloat16"], 1, "cannot run bfloat16"),
@@ -308,8 +309,8 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
 def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workload(tmp_path):
     res, calib = capture_tiny_llama(tmp_path, "def f(x):\n    return x + 1\n" * 20, "--layers", "1")
     assert res.exit_code == 0, res.output
-    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", "--margin", "0.9", seqlen="128",
-                                  trials="2") if a not in ("--workload", "diffuse")]
+    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", "--margin", "0.9", "--estimators",
+                                  "mean", seqlen="128", trials="2") if a not in ("--workload", "diffuse")]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
@@ -318,10 +319,11 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     assert isinstance(params.threshold, tuple) and len(params.threshold) == 2 and isinstance(params.permute, bool)
     assert e.info["per_head"]["margin"] == 0.9 and "heaviest keys" in e.info["per_head"]["bound"]
     assert "held_out" not in e.info  # a capture is checked only on a capture of other text
-    assert "-per-head" in e.info["study"]
+    assert e.info["study"].endswith("-per-head")  # the published estimator alone: the earlier study name
     shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
     assert shown.exit_code == 0 and "layer 1: " in shown.output and "permuted" in shown.output
-    res = CliRunner().invoke(main, sweep_args(tmp_path, "--per-head", "--samples", "2", seqlen="96", trials="2"))
+    res = CliRunner().invoke(main, sweep_args(tmp_path, "--per-head", "--samples", "2", "--estimators", "mean",
+                                              seqlen="96", trials="2"))
     assert res.exit_code == 0, res.output
     workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 96][0]
     assert isinstance(workload.params.threshold, tuple) and not workload.layers
@@ -361,6 +363,7 @@ def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path, monkeyp
     assert seen and set(seen) == {2}  # the layer's curves over both captured sequences: checked leaving one out
     (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
     assert list(e.layers) == [1]
+    assert e.info["study"].endswith("-per-head-mean-lse") and e.layers[1][0].estimator in ("mean", "lse")
     (margin,) = e.info["per_head"]["margins_used"]
     assert 0.0 <= margin <= 0.95
     (held,) = e.info["held_out"]  # the single-sequence capture of other text, same layer

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from pbs_tune.op.launch_config import LaunchConfig
 from pbs_tune.runtime import profiles
 from pbs_tune.tune import model_plan
-from pbs_tune.tune.allocate import GRID, HeadCurves
+from pbs_tune.tune.allocate import GRID, REFERENCE, HeadCurves, Variant
 
 
 def _curves():
@@ -18,7 +18,7 @@ def _curves():
     kept = torch.linspace(10, 100, g, dtype=torch.float64).expand(2, g).clone()
     hits = torch.full((2, g), 8.0, dtype=torch.float64)
     c = HeadCurves(GRID, err, kept, torch.ones(2, dtype=torch.float64), hits)
-    return {0: {True: c, False: c}}
+    return {0: {REFERENCE: c, Variant(False): c}}
 
 
 def test_the_margin_shrinks_until_the_plans_answer_as_many_probes(monkeypatch):
@@ -50,7 +50,8 @@ def test_plan_command_writes_a_plan_per_layer(tmp_path):
     (tmp_path / "code.py").write_text("def f(x):\n    return x + 1\n" * 120)
     res = CliRunner().invoke(main, ["plan", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "code.py"),
                                     "--seqlen", "128", "--block-size", "16", "--segment-size", "32", "--probes", "1",
-                                    "--dtype", "float32", "--profile", str(tmp_path / "cpu.yaml")])
+                                    "--dtype", "float32", "--profile", str(tmp_path / "cpu.yaml"),
+                                    "--estimators", "mean"])  # lse plans: tests/tune/test_cli.py
     assert res.exit_code == 0, res.output
     (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
     assert (e.heads, e.kv_heads, e.head_dim, e.seqlen, e.dtype) == (2, 1, 64, 128, "float32")
