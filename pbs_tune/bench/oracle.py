@@ -7,7 +7,11 @@ query against every key). Each keeps the diagonal segment and the sink block and
 blocks in decreasing (estimated or exact) mass until the threshold is reached, over a sweep of
 thresholds. The figure of merit is the density PBS needs for the published default's error
 (block 128, segment 256, threshold 0.9) over the smallest density at which the estimator's
-error is no larger. The estimators here are torch prototypes for measuring headroom only.
+error is no larger. The estimators here are torch prototypes for measuring headroom only; the
+op's own `lse` estimator (kernels/block_scores.py) is measured beside them as `op_lse`.
+
+Inputs: the synthetic workloads (`--workloads`), or every layer of a model (`--model`, the
+fixture's folder or 'smollm2') recorded on one evaluation-split text, summed over layers.
 """
 import argparse
 import math
@@ -107,19 +111,34 @@ def oracle_keep(mass, forced, threshold):
     return keep | forced
 
 
+def op_curve(q, k, v, dense, thresholds, *, block, segment, estimator="mean"):
+    """(density, error) of the op itself at each threshold."""
+    curve = []
+    for t in thresholds:
+        perm, blocks = permute_and_select(q, k, v, block_size=block, segment_size=segment, threshold=t,
+                                          estimator=estimator)
+        curve.append(dict(threshold=t, density=blocks.kept_blocks() / blocks.candidate_blocks(),
+                          rel_l2=rel_l2(attend_blocks(q, perm, blocks), dense)))
+    return curve
+
+
+def at_equal_error(curve, target, pbs_density):
+    """The smallest density of `curve` whose error is within `target`, and PBS's over it."""
+    meeting = [c["density"] for c in curve if c["rel_l2"] <= target]
+    best = min(meeting) if meeting else None
+    return dict(density_at_equal_error=best, pbs_over_it=(pbs_density / best) if best else None, curve=curve)
+
+
 def frontier(q, k, v, dense, block=BLOCK, segment=SEGMENT):
     """PBS and oracle (density, error) curves on one input, and the densities at the default's error."""
-    pbs = []
-    for t in PBS_THRESHOLDS:
-        perm, blocks = permute_and_select(q, k, v, block_size=block, segment_size=segment, threshold=t)
-        out = attend_blocks(q, perm, blocks)
-        pbs.append(dict(threshold=t, density=blocks.kept_blocks() / blocks.candidate_blocks(),
-                        rel_l2=rel_l2(out, dense)))
-        if t == DEFAULT:
-            candidates = blocks.candidate_blocks()
+    pbs = op_curve(q, k, v, dense, PBS_THRESHOLDS, block=block, segment=segment)
     target = next(p["rel_l2"] for p in pbs if p["threshold"] == DEFAULT)
     pbs_density = next(p["density"] for p in pbs if p["threshold"] == DEFAULT)
+    perm, blocks = permute_and_select(q, k, v, block_size=block, segment_size=segment, threshold=DEFAULT)
+    candidates = blocks.candidate_blocks()
     out = dict(default_rel_l2=target, pbs_density_at_default=pbs_density, pbs=pbs)
+    out["op_lse"] = at_equal_error(op_curve(q, k, v, dense, ORACLE_THRESHOLDS, block=block, segment=segment,
+                                            estimator="lse"), target, pbs_density)
     forced = None
     for name, estimate in ESTIMATORS.items():
         mass = estimate(q, perm, block)
@@ -129,11 +148,44 @@ def frontier(q, k, v, dense, block=BLOCK, segment=SEGMENT):
             blocks = block_list_from_mask(oracle_keep(mass, forced, t), perm.positions, block)
             curve.append(dict(threshold=t, density=blocks.kept_blocks() / candidates,
                               rel_l2=rel_l2(attend_blocks(q, perm, blocks), dense)))
-        meeting = [c["density"] for c in curve if c["rel_l2"] <= target]
-        best = min(meeting) if meeting else None
-        out[name] = dict(density_at_equal_error=best, pbs_over_it=(pbs_density / best) if best else None,
-                         curve=curve)
+        out[name] = at_equal_error(curve, target, pbs_density)
     return out
+
+
+NAMES = ("op_lse",) + tuple(ESTIMATORS)
+
+
+def summary(rows) -> dict:
+    """Over several inputs (a model's layers): per estimator, on how many it reaches the
+    default's error, and PBS's density over its own, both summed over the inputs it reaches."""
+    out = {}
+    for name in NAMES:
+        reached = [r for r in rows if r[name]["density_at_equal_error"] is not None]
+        pbs = sum(r["pbs_density_at_default"] for r in reached)
+        mine = sum(r[name]["density_at_equal_error"] for r in reached)
+        out[name] = dict(reached=len(reached), of=len(rows), pbs_over_it=(pbs / mine) if mine else None)
+    return out
+
+
+def _say(label, res):
+    print(f"{label}: default err {res['default_rel_l2']:.4f} at density {res['pbs_density_at_default']:.3f}; at that "
+          "error: " + ", ".join(f"{name} {res[name]['density_at_equal_error']} (PBS / it {res[name]['pbs_over_it']})"
+                                for name in NAMES), flush=True)
+
+
+def model_rows(model_name, seqlen):
+    """The frontier of every layer of a model on one evaluation-split sequence."""
+    from ..models.fixtures import load_model, python_sources, token_sequences
+    from ..tune.model_plan import record_layers
+    model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
+    (seq,) = token_sequences(tok, python_sources("evaluation"), seqlen, 1)
+    rows = []
+    for idx, (q, k, v) in sorted(record_layers(model, [seq]).items()):
+        with torch.no_grad():
+            res = frontier(q, k, v, dense_reference(q, k, v))
+        rows.append(dict(model=str(model_name), layer=idx, seqlen=seqlen, **res))
+        _say(f"layer {idx}", res)
+    return rows
 
 
 def main(argv=None):
@@ -141,9 +193,18 @@ def main(argv=None):
     ap.add_argument("--workloads", default="mixed,stripes,retrieval,sink_local,diffuse")
     ap.add_argument("--seqlen", default="32k")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--model", default=None, help="every layer of this model ('smollm2' or the fixture's folder) "
+                                                  "instead of the workloads")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     n = parse_length(args.seqlen)
+    if args.model:
+        rows = model_rows(args.model, n)
+        total = summary(rows)
+        print("over all layers:", total, flush=True)
+        write_json(args.out, dict(benchmark="oracle_frontier", env=env_info(), block=BLOCK, segment=SEGMENT,
+                                  model=args.model, summary=total, rows=rows))
+        return
     rows = []
     for w in args.workloads.split(","):
         q, k, v = make_qkv(w, seqlen=n, heads=32, kv_heads=8, head_dim=128, dtype=torch.bfloat16, device="cuda",
@@ -151,10 +212,7 @@ def main(argv=None):
         with torch.no_grad():
             res = frontier(q, k, v, dense_reference(q, k, v))
         rows.append(dict(workload=w, seqlen=n, seed=args.seed, **res))
-        print(f"{w} {args.seqlen}: default err {res['default_rel_l2']:.4f} at density "
-              f"{res['pbs_density_at_default']:.3f}; at that error: " + ", ".join(
-                  f"{name} {res[name]['density_at_equal_error']} (PBS / it {res[name]['pbs_over_it']})"
-                  for name in ESTIMATORS), flush=True)
+        _say(f"{w} {args.seqlen}", res)
         del q, k, v
         torch.cuda.empty_cache()
     write_json(args.out, dict(benchmark="oracle_frontier", env=env_info(), block=BLOCK, segment=SEGMENT,

@@ -10,7 +10,8 @@ Calibrate on one sample, report on another. Parts:
            (dense, default, per-head), retrieval, per-layer kept density and error of both,
            and the op time summed over layers and whole-model prefill time, default vs per-head.
   mixed    the synthetic mixed workload (32/8 heads, D 128): calibrated on --calib-samples
-           samples of seed 0 (the bound validated leaving each out), reported on seed 1 at
+           samples of seed 0 (the bound validated leaving each out), reported on seed 1 and on
+           seed 1 of every other family (--families: data of a kind never calibrated on) at
            --lengths: error, kept blocks and op latency of the default and per-head.
 """
 import argparse
@@ -23,7 +24,7 @@ from ..op.launch_config import default_launch
 from ..op.pbs_attention import pbs_attention
 from ..runtime import profiles
 from ..seqlen import parse_length
-from ..tune.allocate import GRID, REFERENCE, Variant, layer_curves, plan_layer, uniform_error
+from ..tune.allocate import GRID, REFERENCE, VARIANTS, Variant, layer_curves, plan_layer, uniform_error, variants_of
 from ..models.fixtures import load_model, python_sources, token_sequences
 from ..tune.metrics import dense_reference, rel_l2
 from ..tune.workloads import make_qkv
@@ -40,13 +41,14 @@ def _default(model, lc):
     return model_entry(model, seqlen=1024, block_size=BLOCK, segment_size=SEGMENT, threshold=DEFAULT, launch=lc)
 
 
-def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS):
+def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS, estimators=("mean", "lse")):
     import pbs_tune
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     calib = token_sequences(tok, python_sources("calibration"), seqlen, 2 + PROBE_TEXTS)
-    lc = default_launch(BLOCK, model.config.head_dim)
+    lc = default_launch(BLOCK, model.config.head_dim, torch.cuda.get_device_capability())  # what the untuned op runs
     planned, report = plan_model(model, tok, calib[:2], calib[2:], margin=margin, reference=DEFAULT, probes=n_probe,
-                                 block_size=BLOCK, segment_size=SEGMENT, launch=lc, min_len=1024)
+                                 block_size=BLOCK, segment_size=SEGMENT, launch=lc, min_len=1024,
+                                 estimators=estimators)
     alloc, probe, layers = report["allocation"], report["probe"], planned.layers
     variants = {"dense": None, "default": _default(model, lc), "per_head": planned}
     evals = token_sequences(tok, python_sources("evaluation"), seqlen, n_seqs + 8)
@@ -102,7 +104,8 @@ def _timing(model, seq, layers, variants):
         total = 0.0
         for idx, (q, k, v) in sorted(seen.items()):
             params, lc = layers[idx] if name == "per_head" else (profiles.PbsParams(BLOCK, SEGMENT, DEFAULT),
-                                                                 default_launch(BLOCK, q.shape[-1]))
+                                                                 default_launch(BLOCK, q.shape[-1],
+                                                                                torch.cuda.get_device_capability()))
             total += median_ms(lambda: pbs_attention(q, k, v, launch=lc, **params.op_args()))
         out[f"{name}_op_ms_all_layers"] = total
         use_entry(model, variants[name])
@@ -117,34 +120,43 @@ def _timing(model, seq, layers, variants):
     return out
 
 
-def part_mixed(res, lengths, margin, samples=2):
+def _compare(q, k, v, plan, lc) -> dict:
+    """Error, kept blocks and op time of the default and of `plan` on one input."""
+    dense = dense_reference(q, k, v)
+    row = {}
+    for name, t, x in (("default", DEFAULT, REFERENCE), ("per_head", plan.thresholds, plan.variant)):
+        args = dict(block_size=BLOCK, segment_size=SEGMENT, threshold=t, launch=lc, permute=x.permute,
+                    estimator=x.estimator)
+        with torch.no_grad():
+            out, blocks = pbs_attention(q, k, v, return_blocks=True, **args)
+            row[f"{name}_rel_l2"] = rel_l2(out, dense)
+            row[f"{name}_kept_blocks"] = blocks.kept_blocks()
+            row[f"{name}_ms"] = median_ms(lambda: pbs_attention(q, k, v, **args))
+    row["speedup_vs_default"] = row["default_ms"] / row["per_head_ms"]
+    row["error_not_larger"] = row["per_head_rel_l2"] <= row["default_rel_l2"]
+    return row
+
+
+def part_mixed(res, lengths, margin, samples=2, families=(), variants=VARIANTS):
     rows = []
-    lc = default_launch(BLOCK, 128)
+    lc = default_launch(BLOCK, 128, torch.cuda.get_device_capability())
     for n in lengths:
         q, k, v = make_qkv("mixed", seqlen=n, batch=samples, heads=32, kv_heads=8, device="cuda", seed=0)
-        plan = plan_layer(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, margin=margin, reference=DEFAULT)
+        plan = plan_layer(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, margin=margin, reference=DEFAULT,
+                          variants=variants)
         del q, k, v
         torch.cuda.empty_cache()
-        q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=1)
-        dense = dense_reference(q, k, v)
         row = dict(n=n, calib_samples=samples, thresholds=list(plan.thresholds), permute=plan.permute,
-                   estimator=plan.estimator,
-                   calib_kept_ratio=plan.kept_ratio,
-                   calib_margin_used=plan.margin, calib_rel_l2=plan.rel_l2, calib_default_rel_l2=plan.reference_rel_l2)
-        for name, t, x in (("default", DEFAULT, REFERENCE), ("per_head", plan.thresholds, plan.variant)):
-            args = dict(block_size=BLOCK, segment_size=SEGMENT, threshold=t, launch=lc, permute=x.permute,
-                        estimator=x.estimator)
-            with torch.no_grad():
-                out, blocks = pbs_attention(q, k, v, return_blocks=True, **args)
-                row[f"{name}_rel_l2"] = rel_l2(out, dense)
-                row[f"{name}_kept_blocks"] = blocks.kept_blocks()
-                row[f"{name}_ms"] = median_ms(lambda: pbs_attention(q, k, v, **args))
-        row["speedup_vs_default"] = row["default_ms"] / row["per_head_ms"]
+                   estimator=plan.estimator, calib_kept_ratio=plan.kept_ratio, calib_margin_used=plan.margin,
+                   calib_rel_l2=plan.rel_l2, calib_default_rel_l2=plan.reference_rel_l2, held_out={})
+        for family in ("mixed",) + tuple(families):
+            q, k, v = make_qkv(family, seqlen=n, heads=32, kv_heads=8, device="cuda", seed=1)
+            row["held_out"][family] = _compare(q, k, v, plan, lc)
+            print(n, family, json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                                         for k, v in row["held_out"][family].items()}), flush=True)
+            del q, k, v
+            torch.cuda.empty_cache()
         rows.append(row)
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "thresholds"}),
-              flush=True)
-        del q, k, v, dense
-        torch.cuda.empty_cache()
     res["mixed"] = dict(margin=margin, calib_samples=samples, rows=rows)
 
 
@@ -156,6 +168,9 @@ def main():
     ap.add_argument("--margin", type=float, default=0.95, help="bound = margin x the default's error on calibration")
     ap.add_argument("--lengths", default="32k,128k")
     ap.add_argument("--calib-samples", type=int, default=2, help="mixed: calibration samples (batch of seed 0)")
+    ap.add_argument("--families", default="stripes,retrieval,sink_local,diffuse",
+                    help="mixed: other workload families the plan is also reported on (none: '')")
+    ap.add_argument("--estimators", default="mean,lse", help="block estimators a layer's plan may use")
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--out", default="per_head.json")
@@ -164,9 +179,11 @@ def main():
     res = dict(env=env_info(), args=vars(args))
     try:
         if "mixed" in args.parts:
-            part_mixed(res, [parse_length(x) for x in args.lengths.split(",")], args.margin, args.calib_samples)
+            part_mixed(res, [parse_length(x) for x in args.lengths.split(",")], args.margin, args.calib_samples,
+                       tuple(f for f in args.families.split(",") if f), variants_of(args.estimators.split(",")))
         if "model" in args.parts:
-            part_model(res, args.model, parse_length(args.seqlen), args.margin, args.sequences, args.prompts)
+            part_model(res, args.model, parse_length(args.seqlen), args.margin, args.sequences, args.prompts,
+                       estimators=tuple(args.estimators.split(",")))
     finally:
         write_json(args.out, res)
 

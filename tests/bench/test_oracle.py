@@ -50,3 +50,9 @@ def test_the_frontier_compares_each_estimator_with_pbs_at_the_defaults_error():
     top = res["oracle"]["curve"][-1]
     assert top["rel_l2"] <= res["default_rel_l2"] + 1e-6     # the oracle at 0.9995 is at least as accurate
     assert res["oracle"]["density_at_equal_error"] is not None and res["oracle"]["pbs_over_it"] > 0
+    assert len(res["op_lse"]["curve"]) == len(oracle.ORACLE_THRESHOLDS)  # the op's own lse kernel, same sweep
+    # Over several inputs (a model's layers), each estimator is summed where it reaches the default's error.
+    never = dict(res, op_lse=dict(res["op_lse"], density_at_equal_error=None))
+    total = oracle.summary([res, never])
+    assert total["oracle"]["reached"] == 2 and total["op_lse"]["reached"] == 1 and total["op_lse"]["of"] == 2
+    assert abs(total["oracle"]["pbs_over_it"] - res["oracle"]["pbs_over_it"]) < 1e-9
