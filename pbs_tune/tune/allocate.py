@@ -290,14 +290,21 @@ def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:
     (the REFERENCE variant's), each head keeping at least as many sampled queries' heaviest keys
     as the reference does; of the variants in `curves`, whichever keeps fewest blocks (the
     reference always qualifies).
-    With several calibration samples the bound is validated out of sample (`held_out_margin`)."""
-    used = held_out_margin(curves, margin=margin, reference=reference)
-    plan = _cheapest_plan(curves, used, reference)
-    plan.margin = used
-    return plan
+    With several calibration samples the bound is validated out of sample (`held_out_margin`),
+    for each variant on its own: one that fails out of sample must not shrink another's margin."""
+    best = None
+    for variant in curves:
+        used = held_out_margin(curves, margin=margin, reference=reference, variants=(variant,))
+        plan = _cheapest_plan(curves, used, reference, (variant,))
+        plan.margin = used
+        if best is None or plan.kept_ratio < best.kept_ratio:
+            best = plan
+    return best
 
 
-def _cheapest_plan(curves: dict, margin: float, reference: float) -> LayerPlan:
+def _cheapest_plan(curves: dict, margin: float, reference: float, variants=None) -> LayerPlan:
+    """The reference, or the allocation on one of `variants` (default: all in `curves`) keeping
+    fewest blocks within `margin` x the reference's error and the heaviest-key floor."""
     ref = curves[REFERENCE]
     g = ref.grid.index(reference)
     ref_kept = float(ref.kept[:, g].sum())
@@ -305,7 +312,8 @@ def _cheapest_plan(curves: dict, margin: float, reference: float) -> LayerPlan:
     ref_err = uniform_error(ref, reference)
     bound = margin * ref_err
     best = LayerPlan(True, (reference,) * ref.sq_err.shape[0], 1.0, ref_err, ref_err)
-    for variant, c in curves.items():
+    for variant in variants or curves:
+        c = curves[variant]
         thr = allocate(c, bound, c.floor(need))
         choice = torch.tensor([c.grid.index(t) for t in thr])
         rows = torch.arange(len(thr))
@@ -319,11 +327,11 @@ def _cheapest_plan(curves: dict, margin: float, reference: float) -> LayerPlan:
 VALIDATION_STEPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 
 
-def held_out_margin(curves: dict, *, margin: float, reference: float) -> float:
+def held_out_margin(curves: dict, *, margin: float, reference: float, variants=None) -> float:
     """The largest of margin x VALIDATION_STEPS at which, leaving out each calibration sample in
-    turn, the plan fitted to the other samples keeps the left-out sample's layer rel-L2 within
-    `margin` x the reference's there (the reference plan itself always passes); 0 (every head at
-    the reference) if none does. One sample: `margin`."""
+    turn, the plan fitted to the other samples (on `variants`, default all) keeps the left-out
+    sample's layer rel-L2 within `margin` x the reference's there (the reference plan itself
+    always passes); 0 (every head at the reference) if none does. One sample: `margin`."""
     parts = {p: c.parts for p, c in curves.items()}
     n = len(parts[REFERENCE])
     if n < 2:
@@ -335,7 +343,7 @@ def held_out_margin(curves: dict, *, margin: float, reference: float) -> float:
     bounds = [margin * uniform_error(parts[REFERENCE][i], reference) for i in range(n)]
 
     def holds(m, i):
-        plan = _cheapest_plan(fitted[i], m, reference)
+        plan = _cheapest_plan(fitted[i], m, reference, variants)
         if plan.kept_ratio >= 1.0:
             return True
         left_out = parts[plan.variant][i]

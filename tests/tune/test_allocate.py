@@ -199,3 +199,15 @@ def test_a_planned_trial_runs_its_layer_estimator():
     cfg = TrialConfig(PbsParams(16, 32, 0.9), LaunchConfig(16, 16, 1, 1))
     params = cfg.planned(LayerPlan(False, (0.5, 0.7), 0.5, 0.0, 0.1, estimator="lse"))
     assert (params.threshold, params.permute, params.estimator) == ((0.5, 0.7), False, "lse")
+
+
+def test_a_variant_that_fails_out_of_sample_leaves_the_others_margin_alone():
+    from pbs_tune.tune.allocate import choose_plan
+    mean_a = _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]])
+    mean_b = _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]])   # mean: head 0 free at 0.5 on both samples
+    lse_a = _two_heads([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])      # lse: everything free on sample a...
+    lse_b = _two_heads([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])      # ...ruinous on sample b
+    curves = {REFERENCE: mean_a + mean_b, Variant(True, "lse"): lse_a + lse_b}
+    plan = choose_plan(curves, margin=1.0, reference=0.9)
+    # Judged together, every fold would pick lse (cheapest in sample) and fail, leaving the reference.
+    assert plan.variant == REFERENCE and plan.thresholds == (0.5, 0.9) and plan.margin == 1.0
