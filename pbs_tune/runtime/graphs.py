@@ -11,7 +11,9 @@ copy of the output.
 
 Not used: on the CPU, while another CUDA graph is being captured (the caller's own capture, e.g.
 a compiled model), from 2^18 query-head tokens up, and beyond `capacity` distinct shapes (least
-recently used graphs are dropped, with their memory).
+recently used graphs are dropped, with their memory). A model with per-layer plans calls one
+config per layer in turn, so `apply` makes room for one graph per layer (`hold`); with fewer,
+every call would capture anew (SmolLM2, 30 planned layers at 8k: 169 ms prefill against 23 ms).
 """
 import collections
 import logging
@@ -59,6 +61,10 @@ class GraphCache:
         self.capacity, self.max_work = capacity, max_work
         self.graphs = collections.OrderedDict()
         self.failed = set()
+
+    def hold(self, n: int) -> None:
+        """Keep at least `n` graphs (never fewer than now)."""
+        self.capacity = max(self.capacity, n)
 
     def usable(self, q, k) -> bool:
         return (q.is_cuda and q.shape[1] * k.shape[2] < self.max_work

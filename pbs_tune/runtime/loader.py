@@ -28,7 +28,7 @@ from ..dtypes import NAME_OF as _DTYPE_NAMES
 from ..seqlen import format_length
 from . import kernel_library, profile_store, profiles
 from .gpu import CPU, present_gpu, resolve_gpu, runs_here, variant_in
-from .graphs import GraphCache
+from .graphs import CAPACITY, GraphCache
 
 logger = logging.getLogger("pbs_tune")
 ATTN_NAME = "pbs"
@@ -366,6 +366,8 @@ def apply(model, profile=None, min_seqlen=None, min_chunk=MIN_CHUNK, cuda_graphs
             n_layers += 1
     if n_layers == 0:
         raise ValueError(f"{type(model).__name__} has no attention modules that pbs-tune recognises")
+    if settings.graphs is not None and any(e.layers for e in prof.for_gpu(prof.gpu)):
+        settings.graphs.hold(n_layers + CAPACITY)  # per-layer plans: a graph per layer, and room for shapes
     model.set_attn_implementation(ATTN_NAME)
     logger.info("pbs_tune: PBS on %d attention layers from %s tokens (%s)", n_layers,
                 format_length(min_seqlen), prof.path)

@@ -53,3 +53,38 @@ def test_a_failed_capture_is_said_once_and_the_op_runs_eagerly(monkeypatch, capl
         assert cache.run(q, k, k, PARAMS, LAUNCH, None) is None
         assert cache.run(q, k, k, PARAMS, LAUNCH, None) is None
     assert len(caplog.records) == 1 and "runs eagerly" in caplog.records[0].getMessage()
+
+
+def test_room_for_one_graph_per_planned_layer_so_a_forward_pass_never_recaptures(monkeypatch):
+    built = []
+
+    class Fake:
+        def __init__(self, q, k, v, params, launch, scale):
+            built.append(params.threshold)
+
+        def __call__(self, q, k, v):
+            return q
+
+    monkeypatch.setattr(graphs, "GraphedOp", Fake)
+    monkeypatch.setattr(graphs.GraphCache, "usable", lambda self, q, k: True)
+    cache = graphs.GraphCache(capacity=2)
+    cache.hold(3)
+    cache.hold(1)  # never shrinks
+    q, k = torch.ones(1, 2, 32, 64), torch.ones(1, 1, 32, 64)
+    layers = [PbsParams(16, 32, t) for t in (0.7, 0.8, 0.9)]  # three layers, three plans
+    for _ in range(3):  # three forward passes
+        for p in layers:
+            cache.run(q, k, k, p, LAUNCH, None)
+    assert built == [0.7, 0.8, 0.9]
+
+
+def test_applying_per_layer_plans_makes_room_for_a_graph_per_layer(tmp_path):
+    from helpers import TINY_SHAPE, profile_entry, tiny_llama, write_profile
+    import pbs_tune
+    from pbs_tune.runtime import loader, profiles
+    model = tiny_llama(num_hidden_layers=graphs.CAPACITY + 4)
+    layer = dict(params=dict(block_size=16, segment_size=32, threshold=0.8), launch=dict(block_m=16, block_n=16,
+                                                                                        num_warps=4, num_stages=1))
+    planned = dict(profile_entry(64, 0.9, **TINY_SHAPE), layers={str(i): layer for i in range(0, 12, 2)})
+    pbs_tune.apply(model, profiles.load(write_profile(tmp_path, [planned])))
+    assert loader._graphs.capacity >= graphs.CAPACITY + model.config.num_hidden_layers
