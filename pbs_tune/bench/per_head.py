@@ -65,7 +65,7 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
     haystack = [int(t) for s in evals[n_seqs:] for t in s]
     prompts = retrieval_prompts(tok, haystack, n_prompts, seqlen - 512)
     retrieval = {}
-    for name in ("default", "per_head"):
+    for name in ("dense", "default", "per_head"):
         use_entry(model, variants[name])
         retrieval[name] = retrieval_hits(model, tok, prompts)
         print(name, "retrieval", retrieval[name], "/", len(prompts), flush=True)
@@ -173,6 +173,8 @@ def main():
     ap.add_argument("--estimators", default="mean,lse", help="block estimators a layer's plan may use")
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--probe-prompts", type=int, default=PROBE_PROMPTS,
+                    help="model: retrieval probes on calibration text that the plans must answer as the default does")
     ap.add_argument("--out", default="per_head.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -183,7 +185,7 @@ def main():
                        tuple(f for f in args.families.split(",") if f), variants_of(args.estimators.split(",")))
         if "model" in args.parts:
             part_model(res, args.model, parse_length(args.seqlen), args.margin, args.sequences, args.prompts,
-                       estimators=tuple(args.estimators.split(",")))
+                       n_probe=args.probe_prompts, estimators=tuple(args.estimators.split(",")))
     finally:
         write_json(args.out, res)
 
