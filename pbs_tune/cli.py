@@ -242,7 +242,8 @@ def show(gpu, profile_path, shape, seqlen, as_json):
                        f"(worst {s['worst']}x, geomean {s['geomean']}x the stock {chosen['stock']})")
         for idx, c in sorted(e.layers.items()):
             what = "dense" if c == profiles.DENSE else (
-                f"{'permuted' if c[0].permute else 'unpermuted'} {describe_threshold(c[0].threshold)[1:]}")
+                f"{'permuted' if c[0].permute else 'unpermuted'} {c[0].estimator} "
+                f"{describe_threshold(c[0].threshold)[1:]}")
             click.echo(f"{'':>6} layer {idx}: {what}")
 
 
