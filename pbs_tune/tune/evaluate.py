@@ -157,12 +157,12 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None,
     """Per calibration layer: permute or not, the estimator and per-head thresholds whose error is
     within `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py); with
     several sequences per layer, checked on each one left out.
-    The curves depend on block and segment only (every launch keeps the same blocks, and the
+    The curves depend on block, segment and estimators only (every launch keeps the same blocks, and the
     reference threshold is a point of the grid), so `cache` keeps them from trial to trial.
     `estimators`: those a layer may use, each with and without the permutation."""
     from .allocate import choose_plan, layer_curves, variants_of
     p = cfg.params
-    key = (p.block_size, p.segment_size)
+    key = (p.block_size, p.segment_size, tuple(estimators))
     cache = {} if cache is None else cache
     if key not in cache:
         steps = progress.Steps(f"per-head curves at block {p.block_size}, segment {p.segment_size}: layer",

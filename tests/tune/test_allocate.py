@@ -172,7 +172,7 @@ def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypa
         assert plans == [allocate.choose_plan(curves, margin=0.95, reference=threshold)]
     assert measured == [(16, 32, 1)]  # measured once, one layer at a time
     evaluate.layer_plans(cal, TrialConfig(PbsParams(32, 64, 0.9), launch), 0.95, cache)
-    assert measured[-1] == (32, 64, 1) and set(cache) == {(16, 32), (32, 64)}
+    assert measured[-1] == (32, 64, 1) and set(cache) == {(16, 32, ("mean", "lse")), (32, 64, ("mean", "lse"))}
     evaluate.layer_plans(cal, TrialConfig(PbsParams(16, 32, 0.9), launch), 0.95)  # no cache: measured again
     assert len(measured) == 3
 
