@@ -22,6 +22,7 @@ import torch
 
 from ..op.launch_config import default_launch
 from ..op.pbs_attention import pbs_attention
+from ..op.selection import ESTIMATORS
 from ..runtime import profiles
 from ..seqlen import parse_length
 from ..tune.allocate import GRID, REFERENCE, VARIANTS, Variant, layer_curves, plan_layer, uniform_error, variants_of
@@ -41,7 +42,7 @@ def _default(model, lc):
     return model_entry(model, seqlen=1024, block_size=BLOCK, segment_size=SEGMENT, threshold=DEFAULT, launch=lc)
 
 
-def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS, estimators=("mean", "lse")):
+def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS, estimators=ESTIMATORS):
     import pbs_tune
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     calib = token_sequences(tok, python_sources("calibration"), seqlen, 2 + PROBE_TEXTS)

@@ -12,7 +12,7 @@ from .. import progress
 
 from ..op.pbs_attention import attend_blocks, check_inputs, permute_and_select
 from ..op.permutation import identity_permutation
-from ..op.selection import block_list_from_mask
+from ..op.selection import ESTIMATORS, block_list_from_mask
 from ..timing import dense_baselines as sdpa_baselines
 from ..timing import median_ms
 from .metrics import dense_reference, recall_from_lse, rel_l2
@@ -153,7 +153,7 @@ def compared(latency_ms: float, baselines: dict, reference: dict) -> dict:
                 speedup=speedup, dense_faster=bool(dense) and min(dense) < latency_ms)
 
 
-def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None, estimators=("mean", "lse")) -> list:
+def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None, estimators=ESTIMATORS) -> list:
     """Per calibration layer: permute or not, the estimator and per-head thresholds whose error is
     within `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py); with
     several sequences per layer, checked on each one left out.

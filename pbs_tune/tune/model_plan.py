@@ -14,6 +14,7 @@ import torch
 from .. import progress
 
 from ..op.launch_config import default_launch
+from ..op.selection import ESTIMATORS
 from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
 from .allocate import choose_plan, layer_curves, variants_of
@@ -83,7 +84,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
 
 
 def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, reference=0.9, probes=40,
-               block_size=128, segment_size=256, launch=None, min_len=None, estimators=("mean", "lse")):
+               block_size=128, segment_size=256, launch=None, min_len=None, estimators=ESTIMATORS):
     """Plans for every layer of `model` from 2+ calibration sequences and a retrieval probe on
     `probe_seqs` (their text as haystack). Returns (profile entry, report dict)."""
     seqlen = len(calib_seqs[0])

@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from .. import progress
 from ..runtime import profile_store, profiles
 from ..runtime.gpu import CPU, device_for
+from ..op.selection import ESTIMATORS
 from ..runtime.profiles import ProfileEntry
 from ..seqlen import format_length
 from ..dtypes import torch_dtype
@@ -69,7 +70,7 @@ class SweepSpec:
     heartbeat_s: int = 10  # a worker silent for 3x this long is presumed dead
     per_head: bool = False  # per-layer plans (tune/allocate.py) around each trial's global knobs
     margin: float = 0.95
-    estimators: tuple = ("mean", "lse")  # per_head: the block estimators a layer's plan may use
+    estimators: tuple = ESTIMATORS  # per_head: the block estimators a layer's plan may use
     samples: int = 1  # workload samples calibrated on (a capture brings its own sequences)
     study: str | None = None  # the study's name (one length) or names' prefix
     library: str | None = None  # kernel library folder (default: the profile's)
