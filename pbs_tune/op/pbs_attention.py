@@ -144,7 +144,8 @@ def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, 
     threshold: one number in (0, 1], or one per query head (per-head budgets); 1.0 keeps every
     causal block (dense attention). permute=False is the unpermuted block-selection baseline.
     estimator: how block importance is estimated, "mean" (mean query . mean key, the paper's) or
-    "lse" (mean query against every key of the block; op/selection.py).
+    "lse" (mean query against every key of the block, the threshold taken of the mass outside the
+    sink block; op/selection.py).
     Output is in the original token order.
     With return_blocks=True, returns (out, BlockList) so callers can read the density.
     `out`: a (B, Hq, M, D) tensor (or view) to write into.

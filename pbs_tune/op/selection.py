@@ -15,7 +15,7 @@ from ..kernels.block_select import select_rows
 
 _FULL, _MASKED, _SKIP = 0, 1, 2
 # Block estimators: mean query . mean key (PBS's), or mean query against every key of the block
-# (logsumexp, kernels/block_scores.py).
+# (logsumexp, kernels/block_scores.py; its threshold is of the mass outside the sink block).
 ESTIMATORS = ("mean", "lse")
 
 
@@ -208,16 +208,20 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
     first_qb = (N - M) // block_size
     nqb = nb - first_qb
     values = head_thresholds(threshold, Hq)
+    sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     logits = None
     if min(values) < 1.0:
         pooled_q = block_means(q, block_size, (N - M) % block_size).view(B, Hkv, (Hq // Hkv) * nqb, D)
         if estimator == "lse":
-            logits = block_lse(pooled_q, k_perm, block_size=block_size, scale=scale).view(B, Hq, nqb, nb)
+            logits = block_lse(pooled_q, k_perm, block_size=block_size, scale=scale)
+            # The sink block is kept anyway and, seen key by key, can hold nearly all of a row's mass:
+            # counted, it would meet a sink head's threshold alone. The threshold is of the rest.
+            logits.scatter_(-1, sink.long()[:, :, None, None].expand(B, Hkv, logits.shape[2], 1), float("-inf"))
+            logits = logits.view(B, Hq, nqb, nb)
         else:
             pooled_k = block_means(k_perm, block_size)
             logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nqb, nb)
     kmin, kmax = block_position_bounds(positions, block_size)
-    sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,
                                      block_size=block_size, segment_size=segment_size,
                                      threshold=_threshold_tensor(values, str(q.device)), bisect=bisects(nb),

@@ -214,3 +214,36 @@ def test_the_lse_estimator_selects_from_those_logits_and_the_op_is_exact_on_its_
     assert torch.equal(lse.to_dense(), blocks.to_dense()) and mean.count.shape == lse.count.shape
     with pytest.raises(ValueError, match="estimator must be one of mean, lse, got 'max'"):
         pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.7, estimator="max")
+
+
+@pytest.mark.parametrize("bisect", [False, True], ids=["sort", "bisect"])
+def test_the_lse_threshold_is_of_the_mass_outside_the_sink_block(bisect, monkeypatch):
+    """A head whose mean queries put nearly all their mass on key 0: the sink block, kept anyway,
+    does not count, so the threshold picks from the other blocks' mass as if the sink were absent."""
+    from pbs_tune.kernels.block_scores import block_lse
+    monkeypatch.setattr(selection, "BISECT_FROM", 1 if bisect else 1 << 30)
+    n, bs, seg, hq, thr = 160, 16, 32, 4, 0.8
+    q, k = torch.randn(1, hq, n, 64), torch.randn(1, 2, n, 64)
+    sink_dir = torch.randn(64)
+    q += sink_dir
+    k[:, :, 0] = 4 * sink_dir
+    pos = torch.arange(n, dtype=torch.int32).expand(1, 2, n).contiguous()
+    blocks = select_blocks(q, k, pos, block_size=bs, segment_size=seg, threshold=thr, scale=0.125, estimator="lse")
+    kept = _kept_sets(blocks)
+    nb = n // bs
+    logits = block_lse(block_means(q, bs).view(1, 2, (hq // 2) * nb, 64), k, block_size=bs,
+                       scale=0.125).view(1, hq, nb, nb).double()
+    for h in range(hq):
+        for i in range(4, nb):
+            first = (i // 2) * 2
+            assert torch.softmax(logits[0, h, i, :first], -1)[0] > 0.9  # the sink holds the row's mass
+            want, cands = set(range(first, i + 1)) | {0}, list(range(1, first))
+            p = torch.softmax(logits[0, h, i, cands], -1)
+            mass = 0.0
+            for j in torch.argsort(p, descending=True).tolist():
+                if mass >= thr:
+                    break
+                want.add(cands[j])
+                mass += float(p[j])
+            assert kept[0][h][i] == want, (h, i)
+            assert len(want) > i - first + 2  # more than the diagonal and the sink
