@@ -10,7 +10,7 @@ from . import progress
 from .runtime import profile_store, profiles
 from .runtime.gpu import CPU, device_for, present_gpu, resolve_gpu, variant_in
 from .seqlen import format_length, parse_length
-from .tune.workloads import WORKLOADS
+from .tune.workloads import CALIBRATION_SETS, WORKLOADS
 
 DEFAULT_MAX_ERROR = 0.10
 
@@ -81,8 +81,10 @@ def main():
 @click.option("--trials", default=40, show_default=True, type=click.IntRange(min=1),
               help="Finished trials per length (counted across all workers of the study).")
 @click.option("--timeout", default=None, type=float, help="Stop this worker after so many seconds per length.")
-@click.option("--workload", default="mixed", show_default=True, type=click.Choice(WORKLOADS),
-              help="Synthetic calibration workload.")
+@click.option("--workload", default="mixed", show_default=True,
+              type=click.Choice(WORKLOADS + tuple(CALIBRATION_SETS)),
+              help="Synthetic calibration workload; 'families' is one sample of every workload, and with "
+                   "--max-error default the default's error bounds each of them, not their average.")
 @click.option("--calib", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Captured Q/K/V (pbs-tune capture) to tune on instead of a workload.")
 @click.option("--samples", default=None, type=click.IntRange(1, 16),

@@ -16,7 +16,7 @@ from ..op.selection import ESTIMATORS, block_list_from_mask
 from ..timing import dense_baselines as sdpa_baselines
 from ..timing import median_ms
 from .metrics import dense_reference, recall_from_lse, rel_l2
-from .workloads import make_qkv
+from .workloads import CALIBRATION_SETS, make_qkv
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Calibration:
     source: str
     layer_ids: tuple | None = None  # captured layers, None for a synthetic workload
     samples: int = 1  # sequences per layer: the batch is layers x samples, layer after layer
+    sources: tuple = ()  # a calibration set: the workload of each equal, consecutive group of the batch
 
     @property
     def seqlen(self):
@@ -42,27 +43,36 @@ class Calibration:
         """The batch rows of layer i (its samples)."""
         return slice(i * self.samples, (i + 1) * self.samples)
 
+    def source_rows(self) -> list:
+        """[(workload, batch rows)] of a calibration set; empty for one source."""
+        size = self.q.shape[0] // max(1, len(self.sources))
+        return [(name, slice(i * size, (i + 1) * size)) for i, name in enumerate(self.sources)]
+
 
 def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, workload="mixed",
                      calib_file=None, seed=0, samples=1) -> Calibration:
-    """Synthetic workload Q/K/V (`samples` of them, a batch of `seed`), or captured ones (layers,
-    each with its sequences, stacked as the batch)."""
-    layer_ids = None
+    """Synthetic workload Q/K/V (`samples` of them, a batch of `seed`; a calibration set: that
+    many of each of its workloads), or captured ones (layers, each with its sequences, stacked as
+    the batch)."""
+    layer_ids, sources = None, ()
     progress.say(f"calibration data: {calib_file or workload} at {seqlen} tokens")
     if calib_file:
         q, k, v, layer_ids, samples = read_capture(calib_file, seqlen, dtype, device)
         source = f"capture:{calib_file}"
     else:
-        q, k, v = make_qkv(workload, seqlen=seqlen, batch=samples, heads=heads, kv_heads=kv_heads,
-                           head_dim=head_dim, dtype=dtype, device=device, seed=seed)
         source = f"workload:{workload}" + (f" x{samples}" if samples > 1 else "")
+        sources = CALIBRATION_SETS.get(workload, ())
+        parts = [make_qkv(w, seqlen=seqlen, batch=samples, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                          dtype=dtype, device=device, seed=seed) for w in sources or (workload,)]
+        q, k, v = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
+        samples *= len(parts)
     if (q.shape[1], k.shape[1], q.shape[3]) != (heads, kv_heads, head_dim):
         raise ValueError(f"calibration shape {tuple(q.shape)}/{tuple(k.shape)} does not match "
                          f"--heads {heads} --kv-heads {kv_heads} --head-dim {head_dim}")
     progress.say(f"dense reference over {q.shape[0]} layer-sample(s)")
     with torch.no_grad():
         dense_out, dense_lse = _dense(q, k, v)
-    return Calibration(q, k, v, dense_out, dense_lse, source, layer_ids, samples)
+    return Calibration(q, k, v, dense_out, dense_lse, source, layer_ids, samples, sources)
 
 
 def _capture_header(path):
@@ -205,5 +215,6 @@ def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = 
     lse = torch.cat([r[0][1] for r in results])
     kept = sum(r[1].kept_blocks() for r in results)
     candidates = sum(r[1].candidate_blocks() for r in results)
+    by_source = {name: rel_l2(out[rows], cal.dense_out[rows]) for name, rows in cal.source_rows()}
     return dict(latency_ms=latency, rel_l2=rel_l2(out, cal.dense_out), recall=recall_from_lse(lse, cal.dense_lse),
-                density=kept / candidates)
+                density=kept / candidates, **(dict(rel_l2_by_source=by_source) if by_source else {}))

@@ -23,7 +23,7 @@ from ..op.launch_config import LaunchConfig, default_launch
 from ..op.pbs_attention import pbs_attention
 from ..timing import median_ms
 from .space import GPU_SPACE
-from .workloads import FAMILIES, make_qkv
+from .workloads import CALIBRATION_SETS, FAMILIES, make_qkv
 
 NOISE = 0.03  # run-to-run spread of do_bench medians of one config on the H200 is ~1-2%
 RULE = (f"never slower than the stock launch on any source by more than {NOISE:.0%}; "
@@ -48,7 +48,9 @@ def candidates(launch: LaunchConfig, stock: LaunchConfig, arch: int | None) -> l
 
 def source_names(workload: str, seed: int, capture: str | None = None) -> list:
     """The sources a launch is judged on: the calibration data, its next seed (or the capture),
-    and every other workload family."""
+    and every other workload family (a calibration set of families: each at its next seed)."""
+    if workload in CALIBRATION_SETS and not capture:
+        return [f"workload:{w}@{seed + 1}" for w in CALIBRATION_SETS[workload]]
     own = [f"capture:{capture}"] if capture else [f"workload:{workload}@{seed}", f"workload:{workload}@{seed + 1}"]
     others = [f"workload:{w}@{seed}" for w in (*FAMILIES, "mixed") if w != workload or capture]
     return own + others

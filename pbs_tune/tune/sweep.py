@@ -39,6 +39,7 @@ from . import launch_choice
 from . import space as search_space
 from .evaluate import Calibration, compared, dense_baselines, layer_plans, load_calibration, measure, measure_layers
 from .space import TrialConfig
+from .workloads import CALIBRATION_SETS
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # The held-out family of each calibration workload: one the sweep did not calibrate on.
@@ -81,6 +82,8 @@ class SweepSpec:
     # workload family and the next seed (or the capture) on a GPU, none in the interpreter.
     launch_sources: tuple | None = None
     bound_default: bool = False  # max_error was resolved from the default's error (--max-error default)
+    # With bound_default on a calibration set: the default's error on each of its workloads, each a bound.
+    source_bounds: dict | None = None
 
     @property
     def on_gpu(self) -> bool:
@@ -123,9 +126,12 @@ class SweepSpec:
 
     def held_out_data(self) -> list:
         """What the chosen config is checked on afterwards: the workload's next seed and the next
-        seed of another workload family (never calibrated on), or the capture of other text."""
+        seed of another workload family (never calibrated on), or the capture of other text. A
+        calibration set (every family) is checked on its next seed."""
         if self.calib:
             return [lambda: self.calibration(held_out=True)] if self.holdout_calib else []
+        if self.workload in CALIBRATION_SETS:
+            return [lambda: self.calibration(held_out=True)]
         return [lambda: self.calibration(held_out=True),
                 lambda: self.calibration(held_out=True, workload=OTHER_FAMILY[self.workload])]
 
@@ -272,7 +278,7 @@ def objective_for(cal: Calibration, spec: SweepSpec):
             return float("nan"), float("nan")
         for key, val in m.items():
             trial.set_user_attr(key, val)
-        trial.set_constraint("error_over_bound", m["rel_l2"] - spec.max_error)  # feasible when <= 0
+        trial.set_constraint("error_over_bound", bound_excess(m, spec))  # feasible when <= 0
         return m["latency_ms"], m["rel_l2"]
     return objective
 
@@ -326,7 +332,7 @@ class _Progress:
 
     def __call__(self, study, trial):
         rel = trial.user_attrs.get("rel_l2")
-        if trial.values and rel is not None and rel <= self.spec.max_error:
+        if trial.values and rel is not None and within_bound(trial.user_attrs, self.spec):
             if self.best is None or trial.values[0] < self.best[0]:
                 self.best = (trial.values[0], rel)
         done = finished_count(study)
@@ -364,9 +370,21 @@ def run_trials(study, objective, spec: SweepSpec, callbacks=()):
                    callbacks=[_StopAtTarget(spec.trials), *callbacks])
 
 
-def feasible_trials(study, max_error):
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("rel_l2", float("inf")) <= max_error]
+def bound_excess(m: dict, spec: SweepSpec) -> float:
+    """How far a measurement is over the error bound (<= 0: within it). With a bound per workload
+    of a calibration set, the worst relative excess over them; else the excess of its error."""
+    if spec.source_bounds and "rel_l2_by_source" in m:
+        return max((m["rel_l2_by_source"][name] - bound) / max(bound, 1e-12)
+                   for name, bound in spec.source_bounds.items())
+    return m.get("rel_l2", float("inf")) - spec.max_error
+
+
+def within_bound(m: dict, spec: SweepSpec) -> bool:
+    return bound_excess(m, spec) <= 0
+
+
+def feasible_trials(study, spec: SweepSpec):
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if within_bound(t.user_attrs, spec)]
 
 
 def pareto_front(study):
@@ -377,9 +395,9 @@ def pareto_front(study):
     return sorted(front, key=lambda t: t.values[0])
 
 
-def choose(study, max_error):
+def choose(study, spec: SweepSpec):
     """Fastest feasible trial, or None."""
-    ok = feasible_trials(study, max_error)
+    ok = feasible_trials(study, spec)
     return min(ok, key=lambda t: t.values[0]) if ok else None
 
 
@@ -409,6 +427,9 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
         info=dict(
             **figures, max_error=spec.max_error, calibration=source, study=study_name, trial=trial.number,
             **(dict(max_error_is_default=True) if spec.bound_default else {}),
+            **(dict(max_error_by_source={k: round(v, 5) for k, v in spec.source_bounds.items()},
+                    rel_l2_by_source={k: round(v, 5) for k, v in m["rel_l2_by_source"].items()})
+               if spec.source_bounds else {}),
             **(dict(samples=spec.samples) if spec.samples > 1 else {}),
             **(dict(held_out=held_out) if held_out else {}),
             **(dict(launch_choice=chosen["record"]) if chosen else {}),
@@ -447,8 +468,14 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, launch=None
                reference_latency_ms=_rounded(ref.get("latency_ms"), 4),
                speedup_vs_reference=_rounded(ref["latency_ms"] / mine["latency_ms"], 3)
                if ref.get("latency_ms") and mine.get("latency_ms") else None,
-               # With --max-error default the bound is the default's error, on this sample too.
-               within_bound=mine["rel_l2"] <= (ref.get("rel_l2", 0.0) if spec.bound_default else spec.max_error))
+               # With --max-error default the bound is the default's error, on this sample too
+               # (on each workload of a calibration set).
+               within_bound=within_bound(mine, replace(spec, max_error=ref.get("rel_l2", 0.0),
+                                                       source_bounds=ref.get("rel_l2_by_source"))
+                                         if spec.bound_default else spec))
+    if "rel_l2_by_source" in mine:
+        out.update(rel_l2_by_source={k: round(v, 5) for k, v in mine["rel_l2_by_source"].items()},
+                   reference_rel_l2_by_source={k: round(v, 5) for k, v in ref.get("rel_l2_by_source", {}).items()})
     study.set_user_attr(f"held_out:{trial.number}:{hold.source}", out)
     return out
 
@@ -457,7 +484,8 @@ def bound_by_default(spec: SweepSpec, reference: dict) -> SweepSpec:
     """`spec` with its error bound set to the published default's error on the calibration data."""
     if "rel_l2" not in reference:
         raise RuntimeError(f"--max-error default: the default config did not run here ({reference.get('error')})")
-    return replace(spec, max_error=reference["rel_l2"], bound_default=True)
+    return replace(spec, max_error=reference["rel_l2"], bound_default=True,
+                   source_bounds=reference.get("rel_l2_by_source"))
 
 
 def _rounded(x, digits):
@@ -530,12 +558,14 @@ def _sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
     if spec.max_error is None:
         spec = bound_by_default(spec, reference)
         say(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}")
+        if spec.source_bounds:
+            say("  and on each workload: " + ", ".join(f"{k} {v:.5f}" for k, v in spec.source_bounds.items()))
     study = open_study(spec, name)
     baselines = dense_baselines(cal, on_gpu=spec.on_gpu)
     recover_stale_trials(study, 3 * spec.heartbeat_s)
     run_trials(study, objective_for(cal, spec), spec, callbacks=[_Progress(spec)])
-    print_front(pareto_front(study), spec.max_error, say)
-    best = choose(study, spec.max_error)
+    print_front(pareto_front(study), spec, say)
+    best = choose(study, spec)
     if best is None:
         raise RuntimeError(f"no trial at {format_length(spec.seqlen)} met --max-error {spec.max_error}; "
                            f"raise --trials or --max-error")
@@ -634,13 +664,13 @@ def compile_in_fresh_process(profile_path, library=None):
         raise RuntimeError("building the kernel library failed (see above); run: pbs-tune " + " ".join(cmd[3:]))
 
 
-def print_front(front, max_error, say):
+def print_front(front, spec: SweepSpec, say):
     say("Pareto front (latency vs error):")
     say(f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'recall':>7} {'density':>7}  block seg   thr  launch")
     for t in front:
         cfg, u = TrialConfig.of_trial(t), t.user_attrs
         p, launch = cfg.params, cfg.launch
-        flag = "" if u["rel_l2"] <= max_error else "  (over bound)"
+        flag = "" if within_bound(u, spec) else "  (over bound)"
         say(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {u['recall']:7.4f} {u['density']:7.3f}"
             f"  {p.block_size:>5} {p.segment_size:>4} {p.threshold:.3f}  {launch.label()}{flag}")
 

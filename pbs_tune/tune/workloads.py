@@ -34,6 +34,10 @@ FAMILIES = {
 # KV-head share of each family in the mixed preset (cycled over the KV heads).
 MIXED = ("stripes", "sink_local", "retrieval", "stripes", "sink_local", "retrieval", "stripes", "diffuse")
 WORKLOADS = tuple(FAMILIES) + ("mixed",)
+# Calibration sets: one sample of each of several workloads, so that a sweep can hold its error
+# bound on each of them (tune/sweep.py), not on their average, where one family's low error
+# would pay for another's high one.
+CALIBRATION_SETS = {"families": WORKLOADS}
 
 SINK_TOKENS = 4
 HEAVY_FRACTION = 0.05

@@ -350,6 +350,31 @@ def test_max_error_default_bounds_trials_by_the_published_default_there(tmp_path
     assert held["within_bound"] == (held["rel_l2"] <= held["reference_rel_l2"])
 
 
+def test_on_every_family_the_default_bounds_each_family_not_their_average(tmp_path):
+    args = [{"diffuse": "families", "0.9": "default"}.get(a, a) for a in sweep_args(tmp_path, seqlen="96", trials="3")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
+    bounds, mine = e.info["max_error_by_source"], e.info["rel_l2_by_source"]
+    assert set(bounds) == set(mine) == {"sink_local", "stripes", "retrieval", "diffuse", "mixed"}
+    assert bounds == {k: round(v, 5) for k, v in e.info["reference"]["rel_l2_by_source"].items()}
+    assert all(mine[k] <= bounds[k] + 1e-5 for k in bounds), (mine, bounds)
+    assert "and on each workload: sink_local" in res.output
+    (held,) = e.info["held_out"]  # the next seed of every family
+    assert held["source"] == "workload:families"
+    assert held["within_bound"] == all(held["rel_l2_by_source"][k] <= held["reference_rel_l2_by_source"][k]
+                                       for k in bounds)
+
+
+def test_a_bound_per_source_is_met_only_on_every_source():
+    from pbs_tune.tune.sweep import SweepSpec, bound_excess
+    spec = SweepSpec(gpu="cpu", seqlens=(96,), profile="p.yaml", storage="sqlite://", max_error=0.1,
+                     bound_default=True, source_bounds=dict(a=0.01, b=0.2))
+    assert bound_excess(dict(rel_l2=0.05, rel_l2_by_source=dict(a=0.01, b=0.1)), spec) == 0.0
+    assert bound_excess(dict(rel_l2=0.05, rel_l2_by_source=dict(a=0.015, b=0.1)), spec) == pytest.approx(0.5)
+    assert bound_excess(dict(rel_l2=0.3), spec) == pytest.approx(0.2)  # measured on one source: its error
+
+
 def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path, monkeypatch):
     res, calib = capture_tiny_llama(tmp_path, "def f(x):\n    return x + 1\n" * 20, "--layers", "1")
     assert res.exit_code == 0, res.output
