@@ -237,6 +237,8 @@ def show(gpu, profile_path, shape, seqlen, as_json):
                      if check.get("speedup_vs_reference") else "not timed (interpreter)")
             click.echo(f"{'':>6} held out ({check['source']}): rel_l2 {check['rel_l2']:.4f}, "
                        f"default {check['reference_rel_l2']:.4f}, {speed}")
+            if profiles.describe_by_source(check):
+                click.echo(f"{'':>8} by workload: {profiles.describe_by_source(check)}")
         chosen = e.info.get("launch_choice")
         if chosen:
             s = chosen["summary"][chosen["chosen"]]

@@ -180,6 +180,12 @@ def describe_config(params: PbsParams, launch: LaunchConfig) -> str:
             f"{launch.label()}")
 
 
+def describe_by_source(check: dict) -> str:
+    """A held-out check's error on each workload of a calibration set beside the default's, or ''."""
+    mine, ref = check.get("rel_l2_by_source") or {}, check.get("reference_rel_l2_by_source") or {}
+    return ", ".join(f"{name} {err:.4f} (default {ref.get(name, float('nan')):.4f})" for name, err in mine.items())
+
+
 def _positive_int(value, what):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ProfileError(f"{what} must be a positive integer, got {value!r}")

@@ -4,6 +4,7 @@ import os
 import optuna
 from optuna.trial import TrialState
 
+from ..runtime.profiles import describe_by_source
 from .sweep import open_storage, pareto_front
 
 
@@ -61,6 +62,7 @@ def write_study_report(storage_url: str, study_name: str, out_dir: str):
         lines += [f"| {h['trial']} | {h['source']} | {h['calibration_rel_l2']:.4f} | {h['rel_l2']:.4f} "
                   f"| {h['reference_rel_l2']} | {h['latency_ms'] or '-'} | {h['reference_latency_ms'] or '-'} "
                   f"| {h.get('speedup_vs_reference') or '-'} | {'yes' if h['within_bound'] else 'no'} |" for h in held]
+        lines += [f"\nTrial {h['trial']} by workload: {describe_by_source(h)}." for h in held if describe_by_source(h)]
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
     return png, md

@@ -611,7 +611,8 @@ def held_out_line(held: dict, spec: SweepSpec) -> str:
     return (f"held out ({held['source']}): rel_l2 {held['rel_l2']:.4f} (calibration "
             f"{held['calibration_rel_l2']:.4f}; default {held['reference_rel_l2']}), "
             f"{'within' if held['within_bound'] else 'OVER'} the bound "
-            f"({'the default there' if spec.bound_default else spec.max_error}); "
+            f"({'the default there' if spec.bound_default else spec.max_error}"
+            + (f" on each workload: {profiles.describe_by_source(held)}" if "rel_l2_by_source" in held else "") + "); "
             + (f"{held['speedup_vs_reference']}x the default's speed" if held['speedup_vs_reference']
                else "speed not compared (the interpreter's times mean nothing)"))
 

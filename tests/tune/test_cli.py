@@ -364,6 +364,13 @@ def test_on_every_family_the_default_bounds_each_family_not_their_average(tmp_pa
     assert held["source"] == "workload:families"
     assert held["within_bound"] == all(held["rel_l2_by_source"][k] <= held["reference_rel_l2_by_source"][k]
                                        for k in bounds)
+    line = f"sink_local {held['rel_l2_by_source']['sink_local']:.4f} (default "
+    shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
+    assert "by workload: " + line in shown.output, shown.output
+    res = CliRunner().invoke(main, ["report", "--storage", f"sqlite:///{tmp_path}/study.db", "--study", e.info["study"],
+                                    "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert line in (tmp_path / "rep" / f"{e.info['study']}.md").read_text()
 
 
 def test_a_bound_per_source_is_met_only_on_every_source():
