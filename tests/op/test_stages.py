@@ -52,6 +52,17 @@ def test_block_means_handle_a_short_tail():
     assert torch.allclose(m[:, 2], x[:, 32:].mean(1))
 
 
+def _heaviest_reaching(logits, cands, thr) -> set:
+    """The fewest candidates, heaviest first by softmax of `logits`, whose mass reaches `thr`."""
+    p, mass, out = torch.softmax(logits, -1), 0.0, set()
+    for j in torch.argsort(p, descending=True).tolist():
+        if mass >= thr:
+            break
+        out.add(cands[j])
+        mass += float(p[j])
+    return out
+
+
 def _kept_sets(blocks):
     B, H, nb = blocks.count.shape
     return [[[set(blocks.index[b, h, i, :blocks.count[b, h, i]].tolist()) for i in range(nb)]
@@ -76,13 +87,7 @@ def test_selection_keeps_smallest_set_reaching_threshold_plus_diagonal_and_sink(
                 want = set(range(first, i + 1)) | {0}
                 cands = list(range(first))
                 if cands:
-                    p = torch.softmax(pq[b, h, i] @ pk[b, h // 2, cands].T * 0.125, -1)
-                    mass = 0.0
-                    for j in torch.argsort(p, descending=True).tolist():
-                        if mass >= thr:
-                            break
-                        want.add(cands[j])
-                        mass += float(p[j])
+                    want |= _heaviest_reaching(pq[b, h, i] @ pk[b, h // 2, cands].T * 0.125, cands, thr)
                 assert kept[b][h][i] == want, (b, h, i)
                 # Full blocks (no mask) come first: exactly those before the query block.
                 full = blocks.index[b, h, i, :blocks.full[b, h, i]].tolist()
@@ -238,12 +243,6 @@ def test_the_lse_threshold_is_of_the_mass_outside_the_sink_block(bisect, monkeyp
             first = (i // 2) * 2
             assert torch.softmax(logits[0, h, i, :first], -1)[0] > 0.9  # the sink holds the row's mass
             want, cands = set(range(first, i + 1)) | {0}, list(range(1, first))
-            p = torch.softmax(logits[0, h, i, cands], -1)
-            mass = 0.0
-            for j in torch.argsort(p, descending=True).tolist():
-                if mass >= thr:
-                    break
-                want.add(cands[j])
-                mass += float(p[j])
+            want |= _heaviest_reaching(logits[0, h, i, cands], cands, thr)
             assert kept[0][h][i] == want, (h, i)
             assert len(want) > i - first + 2  # more than the diagonal and the sink
