@@ -20,7 +20,8 @@ from .evaluate import Calibration, compared, dense_baselines, load_calibration, 
 
 
 def calibration_for(entry: ProfileEntry, device: str, seed: int = 0) -> Calibration:
-    """The entry's own calibration data: its synthetic workload, or its captured Q/K/V file."""
+    """The entry's own calibration data: its synthetic workload (with as many samples), or its
+    captured Q/K/V file."""
     from ..dtypes import torch_dtype
     source = entry.info.get("calibration", "workload:mixed")
     kind, _, name = source.partition(":")
@@ -28,8 +29,9 @@ def calibration_for(entry: ProfileEntry, device: str, seed: int = 0) -> Calibrat
         raise ValueError(f"entry {entry.describe()}: unknown calibration {source!r}")
     return load_calibration(seqlen=entry.seqlen, heads=entry.heads, kv_heads=entry.kv_heads,
                             head_dim=entry.head_dim, dtype=torch_dtype(entry.dtype), device=device,
-                            workload=name if kind == "workload" else "mixed",
-                            calib_file=name if kind == "capture" else None, seed=seed)
+                            workload=name.split(" ")[0] if kind == "workload" else "mixed",
+                            calib_file=name if kind == "capture" else None, seed=seed,
+                            samples=entry.info.get("samples", 1) if kind == "workload" else 1)
 
 
 def sources_for(entry: ProfileEntry) -> list:

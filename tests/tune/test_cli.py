@@ -371,6 +371,11 @@ def test_on_every_family_the_default_bounds_each_family_not_their_average(tmp_pa
                                     "--out", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
     assert line in (tmp_path / "rep" / f"{e.info['study']}.md").read_text()
+    res = CliRunner().invoke(main, ["relaunch", "--profile", str(tmp_path / "cpu.yaml"), "--sources", "own",
+                                    "--out", str(tmp_path / "relaunched.yaml"), "--no-compile"])
+    assert res.exit_code == 0, res.output  # re-timed on the same five workloads
+    (new,) = profiles.load(str(tmp_path / "relaunched.yaml")).entries
+    assert new.params == e.params and abs(new.measured["rel_l2"] - e.measured["rel_l2"]) < 1e-5
 
 
 def test_a_bound_per_source_is_met_only_on_every_source():
