@@ -49,7 +49,8 @@ def block_logits(q, perm, estimator, scale):
 
 
 def masks(perm, nb, heads):
-    """(outside, diagonal, sink, causal_diag) bool masks (B, Hq, NB, NB) of the op's row layout."""
+    """(outside, diagonal, sink, causal_diag, previous) bool masks, broadcastable to (B, Hq, NB, NB), of
+    the op's row layout: candidates, the own segment, the sink block, its causal part, the segment before."""
     dev = perm.k.device
     bps = SEGMENT // BLOCK
     qb = torch.arange(nb, device=dev)[:, None]
