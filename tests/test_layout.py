@@ -1,20 +1,45 @@
-"""The package imports from a plain source tree (no install), with the kernels inside it."""
+"""The package imports from a plain source tree (no install), with the kernels inside it, and installs
+no top-level module but `pbs_tune` (other packages may well have one named `kernels`)."""
+import importlib.metadata
 import os
 import subprocess
 import sys
+import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SITE = [p for p in sys.path if p.endswith("site-packages")]
+
+
+def _run_from_source_tree(tmp_path, code):
+    """`code` in a fresh interpreter that finds pbs_tune only through PYTHONPATH=<checkout> (-S: no
+    .pth files, so not the editable install), with the environment's other packages."""
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONNOUSERSITE="1")
+    return subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.extend({SITE!r}); " + code],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split("\n")
 
 
 def test_kernels_import_as_pbs_tune_kernels_from_the_source_tree(tmp_path):
-    code = ("import importlib.util, pbs_tune.kernels, pbs_tune.models.fixtures; "
-            "print(pbs_tune.kernels.__file__); print(importlib.util.find_spec('kernels'))")
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONNOUSERSITE="1")
-    out = subprocess.run([sys.executable, "-S", "-c", "import sys; sys.path.extend(%r); " % [
-        p for p in sys.path if p.endswith("site-packages")] + code], cwd=tmp_path, env=env,
-        capture_output=True, text=True, check=True).stdout.split("\n")
+    out = _run_from_source_tree(tmp_path, "import pbs_tune.kernels, pbs_tune.models.fixtures; "
+                                          "print(pbs_tune.kernels.__file__)")
     assert out[0] == os.path.join(ROOT, "pbs_tune", "kernels", "__init__.py")
-    assert out[1] == "None"  # never a top-level module `kernels`
+
+
+def test_shipped_profiles_load_from_the_source_tree(tmp_path):
+    """Not installed, the shipped store is the checkout's configs/ and cache/ (installed, they are
+    pbs_tune.configs and pbs_tune.cache)."""
+    out = _run_from_source_tree(tmp_path, "import pbs_tune; p = pbs_tune.load_profile('h100-sxm'); "
+                                          "print(p.path); print(p.library)")
+    assert out[0] == os.path.join(ROOT, "configs", "h100-sxm.yaml")
+    assert out[1] == os.path.join(ROOT, "cache", "sm_90")
+
+
+def test_the_package_installs_no_top_level_module_but_pbs_tune():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        setup = tomllib.load(f)["tool"]["setuptools"]
+    assert all(p == "pbs_tune" or p.startswith("pbs_tune.") for p in setup["packages"])
+    assert all(p.startswith("pbs_tune.") for p in setup["package-dir"] if p != "pbs_tune")
+    installed = importlib.metadata.distribution("pbs-tune").read_text("top_level.txt")
+    assert installed.split() == ["pbs_tune"]
 
 
 # DESIGN.md: imports only run downwards (cli, bench -> tune -> runtime -> op -> kernels; tune ->

@@ -8,7 +8,7 @@ inside the installed package. In each, the GPU's own variant ('h100-sxm') wins; 
 only when no store has the exact one, and the loader says so once.
 """
 import glob
-import importlib.resources
+import importlib.util
 import os
 from dataclasses import dataclass
 
@@ -23,12 +23,16 @@ def user_home() -> str:
 
 
 def shipped_home() -> str:
-    """The package's own store: pbs_tune/configs and pbs_tune/cache (the repository's configs/ and cache/)."""
-    return os.path.dirname(str(importlib.resources.files("pbs_tune.configs")))
+    """The package's own store. Installed, it is pbs_tune/configs and pbs_tune/cache (package data);
+    from a checkout on PYTHONPATH (not installed) it is the checkout's configs/ and cache/."""
+    spec = importlib.util.find_spec("pbs_tune.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return os.path.dirname(list(spec.submodule_search_locations)[0])
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def shipped_configs() -> str:
-    return str(importlib.resources.files("pbs_tune.configs"))
+    return os.path.join(shipped_home(), "configs")
 
 
 def stores() -> list:
