@@ -3,20 +3,34 @@
 `pbs_attention` is the raw op (`pbs_attention_varlen` for packed batches), in three public stages:
 `permute_keys`, `select_blocks` (or both: `permute_and_select`) and `attend_blocks`.
 `load_profile` returns this GPU's tuned `Profile`; `tuned_attention` and `apply` run the op with it.
+
+The names are loaded on first use (PEP 562), so that `import pbs_tune` and the `pbs-tune` command
+do not pay for torch and Triton until something needs them.
 """
-from .op.launch_config import LaunchConfig, default_launch
-from .op.pbs_attention import attend_blocks, check_inputs, pbs_attention, permute_and_select
-from .op.permutation import KeyPermutation, identity_permutation, permute_keys
-from .op.selection import BlockList, block_list_from_mask, select_blocks
-from .op.varlen import pbs_attention_varlen
-from .runtime.loader import apply, load_profile, reset_stats, stats, tuned_attention
-from .runtime.profiles import Profile, ProfileError
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BlockList", "KeyPermutation", "LaunchConfig", "Profile", "ProfileError", "apply", "attend_blocks",
-    "block_list_from_mask", "check_inputs", "default_launch", "identity_permutation", "load_profile",
-    "pbs_attention", "pbs_attention_varlen", "permute_and_select", "permute_keys", "reset_stats", "select_blocks",
-    "stats", "tuned_attention",
-]
+_WHERE = {
+    ".op.launch_config": ["LaunchConfig", "default_launch"],
+    ".op.pbs_attention": ["attend_blocks", "check_inputs", "pbs_attention", "permute_and_select"],
+    ".op.permutation": ["KeyPermutation", "identity_permutation", "permute_keys"],
+    ".op.selection": ["BlockList", "block_list_from_mask", "select_blocks"],
+    ".op.varlen": ["pbs_attention_varlen"],
+    ".runtime.loader": ["apply", "load_profile", "reset_stats", "stats", "tuned_attention"],
+    ".runtime.profiles": ["Profile", "ProfileError"],
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'pbs_tune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -8,7 +8,8 @@ import click
 
 from . import progress
 from .runtime import profile_store, profiles
-from .runtime.gpu import CPU, device_for, present_gpu, resolve_gpu, variant_in
+from .runtime.gpu import (CPU, INTERPRETER_MAX_SEQLEN, device_for, interpreter_size_error, present_gpu, resolve_gpu,
+                          variant_in)
 from .seqlen import format_length, parse_length
 from .tune.workloads import CALIBRATION_SETS, WORKLOADS
 
@@ -136,7 +137,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     progress.set_quiet(quiet)
     if calib:
         heads, kv_heads, head_dim, dtype = _shape_of_capture(calib, heads, kv_heads, head_dim, dtype)
-    gpu = resolve_gpu(gpu)
+    gpu = _gpu_to_work_on(gpu)
     spec = SweepSpec(
         gpu=gpu, seqlens=tuple(seqlens), storage=storage or profile_store.default_storage_url(),
         profile=profile_path or profile_store.default_profile_path(gpu), heads=heads, kv_heads=kv_heads,
@@ -147,6 +148,17 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     entries = run_sweep(spec, say=functools.partial(click.echo, err=as_json))  # with --json, stdout is the JSON
     if as_json:
         click.echo(json.dumps(dict(profile=spec.profile, entries=[e.to_dict() for e in entries]), default=str))
+
+
+def _gpu_to_work_on(requested):
+    """The GPU a tuning command runs on. Without one, a single line with a command that runs on this
+    CPU (the interpreter at the try-out's sizes), not one flag at a time."""
+    present = present_gpu()
+    if present is None or (present == CPU and requested.lower() not in ("auto", CPU)):
+        what = "no CUDA GPU here" if present is None else "this machine has no GPU, only Triton's interpreter"
+        raise ValueError(f"--gpu {requested}: {what}; try pbs-tune on this CPU with: "
+                         + profile_store.sweep_hint(CPU))
+    return resolve_gpu(requested)
 
 
 def _worker_count(workers, on_gpu) -> int:
@@ -200,34 +212,47 @@ def show(gpu, profile_path, shape, seqlen, as_json):
       pbs-tune show --gpu h100-sxm
       pbs-tune show --gpu h100-sxm --shape 28/4/128 --seqlen 32k
     """
-    try:
-        gpu = resolve_gpu(gpu, must_be_present=False)
-    except RuntimeError:
-        raise ValueError("no GPU here: name one, e.g. pbs-tune show --gpu h100-sxm") from None
-    if profile_path is None:
+    if seqlen is not None and shape is None:
+        raise ValueError("--seqlen picks the entry a model shape runs at that length: give --shape too, "
+                         "e.g. pbs-tune show --shape 32/8/128 --seqlen 32k")
+    gpu_named = click.get_current_context().get_parameter_source("gpu") != click.core.ParameterSource.DEFAULT
+    if profile_path is not None:  # the named file first; no GPU needed to read it
+        prof = profiles.load(profile_path)
+        gpu = _gpu_of_file(prof, gpu if gpu_named else None, shape is not None)
+    else:
+        try:
+            gpu = resolve_gpu(gpu, must_be_present=False)
+        except RuntimeError:
+            raise ValueError("no GPU here: name one, e.g. pbs-tune show --gpu h100-sxm, "
+                             "or a file: pbs-tune show --profile FILE") from None
         found = profile_store.find_profile(gpu)
         if found is None:
             raise ValueError(f"no profile for {gpu} (searched {profile_store.searched_folders()})")
-        profile_path = found.path
-    from .runtime.profiles import describe_threshold
-    prof = profiles.load(profile_path)
+        prof = profiles.load(found.path)
+        if found.other_variant:
+            click.echo(f"note: no profile of {gpu} ({found.where}); showing {found.path}, tuned on another variant "
+                       f"of the family (other clocks and bandwidth: re-tune with pbs-tune sweep --gpu {gpu})", err=True)
     if not prof.entries:
-        raise ValueError(f"{prof.path} holds no entries; make them with pbs-tune sweep --gpu {gpu} --seqlen 32k "
-                         f"--profile {prof.path}")
+        raise ValueError(f"{prof.path} holds no entries; make them with "
+                         + profile_store.sweep_hint(gpu or "auto", prof.path))
     if as_json:
         click.echo(json.dumps(dict(profile=prof.path, entries=[e.to_dict() for e in prof.entries]), default=str))
         return
     if shape is not None:
         return _show_shape(prof, gpu, shape, seqlen)
     click.echo(f"{prof.path}: {len(prof.entries)} entries")
+    if profile_path and gpu and variant_in((e.gpu for e in prof.entries), gpu) not in (gpu, None):
+        click.echo(f"note: {prof.path} has no entries of {gpu}; those of "
+                   f"{variant_in((e.gpu for e in prof.entries), gpu)} serve it (same family, other clocks)", err=True)
     click.echo(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>20} "
                f"{'ms':>9} {'rel_l2':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
     for e in prof.entries:
-        p, m, lc, s = e.params, e.measured, e.launch, e.info.get("speedup", {})
+        # Interpreter times order trials on a CPU; beside anything else they mean nothing.
+        p, m, lc, s = e.params, e.measured, e.launch, e.info.get("speedup", {}) if e.gpu != CPU else {}
         launch = lc.label()
         shape = f"{e.heads}/{e.kv_heads}/{e.head_dim}"
         click.echo(f"{format_length(e.seqlen):>6} {shape:>10} {e.dtype:>8} "
-                   f"{p.block_size:>5} {p.segment_size:>5} {describe_threshold(p.threshold)[1:]:>5} {launch:>20} "
+                   f"{p.block_size:>5} {p.segment_size:>5} {profiles.describe_threshold(p.threshold)[1:]:>5} {launch:>20} "
                    f"{_measured(m, 'latency_ms', 9, 3)} {_measured(m, 'rel_l2', 7, 4)} "
                    f"{_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
@@ -247,13 +272,29 @@ def show(gpu, profile_path, shape, seqlen, as_json):
         for idx, c in sorted(e.layers.items()):
             what = "dense" if c == profiles.DENSE else (
                 f"{'permuted' if c[0].permute else 'unpermuted'} {c[0].estimator} "
-                f"{describe_threshold(c[0].threshold)[1:]}")
+                f"{profiles.describe_threshold(c[0].threshold)[1:]}")
             click.echo(f"{'':>6} layer {idx}: {what}")
+
+
+def _gpu_of_file(prof, gpu, needed):
+    """Whose entries of a named profile file `show` means: the --gpu given (the file must hold it or
+    its family), else the file's only GPU; None when the file holds several and none is needed."""
+    held = sorted({e.gpu for e in prof.entries})
+    if gpu is not None:
+        if gpu == "auto":
+            gpu = resolve_gpu(gpu, must_be_present=False)
+        if held and variant_in(held, gpu.lower()) is None:
+            raise ValueError(f"{prof.path} has no entries for {gpu} (it holds {', '.join(held)}); "
+                             f"leave --gpu out to show them all")
+        return gpu.lower()
+    if len(held) > 1 and needed:
+        raise ValueError(f"{prof.path} holds entries of {', '.join(held)}: name one with --gpu")
+    return held[0] if len(held) == 1 else None
 
 
 def _show_shape(prof, gpu, shape, seqlen):
     """Which tuned shape and entries serve a model of `shape` on `gpu` (what the loader would pick)."""
-    from .dtypes import BY_NAME
+    from .dtypes import NAMES
     parts = shape.split("/")
     try:
         heads, kv_heads, head_dim = (int(x) for x in parts[:3])
@@ -261,7 +302,7 @@ def _show_shape(prof, gpu, shape, seqlen):
     except ValueError:
         heads = None
     if heads is None or len(parts) not in (3, 4) or min(heads, kv_heads, head_dim) < 1 or heads % kv_heads \
-            or dtype not in BY_NAME:
+            or dtype not in NAMES:
         raise ValueError(f"--shape {shape!r}: give HEADS/KV_HEADS/HEAD_DIM[/DTYPE] with HEADS a multiple of "
                          f"KV_HEADS, e.g. 28/4/128 or 9/3/64/float16")
     gpu = variant_in((e.gpu for e in prof.entries), gpu) or gpu
@@ -360,6 +401,9 @@ def relaunch(profile_path, out_path, library, no_compile, sources):
         import torch
         major, minor = torch.cuda.get_device_capability()
         arch = major * 10 + minor
+    too_big = not on_gpu and next(filter(None, (interpreter_size_error(e.seqlen, e.heads) for e in entries)), None)
+    if too_big:
+        raise ValueError(f"{too_big}; relaunch {profile_path} on the GPU it was tuned on")
     new = []
     for e in entries:
         cal = calibration_for(e, device_for(gpu))
@@ -445,12 +489,16 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, es
     from .tune.model_plan import plan_model
     if segment_size % block_size:
         raise ValueError(f"--segment-size {segment_size} must be a multiple of --block-size {block_size}")
-    gpu = resolve_gpu(gpu)
+    gpu = _gpu_to_work_on(gpu)
     on_gpu = gpu != CPU
     profile_path = profile_path or profile_store.default_profile_path(gpu)
     if os.path.exists(profile_path):
         profiles.load(profile_path)  # fail now, not after the calibration
     net, tokenizer = load_model(model, gguf_file=gguf_file, dtype=dtype, device=device_for(gpu))
+    too_big = not on_gpu and interpreter_size_error(seqlen, net.config.num_attention_heads)
+    if too_big:
+        raise ValueError(f"{too_big}; on this CPU plan at --seqlen {format_length(INTERPRETER_MAX_SEQLEN // 4)} "
+                         f"or less with a small model, or run plan on a GPU")
     if tokenizer is None:
         raise ValueError(f"--model {model} has no tokenizer; plan needs one to build its retrieval probes")
     files = [text_file] if text_file else python_sources("calibration")

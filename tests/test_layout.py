@@ -84,3 +84,17 @@ def test_imports_only_run_down_the_layers_design_md_states():
                 if RANK[other] >= RANK[part]:
                     wrong.append(f"{'/'.join(rel)} imports {other}")
     assert not wrong, wrong
+
+
+def test_the_command_and_the_package_import_without_torch(tmp_path):
+    """`pbs-tune --help` and `import pbs_tune` load torch only when something needs it (PEP 562)."""
+    out = _run_from_source_tree(tmp_path, "import pbs_tune, pbs_tune.cli; "
+                                          "from click.testing import CliRunner; "
+                                          "r = CliRunner().invoke(pbs_tune.cli.main, ['--help']); "
+                                          "print(r.exit_code, 'torch' in sys.modules, 'triton' in sys.modules); "
+                                          "pbs_tune.LaunchConfig; print('torch' in sys.modules); "
+                                          "pbs_tune.pbs_attention; print('torch' in sys.modules)")
+    assert out[:3] == ["0 False False", "False", "True"]
+    import pbs_tune
+    assert all(callable(getattr(pbs_tune, name)) for name in pbs_tune.__all__)  # every public name resolves
+    assert set(pbs_tune.__all__) <= set(dir(pbs_tune))

@@ -22,7 +22,7 @@ import torch
 
 from ..op.launch_config import default_launch
 from ..op.pbs_attention import pbs_attention
-from ..op.selection import ESTIMATORS
+from ..op.estimators import ESTIMATORS
 from ..runtime import profiles
 from ..seqlen import parse_length
 from ..tune.allocate import GRID, REFERENCE, VARIANTS, Variant, layer_curves, plan_layer, uniform_error, variants_of

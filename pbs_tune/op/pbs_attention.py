@@ -10,7 +10,8 @@ import torch
 from ..kernels import attend_launch
 from .launch_config import LaunchConfig, default_launch
 from .permutation import KeyPermutation, identity_permutation, permute_keys
-from .selection import ESTIMATORS, BlockList, select_blocks
+from .estimators import ESTIMATORS
+from .selection import BlockList, select_blocks
 
 logger = logging.getLogger("pbs_tune")
 SUPPORTED_HEAD_DIMS = (64, 128)

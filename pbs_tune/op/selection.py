@@ -14,9 +14,6 @@ from ..kernels.block_scores import block_lse
 from ..kernels.block_select import select_rows
 
 _FULL, _MASKED, _SKIP = 0, 1, 2
-# Block estimators: mean query . mean key (PBS's), or mean query against every key of the block
-# (logsumexp, kernels/block_scores.py; its threshold is of the mass outside the sink block).
-ESTIMATORS = ("mean", "lse")
 
 
 @dataclass

@@ -7,13 +7,17 @@ variant ('h100-sxm'), and a family name ('h100') selects whichever variant is pr
 import os
 import re
 
-import torch
-
 CPU = "cpu"  # Triton's interpreter on the CPU: used by tests and CI
+# What an interpreter run (a sweep, plan or relaunch on the CPU) may take on. The interpreter runs
+# a 2-head 2k-token op in about 9 s on a 2-core machine, so a trial at 4k is minutes; the dense
+# reference holds heads x N x N scores (128k tokens: 64 GB a head), which the OOM killer ends.
+INTERPRETER_MAX_SEQLEN = 4096
+INTERPRETER_MAX_HEAD_TOKENS = 16384  # query heads x tokens
 
 
 def detect_gpu() -> str:
     """Variant name of GPU 0 ('h100-sxm'), or 'cpu' when only the Triton interpreter is available."""
+    import torch  # here, not at import: naming a GPU or reading a profile needs no torch
     if torch.cuda.is_available():
         return variant_name(torch.cuda.get_device_name(0))
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -73,6 +77,16 @@ def resolve_gpu(requested="auto", *, must_be_present: bool = True) -> str:
         raise ValueError(f"--gpu {requested} does not match the GPU present ({present}); "
                          f"run this on that GPU or pass --gpu auto")
     return wanted
+
+
+def interpreter_size_error(seqlen: int, heads: int) -> str | None:
+    """Why the CPU interpreter cannot run `heads` query heads over `seqlen` tokens in reasonable time
+    and memory, or None when it can."""
+    if seqlen > INTERPRETER_MAX_SEQLEN or seqlen * heads > INTERPRETER_MAX_HEAD_TOKENS:
+        return (f"{seqlen} tokens x {heads} query heads is beyond what the CPU interpreter runs in reasonable "
+                f"time and memory (at most {INTERPRETER_MAX_SEQLEN} tokens and {INTERPRETER_MAX_HEAD_TOKENS} "
+                f"query heads x tokens)")
+    return None
 
 
 def variant_in(names, gpu: str) -> str | None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..op.pbs_attention import pbs_attention
-from ..dtypes import NAME_OF as _DTYPE_NAMES
+from ..dtypes import name_of
 from ..seqlen import format_length
 from . import kernel_library, profile_store, profiles
 from .gpu import CPU, present_gpu, resolve_gpu, runs_here, variant_in
@@ -56,21 +56,23 @@ def _count(key: str) -> None:
 def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: bool = True) -> profiles.Profile:
     """The tuned profile for `gpu` ('auto': the GPU present), with its kernels bound.
 
-    Looked up by `path`, then $PBS_TUNE_HOME, the user's store and the profiles shipped with
-    pbs-tune (profile_store.py). A profile of a GPU that is not present loads as data only;
+    `path` (or a path in place of `gpu`: load_profile("my.yaml")) names the file; else it is looked
+    up in $PBS_TUNE_HOME, the user's store and the profiles shipped with pbs-tune (profile_store.py). A profile of a GPU that is not present loads as data only;
     running it needs that GPU. `use_library=False` (or PBS_TUNE_KERNELS=jit in the
     environment) leaves every kernel to Triton's JIT.
     """
     use_library = use_library and os.environ.get("PBS_TUNE_KERNELS", "library") != "jit"
+    if path is None and (os.sep in gpu or gpu.endswith((".yaml", ".yml"))):  # load_profile("my.yaml")
+        path, gpu = gpu, "auto"
+    if path is not None and not os.path.exists(path):
+        raise profiles.ProfileError(f"no tuned profile at {path}: check the path, or make one here with: "
+                                    + profile_store.sweep_hint(present_gpu() or CPU, path))
     try:
         wanted = resolve_gpu(gpu, must_be_present=False)
     except RuntimeError:
         raise profiles.ProfileError("no GPU here (set TRITON_INTERPRET=1 for the CPU interpreter); "
                                     "name the profile's GPU to read it as data, e.g. load_profile('h100-sxm')") from None
     t0 = time.perf_counter()
-    if path is not None and not os.path.exists(path):
-        raise profiles.ProfileError(f"no tuned profile at {path}; make one on that GPU with: "
-                                    f"pbs-tune sweep --gpu {wanted} --seqlen 32k --seqlen 128k --profile {path}")
     prof = profiles.load(path or _find(wanted))
     variant = variant_in((e.gpu for e in prof.entries), wanted)
     if variant is None:
@@ -173,7 +175,7 @@ def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs, causal=Tru
         return "unsupported_kwargs"
     if q.device.type != ("cpu" if settings.gpu == CPU else "cuda"):
         return "device"
-    if q.dtype not in _DTYPE_NAMES:
+    if name_of(q.dtype) is None:
         return "dtype"
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         return "grad"  # PBS is forward-only (prefill inference)
@@ -184,7 +186,7 @@ def _fallback_reason(settings, q, k, attention_mask, dropout, kwargs, causal=Tru
 
 def _pick(settings, q, k, seqlen):
     return settings.profile.pick(seqlen, gpu=settings.gpu, heads=q.shape[1], kv_heads=k.shape[1],
-                                 head_dim=q.shape[3], dtype=_DTYPE_NAMES[q.dtype], nearest=True)
+                                 head_dim=q.shape[3], dtype=name_of(q.dtype), nearest=True)
 
 
 def _config(settings, q, k, layer_idx):

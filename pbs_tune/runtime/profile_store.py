@@ -12,7 +12,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-from .gpu import family_of
+from .gpu import CPU, family_of
 
 ENV_HOME = "PBS_TUNE_HOME"
 
@@ -49,6 +49,14 @@ def default_profile_path(gpu: str) -> str:
     """Where a sweep writes by default: the user's store (never the installed package)."""
     home = os.environ.get(ENV_HOME) or user_home()
     return os.path.join(home, "configs", f"{gpu}.yaml")
+
+
+def sweep_hint(gpu: str, profile: str | None = None) -> str:
+    """The sweep command that makes a profile for `gpu`; for the CPU interpreter, at sizes it can run."""
+    sizes = ("--seqlen 256 --heads 2 --kv-heads 1 --head-dim 64 --dtype float32" if gpu == CPU
+             else "--seqlen 32k --seqlen 128k")
+    prefix = "TRITON_INTERPRET=1 " if gpu == CPU and os.environ.get("TRITON_INTERPRET") != "1" else ""
+    return f"{prefix}pbs-tune sweep --gpu {gpu} {sizes}" + (f" --profile {profile}" if profile else "")
 
 
 def default_storage_url() -> str:

@@ -19,8 +19,8 @@ from filelock import FileLock
 
 from ..op.launch_config import REQUIRED_FIELDS as LAUNCH_REQUIRED
 from ..op.launch_config import LaunchConfig
-from ..op.selection import ESTIMATORS
-from ..dtypes import BY_NAME as DTYPE_NAMES
+from ..op.estimators import ESTIMATORS
+from ..dtypes import NAMES as DTYPE_NAMES
 from ..seqlen import format_length
 
 logger = logging.getLogger("pbs_tune")

@@ -12,7 +12,8 @@ from .. import progress
 
 from ..op.pbs_attention import attend_blocks, check_inputs, permute_and_select
 from ..op.permutation import identity_permutation
-from ..op.selection import ESTIMATORS, block_list_from_mask
+from ..op.estimators import ESTIMATORS
+from ..op.selection import block_list_from_mask
 from ..timing import dense_baselines as sdpa_baselines
 from ..timing import median_ms
 from .metrics import dense_reference, recall_from_lse, rel_l2
@@ -151,12 +152,13 @@ def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
     return sdpa_baselines(cal.q, cal.k, cal.v, on_gpu=on_gpu)
 
 
-def compared(latency_ms: float, baselines: dict, reference: dict) -> dict:
+def compared(latency_ms: float, baselines: dict, reference: dict, *, on_gpu: bool) -> dict:
     """A config's latency beside dense SDPA and the published default timed in the same run:
-    the rounded figures, the speedups, and whether dense was faster (then the loader runs SDPA)."""
+    the rounded figures, the speedups, and whether dense was faster (then the loader runs SDPA).
+    The interpreter's times only order trials on a CPU: no speed-up is derived from them."""
     speedup = {name: round(base / latency_ms, 3) for name, base in (
         ("vs_cudnn", baselines.get("cudnn_ms")), ("vs_flash", baselines.get("flash_ms")),
-        ("vs_reference", reference.get("latency_ms"))) if base}
+        ("vs_reference", reference.get("latency_ms"))) if base and on_gpu}
     dense = [v for k, v in baselines.items() if k.endswith("_ms")]
     return dict(baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
                 reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},

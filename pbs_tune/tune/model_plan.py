@@ -14,7 +14,7 @@ import torch
 from .. import progress
 
 from ..op.launch_config import default_launch
-from ..op.selection import ESTIMATORS
+from ..op.estimators import ESTIMATORS
 from ..runtime import profiles
 from ..runtime.gpu import detect_gpu
 from .allocate import choose_plan, layer_curves, variants_of

@@ -65,7 +65,7 @@ def relaunch_entry(entry: ProfileEntry, cal: Calibration, *, arch: int | None, o
     ref_cfg = search_space.reference_config(entry.head_dim, cpu=not on_gpu)
     reference = dict(config=ref_cfg.as_dict(), **measure(cal, ref_cfg, on_gpu=on_gpu))
     lat = got["latency_ms"]
-    figures = compared(lat, dense_baselines(cal, on_gpu=on_gpu), reference)
+    figures = compared(lat, dense_baselines(cal, on_gpu=on_gpu), reference, on_gpu=on_gpu)
     dense_faster = figures.pop("dense_faster")
     info = dict(entry.info, **figures,
                 relaunch=dict(latency_ms=times, chosen=best.label(), date=_dt.date.today().isoformat(),

@@ -10,7 +10,7 @@ import optuna
 import torch
 
 from ..op.launch_config import LaunchConfig, default_launch
-from ..op.selection import ESTIMATORS
+from ..op.estimators import ESTIMATORS
 from ..runtime.profiles import PbsParams
 
 # kernel: the portable attend kernel or the Hopper one (TMA); programs_per_sm: the Hopper

@@ -30,8 +30,8 @@ from optuna.trial import TrialState
 
 from .. import progress
 from ..runtime import profile_store, profiles
-from ..runtime.gpu import CPU, device_for
-from ..op.selection import ESTIMATORS
+from ..runtime.gpu import CPU, device_for, interpreter_size_error
+from ..op.estimators import ESTIMATORS
 from ..runtime.profiles import ProfileEntry
 from ..seqlen import format_length
 from ..dtypes import torch_dtype
@@ -422,7 +422,7 @@ def profile_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, stud
         else:
             layers[layer_ids[i]] = (cfg.planned(plan), cfg.launch)
     lat = m["latency_ms"]
-    figures = compared(lat, baselines, reference)
+    figures = compared(lat, baselines, reference, on_gpu=spec.on_gpu)
     return ProfileEntry(
         gpu=spec.gpu, seqlen=spec.seqlen, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
         dtype=spec.dtype, params=params, launch=cfg.launch, layers=layers, dense_faster=figures.pop("dense_faster"),
@@ -528,8 +528,11 @@ def check_spec(spec: SweepSpec) -> None:
     check_storage(spec.storage, create_folder=spec.storage == profile_store.default_storage_url())
     if spec.on_gpu and spec.dtype == "float32":
         raise ValueError("--dtype float32 is only for the CPU interpreter; use bfloat16 or float16")
-    if not spec.on_gpu and spec.dtype == "bfloat16":
-        raise ValueError("the CPU interpreter cannot run bfloat16; use --dtype float32 or float16")
+    if not spec.on_gpu:
+        too_big = next(filter(None, (interpreter_size_error(n, spec.heads) for n in spec.seqlens)), None)
+        if too_big or spec.dtype == "bfloat16":
+            why = too_big or "the CPU interpreter cannot run bfloat16"
+            raise ValueError(f"{why}; on this CPU try: {profile_store.sweep_hint(CPU)}")
     if os.path.exists(spec.profile):
         profiles.load(spec.profile)  # fail now, not after an hour of tuning
 

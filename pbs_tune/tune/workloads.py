@@ -18,10 +18,11 @@ The first half of the head dimension carries rotary position features, the secon
 carries content directions (sink, heavy hitters, topics) and noise. Generation is
 deterministic for a given seed and device. Real users calibrate on Q/K/V captured from
 their own model instead (``pbs-tune capture``).
+
+The names below are plain data; torch is imported where Q/K/V are made, so that the CLI can
+offer the workloads without loading it.
 """
 import math
-
-import torch
 
 FAMILIES = {
     # local: logit at distance 0; sink: logit of the first tokens; hh: heavy-hitter logit;
@@ -55,8 +56,10 @@ def family_of_heads(workload: str, kv_heads: int):
 
 
 def make_qkv(workload="mixed", *, seqlen, batch=1, heads=32, kv_heads=8, head_dim=128,
-             dtype=torch.bfloat16, device="cpu", seed=0):
-    """Return q (B, heads, N, D), k and v (B, kv_heads, N, D), contiguous."""
+             dtype=None, device="cpu", seed=0):
+    """Return q (B, heads, N, D), k and v (B, kv_heads, N, D), contiguous (dtype: bfloat16 by default)."""
+    import torch
+    dtype = dtype or torch.bfloat16
     if heads % kv_heads:
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     if head_dim % 4:
@@ -78,6 +81,7 @@ def make_qkv(workload="mixed", *, seqlen, batch=1, heads=32, kv_heads=8, head_di
 
 def _rotary(n, half, device):
     """cos/sin of RoPE angles for positions 0..n-1 over half/2 frequency pairs."""
+    import torch
     pairs = half // 2
     inv_freq = 10000.0 ** (-torch.arange(pairs, device=device, dtype=torch.float32) / pairs)
     ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
@@ -86,6 +90,7 @@ def _rotary(n, half, device):
 
 def _rotate(vec, cos, sin):
     """Apply the rotation of every position to one (half,) vector: -> (n, half)."""
+    import torch
     a, b = vec[0::2], vec[1::2]
     out = torch.empty((cos.shape[0], vec.shape[0]), device=vec.device)
     out[:, 0::2] = a * cos - b * sin
@@ -95,6 +100,7 @@ def _rotate(vec, cos, sin):
 
 def _head_qk(fam, group, n, d, gen, device):
     """Q for the `group` query heads of one KV head, and its K (float32)."""
+    import torch
     half = d // 2
     root = math.sqrt(math.sqrt(d))  # q.k / sqrt(d) = L  when  |q| = |k| = sqrt(L) * d**0.25
     cos, sin = _rotary(n, half, device)

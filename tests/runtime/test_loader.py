@@ -213,3 +213,13 @@ def test_an_unpermuted_entry_runs_unpermuted_selection(tmp_path):
     args = dict(block_size=16, segment_size=32, threshold=0.5, launch=pbs_tune.LaunchConfig(16, 16, 4, 1))
     assert torch.equal(got, pbs_tune.pbs_attention(q, k, v, permute=False, **args))
     assert not torch.equal(got, pbs_tune.pbs_attention(q, k, v, permute=True, **args))
+
+
+def test_a_path_in_place_of_the_gpu_is_read_as_a_path(tmp_path):
+    with pytest.raises(profiles.ProfileError, match=r"no tuned profile at /nonexistent: check the path, or make one "
+                                                    r"here with: pbs-tune sweep --gpu cpu --seqlen 256"):
+        pbs_tune.load_profile("/nonexistent")
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "configs", "h100-sxm.yaml")
+    with pytest.raises(profiles.ProfileError, match="h100-sxm.yaml has no entries for cpu"):
+        pbs_tune.load_profile(shipped)  # read as the path it is, for the GPU present

@@ -2,12 +2,16 @@
 for every bad file, report beside its study, an empty profile refused."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
 
 from pbs_tune.cli import main
 from test_cli import capture_tiny_llama, sweep_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(args):
@@ -68,3 +72,57 @@ def test_an_empty_profile_is_an_error(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     res = run(["show", "--gpu", "cpu", "--profile", str(tmp_path / "empty.yaml")])
     assert res.exit_code == 1 and "holds no entries" in res.output
+
+
+def test_without_a_gpu_the_first_message_is_a_whole_command_that_runs_here(tmp_path):
+    """Not one flag at a time (TRITON_INTERPRET, then --gpu, then --dtype, then an OOM kill): one line
+    with a command at sizes the interpreter finishes, the README try-out's."""
+    env = dict(os.environ, TRITON_INTERPRET="0", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    done = subprocess.run([sys.executable, "-m", "pbs_tune", "sweep", "--gpu", "a100", "--seqlen", "128k"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    hint = done.stderr.split("try pbs-tune on this CPU with: ")[1].split()
+    assert hint[:4] == ["TRITON_INTERPRET=1", "pbs-tune", "sweep", "--gpu"]
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    try_out = readme.split("<!-- cpu-try:start -->")[1].split("<!-- cpu-try:end -->")[0].replace("\\\n", " ").split()
+    flags = hint[hint.index("--seqlen"):]
+    assert " ".join(flags) in " ".join(try_out)  # the sizes the README's try-out runs (tested there)
+    under_interpreter = run(["sweep", "--gpu", "a100", "--seqlen", "128k"])  # the interpreter is on in the tests
+    assert under_interpreter.exit_code == 1 and " ".join(hint[1:]) in under_interpreter.output
+
+
+@pytest.mark.parametrize("content,msg", [
+    (None, "no such profile"), ("", "holds no entries"), (b"\xff\xfe" * 40, "is not a text file"),
+    ("dir", "is a directory"), ("bad threshold", "params.threshold must be a number in (0, 1]"),
+])
+def test_show_reads_the_named_file_first_and_needs_no_gpu(tmp_path, content, msg):
+    path = tmp_path / "p.yaml"
+    if content == "dir":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "bad threshold":  # a shipped profile with one value out of range
+        shipped = open(os.path.join(ROOT, "configs", "h100-sxm.yaml")).read()
+        path.write_text(shipped.replace("threshold: 0.9", "threshold: 1.7", 1))
+    elif content is not None:
+        path.write_text(content)
+    res = run(["show", "--profile", str(path)])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and msg in res.output, res.output
+    assert "no GPU here" not in res.output
+
+
+def test_show_of_a_shipped_profile_file_imports_no_torch():
+    code = ("import sys; from pbs_tune.cli import main; main(['show', '--profile', %r], standalone_mode=False); "
+            "print('torch imported:', 'torch' in sys.modules)" % os.path.join(ROOT, "configs", "h100-sxm.yaml"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "h100-sxm.yaml: 5 entries" in out and out.strip().endswith("torch imported: False")
+
+
+def test_show_says_when_it_shows_another_variant_and_refuses_an_ignored_flag():
+    res = run(["show", "--gpu", "h100-pcie"])
+    assert res.exit_code == 0 and "h100-sxm.yaml" in res.stdout
+    assert "note: no profile of h100-pcie" in res.stderr and "another variant" in res.stderr
+    res = run(["show", "--gpu", "h100-sxm", "--seqlen", "4k"])
+    assert res.exit_code == 1 and "--seqlen picks the entry a model shape runs" in res.output
+    res = run(["show", "--gpu", "a100", "--profile", os.path.join(ROOT, "configs", "h100-sxm.yaml")])
+    assert res.exit_code == 1 and "has no entries for a100 (it holds h100-sxm)" in res.output
