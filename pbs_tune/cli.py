@@ -104,6 +104,9 @@ def main():
               help="Folder of its compiled-kernel library (default: cache/sm_<arch>/ of the profile's store).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the workload data and the sampler.")
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
+@click.option("--rewrite", is_flag=True,
+              help="Measure and write again the entry of a length whose study already holds --trials trials "
+                   "(without it, such a length is said and left as it is).")
 @click.option("--per-head", is_flag=True,
               help="Per layer and head: thresholds and permutation on/off allocated around each trial's block, "
                    "segment and launch (error within --margin x the trial threshold's, heaviest keys kept); "
@@ -123,8 +126,8 @@ def main():
               help="Print the summary (the written entries) as JSON on stdout; the rest goes to stderr.")
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib, samples,
-          holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, per_head, margin, estimators,
-          workers, heartbeat_s, quiet, as_json):
+          holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, rewrite, per_head, margin,
+          estimators, workers, heartbeat_s, quiet, as_json):
     """Search block size, segment size, threshold and launch config per length.
 
     \b
@@ -144,7 +147,8 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         head_dim=int(head_dim), dtype=dtype, workload=workload, calib=calib, holdout_calib=holdout_calib,
         max_error=max_error, trials=trials, timeout=timeout, seed=seed, heartbeat_s=heartbeat_s, per_head=per_head,
         margin=margin, estimators=estimators, samples=1 if calib else samples or (4 if per_head else 1), study=study_prefix,
-        library=library, workers=_worker_count(workers, gpu != CPU), compile=not no_compile, quiet=quiet)
+        library=library, workers=_worker_count(workers, gpu != CPU), compile=not no_compile, quiet=quiet,
+        rewrite=rewrite)
     entries = run_sweep(spec, say=functools.partial(click.echo, err=as_json))  # with --json, stdout is the JSON
     if as_json:
         click.echo(json.dumps(dict(profile=spec.profile, entries=[e.to_dict() for e in entries]), default=str))
@@ -256,6 +260,8 @@ def show(gpu, profile_path, shape, seqlen, as_json):
                    f"{_measured(m, 'latency_ms', 9, 3)} {_measured(m, 'rel_l2', 7, 4)} "
                    f"{_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
                    f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
+        if e.failed_check:
+            click.echo(f"{'':>6} NEVER RUN (failed its held-out check): {e.failed_check}")
         held = e.info.get("held_out") or []
         for check in held if isinstance(held, list) else [held]:  # earlier profiles hold one dict
             speed = (f"{check['latency_ms']} ms, {check['speedup_vs_reference']}x the default"

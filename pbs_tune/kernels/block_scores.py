@@ -15,7 +15,9 @@ import triton.language as tl
 from .launch import run
 
 
-@triton.jit(do_not_specialize=["R", "N", "HKV"])
+# The output's strides follow the prompt's block count: specialised, a length whose count is not a
+# multiple of 16 (or is 1) would be another kernel, missing from the library built at the tuned lengths.
+@triton.jit(do_not_specialize=["R", "N", "HKV", "stride_ob", "stride_oh", "stride_or"])
 def _block_lse(PQ, K, OUT, scale,
                stride_pb, stride_ph, stride_pr, stride_kb, stride_kh, stride_kn, stride_ob, stride_oh, stride_or,
                R, N, HKV, HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_SIZE: tl.constexpr):

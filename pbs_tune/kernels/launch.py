@@ -10,6 +10,7 @@ Anything else goes to the JIT, and the first such call of each kernel is logged 
 """
 import contextlib
 import ctypes
+import inspect
 import logging
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ _CTYPES = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "u64": ctypes.c_uint64,
 _library = {}      # call key -> BoundKernel
 _jit_noted = set()
 _recorded = None   # a list while `recording()` is active
+_keys_seen = None  # a set while `keys_seen()` is active
 jit_calls = 0      # calls that went to the JIT while a library was bound (benchmarks read it)
 
 
@@ -49,6 +51,18 @@ def recording():
         _recorded = None
 
 
+@contextlib.contextmanager
+def keys_seen():
+    """Collect the key of every kernel call while running them as usual: which kernels a piece of
+    work needs (on the CPU too), to compare with what a library holds."""
+    global _keys_seen
+    _keys_seen = set()
+    try:
+        yield _keys_seen
+    finally:
+        _keys_seen = None
+
+
 def register(bound_kernels) -> None:
     """Make library kernels available to `run` (process-wide, in pbs-tune's own state only)."""
     for bk in bound_kernels:
@@ -70,6 +84,8 @@ def run(fn, grid, args, constexprs, *, num_warps, num_stages):
     if _recorded is not None:
         _recorded.append(Call(fn, tuple(grid), tuple(args), dict(constexprs), num_warps, num_stages))
         return
+    if _keys_seen is not None:
+        _keys_seen.add(call_key(fn, args, constexprs, num_warps, num_stages))
     if _library:
         key = call_key(fn, args, constexprs, num_warps, num_stages)
         bound = _library.get(key) if key is not None else None
@@ -89,8 +105,16 @@ def _note_jit(fn, why):
 
 
 def runtime_params(fn):
-    """(name, specialised) of the non-constexpr parameters, in call order."""
-    return [(p.name, not p.do_not_specialize) for p in fn.params if not p.is_constexpr]
+    """(name, specialised) of the non-constexpr parameters, in call order. Under the interpreter
+    (TRITON_INTERPRET=1) the same is read from the function and its decorator's arguments, so
+    that the CPU tests can compute the keys a GPU run would have."""
+    if hasattr(fn, "params"):  # Triton's JIT
+        return [(p.name, not p.do_not_specialize) for p in fn.params if not p.is_constexpr]
+    from triton.language import constexpr
+    names = [p.name for p in inspect.signature(fn.fn).parameters.values() if p.annotation is not constexpr]
+    every = list(inspect.signature(fn.fn).parameters)
+    fixed = {every[x] if isinstance(x, int) else x for x in fn.kwargs.get("do_not_specialize") or ()}
+    return [(name, name not in fixed) for name in names]
 
 
 def call_key(fn, args, constexprs, num_warps, num_stages):

@@ -281,26 +281,34 @@ def build(profile, path: str) -> dict:
     import triton
     if launch.library_size():
         raise RuntimeError("build the kernel library in a fresh process (kernels are already bound here)")
-    entries = profile.for_gpu(profile.gpu)
-    lengths = sorted({e.seqlen for e in entries})
-    for e in entries:
-        for params, lc in e.configs():
-            run_config_once(e, params, lc, e.seqlen)
-            longer = [n for n in lengths if n > e.seqlen]
-            _run_select_buckets(e, params, prewarm_length(params), (longer[0] - 1) if longer else 4 * e.seqlen)
+    exercise(profile)
     torch.cuda.synchronize()
     built_with = dict(triton=triton.__version__, torch=torch.__version__, cuda=torch.version.cuda,
                       device=torch.cuda.get_device_name(0))
     return write(path, jit_kernels(), built_with)
 
 
-def run_config_once(entry, params, launch_config, seqlen):
+def exercise(profile, device="cuda"):
+    """Run every kernel the profile's runnable entries (and their layers' plans) can launch, each
+    once: what the library must hold. The build compiles what this runs; the CPU tests run it in
+    the interpreter and compare its kernel keys with those of real calls (launch.keys_seen)."""
+    entries = profile.for_gpu(profile.gpu)
+    lengths = sorted({e.seqlen for e in entries})
+    for e in entries:
+        for params, lc in e.configs():
+            run_config_once(e, params, lc, e.seqlen, device)
+            longer = [n for n in lengths if n > e.seqlen]
+            _run_select_buckets(e, params, prewarm_length(params), (longer[0] - 1) if longer else 4 * e.seqlen,
+                                device)
+
+
+def run_config_once(entry, params, launch_config, seqlen, device="cuda"):
     """The whole op once, on random data of the entry's shape, with one of its configs."""
     from ..dtypes import torch_dtype
     from ..op.pbs_attention import pbs_attention
     dtype = torch_dtype(entry.dtype)
-    q = torch.randn(1, entry.heads, seqlen, entry.head_dim, device="cuda", dtype=dtype)
-    k = torch.randn(1, entry.kv_heads, seqlen, entry.head_dim, device="cuda", dtype=dtype)
+    q = torch.randn(1, entry.heads, seqlen, entry.head_dim, device=device, dtype=dtype)
+    k = torch.randn(1, entry.kv_heads, seqlen, entry.head_dim, device=device, dtype=dtype)
     pbs_attention(q, k, k, **params.op_args(), launch=launch_config)
 
 
@@ -309,7 +317,7 @@ def prewarm_length(params) -> int:
     return 2 * params.segment_size
 
 
-def _run_select_buckets(entry, params, shortest, longest):
+def _run_select_buckets(entry, params, shortest, longest, device):
     """The selection kernel is specialised on the power-of-two block count: build every bucket
     from the loader's prewarm length up to the longest prompt this entry serves."""
     from ..kernels.block_select import select_rows
@@ -320,10 +328,10 @@ def _run_select_buckets(entry, params, shortest, longest):
     group = entry.heads // entry.kv_heads  # one KV head: the kernel is not specialised on counts
     keep_all = params.keeps_all
     while True:
-        kb = torch.zeros((1, 1, nb), dtype=torch.int32, device="cuda")
-        logits = None if keep_all else torch.zeros((1, group, nb, nb), dtype=torch.float32, device="cuda")
+        kb = torch.zeros((1, 1, nb), dtype=torch.int32, device=device)
+        logits = None if keep_all else torch.zeros((1, group, nb, nb), dtype=torch.float32, device=device)
         select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs, block_size=bs,
-                    segment_size=params.segment_size, threshold=torch.ones(group, device="cuda"), bisect=bisects(nb))
+                    segment_size=params.segment_size, threshold=torch.ones(group, device=device), bisect=bisects(nb))
         if nb >= top:
             break
         nb *= 2

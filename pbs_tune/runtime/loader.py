@@ -77,11 +77,14 @@ def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: boo
     variant = variant_in((e.gpu for e in prof.entries), wanted)
     if variant is None:
         raise profiles.ProfileError(f"{prof.path} has no entries for {wanted}; make them on that GPU with: "
-                                    f"pbs-tune sweep --gpu {wanted} --seqlen 32k --profile {prof.path}")
+                                    + profile_store.sweep_hint(wanted, prof.path))
     if variant != wanted:
         logger.warning("pbs_tune: %s has no entries for %s; using those tuned on %s (same family, "
                        "other clocks and bandwidth: re-tune with pbs-tune sweep --gpu %s for exact timings)",
                        prof.path, wanted, variant, wanted)
+    for e in prof.entries:
+        if e.gpu == variant and e.failed_check:
+            logger.warning("pbs_tune: %s: the entry %s is never run: %s", prof.path, e.describe(), e.failed_check)
     runnable = runs_here(variant)
     prof = dataclasses.replace(prof, gpu=variant, runnable=runnable, load_times=dict(read_s=time.perf_counter() - t0))
     if runnable and variant != CPU:
@@ -341,8 +344,8 @@ def _ready(prof):
         prof = copy
     _require_runnable(prof)
     if not prof.for_gpu(prof.gpu):
-        raise profiles.ProfileError(f"{prof.path} has no entries for {prof.gpu}; make them with: "
-                                    f"pbs-tune sweep --gpu {prof.gpu} --seqlen 32k --profile {prof.path}")
+        raise profiles.ProfileError(f"{prof.path} has no entries for {prof.gpu} that passed their held-out check; "
+                                    f"make them with: {profile_store.sweep_hint(prof.gpu, prof.path)}")
     if prof.gpu != CPU and "bind_s" not in prof.load_times:
         prof.load_times.update(_bind_kernels(prof))
     return prof

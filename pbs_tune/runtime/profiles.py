@@ -98,6 +98,9 @@ class ProfileEntry:
     dense_faster: bool = False                  # SDPA beat the best sparse config at this length
     measured: dict = field(default_factory=dict)  # latency_ms, rel_l2, recall, density
     info: dict = field(default_factory=dict)      # baselines, reference, speedup, versions, ...
+    # Why the loader never runs this entry (a held-out check over the error bound, with its figure);
+    # None for an entry that passed. Written so that `show` lists it, never silently dropped.
+    failed_check: str | None = None
 
     def key(self) -> tuple:
         return tuple(getattr(self, k) for k in KEY_FIELDS)
@@ -131,6 +134,8 @@ class ProfileEntry:
             out["measured"] = dict(self.measured)
         out.update(self.info)
         out["dense_faster"] = self.dense_faster
+        if self.failed_check:
+            out["failed_check"] = self.failed_check
         return out
 
     @classmethod
@@ -160,10 +165,14 @@ class ProfileEntry:
         measured = d.get("measured") or {}
         if not isinstance(measured, dict):
             raise ProfileError(f"{where}: measured must be a mapping")
-        known = set(REQUIRED) | {"layers", "measured", "dense_faster"}
+        failed = d.get("failed_check")
+        if failed is not None and (not isinstance(failed, str) or not failed):
+            raise ProfileError(f"{where}: failed_check must be the reason the entry is not run, got {failed!r}")
+        known = set(REQUIRED) | {"layers", "measured", "dense_faster", "failed_check"}
         info = {k: v for k, v in d.items() if k not in known}
         return cls(gpu=gpu, dtype=d["dtype"], params=params, launch=launch, layers=layers,
-                   dense_faster=bool(d.get("dense_faster", False)), measured=measured, info=info, **ints)
+                   dense_faster=bool(d.get("dense_faster", False)), measured=measured, info=info,
+                   failed_check=failed, **ints)
 
 
 def describe_threshold(threshold) -> str:
@@ -257,13 +266,15 @@ class Profile:
     _index_size: int = field(default=-1, repr=False, compare=False)
 
     def for_gpu(self, gpu):
-        return [e for e in self.entries if e.gpu == gpu]
+        """The entries of `gpu` that may run: not one that failed its held-out check."""
+        return [e for e in self.entries if e.gpu == gpu and not e.failed_check]
 
     def for_shape(self, *, gpu, heads, kv_heads, head_dim, dtype):
-        """Entries of one shape by length (indexed once: the loader asks at every attention call)."""
+        """Entries of one shape that may run, by length (indexed once: the loader asks at every
+        attention call). An entry that failed its held-out check is never among them."""
         if self._index_size != len(self.entries):
             self._by_shape = {}
-            for e in sorted(self.entries, key=lambda e: e.seqlen):
+            for e in sorted((e for e in self.entries if not e.failed_check), key=lambda e: e.seqlen):
                 self._by_shape.setdefault((e.gpu, e.heads, e.kv_heads, e.head_dim, e.dtype), []).append(e)
             self._index_size = len(self.entries)
         return list(self._by_shape.get((gpu, heads, kv_heads, head_dim, dtype), ()))
@@ -285,7 +296,7 @@ class Profile:
         key = (gpu, heads, kv_heads, head_dim, dtype)
         if key not in self._nearest:
             tuned = {(e.heads, e.kv_heads) for e in self.entries
-                     if (e.gpu, e.head_dim, e.dtype) == (gpu, head_dim, dtype)}
+                     if (e.gpu, e.head_dim, e.dtype) == (gpu, head_dim, dtype) and not e.failed_check}
             best = None
             if tuned and want not in tuned:
                 ratio = heads / kv_heads

@@ -81,6 +81,7 @@ class SweepSpec:
     # Sources the chosen config's launch is judged on (tune/launch_choice.py); None: every
     # workload family and the next seed (or the capture) on a GPU, none in the interpreter.
     launch_sources: tuple | None = None
+    rewrite: bool = False  # a length whose study is finished and entry written is measured and written again
     bound_default: bool = False  # max_error was resolved from the default's error (--max-error default)
     # With bound_default on a calibration set: the default's error on each of its workloads, each a bound.
     source_bounds: dict | None = None
@@ -357,10 +358,11 @@ def enqueue_known_configs(study, spec: SweepSpec):
     known = [(2, 0.9, "mean"), (4, 0.9, "mean"), (2, 0.85, "mean")]
     if not spec.per_head:  # per-head plans choose the estimator per layer
         known += [(2, thr, e) for e in space["estimator"] if e != "mean" for thr in (0.9, 0.95)]
+    # No more than the study will run: an enqueued trial beyond --trials would wait for ever.
+    known = [k for k in known if k[0] in space["blocks_per_segment"]][:spec.trials]
     for per_seg, thr, estimator in known:
-        if per_seg in space["blocks_per_segment"]:
-            study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr,
-                                     **({} if spec.per_head else dict(estimator=estimator)), **launch))
+        study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr,
+                                 **({} if spec.per_head else dict(estimator=estimator)), **launch))
 
 
 def run_trials(study, objective, spec: SweepSpec, callbacks=()):
@@ -541,7 +543,14 @@ def run_sweep(spec: SweepSpec, say=progress.say) -> list:
     """Tune every length of `spec` and write the chosen entries to its profile (and their
     kernel library); returns the entries. `say` prints the sweep's results (fronts, choices)."""
     check_spec(spec)
-    names = spec.study_names()
+    done = finished_entries(spec)
+    names = {n: name for n, name in spec.study_names().items() if n not in done}
+    for n, entry in done.items():
+        say(f"== {format_length(n)}: study '{entry.info['study']}' already holds its {spec.trials} trials and "
+            f"{spec.profile} its entry: nothing measured or written (--rewrite measures and writes it again; "
+            f"a larger --trials searches on)")
+    if not names:
+        return []
     if spec.workers > 1:
         for n, name in names.items():  # the published default goes in once, before the workers start
             enqueue_known_configs(open_study(spec.at(n), name), spec)
@@ -552,11 +561,33 @@ def run_sweep(spec: SweepSpec, say=progress.say) -> list:
         entry = _sweep_length(spec.at(n), name, say)
         entries.append(entry)
         say("chosen: " + entry_line(entry))
+        if entry.failed_check:
+            say(f"written but never run by the loader: {entry.failed_check}")
     profiles.merge_entries(spec.profile, entries)
     say(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {spec.profile}")
     if spec.on_gpu and spec.compile:
         compile_in_fresh_process(spec.profile, spec.library)
     return entries
+
+
+def finished_entries(spec: SweepSpec) -> dict:
+    """{length: entry} of the lengths whose study already holds --trials finished trials and whose
+    entry from that study is in the profile: re-running a finished sweep re-measures nothing."""
+    if spec.rewrite or not os.path.exists(spec.profile):
+        return {}
+    written = {e.key(): e for e in profiles.load(spec.profile).entries}
+    done = {}
+    for n, name in spec.study_names().items():
+        entry = written.get((spec.gpu, n, spec.heads, spec.kv_heads, spec.head_dim, spec.dtype))
+        if entry is None or entry.info.get("study") != name:
+            continue
+        try:
+            study = optuna.load_study(study_name=name, storage=open_storage(spec.storage, spec.heartbeat_s))
+        except KeyError:  # the entry came from a study in another storage
+            continue
+        if finished_count(study) >= spec.trials:
+            done[n] = entry
+    return done
 
 
 def _sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
@@ -585,7 +616,18 @@ def _sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
         held.append(held_out_check(hold, spec, best, study, chosen and chosen["launch"]))
         del hold
         say(held_out_line(held[-1], spec))
-    return profile_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen)
+    entry = profile_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen)
+    return replace(entry, failed_check=failed_check(held, spec))
+
+
+def failed_check(held: list, spec: SweepSpec) -> str | None:
+    """Why an entry must not run: its held-out checks over their bound, with the figures; else None."""
+    over = [h for h in held if not h["within_bound"]]
+    return "; ".join(
+        f"held out ({h['source']}): rel_l2 {h['rel_l2']:.4f} over the bound "
+        + (f"{h['reference_rel_l2']:.4f} (the default's there)" if spec.bound_default else f"{spec.max_error:g}")
+        + (f", by workload: {profiles.describe_by_source(h)}" if "rel_l2_by_source" in h else "")
+        for h in over) or None
 
 
 def choose_entry_launch(spec: SweepSpec, trial, cal: Calibration, say) -> dict | None:

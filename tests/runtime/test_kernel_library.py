@@ -188,3 +188,41 @@ def test_shipped_libraries_are_current_and_hold_every_attend_kernel_their_profil
         for _, lc in e.configs():
             kernel = "_attend_fwd_tma" if lc.tma else "_attend_fwd"
             assert (kernel, lc.num_warps, lc.num_stages, lc.block_m, lc.block_n) in built, (e.describe(), lc)
+
+
+def test_every_kernel_a_plan_runs_is_among_those_its_library_is_built_from(tmp_path):
+    """The calls a per-layer plan makes when served (the loader's warm-up, prompts of lengths that
+    are and are not multiples of the block count's powers, a padded batch, chunked prefill), keyed
+    as Triton's JIT keys them, are all among the calls `pbs-tune compile` builds the library from
+    (kernel_library.exercise, run here in the interpreter): no call at run time compiles."""
+    import torch
+    import transformers
+
+    import pbs_tune
+    from pbs_tune.kernels import launch
+    from helpers import TINY_SHAPE, profile_entry, tiny_llama, write_profile
+    lse = dict(params=dict(block_size=16, segment_size=32, threshold=[0.8, 0.9], estimator="lse"),
+               launch=dict(block_m=16, block_n=16, num_warps=4, num_stages=1))
+    unpermuted = dict(params=dict(block_size=16, segment_size=64, threshold=0.9, permute=False),
+                      launch=dict(block_m=16, block_n=16, num_warps=4, num_stages=1))
+    plan = dict(profile_entry(64, 0.9, **TINY_SHAPE), layers={0: lse, 1: unpermuted})
+    prof = pbs_tune.load_profile(write_profile(tmp_path, [plan, profile_entry(96, 0.85, **TINY_SHAPE)]))
+    model = tiny_llama()
+    with launch.keys_seen() as served, torch.no_grad():
+        for e in prof.for_gpu("cpu"):  # what the loader's warm-up runs on a GPU, at load time
+            for params, lc in e.configs():
+                kernel_library.run_config_once(e, params, lc, kernel_library.prewarm_length(params), "cpu")
+        pbs_tune.apply(model, prof, min_chunk=16)
+        for n in (64, 100):
+            model(torch.randint(0, 97, (1, n)))
+        mask = torch.ones(2, 90, dtype=torch.long)
+        mask[0, :21] = 0
+        model(torch.randint(0, 97, (2, 90)), attention_mask=mask)
+        cache = transformers.DynamicCache()
+        for a, b in ((0, 64), (64, 112)):
+            model(torch.randint(0, 97, (1, b - a)), past_key_values=cache, use_cache=True)
+    assert pbs_tune.stats()["pbs"] >= 10 and any(k[0] == "_block_lse" for k in served)
+    with launch.keys_seen() as built, torch.no_grad():
+        kernel_library.exercise(prof, "cpu")
+    missing = sorted(map(str, served - built))
+    assert not missing, missing

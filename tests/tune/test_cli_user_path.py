@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pbs_tune.cli import main
@@ -126,3 +127,40 @@ def test_show_says_when_it_shows_another_variant_and_refuses_an_ignored_flag():
     assert res.exit_code == 1 and "--seqlen picks the entry a model shape runs" in res.output
     res = run(["show", "--gpu", "a100", "--profile", os.path.join(ROOT, "configs", "h100-sxm.yaml")])
     assert res.exit_code == 1 and "has no entries for a100 (it holds h100-sxm)" in res.output
+
+
+def test_a_finished_sweep_says_so_and_an_entry_failing_its_held_out_check_is_written_but_never_run(
+        tmp_path, monkeypatch, caplog):
+    import pbs_tune
+    from pbs_tune.runtime import profiles
+    from pbs_tune.tune import sweep as sweep_module
+    real_check = sweep_module.held_out_check
+
+    def over_the_bound(hold, spec, trial, study, launch=None):
+        return dict(real_check(hold, spec, trial, study, launch), rel_l2=0.95, within_bound=False)
+    monkeypatch.setattr(sweep_module, "held_out_check", over_the_bound)
+    args = sweep_args(tmp_path, seqlen="64", trials="2")
+    first = run(args)
+    assert first.exit_code == 0, first.output
+    assert "written but never run by the loader: held out (workload:diffuse): rel_l2 0.9500 over the bound 0.9" \
+        in first.output
+    # Only as many known configs are queued as the study runs: nothing is left WAITING.
+    import sqlite3
+    con = sqlite3.connect(tmp_path / "study.db")
+    assert con.execute("select state, count(*) from trials group by state").fetchall() == [("COMPLETE", 2)]
+    con.close()
+    path = tmp_path / "cpu.yaml"
+    (entry,) = profiles.load(str(path)).entries
+    assert entry.failed_check.startswith("held out (workload:diffuse): rel_l2 0.9500 over the bound 0.9")
+    shown = run(["show", "--profile", str(path)])
+    assert "NEVER RUN (failed its held-out check): held out (workload:diffuse)" in shown.output
+    with pytest.raises(profiles.ProfileError, match="no entries for cpu that passed their held-out check"):
+        pbs_tune.tuned_attention(*(torch.randn(1, 2, 64, 64),) * 3, profile=pbs_tune.load_profile(str(path)))
+    assert "the entry 64 2/1/64 float32" in caplog.text and "is never run: held out" in caplog.text
+
+    before = path.read_bytes()
+    again = run(args)
+    assert again.exit_code == 0 and "already holds its 2 trials" in again.output and "--rewrite" in again.output
+    assert path.read_bytes() == before and "trial 2" not in again.output
+    rewritten = run(args + ["--rewrite"])
+    assert rewritten.exit_code == 0 and "wrote 1 entry" in rewritten.output and path.read_bytes() != before
