@@ -428,8 +428,8 @@ def relaunch(profile_path, out_path, library, no_compile, sources):
     profiles.merge_entries(out_path, new, library=library)
     click.echo(f"wrote {len(new)} entries to {out_path}")
     if on_gpu and not no_compile:
-        from .tune.sweep import compile_in_fresh_process
-        compile_in_fresh_process(out_path, library)
+        from .runtime.kernel_library import build_in_fresh_process
+        build_in_fresh_process(out_path, library)
 
 
 @main.command()
@@ -521,8 +521,8 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, es
     profiles.merge_entries(profile_path, [entry])
     click.echo(f"wrote a plan for {len(entry.layers)} layers to {profile_path} (margin used {report['margin_used']})")
     if on_gpu and not no_compile:
-        from .tune.sweep import compile_in_fresh_process
-        compile_in_fresh_process(profile_path, None)
+        from .runtime.kernel_library import build_in_fresh_process
+        build_in_fresh_process(profile_path, None)
 
 
 @main.command()

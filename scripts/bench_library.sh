@@ -8,8 +8,8 @@ if [ "${BUILD:-1}" = 1 ]; then  # BUILD=0: use the libraries in the tree, as shi
   for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml || exit 1; done
   tar czf "$OUT/libraries.tar.gz" cache/sm_*/ configs/*.yaml
 fi
-[ "${IDENTITY:-1}" = 1 ] && $py -m pbs_tune.bench.library --parts identity --profile configs/h100-sxm.yaml \
-  --out "$OUT/aot.json"
+# The shipped profile of the GPU present (an H100's or an H200's), against Triton's JIT.
+[ "${IDENTITY:-1}" = 1 ] && $py -m pbs_tune.bench.library --parts identity --out "$OUT/aot.json"
 # An installed wheel, read-only, away from the checkout.
 rm -rf /tmp/site-ro /tmp/wheel /tmp/moved
 $py -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel . 2>&1 | tail -2
@@ -18,6 +18,9 @@ $py -m pip install -q --no-deps --target /tmp/site-ro /tmp/wheel/*.whl && chmod 
 touch /tmp/marker; sleep 1
 cd /tmp  # nothing of the checkout on the path: the wheel alone
 PYTHONPATH=/tmp/site-ro $py -m pbs_tune.bench.library --parts firstcall --label wheel-readonly --out "$OUT/aot.json"
+# As in a serving process, whose model has already run cuBLAS and sort kernels.
+PBS_BENCH_WARM_TORCH=1 PYTHONPATH=/tmp/site-ro $py -m pbs_tune.bench.library --parts firstcall --lengths 32k \
+  --label wheel-readonly-torch-warm --out "$OUT/aot.json"
 PBS_TUNE_KERNELS=jit PYTHONPATH=/tmp/site-ro $py -m pbs_tune.bench.library --parts firstcall --label jit-fallback \
   --out "$OUT/aot.json"
 PYTHONPATH=/tmp/site-ro $py -X importtime -c "import pbs_tune" 2> /tmp/importtime.txt

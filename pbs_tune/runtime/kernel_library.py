@@ -275,6 +275,18 @@ def launched_kernels():
             _block_lse)
 
 
+def build_in_fresh_process(profile_path, library=None):
+    """`pbs-tune compile` in a new process: the library holds exactly what the JIT builds for the
+    profile there, nothing a sweep or plan compiled along the way."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "pbs_tune", "compile", "--profile", profile_path]
+    if library:
+        cmd += ["--kernels", library]
+    if subprocess.run(cmd).returncode:
+        raise RuntimeError("building the kernel library failed (see above); run: pbs-tune " + " ".join(cmd[3:]))
+
+
 def build(profile, path: str) -> dict:
     """Compile every kernel `profile` needs (in this process, through the JIT) and add them to
     the library at `path`."""

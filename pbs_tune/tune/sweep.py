@@ -29,7 +29,7 @@ from filelock import FileLock
 from optuna.trial import TrialState
 
 from .. import progress
-from ..runtime import profile_store, profiles
+from ..runtime import kernel_library, profile_store, profiles
 from ..runtime.gpu import CPU, device_for, interpreter_size_error
 from ..op.estimators import ESTIMATORS
 from ..runtime.profiles import ProfileEntry
@@ -566,7 +566,7 @@ def run_sweep(spec: SweepSpec, say=progress.say) -> list:
     profiles.merge_entries(spec.profile, entries)
     say(f"wrote {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} to {spec.profile}")
     if spec.on_gpu and spec.compile:
-        compile_in_fresh_process(spec.profile, spec.library)
+        kernel_library.build_in_fresh_process(spec.profile, spec.library)
     return entries
 
 
@@ -703,15 +703,6 @@ def _visible_device(i) -> str:
     """The i-th GPU this process may use, as CUDA_VISIBLE_DEVICES names it."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return visible.split(",")[i].strip() if visible else str(i)
-
-
-def compile_in_fresh_process(profile_path, library=None):
-    """The library holds exactly what the JIT builds for the profile: build it in a new process."""
-    cmd = [sys.executable, "-m", "pbs_tune", "compile", "--profile", profile_path]
-    if library:
-        cmd += ["--kernels", library]
-    if subprocess.run(cmd).returncode:
-        raise RuntimeError("building the kernel library failed (see above); run: pbs-tune " + " ".join(cmd[3:]))
 
 
 def print_front(front, spec: SweepSpec, say):
