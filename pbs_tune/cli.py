@@ -245,6 +245,9 @@ def show(gpu, profile_path, shape, seqlen, as_json):
     if shape is not None:
         return _show_shape(prof, gpu, shape, seqlen)
     click.echo(f"{prof.path}: {len(prof.entries)} entries")
+    for why in dict.fromkeys(e.not_tuned for e in prof.entries if e.not_tuned):
+        click.echo(f"NOT TUNED: {why}; the loader runs PBS from "
+                   f"{format_length(profiles.UNTUNED_MIN_SEQLEN)} tokens only")
     if profile_path and gpu and variant_in((e.gpu for e in prof.entries), gpu) not in (gpu, None):
         click.echo(f"note: {prof.path} has no entries of {gpu}; those of "
                    f"{variant_in((e.gpu for e in prof.entries), gpu)} serve it (same family, other clocks)", err=True)
@@ -338,39 +341,70 @@ def _measured(m, key, width, digits):
 @main.command(name="compile")
 @click.option("--profile", "profile_path", default=None,
               help="Profile YAML (default: <user store>/configs/<this GPU>.yaml).")
+@click.option("--arch", "archs", default=None, metavar="80,89,90,100",
+              help="Compute capabilities to build for, comma-separated; an arch other than this GPU's is built "
+                   "without a GPU. [default: this GPU's; without one, that of the profile's GPU]")
 @click.option("--kernels", "library", default=None,
               help="Library folder to add the kernels to (default: the profile's own, else cache/sm_<arch>/ "
                    "of its store, shared by the profiles of every GPU of this arch).")
 @one_line_errors
-def compile_cmd(profile_path, library):
-    """Build the compiled-kernel library of a profile on this GPU (same arch as where it runs).
+def compile_cmd(profile_path, archs, library):
+    """Build the compiled-kernel library of a profile, for this GPU's arch or a named one.
 
     \b
-    Example:
+    Examples:
       pbs-tune compile --profile configs/h100-sxm.yaml
+      pbs-tune compile --profile configs/a100-sxm.yaml --arch 80     # on any machine
     """
-    from .runtime import kernel_library
+    from .runtime import cross_build, kernel_library
+    from .runtime.gpu import arch_of
 
     gpu = present_gpu()
-    if gpu in (None, CPU):
-        raise ValueError("compiling kernels needs a CUDA GPU of the arch they will run on")
-    profile_path = profile_path or profile_store.default_profile_path(gpu)
+    here = None
+    if gpu not in (None, CPU):
+        import torch
+        major, minor = torch.cuda.get_device_capability()
+        here = major * 10 + minor
+    if profile_path is None:
+        if here is None:
+            raise ValueError("no GPU here: name the profile, e.g. pbs-tune compile --profile configs/a100-sxm.yaml")
+        profile_path = profile_store.default_profile_path(gpu)
     prof = profiles.load(profile_path)
     if not prof.entries:
         raise ValueError(f"{prof.path} has no entries")
-    # A library is built for this GPU's arch; it serves any GPU of the same arch (checked at load).
-    variant = variant_in((e.gpu for e in prof.entries), gpu) or sorted(e.gpu for e in prof.entries)[0]
-    if variant != gpu:
-        click.echo(f"note: building {variant}'s kernels on {gpu}; they load only where the arch is the same")
+    held = sorted({e.gpu for e in prof.entries})
+    variant = (variant_in(held, gpu) if here else None) or held[0]
+    wanted = _arch_list(archs) if archs else [here or arch_of(variant)]
+    if None in wanted:
+        raise ValueError(f"the arch of {variant} is not known here: name it, e.g. pbs-tune compile --profile "
+                         f"{profile_path} --arch 80")
+    if library and len(wanted) > 1:
+        raise ValueError("--kernels names one library folder and a library holds one arch: give one --arch")
     prof = dataclasses.replace(prof, gpu=variant)
-    import torch
-    major, minor = torch.cuda.get_device_capability()
-    library = library or prof.library or profile_store.default_library_dir(profile_path, major * 10 + minor)
-    manifest = kernel_library.build(prof, library)
-    profiles.merge_entries(profile_path, [], library=library)
-    size = sum(os.path.getsize(os.path.join(library, f)) for f in os.listdir(library))
-    click.echo(f"compiled {prof.gpu}'s kernels for sm_{manifest['arch']} into {library}, now {len(manifest['kernels'])} kernels "
-               f"({size / 1024:.0f} KiB); {profile_path} now names it")
+    for arch in wanted:
+        folder = library or (prof.library if prof.library and arch == arch_of(variant) else
+                             profile_store.default_library_dir(profile_path, arch))
+        if arch == here:
+            if variant != gpu:
+                click.echo(f"note: building {variant}'s kernels on {gpu}; they load only where the arch is the same")
+            manifest = kernel_library.build(prof, folder)
+        else:
+            manifest = cross_build.build_for_arch(profile_path, variant, folder, arch)
+        if arch == arch_of(variant) or (arch == here and arch_of(variant) is None):
+            profiles.merge_entries(profile_path, [], library=folder)  # the profile names its own arch's library
+        size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+        click.echo(f"compiled {variant}'s kernels for sm_{arch} into {folder}, now {len(manifest['kernels'])} kernels "
+                   f"({size / 1024:.0f} KiB)" + ("" if arch == here else " (built without that GPU; never run here)"))
+
+
+def _arch_list(text):
+    try:
+        archs = [int(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        archs = []
+    if not archs or min(archs) < 70:
+        raise ValueError(f"--arch {text!r}: give compute capabilities such as 80,89,90,100")
+    return archs
 
 
 @main.command()

@@ -14,21 +14,27 @@ from . import launch
 
 def compile_call(call, *, arch: int):
     """Triton's CompiledKernel of `call` (a launch.Call) for CUDA compute capability `arch`."""
-    if not isinstance(call.fn, triton.runtime.JITFunction):
+    return compile_key(call.fn, launch.call_key(call.fn, call.args, call.constexprs, call.num_warps, call.num_stages),
+                       arch=arch)
+
+
+def compile_key(fn, key, *, arch: int):
+    """Triton's CompiledKernel of the kernel `key` (launch.call_key) names, for `arch`: all the key
+    holds (signature, specialisation, constexprs, warps, stages) is all the JIT compiles from."""
+    if not isinstance(fn, triton.runtime.JITFunction):
         raise RuntimeError("ahead-of-time compilation is unavailable under TRITON_INTERPRET=1")
-    _, sig, consts, num_warps, num_stages = launch.call_key(call.fn, call.args, call.constexprs,
-                                                            call.num_warps, call.num_stages)
+    _, sig, consts, num_warps, num_stages = key
     kinds = {name: (kind, div16) for name, kind, div16 in sig}
     consts = dict(consts)
     signature, attrs = {}, {}
-    for i, name in enumerate(call.fn.arg_names):
+    for i, name in enumerate(fn.arg_names):
         if name in consts:
             signature[name] = "constexpr"
         else:
             signature[name], div16 = kinds[name]
             if div16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    src = triton.compiler.ASTSource(fn=call.fn, signature=signature, constexprs=consts, attrs=attrs)
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 

@@ -81,11 +81,11 @@ def library_size() -> int:
 def run(fn, grid, args, constexprs, *, num_warps, num_stages):
     """Launch `fn` (a @triton.jit function) over `grid` with positional runtime `args`."""
     global jit_calls
+    if _keys_seen is not None:
+        _keys_seen.add(call_key(fn, args, constexprs, num_warps, num_stages))
     if _recorded is not None:
         _recorded.append(Call(fn, tuple(grid), tuple(args), dict(constexprs), num_warps, num_stages))
         return
-    if _keys_seen is not None:
-        _keys_seen.add(call_key(fn, args, constexprs, num_warps, num_stages))
     if _library:
         key = call_key(fn, args, constexprs, num_warps, num_stages)
         bound = _library.get(key) if key is not None else None

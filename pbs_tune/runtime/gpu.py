@@ -34,6 +34,21 @@ def present_gpu() -> str | None:
         return None
 
 
+# Compute capability and opt-in shared memory per block (bytes) of the GPU families profiles are
+# made for (NVIDIA's CUDA programming guide): what a kernel library and its launches are built for.
+TARGETS = {"a100": (80, 166912), "l40s": (89, 101376), "h100": (90, 232448), "h200": (90, 232448),
+           "b200": (100, 232448)}
+
+
+def arch_of(gpu: str) -> int | None:
+    """'a100-sxm' -> 80; None for a family this table does not know."""
+    return TARGETS.get(family_of(gpu), (None, None))[0]
+
+
+def shared_memory_of(gpu: str) -> int | None:
+    return TARGETS.get(family_of(gpu), (None, None))[1]
+
+
 def family_name(device_name: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'h100'; 'NVIDIA A100-SXM4-80GB' -> 'a100'; 'NVIDIA GH200 480GB' -> 'gh200'."""
     m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", device_name.upper().replace("-", " "))

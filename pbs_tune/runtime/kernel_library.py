@@ -36,13 +36,17 @@ class LibraryError(RuntimeError):
 
 
 def kernel_sources_hash() -> str:
-    """SHA-256 over the Triton kernel sources: a library built from other sources is stale."""
+    """SHA-256 over the Triton kernel sources (the files of pbs_tune/kernels that define @triton.jit
+    functions): a library built from other sources is stale. The launcher and the ahead-of-time
+    compiler beside them change no cubin, so editing them leaves a library current."""
     folder = os.path.dirname(launch.__file__)
     digest = hashlib.sha256()
     for name in sorted(os.listdir(folder)):
         if name.endswith(".py"):
             with open(os.path.join(folder, name), "rb") as f:
-                digest.update(name.encode() + b"\0" + f.read())
+                source = f.read()
+            if re.search(rb"^@triton\.jit", source, re.M):
+                digest.update(name.encode() + b"\0" + source)
     return digest.hexdigest()
 
 
@@ -309,9 +313,14 @@ def exercise(profile, device="cuda"):
     for e in entries:
         for params, lc in e.configs():
             run_config_once(e, params, lc, e.seqlen, device)
-            longer = [n for n in lengths if n > e.seqlen]
-            _run_select_buckets(e, params, prewarm_length(params), (longer[0] - 1) if longer else 4 * e.seqlen,
-                                device)
+            run_select_buckets(e, params, select_range(e, params, lengths), device)
+
+
+def select_range(entry, params, lengths) -> tuple:
+    """(shortest, longest) prompt whose selection kernel a config of this entry runs: from the
+    loader's warm-up length to the next tuned length (4x its own for the longest)."""
+    longer = [n for n in lengths if n > entry.seqlen]
+    return prewarm_length(params), (longer[0] - 1) if longer else 4 * entry.seqlen
 
 
 def run_config_once(entry, params, launch_config, seqlen, device="cuda"):
@@ -329,9 +338,10 @@ def prewarm_length(params) -> int:
     return 2 * params.segment_size
 
 
-def _run_select_buckets(entry, params, shortest, longest, device):
+def run_select_buckets(entry, params, lengths: tuple, device="cuda"):
     """The selection kernel is specialised on the power-of-two block count: build every bucket
-    from the loader's prewarm length up to the longest prompt this entry serves."""
+    from the loader's prewarm length up to the longest prompt this entry serves (`select_range`)."""
+    shortest, longest = lengths
     from ..kernels.block_select import select_rows
     from ..op.selection import bisects
     bs = params.block_size

@@ -85,6 +85,10 @@ def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: boo
     for e in prof.entries:
         if e.gpu == variant and e.failed_check:
             logger.warning("pbs_tune: %s: the entry %s is never run: %s", prof.path, e.describe(), e.failed_check)
+    untuned = next((e.not_tuned for e in prof.entries if e.gpu == variant and e.not_tuned), None)
+    if untuned:
+        logger.warning("pbs_tune: %s: %s; PBS runs from %s tokens, SDPA below", prof.path, untuned,
+                       format_length(profiles.UNTUNED_MIN_SEQLEN))
     runnable = runs_here(variant)
     prof = dataclasses.replace(prof, gpu=variant, runnable=runnable, load_times=dict(read_s=time.perf_counter() - t0))
     if runnable and variant != CPU:
@@ -134,6 +138,16 @@ def _prewarm(entries):
             _prewarmed.add(key)
             kernel_library.run_config_once(e, params, launch, kernel_library.prewarm_length(params))
     torch.cuda.synchronize()
+
+
+def shortest_pbs_length(prof) -> int | None:
+    """The fewest keys (prefix + chunk) PBS runs at with this profile: its smallest entry's length,
+    at least profiles.UNTUNED_MIN_SEQLEN for entries not tuned on their GPU; None without entries."""
+    entries = prof.for_gpu(prof.gpu)
+    if not entries:
+        return None
+    smallest = min(e.seqlen for e in entries)
+    return max(smallest, profiles.UNTUNED_MIN_SEQLEN) if any(e.not_tuned for e in entries) else smallest
 
 
 def _require_runnable(prof):
@@ -360,8 +374,7 @@ def apply(model, profile=None, min_seqlen=None, min_chunk=MIN_CHUNK, cuda_graphs
     turns it off everywhere).
     """
     prof = _ready(profile if profile is not None else load_profile())
-    smallest = min(e.seqlen for e in prof.for_gpu(prof.gpu))
-    min_seqlen = max(smallest, min_seqlen or 0)
+    min_seqlen = max(shortest_pbs_length(prof), min_seqlen or 0)
     _register()
     settings = _Settings(prof, min_seqlen, min_chunk, cuda_graphs)
     n_layers = 0
@@ -390,8 +403,8 @@ def tuned_attention(q, k, v, profile=None, scale=None):
     if profile is None:
         _default_profile = _default_profile or load_profile()
     prof = _ready(profile if profile is not None else _default_profile)
-    smallest = min((e.seqlen for e in prof.for_gpu(prof.gpu)), default=None)
-    settings = _Settings(prof, smallest if smallest is not None else float("inf"))
+    shortest = shortest_pbs_length(prof)
+    settings = _Settings(prof, shortest if shortest is not None else float("inf"))
 
     def sdpa():
         return dense_causal(q, k, v, scale)

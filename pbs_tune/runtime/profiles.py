@@ -28,6 +28,11 @@ SCHEMA_VERSION = 1
 KEY_FIELDS = ("gpu", "seqlen", "heads", "kv_heads", "head_dim", "dtype")
 REQUIRED = KEY_FIELDS + ("params", "launch")
 DENSE = "dense"  # a layer override that keeps SDPA
+# On a GPU whose entries were never tuned there (`not_tuned`) the loader runs PBS from this many keys
+# only: the crossover against dense was never measured on it. On the H100 and H200 PBS ran 2.1-2.4x
+# cuDNN at 32k and 0.9-1.1x at 8k; from 32k another GPU would have to favour dense attention over
+# twice as much as Hopper does for PBS to lose.
+UNTUNED_MIN_SEQLEN = 32768
 
 
 class ProfileError(ValueError):
@@ -101,6 +106,9 @@ class ProfileEntry:
     # Why the loader never runs this entry (a held-out check over the error bound, with its figure);
     # None for an entry that passed. Written so that `show` lists it, never silently dropped.
     failed_check: str | None = None
+    # Why this entry was never measured on its GPU (no such GPU was available): the loader then runs
+    # it only from a conservative length and says so; None for an entry tuned where it runs.
+    not_tuned: str | None = None
 
     def key(self) -> tuple:
         return tuple(getattr(self, k) for k in KEY_FIELDS)
@@ -134,8 +142,9 @@ class ProfileEntry:
             out["measured"] = dict(self.measured)
         out.update(self.info)
         out["dense_faster"] = self.dense_faster
-        if self.failed_check:
-            out["failed_check"] = self.failed_check
+        for name in ("failed_check", "not_tuned"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -165,14 +174,16 @@ class ProfileEntry:
         measured = d.get("measured") or {}
         if not isinstance(measured, dict):
             raise ProfileError(f"{where}: measured must be a mapping")
-        failed = d.get("failed_check")
-        if failed is not None and (not isinstance(failed, str) or not failed):
-            raise ProfileError(f"{where}: failed_check must be the reason the entry is not run, got {failed!r}")
-        known = set(REQUIRED) | {"layers", "measured", "dense_faster", "failed_check"}
+        reasons = {}
+        for name in ("failed_check", "not_tuned"):
+            reasons[name] = d.get(name)
+            if reasons[name] is not None and (not isinstance(reasons[name], str) or not reasons[name]):
+                raise ProfileError(f"{where}: {name} must be a sentence saying why, got {reasons[name]!r}")
+        known = set(REQUIRED) | {"layers", "measured", "dense_faster"} | set(reasons)
         info = {k: v for k, v in d.items() if k not in known}
         return cls(gpu=gpu, dtype=d["dtype"], params=params, launch=launch, layers=layers,
                    dense_faster=bool(d.get("dense_faster", False)), measured=measured, info=info,
-                   failed_check=failed, **ints)
+                   **reasons, **ints)
 
 
 def describe_threshold(threshold) -> str:

@@ -1,0 +1,101 @@
+"""A profile's kernel library for a named GPU arch, built on any machine: no GPU needed.
+
+On a GPU, `pbs-tune compile` runs the profile's configs through Triton's JIT and keeps what it
+built (kernel_library.build). For another arch (an A100 profile built on an H100 or on a laptop)
+that cannot work, so the same kernels are found and compiled in two steps, each in a fresh process:
+which kernels - Triton's interpreter runs the library's exercise at small sizes and keys every
+call as the JIT would (launch.keys_seen; a bfloat16 entry runs in float16, the interpreter has no
+bfloat16, and its keys are retyped); then each key is compiled for the arch (kernels/aot.py) and
+written with the same manifest and checks as a JIT-built library.
+"""
+import json
+import os
+import subprocess
+import sys
+
+from . import profiles
+
+
+def _keys_of(profile) -> list:
+    """The kernel keys of every runnable entry of `profile` (run under TRITON_INTERPRET=1). The op
+    runs once per kernel config and query-group size, at the loader's short warm-up length (its
+    kernels are those of any length); the selection buckets are keyed, not run."""
+    import dataclasses
+
+    from ..kernels import launch
+    from . import kernel_library
+    entries = profile.for_gpu(profile.gpu)
+    lengths = sorted({e.seqlen for e in entries})
+    keys, ran = set(), set()
+    for e in entries:
+        small = dataclasses.replace(e, heads=e.heads // e.kv_heads, kv_heads=1,  # no key depends on head counts
+                                    dtype="float16" if e.dtype == "bfloat16" else e.dtype)
+        for params, lc in e.configs():
+            with launch.keys_seen() as seen:
+                if (profiles.KernelKey.of(e, params, lc), small.heads) not in ran:
+                    ran.add((profiles.KernelKey.of(e, params, lc), small.heads))
+                    kernel_library.run_config_once(small, params, lc, kernel_library.prewarm_length(params), "cpu")
+                with launch.recording():
+                    kernel_library.run_select_buckets(small, params, kernel_library.select_range(e, params, lengths), "cpu")
+            keys |= {_retyped(k, e.dtype) for k in seen}
+    return sorted(keys, key=repr)
+
+
+def _retyped(key, dtype):
+    """A key from a float16 stand-in run, with the entry's own 16-bit type."""
+    if dtype != "bfloat16":
+        return key
+    name, sig, consts, warps, stages = key
+    return name, tuple((n, "*bf16" if t == "*fp16" else t, d) for n, t, d in sig), consts, warps, stages
+
+
+def _as_key(obj):
+    name, sig, consts, warps, stages = obj
+    return name, tuple(tuple(s) for s in sig), tuple(tuple(c) for c in consts), warps, stages
+
+
+def kernel_keys(profile_path: str, gpu: str) -> list:
+    """The keys of the kernels `gpu`'s entries of the profile run, found by the interpreter in a fresh process."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-m", "pbs_tune.runtime.cross_build", "keys", profile_path, gpu], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"finding the kernels of {profile_path} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return [_as_key(k) for k in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def build_for_arch(profile_path: str, gpu: str, library: str, arch: int) -> dict:
+    """Compile the kernels of `gpu`'s entries for `arch` into the library folder; returns its manifest."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "pbs_tune.runtime.cross_build", "compile", profile_path, gpu, library, str(arch)],
+                          env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"compiling for sm_{arch} failed: {done.stderr.strip().splitlines()[-1:]}")
+    from . import kernel_library
+    return kernel_library.read(library)
+
+
+def _compile(profile_path, gpu, library, arch):
+    import triton
+
+    from ..kernels.aot import compile_key
+    from . import kernel_library
+    functions = {fn.__name__: fn for fn in kernel_library.launched_kernels()}
+    compiled = [compile_key(functions[k[0]], k, arch=arch) for k in kernel_keys(profile_path, gpu)]
+    kernel_library.write(library, compiled, dict(triton=triton.__version__, device=f"none (built for sm_{arch})"))
+
+
+def main(argv):
+    what, profile_path, gpu = argv[:3]
+    if what == "keys":
+        import torch
+        with torch.no_grad():
+            prof = profiles.load(profile_path)
+            prof.gpu = gpu
+            print(json.dumps(_keys_of(prof)))
+    else:
+        _compile(profile_path, gpu, argv[3], int(argv[4]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
