@@ -343,7 +343,7 @@ def _measured(m, key, width, digits):
               help="Profile YAML (default: <user store>/configs/<this GPU>.yaml).")
 @click.option("--arch", "archs", default=None, metavar="80,89,90,100",
               help="Compute capabilities to build for, comma-separated; an arch other than this GPU's is built "
-                   "without a GPU. [default: this GPU's; without one, that of the profile's GPU]")
+                   "without a GPU. [default: that of the profile's GPU, else this GPU's]")
 @click.option("--kernels", "library", default=None,
               help="Library folder to add the kernels to (default: the profile's own, else cache/sm_<arch>/ "
                    "of its store, shared by the profiles of every GPU of this arch).")
@@ -374,7 +374,7 @@ def compile_cmd(profile_path, archs, library):
         raise ValueError(f"{prof.path} has no entries")
     held = sorted({e.gpu for e in prof.entries})
     variant = (variant_in(held, gpu) if here else None) or held[0]
-    wanted = _arch_list(archs) if archs else [here or arch_of(variant)]
+    wanted = _arch_list(archs) if archs else [arch_of(variant) or here]
     if None in wanted:
         raise ValueError(f"the arch of {variant} is not known here: name it, e.g. pbs-tune compile --profile "
                          f"{profile_path} --arch 80")
