@@ -1,50 +1,73 @@
-"""Proof on Hopper of kernels built for other archs: `python -m pbs_tune.bench.ptx_on_hopper`.
+"""Proof on Hopper of the kernels shipped for other archs: `python -m pbs_tune.bench.ptx_on_hopper`.
 
 An sm_80 or sm_89 cubin cannot run on an H100/H200, but the PTX of the same build can: the CUDA
-driver compiles PTX for the GPU present (PTX is forward compatible). For each named profile (A100,
-L40S), this compiles the profile's kernels for its arch exactly as `pbs-tune compile --arch` does,
-checks that each cubin is byte-identical to the shipped library's (so the PTX is of the shipped build),
-loads the PTX through the CUDA driver, runs the whole op with those kernels on random inputs of every
-shape of the profile, and compares the output with the same config run by Triton's JIT for sm_90
-(the portable kernel). Results are written to --out as JSON.
+driver compiles PTX for the GPU present (PTX is forward compatible). Two steps:
+
+  prepare (where the libraries are built, no GPU needed): compile each profile's kernels for its arch
+      exactly as `pbs-tune compile` does, check that every cubin is byte-identical to the shipped
+      library's (so the PTX is of the shipped build), and write the PTX and the launch records to --dir.
+  run (on a Hopper GPU): load that PTX through the CUDA driver, run the whole op with those kernels on
+      random inputs of every shape of the profile, and compare the output with the same config run by
+      Triton's JIT for sm_90 (the portable kernel); results to --out as JSON.
 """
 import argparse
 import hashlib
 import json
+import os
 
-import torch
+PAIRS = "a100-sxm:80,l40s:89"
 
 
-def ptx_kernels(profile_path, gpu, arch):
-    """(bound kernels loaded from PTX, cubins identical to the shipped library?) for `gpu`'s profile."""
+def prepare(pairs, folder):
+    from ..kernels.aot import compile_key
+    from ..runtime import cross_build, kernel_library, profile_store, profiles
+    functions = {fn.__name__: fn for fn in kernel_library.launched_kernels()}
+    os.makedirs(folder, exist_ok=True)
+    for gpu, arch in pairs:
+        path = os.path.join(profile_store.shipped_configs(), f"{gpu}.yaml")
+        shipped = kernel_library.read(profiles.load(path).library)
+        records = []
+        for key in cross_build.kernel_keys(path, gpu):
+            compiled = compile_key(functions[key[0]], key, arch=arch)
+            rec, cubin = kernel_library.record_of(compiled)
+            rec["same_as_shipped"] = shipped["files"].get(rec["file"]) == hashlib.sha256(cubin).hexdigest()
+            rec["ptx"] = f"{gpu}-{rec['file'][:-len('.cubin')]}.ptx"
+            with open(os.path.join(folder, rec["ptx"]), "w") as f:
+                f.write(compiled.asm["ptx"])
+            records.append(rec)
+        with open(os.path.join(folder, f"{gpu}.json"), "w") as f:
+            json.dump(dict(gpu=gpu, arch=arch, built_with=shipped["built_with"], kernels=records), f)
+        print(f"{gpu}: {len(records)} kernels for sm_{arch}, {sum(r['same_as_shipped'] for r in records)} "
+              f"byte-identical to the shipped library")
+
+
+def ptx_kernels(index, folder):
+    """The records' PTX loaded into the current CUDA context, as launchable kernels."""
     from cuda.bindings import driver
 
     from ..kernels import launch
-    from ..kernels.aot import compile_key
-    from ..runtime import cross_build, kernel_library, profiles
-    prof = profiles.load(profile_path)
-    shipped = kernel_library.read(prof.library)
-    functions = {fn.__name__: fn for fn in kernel_library.launched_kernels()}
+    from ..runtime import kernel_library
     kernel_library._ensure_context(driver)
-    bound, same = [], []
-    for key in cross_build.kernel_keys(profile_path, gpu):
-        compiled = compile_key(functions[key[0]], key, arch=arch)
-        rec, cubin = kernel_library.record_of(compiled)
-        same.append(shipped["files"].get(rec["file"]) == hashlib.sha256(cubin).hexdigest())
-        module = kernel_library._check(driver.cuModuleLoadData(compiled.asm["ptx"].encode() + b"\0"), "cuModuleLoadData")
+    bound = []
+    for rec in index["kernels"]:
+        with open(os.path.join(folder, rec["ptx"]), "rb") as f:
+            ptx = f.read() + b"\0"
+        module = kernel_library._check(driver.cuModuleLoadData(ptx), "cuModuleLoadData")
         function = kernel_library._check(driver.cuModuleGetFunction(module, rec["symbol"].encode()),
                                          "cuModuleGetFunction")
         if rec["shared"] > kernel_library._SHARED_DEFAULT:
             kernel_library._opt_in_shared(driver, function)
         bound.append(launch.BoundKernel(kernel_library.record_key(rec), function, rec["threads"], rec["shared"],
                                         tuple(map(tuple, rec["signature"])), tuple(map(tuple, rec["scratch"]))))
-    return prof, bound, same
+    return bound
 
 
 def compare(prof, bound, seqlen, seed=0):
     """Per shape of the profile: the op with the PTX kernels against the JIT's sm_90 build."""
-    from .. import pbs_attention
+    import torch
+
     from ..kernels import launch
+    from ..op.pbs_attention import pbs_attention
     rows = []
     for e in {(e.heads, e.kv_heads, e.head_dim): e for e in prof.entries}.values():
         g = torch.Generator(device="cuda").manual_seed(seed)
@@ -56,39 +79,50 @@ def compare(prof, bound, seqlen, seed=0):
         jit_before = launch.jit_calls
         out_ptx = pbs_attention(q, k, v, **args)
         torch.cuda.synchronize()
-        calls_outside = launch.jit_calls - jit_before
+        not_from_ptx = launch.jit_calls - jit_before
         launch.clear()
         out_jit = pbs_attention(q, k, v, **args)
-        diff = (out_ptx.float() - out_jit.float())
+        diff = out_ptx.float() - out_jit.float()
         rows.append(dict(shape=f"{e.heads}/{e.kv_heads}/{e.head_dim}", seqlen=seqlen, launch=e.launch.label(),
-                         calls_not_from_ptx=calls_outside, bit_identical=bool(torch.equal(out_ptx, out_jit)),
-                         max_abs_diff=float(diff.abs().max()),
-                         rel_l2=float(diff.norm() / out_jit.float().norm())))
+                         calls_not_from_ptx=not_from_ptx, bit_identical=bool(torch.equal(out_ptx, out_jit)),
+                         max_abs_diff=float(diff.abs().max()), rel_l2=float(diff.norm() / out_jit.float().norm())))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gpus", default="a100-sxm:80,l40s:89", help="profile:arch pairs")
-    ap.add_argument("--lengths", default="16k,32k")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    from ..runtime import profile_store
+def run(pairs, folder, lengths, out):
+    from ..runtime import profile_store, profiles
     from ..seqlen import parse_length
     from ..timing import env_info, write_json
-    res = dict(env=env_info(), argv=vars(args), profiles=[])
-    for pair in args.gpus.split(","):
-        gpu, arch = pair.split(":")
-        path = f"{profile_store.shipped_configs()}/{gpu}.yaml"
-        prof, bound, same = ptx_kernels(path, gpu, int(arch))
-        one = dict(gpu=gpu, arch=int(arch), kernels=len(bound), cubins_identical_to_shipped=sum(same), rows=[])
-        for n in args.lengths.split(","):
+    res = dict(env=env_info(), profiles=[])
+    for gpu, arch in pairs:
+        with open(os.path.join(folder, f"{gpu}.json")) as f:
+            index = json.load(f)
+        prof = profiles.load(os.path.join(profile_store.shipped_configs(), f"{gpu}.yaml"))
+        bound = ptx_kernels(index, folder)
+        one = dict(gpu=gpu, arch=arch, kernels=len(bound), built_with=index["built_with"],
+                   same_as_shipped=sum(r["same_as_shipped"] for r in index["kernels"]), rows=[])
+        for n in lengths.split(","):
             one["rows"] += compare(prof, bound, parse_length(n))
         res["profiles"].append(one)
         print(json.dumps({k: v for k, v in one.items() if k != "rows"}), flush=True)
-    if args.out:
-        write_json(args.out, res)
+    if out:
+        write_json(out, res)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["prepare", "run"])
+    ap.add_argument("--gpus", default=PAIRS, help="profile:arch pairs")
+    ap.add_argument("--dir", default=".ptx", help="where prepare writes the PTX and run reads it")
+    ap.add_argument("--lengths", default="16k,32k")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    pairs = [(p.split(":")[0], int(p.split(":")[1])) for p in args.gpus.split(",")]
+    if args.step == "prepare":
+        prepare(pairs, args.dir)
+    else:
+        run(pairs, args.dir, args.lengths, args.out)
 
 
 if __name__ == "__main__":

@@ -89,8 +89,9 @@ def resolve_gpu(requested="auto", *, must_be_present: bool = True) -> str:
     if present is not None and wanted in (present, family_of(present)):
         return present
     if must_be_present:
-        raise ValueError(f"--gpu {requested} does not match the GPU present ({present}); "
-                         f"run this on that GPU or pass --gpu auto")
+        raise ValueError(f"--gpu {requested} does not match the GPU present ({present}): timings are only "
+                         f"tuned on the GPU they are for; run this on a {requested}, or pass --gpu auto to tune "
+                         f"this {present}")
     return wanted
 
 

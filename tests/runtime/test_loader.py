@@ -1,4 +1,5 @@
 """Runtime loader on a tiny Llama built from a config (interpreter mode, float32)."""
+import logging
 import os
 
 import pytest
@@ -126,7 +127,7 @@ def test_lookup_order_explicit_then_env_then_user_then_shipped(tmp_path, monkeyp
     # Another variant of the family only when no store has the exact one, and said so.
     pcie = profile_store.find_profile("h100-pcie")
     assert pcie.other_variant and pcie.path == env
-    assert profile_store.find_profile("a100-sxm") is None
+    assert profile_store.find_profile("a10-pcie") is None  # no profile of its family anywhere
 
 
 def test_show_works_from_any_directory_for_a_gpu_that_is_not_here(tmp_path):
@@ -223,3 +224,24 @@ def test_a_path_in_place_of_the_gpu_is_read_as_a_path(tmp_path):
                            "configs", "h100-sxm.yaml")
     with pytest.raises(profiles.ProfileError, match="h100-sxm.yaml has no entries for cpu"):
         pbs_tune.load_profile(shipped)  # read as the path it is, for the GPU present
+
+
+def test_a_profile_not_tuned_on_its_gpu_runs_pbs_only_from_32k_and_says_why_once(tmp_path, caplog):
+    from pbs_tune.runtime.loader import shortest_pbs_length
+    why = "not tuned on cpu: no such GPU was available"
+    path = write_profile(tmp_path, [dict(entry(64), not_tuned=why), dict(entry(128), not_tuned=why)])
+    with caplog.at_level(logging.WARNING, logger="pbs_tune"):
+        prof = pbs_tune.load_profile(path)
+    assert [r.getMessage().count(why) for r in caplog.records] == [1]
+    assert "PBS runs from 32k tokens, SDPA below" in caplog.text
+    assert shortest_pbs_length(prof) == profiles.UNTUNED_MIN_SEQLEN
+    q, k, v = torch.randn(1, 2, 128, 64), torch.randn(1, 1, 128, 64), torch.randn(1, 1, 128, 64)
+    pbs_tune.tuned_attention(q, k, v, profile=prof)
+    assert pbs_tune.stats() == {"fallback:short": 1}  # 128 keys: tuned for, but below 32k
+    tuned = pbs_tune.load_profile(write_profile(tmp_path, [entry(64)], name="tuned.yaml"))
+    assert shortest_pbs_length(tuned) == 64
+    from click.testing import CliRunner
+
+    from pbs_tune.cli import main
+    shown = CliRunner().invoke(main, ["show", "--profile", path])
+    assert shown.output.count(f"NOT TUNED: {why}; the loader runs PBS from 32k tokens only") == 1
