@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TRITON_INTERPRET=1
-exec .venv/bin/python -m pytest tests "$@"
+# One worker per core (pytest-xdist): the interpreter runs one Python thread per test.
+exec .venv/bin/python -m pytest -n auto tests "$@"

@@ -60,7 +60,11 @@ def kernel_keys(profile_path: str, gpu: str) -> list:
     done = subprocess.run([sys.executable, "-m", "pbs_tune.runtime.cross_build", "keys", profile_path, gpu], env=env,
                           capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"finding the kernels of {profile_path} failed: {done.stderr.strip().splitlines()[-1:]}")
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        import numpy
+        hint = ("; Triton 3.6's interpreter needs numpy < 2.5: pip install 'numpy<2.5'"
+                if "InterpreterError" in why and int(numpy.__version__.split(".")[1]) >= 5 else "")
+        raise RuntimeError(f"Triton's interpreter could not run the kernels of {profile_path} ({why[:200]}){hint}")
     return [_as_key(k) for k in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
@@ -70,7 +74,7 @@ def build_for_arch(profile_path: str, gpu: str, library: str, arch: int) -> dict
     done = subprocess.run([sys.executable, "-m", "pbs_tune.runtime.cross_build", "compile", profile_path, gpu, library, str(arch)],
                           env=env, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"compiling for sm_{arch} failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"building for sm_{arch} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:400]}")
     from . import kernel_library
     return kernel_library.read(library)
 
