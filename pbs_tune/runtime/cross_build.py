@@ -18,8 +18,9 @@ from . import profiles
 
 def _keys_of(profile) -> list:
     """The kernel keys of every runnable entry of `profile` (run under TRITON_INTERPRET=1). The op
-    runs once per kernel config and query-group size, at the loader's short warm-up length (its
-    kernels are those of any length); the selection buckets are keyed, not run."""
+    runs once per kernel config, with one query and one KV head, at the loader's short warm-up length:
+    no key depends on the length, the head counts or the threshold's value (checked against libraries
+    built by the JIT on a GPU). The selection buckets are keyed, not run."""
     import dataclasses
 
     from ..kernels import launch
@@ -28,15 +29,17 @@ def _keys_of(profile) -> list:
     lengths = sorted({e.seqlen for e in entries})
     keys, ran = set(), set()
     for e in entries:
-        small = dataclasses.replace(e, heads=e.heads // e.kv_heads, kv_heads=1,  # no key depends on head counts
-                                    dtype="float16" if e.dtype == "bfloat16" else e.dtype)
+        small = dataclasses.replace(e, heads=1, kv_heads=1, dtype="float16" if e.dtype == "bfloat16" else e.dtype)
         for params, lc in e.configs():
+            one_head = dataclasses.replace(params, threshold=min(params.threshold)
+                                           if isinstance(params.threshold, tuple) else params.threshold)
             with launch.keys_seen() as seen:
-                if (profiles.KernelKey.of(e, params, lc), small.heads) not in ran:
-                    ran.add((profiles.KernelKey.of(e, params, lc), small.heads))
-                    kernel_library.run_config_once(small, params, lc, kernel_library.prewarm_length(params), "cpu")
+                if profiles.KernelKey.of(e, params, lc) not in ran:
+                    ran.add(profiles.KernelKey.of(e, params, lc))
+                    kernel_library.run_config_once(small, one_head, lc, kernel_library.prewarm_length(params), "cpu")
                 with launch.recording():
-                    kernel_library.run_select_buckets(small, params, kernel_library.select_range(e, params, lengths), "cpu")
+                    kernel_library.run_select_buckets(small, one_head, kernel_library.select_range(e, params, lengths),
+                                                      "cpu")
             keys |= {_retyped(k, e.dtype) for k in seen}
     return sorted(keys, key=repr)
 

@@ -236,7 +236,8 @@ def test_every_kernel_a_plan_runs_is_among_those_its_library_is_built_from(tmp_p
     unpermuted = dict(params=dict(block_size=16, segment_size=64, threshold=0.9, permute=False),
                       launch=dict(block_m=16, block_n=16, num_warps=4, num_stages=1))
     plan = dict(profile_entry(64, 0.9, **TINY_SHAPE), layers={0: lse, 1: unpermuted})
-    prof = pbs_tune.load_profile(write_profile(tmp_path, [plan, profile_entry(96, 0.85, **TINY_SHAPE)]))
+    path = write_profile(tmp_path, [plan, profile_entry(96, 0.85, **TINY_SHAPE)])
+    prof = pbs_tune.load_profile(path)
     model = tiny_llama()
     with launch.keys_seen() as served, torch.no_grad():
         for e in prof.for_gpu("cpu"):  # what the loader's warm-up runs on a GPU, at load time
@@ -256,3 +257,5 @@ def test_every_kernel_a_plan_runs_is_among_those_its_library_is_built_from(tmp_p
         kernel_library.exercise(prof, "cpu")
     missing = sorted(map(str, served - built))
     assert not missing, missing
+    from pbs_tune.runtime import cross_build  # what a build for another arch finds: the same kernels
+    assert served <= set(cross_build.kernel_keys(path, "cpu"))
