@@ -2,9 +2,16 @@ import os
 
 # Triton picks the interpreter when kernels are decorated: set it before any import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# One pytest-xdist worker per core: each worker, and the processes its tests start, keeps to one thread.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
