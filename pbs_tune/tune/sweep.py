@@ -306,10 +306,17 @@ def finished_count(study) -> int:
 
 def recover_stale_trials(study, grace_s: float) -> None:
     """Trials left RUNNING by workers that died: once their heartbeat is older than the grace
-    period they are failed and queued again, so the next worker (or this one) reruns them."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    period they are failed and queued again, so the next worker (or this one) reruns them.
+
+    A worker killed before its trial's first heartbeat was written leaves a trial that Optuna's
+    stale check never sees (it looks only at recorded heartbeats): every running trial gets one
+    heartbeat here, which a live worker keeps renewing and a dead one's lets go stale."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
         return
-    time.sleep(grace_s)
+    for t in running:
+        study._storage.record_heartbeat(t._trial_id)
+    time.sleep(grace_s + study._storage.get_heartbeat_interval())
     optuna.storages.fail_stale_trials(study)
 
 
