@@ -381,6 +381,9 @@ def compile_cmd(profile_path, archs, library):
     if library and len(wanted) > 1:
         raise ValueError("--kernels names one library folder and a library holds one arch: give one --arch")
     prof = dataclasses.replace(prof, gpu=variant)
+    if not prof.for_gpu(variant):
+        click.echo(f"{profile_path}: no entry of {variant} can run (each failed its held-out check): nothing to compile")
+        return
     for arch in wanted:
         folder = library or (prof.library if prof.library and arch == arch_of(variant) else
                              profile_store.default_library_dir(profile_path, arch))

@@ -218,6 +218,10 @@ def test_compile_for_a_named_arch_needs_no_gpu_and_leaves_the_profile_alone(tmp_
     assert open(path).read() == before  # a cpu profile names no sm_100 library
     res = CliRunner().invoke(main, ["compile", "--profile", path, "--arch", "80,89", "--kernels", str(tmp_path)])
     assert res.exit_code == 1 and "a library holds one arch: give one --arch" in res.output
+    failed = write_profile(tmp_path, [profile_entry(64, 0.9, **TINY_SHAPE, failed_check="held out (x): over")],
+                           name="failed.yaml")
+    res = CliRunner().invoke(main, ["compile", "--profile", failed, "--arch", "100", "--kernels", str(tmp_path / "f")])
+    assert res.exit_code == 0 and "nothing to compile" in res.output and not (tmp_path / "f").exists()
 
 
 def test_every_kernel_a_plan_runs_is_among_those_its_library_is_built_from(tmp_path):
