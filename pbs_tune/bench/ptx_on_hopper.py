@@ -19,16 +19,13 @@ PAIRS = "a100-sxm:80,l40s:89"
 
 
 def prepare(pairs, folder):
-    from ..kernels.aot import compile_key
     from ..runtime import cross_build, kernel_library, profile_store, profiles
-    functions = {fn.__name__: fn for fn in kernel_library.launched_kernels()}
     os.makedirs(folder, exist_ok=True)
     for gpu, arch in pairs:
         path = os.path.join(profile_store.shipped_configs(), f"{gpu}.yaml")
         shipped = kernel_library.read(profiles.load(path).library)
         records = []
-        for key in cross_build.kernel_keys(path, gpu):
-            compiled = compile_key(functions[key[0]], key, arch=arch)
+        for compiled in cross_build.compiled_for_arch(path, gpu, arch):
             rec, cubin = kernel_library.record_of(compiled)
             rec["same_as_shipped"] = shipped["files"].get(rec["file"]) == hashlib.sha256(cubin).hexdigest()
             rec["ptx"] = f"{gpu}-{rec['file'][:-len('.cubin')]}.ptx"

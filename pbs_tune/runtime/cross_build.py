@@ -33,9 +33,10 @@ def _keys_of(profile) -> list:
         for params, lc in e.configs():
             one_head = dataclasses.replace(params, threshold=min(params.threshold)
                                            if isinstance(params.threshold, tuple) else params.threshold)
+            kernel_key = profiles.KernelKey.of(e, params, lc)
             with launch.keys_seen() as seen:
-                if profiles.KernelKey.of(e, params, lc) not in ran:
-                    ran.add(profiles.KernelKey.of(e, params, lc))
+                if kernel_key not in ran:
+                    ran.add(kernel_key)
                     kernel_library.run_config_once(small, one_head, lc, kernel_library.prewarm_length(params), "cpu")
                 with launch.recording():
                     kernel_library.run_select_buckets(small, one_head, kernel_library.select_range(e, params, lengths),
@@ -65,8 +66,9 @@ def kernel_keys(profile_path: str, gpu: str) -> list:
     if done.returncode:
         why = (done.stderr.strip().splitlines() or ["no message"])[-1]
         import numpy
+        numpy_version = tuple(int(x) for x in numpy.__version__.split(".")[:2])
         hint = ("; Triton 3.6's interpreter needs numpy < 2.5: pip install 'numpy<2.5'"
-                if "InterpreterError" in why and int(numpy.__version__.split(".")[1]) >= 5 else "")
+                if "InterpreterError" in why and numpy_version >= (2, 5) else "")
         raise RuntimeError(f"Triton's interpreter could not run the kernels of {profile_path} ({why[:200]}){hint}")
     return [_as_key(k) for k in json.loads(done.stdout.strip().splitlines()[-1])]
 
@@ -74,22 +76,28 @@ def kernel_keys(profile_path: str, gpu: str) -> list:
 def build_for_arch(profile_path: str, gpu: str, library: str, arch: int) -> dict:
     """Compile the kernels of `gpu`'s entries for `arch` into the library folder; returns its manifest."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", "pbs_tune.runtime.cross_build", "compile", profile_path, gpu, library, str(arch)],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "pbs_tune.runtime.cross_build", "compile", profile_path, gpu, library,
+                           str(arch)], env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"building for sm_{arch} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:400]}")
     from . import kernel_library
     return kernel_library.read(library)
 
 
-def _compile(profile_path, gpu, library, arch):
-    import triton
-
+def compiled_for_arch(profile_path: str, gpu: str, arch: int) -> list:
+    """Triton's CompiledKernels of `gpu`'s entries of the profile for `arch` (not under the interpreter)."""
     from ..kernels.aot import compile_key
     from . import kernel_library
     functions = {fn.__name__: fn for fn in kernel_library.launched_kernels()}
-    compiled = [compile_key(functions[k[0]], k, arch=arch) for k in kernel_keys(profile_path, gpu)]
-    kernel_library.write(library, compiled, dict(triton=triton.__version__, device=f"none (built for sm_{arch})"))
+    return [compile_key(functions[k[0]], k, arch=arch) for k in kernel_keys(profile_path, gpu)]
+
+
+def _compile(profile_path, gpu, library, arch):
+    import triton
+
+    from . import kernel_library
+    kernel_library.write(library, compiled_for_arch(profile_path, gpu, arch),
+                         dict(triton=triton.__version__, device=f"none (built for sm_{arch})"))
 
 
 def main(argv):
