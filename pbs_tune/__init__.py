@@ -1,6 +1,6 @@
 """pbs-tune: ahead-of-time tuned Permuted Block-Sparse Attention (PBS-Attn) prefill.
 
-`pbs_attention` is the raw op (`pbs_attention_varlen` for packed batches), in three public stages:
+`pbs_attention` is the raw op (its parameters one `PbsParams`, or keywords) (`pbs_attention_varlen` for packed batches), in three public stages:
 `permute_keys`, `select_blocks` (or both: `permute_and_select`) and `attend_blocks`.
 `load_profile` returns this GPU's tuned `Profile`; `tuned_attention` and `apply` run the op with it.
 
@@ -12,13 +12,17 @@ import importlib
 __version__ = "0.1.0"
 
 _WHERE = {
-    ".op.launch_config": ["LaunchConfig", "default_launch"],
+    ".profile.launch": ["LaunchConfig", "default_launch"],
     ".op.pbs_attention": ["attend_blocks", "check_inputs", "pbs_attention", "permute_and_select"],
     ".op.permutation": ["KeyPermutation", "identity_permutation", "permute_keys"],
     ".op.selection": ["BlockList", "block_list_from_mask", "select_blocks"],
     ".op.varlen": ["pbs_attention_varlen"],
-    ".runtime.loader": ["apply", "load_profile", "reset_stats", "stats", "tuned_attention"],
-    ".runtime.profiles": ["Profile", "ProfileError"],
+    ".profile.params": ["PbsParams"],
+    ".profile.profiles": ["Profile", "ProfileError"],
+    ".runtime.dispatch": ["tuned_attention"],
+    ".runtime.loader": ["load_profile"],
+    ".runtime.state": ["reset_stats", "stats"],
+    ".runtime.transformers_attention": ["apply"],
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = sorted(_MODULE_OF)

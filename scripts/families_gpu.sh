@@ -6,7 +6,7 @@
 source "$(dirname "$0")/gpu_common.sh"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$root
-gpu=$($py -c "from pbs_tune.runtime.gpu import present_gpu; print(present_gpu())")
+gpu=$($py -c "from pbs_tune.profile.target import present_gpu; print(present_gpu())")
 if [ "${PART:-sweep}" = sweep ]; then
   $py -m pbs_tune sweep --gpu $gpu $(for n in ${LENGTHS:-32k 128k}; do echo --seqlen $n; done) --workload families --max-error default \
     --trials ${TRIALS:-30} --storage "sqlite:///$OUT/families.db" --profile "$OUT/families.yaml" --no-compile 2>&1 \

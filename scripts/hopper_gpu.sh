@@ -29,7 +29,7 @@ if [ "${GRID:-1}" = 1 ]; then
   $py -m pbs_tune.bench.kernels --parts checks,masks --lengths 8k,32k,128k --launches "$LAUNCHES" \
     ${NO_FLEX:+--no-flex} --out "$OUT/kernels_grid.json" 2>&1 | grep -v -i "warn" | grep -v '^{' | tail -40
 fi
-gpu=$($py -c "from pbs_tune.runtime.gpu import detect_gpu; print(detect_gpu())")
+gpu=$($py -c "from pbs_tune.profile.target import detect_gpu; print(detect_gpu())")
 if [ "${RELAUNCH:-1}" = 1 ]; then  # needs optuna (the tuner's space)
   $py -m pbs_tune relaunch --profile configs/$gpu.yaml --out configs/$gpu.yaml --no-compile 2>&1 | grep -v -i warn \
     | tee "$OUT/relaunch.txt"

@@ -10,8 +10,8 @@ import sys
 import torch
 
 import pbs_tune
-from pbs_tune.timing import env_info, median_ms
-from pbs_tune.tune.workloads import make_qkv
+from pbs_tune.measure.timing import env_info, median_ms
+from pbs_tune.measure.workloads import make_qkv
 
 LAUNCHES = {"portable": pbs_tune.LaunchConfig(128, 128, 8, 3), "tma": pbs_tune.LaunchConfig(128, 128, 8, 3, tma=True)}
 

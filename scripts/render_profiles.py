@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pbs_tune.runtime import profiles  # noqa: E402
-from pbs_tune.runtime.profiles import describe_config  # noqa: E402
+from pbs_tune.profile import profiles  # noqa: E402
+from pbs_tune.profile.profiles import describe_config  # noqa: E402
 from pbs_tune.seqlen import format_length  # noqa: E402
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"

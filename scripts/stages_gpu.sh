@@ -5,7 +5,7 @@
 # 8k prefill, then first calls from a read-only installed wheel. Results go to $OUT (or ./out).
 source "$(dirname "$0")/gpu_common.sh"
 for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml 2>&1 | tail -1 || exit 1; done
-gpu=$($py -c "from pbs_tune.runtime.gpu import present_gpu; print(present_gpu())")
+gpu=$($py -c "from pbs_tune.profile.target import present_gpu; print(present_gpu())")
 $py -m pbs_tune.bench.crossover --profile configs/$gpu.yaml $([ "${UPDATE:-1}" = 1 ] && echo --update) \
   --fixture fixtures/byte-llama --out "$OUT/crossover.json" 2>&1 | grep -v "Warn\|Loading"
 tar czf "$OUT/libraries.tar.gz" cache/sm_*/ configs/*.yaml

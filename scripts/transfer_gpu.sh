@@ -6,7 +6,7 @@
 source "$(dirname "$0")/gpu_common.sh"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$root
-gpu=$($py -c "from pbs_tune.runtime.gpu import present_gpu; print(present_gpu())")
+gpu=$($py -c "from pbs_tune.profile.target import present_gpu; print(present_gpu())")
 if [ "${PART:-launch}" = launch ]; then
   $py -m pbs_tune.bench.transfer --profile configs/$gpu.yaml --gpu $gpu --out "$OUT/transfer_before.json" 2>&1 \
     | grep -v -i warn

@@ -8,9 +8,9 @@ not tuned. Then `pbs-tune compile --profile configs/<gpu>.yaml` builds their lib
 import argparse
 import os
 
-from pbs_tune.op.launch_config import LaunchConfig
-from pbs_tune.runtime import profiles
-from pbs_tune.runtime.gpu import arch_of, shared_memory_of
+from pbs_tune.profile.launch import LaunchConfig
+from pbs_tune.profile import profiles
+from pbs_tune.profile.target import arch_of, shared_memory_of
 from pbs_tune.tune.space import TrialConfig, launch_problem
 
 SHAPES = [(32, 8, 128), (28, 4, 128), (64, 8, 128), (8, 1, 128), (14, 2, 64), (9, 3, 64)]

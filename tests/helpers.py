@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from pbs_tune.runtime import profiles
+from pbs_tune.profile import profiles
 
 
 def tiny_llama_config(vocab_size=97, **overrides):

@@ -42,10 +42,12 @@ def test_the_package_installs_no_top_level_module_but_pbs_tune():
     assert installed.split() == ["pbs_tune"]
 
 
-# DESIGN.md: imports only run downwards (cli, bench -> tune -> runtime -> op -> kernels; tune ->
-# models); every part may use the leaf modules. A part may import parts of a lower rank only.
-RANK = dict(kernels=0, op=1, runtime=2, models=2, tune=3, cli=4, bench=4, __init__=5, __main__=5)
-LEAVES = {"timing", "progress", "seqlen", "dtypes", "configs", "cache"}
+# DESIGN.md: imports only run downwards (cli, bench -> tune -> runtime -> measure -> op -> kernels ->
+# profile; tune -> models); every part may use the leaf modules. A part may import parts of a lower
+# rank only. A bare `import pbs_tune` inside the package is the top (__init__) and never allowed.
+RANK = dict(profile=0, kernels=1, op=2, measure=3, runtime=4, models=4, tune=5, cli=6, bench=6, __init__=7,
+            __main__=7)
+LEAVES = {"progress", "seqlen", "dtypes", "configs", "cache"}
 
 
 def _imported_parts(path, part):
@@ -57,11 +59,12 @@ def _imported_parts(path, part):
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.ImportFrom) and node.level:
             target = package[:len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
-            names = target[1:2] or [a.name for a in node.names]
+            names = target[1:2] or [a.name if a.name in RANK or a.name in LEAVES else "__init__" for a in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pbs_tune"):
-            names = node.module.split(".")[1:2] or [a.name for a in node.names]
+            names = node.module.split(".")[1:2] or [a.name if a.name in RANK or a.name in LEAVES else "__init__"
+                                                     for a in node.names]
         elif isinstance(node, ast.Import):
-            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("pbs_tune.")]
+            names = [(a.name.split(".") + ["__init__"])[1] for a in node.names if a.name.split(".")[0] == "pbs_tune"]
         else:
             continue
         found |= {n for n in names if n != part}

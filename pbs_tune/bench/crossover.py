@@ -16,11 +16,14 @@ import torch
 
 from ..dtypes import torch_dtype
 from ..op.pbs_attention import pbs_attention
-from ..runtime import profiles
+from ..profile import profiles
 from ..runtime.graphs import GraphCache
 from ..seqlen import parse_length
-from ..tune.workloads import make_qkv
-from ..timing import dense_baselines, env_info, median_ms, rounded, write_json
+from ..measure.workloads import make_qkv
+from ..measure.timing import dense_baselines, env_info, median_ms, rounded, write_json
+from ..runtime.loader import load_profile
+from ..runtime.state import reset_stats, stats
+from ..runtime.transformers_attention import apply
 
 
 def entry_row(e):
@@ -30,7 +33,7 @@ def entry_row(e):
     graphs = GraphCache(max_work=1 << 62)  # measure the graph whatever the loader's limit
     with torch.no_grad():
         graph_ms = median_ms(lambda: graphs.run(q, k, v, p, lc, None))
-        eager_ms = median_ms(lambda: pbs_attention(q, k, v, **p.op_args(), launch=lc))
+        eager_ms = median_ms(lambda: pbs_attention(q, k, v, p, launch=lc))
     row = dict(seqlen=e.seqlen, shape=f"{e.heads}/{e.kv_heads}/{e.head_dim}", dtype=e.dtype, graph_ms=graph_ms,
                eager_ms=eager_ms, **dense_baselines(q, k, v, on_gpu=True), dense_faster_before=e.dense_faster)
     dense_ms = row.get("cudnn_ms", row.get("flash_ms"))
@@ -41,7 +44,6 @@ def entry_row(e):
 
 
 def fixture_prefill(model_dir, seqlen, prof):
-    import pbs_tune
 
     from ..models.fixtures import load_model
     model, _ = load_model(model_dir)
@@ -53,10 +55,10 @@ def fixture_prefill(model_dir, seqlen, prof):
     model.set_attn_implementation("sdpa")
     out = dict(model=model_dir, seqlen=seqlen, sdpa_ms=median_ms(prefill))
     for graphs in (True, False):
-        pbs_tune.apply(model, prof, cuda_graphs=graphs)
-        pbs_tune.reset_stats()
+        apply(model, prof, cuda_graphs=graphs)
+        reset_stats()
         prefill()
-        out[f"stats_graphs_{graphs}"] = pbs_tune.stats()
+        out[f"stats_graphs_{graphs}"] = stats()
         out[f"pbs_ms_graphs_{graphs}"] = median_ms(prefill)
         model.set_attn_implementation("sdpa")
     out["speedup_graphs"] = out["sdpa_ms"] / out["pbs_ms_graphs_True"]
@@ -64,7 +66,6 @@ def fixture_prefill(model_dir, seqlen, prof):
 
 
 def main():
-    import pbs_tune
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=None, help="Profile YAML (default: this GPU's, looked up)")
     ap.add_argument("--update", action="store_true", help="Rewrite dense_faster in the profile from the graph times")
@@ -72,7 +73,7 @@ def main():
     ap.add_argument("--fixture-seqlen", default="8k")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    prof = pbs_tune.load_profile(path=args.profile)
+    prof = load_profile(path=args.profile)
     res = dict(env=env_info(), args=vars(args), profile=prof.path, entries=[])
     updated = []
     for e in prof.for_gpu(prof.gpu):
@@ -90,7 +91,7 @@ def main():
         print(f"updated dense_faster of {len(updated)} entries in {prof.path}", flush=True)
     if args.fixture:
         res["fixture"] = fixture_prefill(args.fixture, parse_length(args.fixture_seqlen),
-                                         pbs_tune.load_profile(path=prof.path))
+                                         load_profile(path=prof.path))
         print(json.dumps(res["fixture"]), flush=True)
         write_json(args.out, res)
 

@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..op.launch_config import LaunchConfig
+from ..profile.launch import LaunchConfig
 from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
 from ..seqlen import parse_length
-from ..tune.metrics import dense_reference, rel_l2
-from ..tune.workloads import make_qkv
-from ..timing import dense_sdpa_ms, env_info, median_ms, rounded, write_json
+from ..measure.metrics import dense_reference, rel_l2
+from ..measure.workloads import make_qkv
+from ..measure.timing import dense_sdpa_ms, env_info, median_ms, rounded, write_json
 
 LAUNCHES = "128x128w8s3,128x128w8s2,128x64w4s3,64x128w4s3"  # the portable kernel's measured set
 
@@ -182,7 +182,7 @@ def part_masks(res, lengths, densities, with_flex, launches):
 def part_op(res, lengths, configs, threshold):
     from ..op.permutation import permute_keys
     from ..op.selection import select_blocks
-    from ..tune.metrics import recall_from_lse
+    from ..measure.metrics import recall_from_lse
     rows = []
     for n in lengths:
         q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=0)
@@ -232,7 +232,7 @@ def part_op(res, lengths, configs, threshold):
 def part_select(res, lengths, threshold):
     from ..op import selection
     from ..op.permutation import permute_keys
-    from ..tune.metrics import rel_l2
+    from ..measure.metrics import rel_l2
     rows = []
     scale = 1 / math.sqrt(128)
     for n in lengths:

@@ -24,10 +24,11 @@ def _qkv(n, heads=32, kv_heads=8, head_dim=128, seed=0):
 
 
 def part_identity(res, lengths, profile_path):
-    import pbs_tune
     from ..kernels import launch
-    from ..timing import median_ms
-    prof = pbs_tune.load_profile("auto", profile_path)
+    from ..measure.timing import median_ms
+    from ..op.pbs_attention import pbs_attention
+    from ..runtime.loader import load_profile
+    prof = load_profile("auto", profile_path)
     bound = launch.library_size()
     rows = []
     for n in lengths:
@@ -36,18 +37,15 @@ def part_identity(res, lengths, profile_path):
         p, lc = entry.params, entry.launch
 
         def op():
-            return pbs_tune.pbs_attention(q, k, v, block_size=p.block_size, segment_size=p.segment_size,
-                                          threshold=p.threshold, launch=lc)
+            return pbs_attention(q, k, v, p, launch=lc)
         jit_before = launch.jit_calls
         out_lib = op()
         lib_ms = median_ms(op)
         row = dict(n=n, config=entry.describe(), jit_calls_with_library=launch.jit_calls - jit_before,
                    library_ms=lib_ms)
-        saved = dict(launch._library)
-        launch._library.clear()
-        out_jit = op()
-        row["jit_ms"] = median_ms(op)
-        launch._library.update(saved)
+        with launch.using():  # no kernel bound: Triton's JIT
+            out_jit = op()
+            row["jit_ms"] = median_ms(op)
         row["bit_identical"] = bool(torch.equal(out_lib, out_jit))
         row["max_abs_diff"] = float((out_lib.float() - out_jit.float()).abs().max())
         row["library_over_jit"] = row["library_ms"] / row["jit_ms"]
@@ -127,7 +125,7 @@ def main():
     ap.add_argument("--out", default=None, help="JSON file (appended to when it exists)")
     args = ap.parse_args()
     from ..seqlen import parse_length
-    from ..timing import env_info, write_json
+    from ..measure.timing import env_info, write_json
     res = dict(env=env_info(), args=vars(args), argv=sys.argv)
     if args.out and os.path.exists(args.out):
         with open(args.out) as f:

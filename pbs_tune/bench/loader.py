@@ -14,14 +14,19 @@ import time
 
 import torch
 
+from ..op.pbs_attention import pbs_attention
+from ..runtime.loader import load_profile
+from ..runtime.state import reset_stats, stats
+from ..runtime.transformers_attention import apply
+
+
 
 def part_e2e(res, lengths, layers, profile_path):
-    import pbs_tune
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import LlamaConfig, LlamaForCausalLM
     import dataclasses
 
-    from pbs_tune.runtime import profiles
+    from ..profile import profiles
 
     cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=500000.0,
@@ -34,7 +39,7 @@ def part_e2e(res, lengths, layers, profile_path):
     # baselines, let it repeat K/V instead (what it does whenever a mask is given).
     import transformers.integrations.sdpa_attention as hf_sdpa
     hf_sdpa.use_gqa_in_sdpa = lambda *a, **k: False
-    prof = pbs_tune.load_profile("auto", profile_path)
+    prof = load_profile("auto", profile_path)
     rows = []
 
     def prefill_s(ids, reps=2):
@@ -67,15 +72,15 @@ def part_e2e(res, lengths, layers, profile_path):
             row["cudnn_vs_flash_logits_rel_diff"] = float((cudnn_logits - ref_logits).norm() / ref_logits.norm())
         except RuntimeError as exc:
             row["cudnn_logits_error"] = str(exc)[:200]
-        pbs_tune.reset_stats()
-        pbs_tune.apply(model, prof)
+        reset_stats()
+        apply(model, prof)
         row["pbs_s"] = prefill_s(ids)
-        row["pbs_stats"] = pbs_tune.stats()
+        row["pbs_stats"] = stats()
         # Threshold 1.0: PBS keeps every causal block, so logits must match SDPA's.
         dense_prof = profiles.Profile(path="<dense>", gpu=prof.gpu, entries=[
             dataclasses.replace(e, params=dataclasses.replace(e.params, threshold=1.0), dense_faster=False)
             for e in prof.entries])
-        pbs_tune.apply(model, dense_prof)
+        apply(model, dense_prof)
         with torch.no_grad():
             dense_logits = model(ids, logits_to_keep=1).logits.float()
         row["tau1_logits_rel_diff_vs_sdpa"] = float((dense_logits - ref_logits).norm() / ref_logits.norm())
@@ -88,23 +93,22 @@ def part_e2e(res, lengths, layers, profile_path):
         model.set_attn_implementation("sdpa")
         del ids, ref_logits, dense_logits
         torch.cuda.empty_cache()
-    pbs_tune.apply(model, prof)
-    pbs_tune.reset_stats()
+    apply(model, prof)
+    reset_stats()
     ids = torch.randint(0, cfg.vocab_size, (1, lengths[0]), device="cuda")
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=4, do_sample=False)
-    res["generate"] = dict(prompt=lengths[0], new_tokens=int(out.shape[1] - ids.shape[1]), stats=pbs_tune.stats())
+    res["generate"] = dict(prompt=lengths[0], new_tokens=int(out.shape[1] - ids.shape[1]), stats=stats())
     print(json.dumps(res["generate"]), flush=True)
     res["e2e"] = rows
 
 
 def part_density(res, n, profile_path, layers=(0, 15, 31)):
-    import pbs_tune
     from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-    from pbs_tune.runtime.gpu import detect_gpu
-    from pbs_tune.tune.metrics import dense_reference, rel_l2
+    from ..profile.target import detect_gpu
+    from ..measure.metrics import dense_reference, rel_l2
 
     cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=500000.0,
@@ -126,12 +130,12 @@ def part_density(res, n, profile_path, layers=(0, 15, 31)):
         model(torch.randint(0, cfg.vocab_size, (1, n), device="cuda"), logits_to_keep=1)
     del model
     torch.cuda.empty_cache()
-    entry = pbs_tune.load_profile("auto", profile_path).pick(n, gpu=detect_gpu(), heads=32,
+    entry = load_profile("auto", profile_path).pick(n, gpu=detect_gpu(), heads=32,
                                                              kv_heads=8, head_dim=128, dtype="bfloat16")
     p = entry.params
     rows = []
     for idx, (q, k, v) in sorted(seen.items()):
-        out, blocks = pbs_tune.pbs_attention(q, k, v, block_size=p.block_size, segment_size=p.segment_size,
+        out, blocks = pbs_attention(q, k, v, block_size=p.block_size, segment_size=p.segment_size,
                                              threshold=p.threshold, return_blocks=True)
         rows.append(dict(layer=idx, density=blocks.density(), rel_l2=rel_l2(out, dense_reference(q, k, v))))
         print(json.dumps(rows[-1]), flush=True)
@@ -147,7 +151,7 @@ def main():
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--out", default="bench_loader.json")
     args = ap.parse_args()
-    from ..timing import env_info, write_json
+    from ..measure.timing import env_info, write_json
     res = dict(env=env_info(), args=vars(args))
     try:
         if "density" in args.parts:

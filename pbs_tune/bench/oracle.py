@@ -21,9 +21,9 @@ import torch
 from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..op.selection import block_list_from_mask, block_position_bounds
 from ..seqlen import parse_length
-from ..timing import env_info, write_json
-from ..tune.metrics import dense_reference, rel_l2
-from ..tune.workloads import make_qkv
+from ..measure.timing import env_info, write_json
+from ..measure.metrics import dense_reference, rel_l2
+from ..measure.workloads import make_qkv
 
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
 PBS_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99)

@@ -20,19 +20,20 @@ import statistics
 
 import torch
 
-from ..op.launch_config import default_launch
+from ..profile.launch import default_launch
 from ..op.pbs_attention import pbs_attention
-from ..op.estimators import ESTIMATORS
-from ..runtime import profiles
+from ..profile.params import ESTIMATORS
+from ..profile import profiles
 from ..seqlen import parse_length
 from ..tune.allocate import GRID, REFERENCE, VARIANTS, Variant, layer_curves, plan_layer, uniform_error, variants_of
 from ..models.fixtures import load_model, python_sources, token_sequences
-from ..tune.metrics import dense_reference, rel_l2
-from ..tune.workloads import make_qkv
+from ..measure.metrics import dense_reference, rel_l2
+from ..measure.workloads import make_qkv
 from ..tune.model_plan import model_entry, plan_model, record_layers, use_entry
 from ..models.retrieval import retrieval_hits, retrieval_prompts
 from .real_attention import _ci
-from ..timing import env_info, median_ms, write_json
+from ..measure.timing import env_info, median_ms, write_json
+from ..runtime.state import stats
 
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
 PROBE_TEXTS, PROBE_PROMPTS = 4, 40
@@ -43,7 +44,6 @@ def _default(model, lc):
 
 
 def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS, estimators=ESTIMATORS):
-    import pbs_tune
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     calib = token_sequences(tok, python_sources("calibration"), seqlen, 2 + PROBE_TEXTS)
     lc = default_launch(BLOCK, model.config.head_dim, torch.cuda.get_device_capability())  # what the untuned op runs
@@ -93,7 +93,7 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
                         mean_kept_ratio=statistics.fmean(kept),
                         layers_within_default_error=sum(p["eval_per_head_rel_l2"] <= p["eval_default_rel_l2"]
                                                         for p in per_layer),
-                        stats=pbs_tune.stats())
+                        stats=stats())
     print(json.dumps({k: v for k, v in res["model"].items() if k not in ("allocation", "held_out")}), flush=True)
 
 
@@ -107,7 +107,7 @@ def _timing(model, seq, layers, variants):
             params, lc = layers[idx] if name == "per_head" else (profiles.PbsParams(BLOCK, SEGMENT, DEFAULT),
                                                                  default_launch(BLOCK, q.shape[-1],
                                                                                 torch.cuda.get_device_capability()))
-            total += median_ms(lambda: pbs_attention(q, k, v, launch=lc, **params.op_args()))
+            total += median_ms(lambda: pbs_attention(q, k, v, params, launch=lc))
         out[f"{name}_op_ms_all_layers"] = total
         use_entry(model, variants[name])
         with torch.no_grad():

@@ -19,14 +19,17 @@ PAIRS = "a100-sxm:80,l40s:89"
 
 
 def prepare(pairs, folder):
-    from ..runtime import cross_build, kernel_library, profile_store, profiles
+    from ..profile import store as profile_store, profiles
+    from ..runtime import cross_build
+    from ..runtime.library_bind import read
+    from ..runtime.library_build import record_of
     os.makedirs(folder, exist_ok=True)
     for gpu, arch in pairs:
         path = os.path.join(profile_store.shipped_configs(), f"{gpu}.yaml")
-        shipped = kernel_library.read(profiles.load(path).library)
+        shipped = read(profiles.load(path).library)
         records = []
         for compiled in cross_build.compiled_for_arch(path, gpu, arch):
-            rec, cubin = kernel_library.record_of(compiled)
+            rec, cubin = record_of(compiled)
             rec["same_as_shipped"] = shipped["files"].get(rec["file"]) == hashlib.sha256(cubin).hexdigest()
             rec["ptx"] = f"{gpu}-{rec['file'][:-len('.cubin')]}.ptx"
             with open(os.path.join(folder, rec["ptx"]), "w") as f:
@@ -39,23 +42,12 @@ def prepare(pairs, folder):
 
 
 def ptx_kernels(index, folder):
-    """The records' PTX loaded into the current CUDA context, as launchable kernels."""
-    from cuda.bindings import driver
-
-    from ..kernels import launch
-    from ..runtime import kernel_library
-    kernel_library._ensure_context(driver)
+    """The records' PTX loaded into the current CUDA context (the driver compiles it), as launchable kernels."""
+    from ..runtime.library_bind import bound_kernel
     bound = []
     for rec in index["kernels"]:
         with open(os.path.join(folder, rec["ptx"]), "rb") as f:
-            ptx = f.read() + b"\0"
-        module = kernel_library._check(driver.cuModuleLoadData(ptx), "cuModuleLoadData")
-        function = kernel_library._check(driver.cuModuleGetFunction(module, rec["symbol"].encode()),
-                                         "cuModuleGetFunction")
-        if rec["shared"] > kernel_library._SHARED_DEFAULT:
-            kernel_library._opt_in_shared(driver, function)
-        bound.append(launch.BoundKernel(kernel_library.record_key(rec), function, rec["threads"], rec["shared"],
-                                        tuple(map(tuple, rec["signature"])), tuple(map(tuple, rec["scratch"]))))
+            bound.append(bound_kernel(f.read() + b"\0", rec))
     return bound
 
 
@@ -70,15 +62,14 @@ def compare(prof, bound, seqlen, seed=0):
         g = torch.Generator(device="cuda").manual_seed(seed)
         q, k, v = (torch.randn(1, h, seqlen, e.head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
                    for h in (e.heads, e.kv_heads, e.kv_heads))
-        args = dict(**e.params.op_args(), launch=e.launch)
-        launch.clear()
-        launch.register(bound)
-        jit_before = launch.jit_calls
-        out_ptx = pbs_attention(q, k, v, **args)
-        torch.cuda.synchronize()
-        not_from_ptx = launch.jit_calls - jit_before
-        launch.clear()
-        out_jit = pbs_attention(q, k, v, **args)
+        args = dict(params=e.params, launch=e.launch)
+        with launch.using(bound):
+            jit_before = launch.jit_calls
+            out_ptx = pbs_attention(q, k, v, **args)
+            torch.cuda.synchronize()
+            not_from_ptx = launch.jit_calls - jit_before
+        with launch.using():
+            out_jit = pbs_attention(q, k, v, **args)
         diff = out_ptx.float() - out_jit.float()
         rows.append(dict(shape=f"{e.heads}/{e.kv_heads}/{e.head_dim}", seqlen=seqlen, launch=e.launch.label(),
                          calls_not_from_ptx=not_from_ptx, bit_identical=bool(torch.equal(out_ptx, out_jit)),
@@ -88,9 +79,9 @@ def compare(prof, bound, seqlen, seed=0):
 
 
 def run(pairs, folder, lengths, out):
-    from ..runtime import profile_store, profiles
+    from ..profile import store as profile_store, profiles
     from ..seqlen import parse_length
-    from ..timing import env_info, write_json
+    from ..measure.timing import env_info, write_json
     res = dict(env=env_info(), profiles=[])
     for gpu, arch in pairs:
         with open(os.path.join(folder, f"{gpu}.json")) as f:

@@ -23,17 +23,18 @@ import statistics
 
 import torch
 
-from ..op.launch_config import default_launch
+from ..profile.launch import default_launch
 from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..op.permutation import identity_permutation
 from ..op.selection import block_list_from_mask
 from ..seqlen import parse_length
 from ..tune.capture import recording_attention
 from ..models.fixtures import load_model, python_sources, token_sequences
-from ..tune.metrics import dense_reference
+from ..measure.metrics import dense_reference
 from ..tune.model_plan import model_entry, use_entry
 from ..models.retrieval import retrieval_answers, retrieval_prompts
-from ..timing import env_info, median_ms, sdpa_backend, write_json
+from ..measure.timing import env_info, median_ms, sdpa_backend, write_json
+from ..runtime.state import reset_stats, stats
 
 VARIANTS = {  # name -> (block, segment, threshold, permute); None is dense SDPA
     "dense": None,
@@ -59,14 +60,13 @@ def _ci(diffs):
 
 
 def part_loss(res, model, seqs, variants):
-    import pbs_tune
     losses = {}
     for variant in variants:
         _use(model, variant)
-        pbs_tune.reset_stats()
+        reset_stats()
         with torch.no_grad():
             losses[variant] = [float(model(s[None].cuda(), labels=s[None].cuda()).loss) for s in seqs]
-        print(variant, statistics.fmean(losses[variant]), pbs_tune.stats(), flush=True)
+        print(variant, statistics.fmean(losses[variant]), stats(), flush=True)
     out = dict(sequences=len(seqs), tokens=len(seqs[0]), mean={v: statistics.fmean(x) for v, x in losses.items()})
     for variant in variants:
         if variant != "dense":
@@ -78,18 +78,17 @@ def part_loss(res, model, seqs, variants):
 
 
 def part_retrieval(res, model, tokenizer, haystack_ids, n, length):
-    import pbs_tune
     prompts = retrieval_prompts(tokenizer, haystack_ids, n, length)
     out = {}
     for variant in ("dense", "pbs_b128", "unpermuted_b128"):
         _use(model, variant)
-        pbs_tune.reset_stats()
+        reset_stats()
         hits = {}
         for (_, _, depth), hit in zip(prompts, retrieval_answers(model, tokenizer, prompts)):
             hits.setdefault(depth, []).append(hit)
         out[variant] = dict(correct=sum(sum(h) for h in hits.values()), prompts=len(prompts),
                             by_depth={str(d): sum(h) / len(h) for d, h in sorted(hits.items())},
-                            stats=pbs_tune.stats())
+                            stats=stats())
         print(variant, out[variant]["correct"], "/", len(prompts), out[variant]["by_depth"], flush=True)
     res["retrieval"] = dict(prompt_tokens=length, **out)
 
@@ -145,7 +144,6 @@ def part_prefill(res, model, tokens, lengths, variants):
 
 
 def _prefill(model, seq, variants):
-    import pbs_tune
     from torch.nn.attention import sdpa_kernel
     ids = seq[None].cuda()
     out = {}
@@ -160,10 +158,10 @@ def _prefill(model, seq, variants):
         if variant == "dense":
             continue
         _use(model, variant)
-        pbs_tune.reset_stats()
+        reset_stats()
         with torch.no_grad():
             out[f"{variant}_ms"] = median_ms(lambda: model(ids, logits_to_keep=1))
-        out[f"{variant}_stats"] = pbs_tune.stats()
+        out[f"{variant}_stats"] = stats()
     row = dict(tokens=len(seq), **out)
     print(json.dumps(row), flush=True)
     return row

@@ -27,9 +27,9 @@ from ..kernels.block_scores import block_lse
 from ..op.pbs_attention import attend_blocks, default_scale, key_order, pbs_attention
 from ..op.selection import block_list_from_mask, block_means, block_position_bounds
 from ..seqlen import parse_length
-from ..timing import env_info
-from ..tune.metrics import dense_reference, rel_l2
-from ..tune.workloads import WORKLOADS, make_qkv
+from ..measure.timing import env_info
+from ..measure.metrics import dense_reference, rel_l2
+from ..measure.workloads import WORKLOADS, make_qkv
 from .oracle import oracle_keep
 
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9

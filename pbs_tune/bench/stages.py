@@ -13,13 +13,13 @@ import math
 
 import torch
 
-from ..op.launch_config import default_launch
+from ..profile.launch import default_launch
 from ..op.pbs_attention import attend_blocks, pbs_attention
 from ..op.permutation import last_block_key_scores, permute_keys
 from ..op.selection import block_means, select_blocks
 from ..seqlen import parse_length
-from ..tune.workloads import make_qkv
-from ..timing import dense_baselines, env_info, median_ms, rounded, write_json
+from ..measure.workloads import make_qkv
+from ..measure.timing import dense_baselines, env_info, median_ms, rounded, write_json
 
 BLOCK, SEGMENT, THRESHOLD = 128, 256, 0.9
 

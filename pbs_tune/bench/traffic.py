@@ -26,8 +26,12 @@ import torch.nn.functional as F
 from ..op.pbs_attention import pbs_attention
 from ..op.varlen import pbs_attention_varlen, sequence_view
 from ..seqlen import parse_length
-from ..tune.workloads import make_qkv
-from ..timing import env_info, median_ms, rounded, sdpa_backend, write_json
+from ..measure.workloads import make_qkv
+from ..measure.timing import env_info, median_ms, rounded, sdpa_backend, write_json
+from ..runtime.dispatch import tuned_attention
+from ..runtime.loader import load_profile
+from ..runtime.state import reset_stats, stats
+from ..runtime.transformers_attention import apply
 
 DEFAULT = dict(block_size=128, segment_size=256, threshold=0.9)
 
@@ -181,21 +185,20 @@ def part_chunked(res, n, chunk, heads, kv_heads, sizes_at=32768, sizes=(512, 102
 
 
 def part_shapes(res, n, shapes):
-    import pbs_tune
     from ..kernels import launch
-    prof = pbs_tune.load_profile()
+    prof = load_profile()
     rows = []
     with torch.no_grad():
         for heads, kv_heads in shapes:
             q, k, v = make_qkv("mixed", seqlen=n, heads=heads, kv_heads=kv_heads, device="cuda", seed=5)
             for name, qc in (("prompt", q), ("chunk", q[:, :, n // 2:])):  # a chunk: the second half
                 before = launch.jit_calls
-                pbs_tune.reset_stats()
-                out = pbs_tune.tuned_attention(qc, k, v, profile=prof)
+                reset_stats()
+                out = tuned_attention(qc, k, v, profile=prof)
                 row = dict(heads=heads, kv_heads=kv_heads, n=n, queries=qc.shape[2], what=name,
-                           stats=pbs_tune.stats(), jit_calls=launch.jit_calls - before,
+                           stats=stats(), jit_calls=launch.jit_calls - before,
                            rel_l2=rel_l2(out, dense_chunk(qc, k, v, "flash")()),
-                           pbs_ms=median_ms(lambda: pbs_tune.tuned_attention(qc, k, v, profile=prof)))
+                           pbs_ms=median_ms(lambda: tuned_attention(qc, k, v, profile=prof)))
                 for backend in ("cudnn", "flash"):
                     timed_dense(row, f"dense_{backend}", dense_chunk(qc, k, v, backend))
                 if name == "chunk":
@@ -209,11 +212,10 @@ def part_shapes(res, n, shapes):
 
 
 def part_fixture(res, model_dir, lengths, chunk):
-    import pbs_tune
     from transformers import DynamicCache
 
     from ..models.fixtures import load_model
-    from ..runtime import profiles
+    from ..profile import profiles
     model, _ = load_model(model_dir)
     gen = torch.Generator().manual_seed(3)
     n_max = max(lengths)
@@ -221,7 +223,7 @@ def part_fixture(res, model_dir, lengths, chunk):
     mask = torch.zeros(len(lengths), n_max, dtype=torch.long, device="cuda")
     for b, n in enumerate(lengths):
         mask[b, n_max - n:] = 1                                                    # left padding
-    prof = pbs_tune.load_profile()
+    prof = load_profile()
     exact = profiles.Profile(path="<threshold 1>", gpu=prof.gpu, entries=[
         dataclasses.replace(e, params=dataclasses.replace(e.params, threshold=1.0), dense_faster=False)
         for e in prof.entries])
@@ -247,23 +249,23 @@ def part_fixture(res, model_dir, lengths, chunk):
     out["sdpa_prefill_ms"] = prefill_ms()
     out["sdpa_chunked_prefill_ms"] = median_ms(chunked_prefill)
     want_tokens, want_chunked = greedy(), chunked_prefill().float()
-    pbs_tune.apply(model, exact, min_chunk=chunk)
-    pbs_tune.reset_stats()
+    apply(model, exact, min_chunk=chunk)
+    reset_stats()
     out["tau1_same_tokens"] = bool(torch.equal(greedy(), want_tokens))
-    out["tau1_stats"] = pbs_tune.stats()
+    out["tau1_stats"] = stats()
     got = chunked_prefill().float()
     out["tau1_chunked_logits_rel_diff"] = rel_l2(got, want_chunked)
     out["tau1_chunked_top1_equal"] = bool(torch.equal(got.argmax(-1), want_chunked.argmax(-1)))
     if hasattr(model.generation_config, "prefill_chunk_size"):
         out["tau1_generate_chunked_same_tokens"] = bool(torch.equal(greedy(prefill_chunk_size=chunk), want_tokens))
-    pbs_tune.apply(model, prof, min_chunk=chunk)
-    pbs_tune.reset_stats()
+    apply(model, prof, min_chunk=chunk)
+    reset_stats()
     with torch.no_grad():
         model(ids, attention_mask=mask, logits_to_keep=1)
-    out["pbs_stats_one_prefill"] = pbs_tune.stats()
-    pbs_tune.reset_stats()
+    out["pbs_stats_one_prefill"] = stats()
+    reset_stats()
     chunked_prefill()
-    out["pbs_stats_one_chunked_prefill"] = pbs_tune.stats()
+    out["pbs_stats_one_chunked_prefill"] = stats()
     out["pbs_prefill_ms"] = prefill_ms()
     out["pbs_chunked_prefill_ms"] = median_ms(chunked_prefill)
     out["pbs_tokens_equal_dense"] = bool(torch.equal(greedy(), want_tokens))

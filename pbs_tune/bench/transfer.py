@@ -17,18 +17,18 @@ import math
 
 import torch
 
-from ..op.launch_config import default_launch
+from ..profile.launch import default_launch
 from ..op.pbs_attention import pbs_attention
-from ..runtime import profiles
+from ..profile import profiles
 from ..seqlen import parse_length
-from ..timing import dense_sdpa_ms, env_info, median_ms, write_json
-from ..tune.metrics import dense_reference, rel_l2
-from ..tune.workloads import WORKLOADS, make_qkv
+from ..measure.timing import dense_sdpa_ms, env_info, median_ms, write_json
+from ..measure.metrics import dense_reference, rel_l2
+from ..measure.workloads import WORKLOADS, make_qkv
 
 
 def run_config(q, k, v, params, launch):
-    out, blocks = pbs_attention(q, k, v, **params.op_args(), launch=launch, return_blocks=True)
-    ms = median_ms(lambda: pbs_attention(q, k, v, **params.op_args(), launch=launch))
+    out, blocks = pbs_attention(q, k, v, params, launch=launch, return_blocks=True)
+    ms = median_ms(lambda: pbs_attention(q, k, v, params, launch=launch))
     return out, dict(ms=round(ms, 4), density=round(blocks.density(), 4))
 
 
@@ -44,9 +44,9 @@ def calibrated_lse(n, default, stock, workloads=("mixed",)):
                            seed=0)
         with torch.no_grad():
             dense = dense_reference(q, k, v)
-            bounds[w] = rel_l2(pbs_attention(q, k, v, **default.op_args(), launch=stock), dense)
-            errors[w] = {t: rel_l2(pbs_attention(q, k, v, **dataclasses.replace(default, threshold=t, estimator="lse")
-                                                 .op_args(), launch=stock), dense) for t in LSE_GRID}
+            bounds[w] = rel_l2(pbs_attention(q, k, v, default, launch=stock), dense)
+            errors[w] = {t: rel_l2(pbs_attention(q, k, v, dataclasses.replace(default, threshold=t, estimator="lse"),
+                                                 launch=stock), dense) for t in LSE_GRID}
         del q, k, v, dense
         torch.cuda.empty_cache()
     chosen = min((t for t in LSE_GRID if all(errors[w][t] <= bounds[w] for w in workloads)), default=default.threshold)

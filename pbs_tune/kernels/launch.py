@@ -63,6 +63,20 @@ def keys_seen():
         _keys_seen = None
 
 
+@contextlib.contextmanager
+def using(bound_kernels=()):
+    """Within the block, exactly `bound_kernels` are bound (none: every call goes to the JIT); the
+    kernels bound before come back afterwards. For benchmarks that compare library and JIT."""
+    saved = dict(_library)
+    _library.clear()
+    register(bound_kernels)
+    try:
+        yield
+    finally:
+        _library.clear()
+        _library.update(saved)
+
+
 def register(bound_kernels) -> None:
     """Make library kernels available to `run` (process-wide, in pbs-tune's own state only)."""
     for bk in bound_kernels:

@@ -8,9 +8,9 @@ import os
 import torch
 
 from ..kernels import attend_launch
-from .launch_config import LaunchConfig, default_launch
+from ..profile.launch import LaunchConfig, default_launch
+from ..profile.params import PbsParams
 from .permutation import KeyPermutation, identity_permutation, permute_keys
-from .estimators import ESTIMATORS
 from .selection import BlockList, select_blocks
 
 logger = logging.getLogger("pbs_tune")
@@ -18,8 +18,27 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None, estimator="mean"):
-    """Raise one clear TypeError/ValueError for anything the kernels cannot do exactly."""
+def as_params(params=None, *, block_size=None, segment_size=None, threshold=None, permute=None,
+              estimator=None) -> PbsParams:
+    """The op's parameters, given as one `PbsParams` or in the keyword form (checked there)."""
+    keywords = dict(block_size=block_size, segment_size=segment_size, threshold=threshold, permute=permute,
+                    estimator=estimator)
+    given = {k: v for k, v in keywords.items() if v is not None}
+    if params is not None:
+        if not isinstance(params, PbsParams):
+            raise TypeError(f"params must be a PbsParams, got {type(params).__name__}")
+        if given:
+            raise TypeError(f"give the parameters as params= or as keywords, not both ({', '.join(given)})")
+        return params
+    missing = [k for k in ("block_size", "segment_size", "threshold") if k not in given]
+    if missing:
+        raise TypeError(f"give params=PbsParams(...) or the keywords {', '.join(missing)}")
+    return PbsParams(**given)
+
+
+def check_inputs(q, k, v, params=None, *, launch=None, **keywords) -> PbsParams:
+    """Raise one clear TypeError/ValueError for anything the kernels cannot do exactly; returns the
+    parameters (`params`, or made from the keyword form)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -56,23 +75,13 @@ def check_inputs(q, k, v, *, block_size, segment_size, threshold, launch=None, e
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 16 \
-            or block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a power of two >= 16, got {block_size!r}")
-    if not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < block_size \
-            or segment_size % block_size:
-        raise ValueError(f"segment_size must be a positive multiple of block_size={block_size}, got {segment_size!r}")
-    values = threshold.tolist() if isinstance(threshold, torch.Tensor) else threshold
-    values = list(values) if isinstance(values, (list, tuple)) else [values]
-    if len(values) not in (1, Hq) or any(isinstance(t, bool) or not isinstance(t, (int, float))
-                                          or not 0.0 < t <= 1.0 for t in values):
-        raise ValueError(f"threshold must be a number in (0, 1], or one per query head ({Hq}), got {threshold!r}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    params = as_params(params, **keywords)
+    params.per_head(Hq)
     if launch is not None:
         if not isinstance(launch, LaunchConfig):
             raise TypeError(f"launch must be a LaunchConfig, got {type(launch).__name__}")
-        launch.check(block_size)
+        launch.check(params.block_size)
+    return params
 
 
 def default_scale(q, scale):
@@ -125,39 +134,40 @@ def key_order(q, k, v, *, block_size, segment_size, scale=None, permute=True):
     return identity_permutation(k, v)
 
 
-def permute_and_select(q, k, v, *, block_size, segment_size, threshold, scale=None, permute=True, estimator="mean"):
-    """Stages 1 and 2: the key permutation and the kept-block list (no attention yet)."""
+def permute_and_select(q, k, v, params: PbsParams | None = None, *, scale=None, **keywords):
+    """Stages 1 and 2: the key permutation and the kept-block list (no attention yet). The
+    parameters as one `PbsParams` or as keywords (block_size, segment_size, threshold, ...)."""
+    params = as_params(params, **keywords)
     scale = default_scale(q, scale)
-    perm = key_order(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale, permute=permute)
-    blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size,
-                           segment_size=segment_size, threshold=threshold, scale=scale, estimator=estimator)
+    perm = key_order(q, k, v, block_size=params.block_size, segment_size=params.segment_size, scale=scale,
+                     permute=params.permute)
+    blocks = select_blocks(q, perm.k, perm.positions, block_size=params.block_size,
+                           segment_size=params.segment_size, threshold=params.threshold, scale=scale,
+                           estimator=params.estimator)
     return perm, blocks
 
 
-
-def pbs_attention(q, k, v, *, block_size, segment_size, threshold, launch=None, scale=None,
-                  permute=True, return_blocks=False, out=None, estimator="mean"):
+def pbs_attention(q, k, v, params: PbsParams | None = None, *, launch=None, scale=None, return_blocks=False,
+                  out=None, **keywords):
     """Causal PBS-Attn prefill, forward only. q (B, Hq, M, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
+
+    The parameters: one `PbsParams`, or its fields as keywords: block_size, segment_size,
+    threshold (one number in (0, 1], or one per query head; 1.0 keeps every causal block),
+    permute (False: the unpermuted block-selection baseline) and estimator ("mean", the paper's
+    mean query . mean key, or "lse", the mean query against every key of the block with the
+    threshold taken of the mass outside the sink block; op/selection.py).
 
     M <= N: the queries are the last M key positions (M < N: a chunk of a prompt after its cached
     prefix; query i attends to keys 0 .. N - M + i). Permutation and selection cover all N keys.
-
-    threshold: one number in (0, 1], or one per query head (per-head budgets); 1.0 keeps every
-    causal block (dense attention). permute=False is the unpermuted block-selection baseline.
-    estimator: how block importance is estimated, "mean" (mean query . mean key, the paper's) or
-    "lse" (mean query against every key of the block, the threshold taken of the mass outside the
-    sink block; op/selection.py).
     Output is in the original token order.
     With return_blocks=True, returns (out, BlockList) so callers can read the density.
     `out`: a (B, Hq, M, D) tensor (or view) to write into.
     """
-    check_inputs(q, k, v, block_size=block_size, segment_size=segment_size,
-                 threshold=threshold, launch=launch, estimator=estimator)
+    params = check_inputs(q, k, v, params, launch=launch, **keywords)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError("pbs_attention is forward-only (prefill inference) and has no backward: call it "
                          "under torch.no_grad() or torch.inference_mode(), or detach the inputs")
     with torch.no_grad():
-        perm, blocks = permute_and_select(q, k, v, block_size=block_size, segment_size=segment_size,
-                            threshold=threshold, scale=scale, permute=permute, estimator=estimator)
+        perm, blocks = permute_and_select(q, k, v, params, scale=scale)
         out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out)
     return (out, blocks) if return_blocks else out

@@ -12,6 +12,7 @@ import torch
 
 from ..kernels.block_scores import block_lse
 from ..kernels.block_select import select_rows
+from ..profile.params import PbsParams
 
 _FULL, _MASKED, _SKIP = 0, 1, 2
 
@@ -172,16 +173,6 @@ def _threshold_tensor(values: tuple, device: str) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
-def head_thresholds(threshold, heads: int) -> tuple:
-    """One threshold per query head: a number is the same for all; a sequence gives each its own."""
-    if isinstance(threshold, torch.Tensor):
-        threshold = threshold.tolist()
-    values = tuple(float(t) for t in threshold) if isinstance(threshold, (list, tuple)) else (float(threshold),) * heads
-    if len(values) != heads:
-        raise ValueError(f"threshold has {len(values)} values for {heads} query heads; give one number or one per head")
-    return values
-
-
 BISECT_FROM = 1024  # blocks per row from which selection bisects instead of sorting (H100: see README)
 
 
@@ -204,7 +195,7 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
     nb = -(-N // block_size)
     first_qb = (N - M) // block_size
     nqb = nb - first_qb
-    values = head_thresholds(threshold, Hq)
+    values = PbsParams(block_size, segment_size, threshold, estimator=estimator).per_head(Hq)  # checked there
     sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     logits = None
     if min(values) < 1.0:

@@ -8,7 +8,7 @@ sum of single-sequence runs; benchmarks/README.md, "Serving traffic").
 """
 import torch
 
-from .pbs_attention import pbs_attention
+from .pbs_attention import as_params, pbs_attention
 
 
 def check_cu_seqlens(cu_q, cu_k, total_q, total_k, max_q, max_k, device):
@@ -45,10 +45,10 @@ def sequence_view(x, start, end):
     return x[start:end].transpose(0, 1).unsqueeze(0)
 
 
-def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, block_size,
-                         segment_size, threshold, launch=None, scale=None, permute=True, return_blocks=False,
-                         estimator="mean"):
+def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params=None, *,
+                         launch=None, scale=None, return_blocks=False, **keywords):
     """Causal PBS-Attn prefill over packed sequences. q (total_q, Hq, D), k/v (total_k, Hkv, D);
+    The parameters as for `pbs_attention`: one PbsParams or its fields as keywords.
     cu_seqlens_*: int32 (batch + 1,) starts, as FlashAttention's varlen functions take them; on the
     CPU they cost no device synchronisation (the lengths are read on the host either way).
 
@@ -63,6 +63,7 @@ def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError("pbs_attention_varlen is forward-only (prefill inference): call it under "
                          "torch.no_grad() or torch.inference_mode(), or detach the inputs")
+    params = as_params(params, **keywords)
     starts_q, starts_k, lengths = check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0],
                                                    max_seqlen_q, max_seqlen_k, q.device)
     out = torch.empty_like(q)
@@ -73,9 +74,8 @@ def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
                 continue
             qs = sequence_view(q, starts_q[i], starts_q[i + 1])
             ks, vs = (sequence_view(t, starts_k[i], starts_k[i + 1]) for t in (k, v))
-            _, blocks = pbs_attention(qs, ks, vs, block_size=block_size, segment_size=segment_size,
-                                      threshold=threshold, launch=launch, scale=scale, permute=permute, estimator=estimator,
-                                      return_blocks=True, out=sequence_view(out, starts_q[i], starts_q[i + 1]))
+            _, blocks = pbs_attention(qs, ks, vs, params, launch=launch, scale=scale, return_blocks=True,
+                                      out=sequence_view(out, starts_q[i], starts_q[i + 1]))
             if return_blocks:  # otherwise each sequence's index list is freed as the loop goes on
                 all_blocks.append(blocks)
     return (out, all_blocks) if return_blocks else out

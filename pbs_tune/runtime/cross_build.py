@@ -1,7 +1,7 @@
 """A profile's kernel library for a named GPU arch, built on any machine: no GPU needed.
 
 On a GPU, `pbs-tune compile` runs the profile's configs through Triton's JIT and keeps what it
-built (kernel_library.build). For another arch (an A100 profile built on an H100 or on a laptop)
+built (library_build.build). For another arch (an A100 profile built on an H100 or on a laptop)
 that cannot work, so the same kernels are found and compiled in two steps, each in a fresh process:
 which kernels - Triton's interpreter runs the library's exercise at small sizes and keys every
 call as the JIT would (launch.keys_seen; a bfloat16 entry runs in float16, the interpreter has no
@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from . import profiles
+from ..profile import profiles
 
 
 def _keys_of(profile) -> list:
@@ -24,7 +24,7 @@ def _keys_of(profile) -> list:
     import dataclasses
 
     from ..kernels import launch
-    from . import kernel_library
+    from . import exercise
     entries = profile.for_gpu(profile.gpu)
     lengths = sorted({e.seqlen for e in entries})
     keys, ran = set(), set()
@@ -37,9 +37,9 @@ def _keys_of(profile) -> list:
             with launch.keys_seen() as seen:
                 if kernel_key not in ran:
                     ran.add(kernel_key)
-                    kernel_library.run_config_once(small, one_head, lc, kernel_library.prewarm_length(params), "cpu")
+                    exercise.run_config_once(small, one_head, lc, exercise.prewarm_length(params), "cpu")
                 with launch.recording():
-                    kernel_library.run_select_buckets(small, one_head, kernel_library.select_range(e, params, lengths),
+                    exercise.run_select_buckets(small, one_head, exercise.select_range(e, params, lengths),
                                                       "cpu")
             keys |= {_retyped(k, e.dtype) for k in seen}
     return sorted(keys, key=repr)
@@ -80,23 +80,23 @@ def build_for_arch(profile_path: str, gpu: str, library: str, arch: int) -> dict
                            str(arch)], env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"building for sm_{arch} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:400]}")
-    from . import kernel_library
-    return kernel_library.read(library)
+    from .library_bind import read
+    return read(library)
 
 
 def compiled_for_arch(profile_path: str, gpu: str, arch: int) -> list:
     """Triton's CompiledKernels of `gpu`'s entries of the profile for `arch` (not under the interpreter)."""
     from ..kernels.aot import compile_key
-    from . import kernel_library
-    functions = {fn.__name__: fn for fn in kernel_library.launched_kernels()}
+    from .library_build import launched_kernels
+    functions = {fn.__name__: fn for fn in launched_kernels()}
     return [compile_key(functions[k[0]], k, arch=arch) for k in kernel_keys(profile_path, gpu)]
 
 
 def _compile(profile_path, gpu, library, arch):
     import triton
 
-    from . import kernel_library
-    kernel_library.write(library, compiled_for_arch(profile_path, gpu, arch),
+    from .library_build import write
+    write(library, compiled_for_arch(profile_path, gpu, arch),
                          dict(triton=triton.__version__, device=f"none (built for sm_{arch})"))
 
 

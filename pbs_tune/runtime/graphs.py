@@ -36,7 +36,7 @@ class GraphedOp:
             static.copy_(t)
 
         def op():
-            return pbs_attention(self.q, self.k, self.v, **params.op_args(), launch=launch, scale=scale)
+            return pbs_attention(self.q, self.k, self.v, params, launch=launch, scale=scale)
         side = torch.cuda.Stream(device=q.device)
         side.wait_stream(torch.cuda.current_stream(q.device))
         with torch.cuda.stream(side):  # warm-up outside the capture: first-use work (lazy loads, caches)

@@ -30,9 +30,9 @@ from typing import NamedTuple
 import torch
 
 from ..op.pbs_attention import attend_blocks, default_scale, key_order
-from ..op.estimators import ESTIMATORS
+from ..profile.params import ESTIMATORS
 from ..op.selection import select_blocks
-from .metrics import dense_reference
+from ..measure.metrics import dense_reference
 
 GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0)
 SAMPLED_ROWS = 256

@@ -12,12 +12,14 @@ from .. import progress
 
 from ..op.pbs_attention import attend_blocks, check_inputs, permute_and_select
 from ..op.permutation import identity_permutation
-from ..op.estimators import ESTIMATORS
 from ..op.selection import block_list_from_mask
-from ..timing import dense_baselines as sdpa_baselines
-from ..timing import median_ms
-from .metrics import dense_reference, recall_from_lse, rel_l2
-from .workloads import CALIBRATION_SETS, make_qkv
+from ..profile.params import ESTIMATORS
+from ..profile.provenance import DataSource
+from ..profile.target import Target
+from ..measure.timing import dense_baselines as sdpa_baselines
+from ..measure.timing import median_ms
+from ..measure.metrics import dense_reference, recall_from_lse, rel_l2
+from ..measure.workloads import CALIBRATION_SETS, make_qkv
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Calibration:
     v: torch.Tensor
     dense_out: torch.Tensor
     dense_lse: torch.Tensor
-    source: str
+    source: DataSource
     layer_ids: tuple | None = None  # captured layers, None for a synthetic workload
     samples: int = 1  # sequences per layer: the batch is layers x samples, layer after layer
     sources: tuple = ()  # a calibration set: the workload of each equal, consecutive group of the batch
@@ -59,9 +61,9 @@ def load_calibration(*, seqlen, heads, kv_heads, head_dim, dtype, device, worklo
     progress.say(f"calibration data: {calib_file or workload} at {seqlen} tokens")
     if calib_file:
         q, k, v, layer_ids, samples = read_capture(calib_file, seqlen, dtype, device)
-        source = f"capture:{calib_file}"
+        source = DataSource.capture(calib_file)
     else:
-        source = f"workload:{workload}" + (f" x{samples}" if samples > 1 else "")
+        source = DataSource.workload(workload, samples=samples)
         sources = CALIBRATION_SETS.get(workload, ())
         parts = [make_qkv(w, seqlen=seqlen, batch=samples, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                           dtype=dtype, device=device, seed=seed) for w in sources or (workload,)]
@@ -138,31 +140,16 @@ def _dense(q, k, v):
     return dense_reference(q, k, v), lse
 
 
-def measure(cal: Calibration, cfg, *, on_gpu: bool, timed: bool = True) -> dict:
+def measure(cal: Calibration, cfg, *, target: Target, timed: bool = True) -> dict:
     """Latency of the whole op (permute + select + attend) and its accuracy (`timed=False`:
     accuracy only, latency None)."""
-    p = cfg.params
-    check_inputs(cal.q, cal.k, cal.v, block_size=p.block_size, segment_size=p.segment_size,
-                 threshold=p.threshold, launch=cfg.launch, estimator=p.estimator)
-    return _measure_parts(cal, cfg, [(slice(None), p)], on_gpu=on_gpu, timed=timed)
+    check_inputs(cal.q, cal.k, cal.v, cfg.params, launch=cfg.launch)
+    return _measure_parts(cal, cfg, [(slice(None), cfg.params)], target=target, timed=timed)
 
 
-def dense_baselines(cal: Calibration, *, on_gpu: bool) -> dict:
+def dense_baselines(cal: Calibration, *, target: Target) -> dict:
     """SDPA cuDNN and flash latency on the calibration data (GPU only)."""
-    return sdpa_baselines(cal.q, cal.k, cal.v, on_gpu=on_gpu)
-
-
-def compared(latency_ms: float, baselines: dict, reference: dict, *, on_gpu: bool) -> dict:
-    """A config's latency beside dense SDPA and the published default timed in the same run:
-    the rounded figures, the speedups, and whether dense was faster (then the loader runs SDPA).
-    The interpreter's times only order trials on a CPU: no speed-up is derived from them."""
-    speedup = {name: round(base / latency_ms, 3) for name, base in (
-        ("vs_cudnn", baselines.get("cudnn_ms")), ("vs_flash", baselines.get("flash_ms")),
-        ("vs_reference", reference.get("latency_ms"))) if base and on_gpu}
-    dense = [v for k, v in baselines.items() if k.endswith("_ms")]
-    return dict(baselines={k: (round(v, 4) if isinstance(v, float) else v) for k, v in baselines.items()},
-                reference={k: (round(v, 5) if isinstance(v, float) else v) for k, v in reference.items()},
-                speedup=speedup, dense_faster=bool(dense) and min(dense) < latency_ms)
+    return sdpa_baselines(cal.q, cal.k, cal.v, on_gpu=target.on_gpu)
 
 
 def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None, estimators=ESTIMATORS) -> list:
@@ -188,13 +175,13 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None,
     return [choose_plan(curves, margin=margin, reference=p.threshold) for curves in cache[key]]
 
 
-def measure_layers(cal: Calibration, cfg, plans, *, on_gpu: bool, timed: bool = True) -> dict:
+def measure_layers(cal: Calibration, cfg, plans, *, target: Target, timed: bool = True) -> dict:
     """Like `measure`, but each layer runs its own plan, one after another, as in a model."""
     return _measure_parts(cal, cfg, [(cal.layer(i), cfg.planned(p)) for i, p in enumerate(plans)],
-                          on_gpu=on_gpu, timed=timed)
+                          target=target, timed=timed)
 
 
-def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = True) -> dict:
+def _measure_parts(cal: Calibration, cfg, parts, *, target: Target, timed: bool = True) -> dict:
     """Time the op over `parts` [(batch slice, PbsParams)] in turn; accuracy over all."""
     scale = 1.0 / math.sqrt(cal.q.shape[-1])
     inputs = [(cal.q[cut], cal.k[cut], cal.v[cut], params) for cut, params in parts]
@@ -202,7 +189,7 @@ def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = 
     def run(return_lse=False):
         results = []
         for q, k, v, params in inputs:
-            perm, blocks = permute_and_select(q, k, v, scale=scale, **params.op_args())
+            perm, blocks = permute_and_select(q, k, v, params, scale=scale)
             results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse),
                             blocks))
         return results
@@ -212,7 +199,7 @@ def _measure_parts(cal: Calibration, cfg, parts, *, on_gpu: bool, timed: bool = 
         results = run(return_lse=True)
         if timed:
             progress.say("  timing it")
-        latency = median_ms(run, on_gpu) if timed else None
+        latency = median_ms(run, target.on_gpu) if timed else None
     out = torch.cat([r[0][0] for r in results])
     lse = torch.cat([r[0][1] for r in results])
     kept = sum(r[1].kept_blocks() for r in results)

@@ -19,21 +19,22 @@ import math
 import torch
 
 from .. import progress
-from ..op.launch_config import LaunchConfig, default_launch
+from ..profile.launch import LaunchConfig, default_launch
+from ..profile.provenance import DataSource, LaunchChoice
+from ..profile.target import Target
 from ..op.pbs_attention import pbs_attention
-from ..timing import median_ms
+from ..measure.timing import median_ms
 from .space import GPU_SPACE
-from .workloads import CALIBRATION_SETS, FAMILIES, make_qkv
+from ..measure.workloads import CALIBRATION_SETS, FAMILIES, make_qkv
 
 NOISE = 0.03  # run-to-run spread of do_bench medians of one config on the H200 is ~1-2%
 RULE = (f"never slower than the stock launch on any source by more than {NOISE:.0%}; "
         f"then the best geometric-mean speedup over the sources")
 
 
-def stock_launch(block_size: int, head_dim: int, on_gpu: bool) -> LaunchConfig:
+def stock_launch(block_size: int, head_dim: int, target: Target) -> LaunchConfig:
     """The launch the untuned op uses for these parameters on this device."""
-    capability = torch.cuda.get_device_capability() if on_gpu else None
-    return default_launch(block_size, head_dim, capability)
+    return default_launch(block_size, head_dim, target.capability)
 
 
 def candidates(launch: LaunchConfig, stock: LaunchConfig, arch: int | None) -> list:
@@ -50,25 +51,24 @@ def source_names(workload: str, seed: int, capture: str | None = None) -> list:
     """The sources a launch is judged on: the calibration data, its next seed (or the capture),
     and every other workload family (a calibration set of families: each at its next seed)."""
     if workload in CALIBRATION_SETS and not capture:
-        return [f"workload:{w}@{seed + 1}" for w in CALIBRATION_SETS[workload]]
-    own = [f"capture:{capture}"] if capture else [f"workload:{workload}@{seed}", f"workload:{workload}@{seed + 1}"]
-    others = [f"workload:{w}@{seed}" for w in (*FAMILIES, "mixed") if w != workload or capture]
-    return own + others
+        return [str(DataSource.workload(w, seed + 1)) for w in CALIBRATION_SETS[workload]]
+    own = [DataSource.capture(capture)] if capture else [DataSource.workload(workload, s) for s in (seed, seed + 1)]
+    others = [DataSource.workload(w, seed) for w in (*FAMILIES, "mixed") if w != workload or capture]
+    return [str(source) for source in own + others]
 
 
 def load_source(name: str, *, seqlen, heads, kv_heads, head_dim, dtype, device):
     """(q, k, v) of a source name from `source_names` (a capture: its first layer and sequence)."""
-    kind, _, rest = name.partition(":")
-    if kind == "capture":
+    source = DataSource.parse(name)
+    if source.capture_path:
         from .evaluate import read_capture
-        q, k, v, _, _ = read_capture(rest, seqlen, dtype, device)
+        q, k, v, _, _ = read_capture(source.capture_path, seqlen, dtype, device)
         return q[:1], k[:1], v[:1]
-    workload, _, seed = rest.partition("@")
-    return make_qkv(workload, seqlen=seqlen, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
-                    device=device, seed=int(seed))
+    return make_qkv(source.name, seqlen=seqlen, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
+                    device=device, seed=source.seed or 0)
 
 
-def time_launches(params, launches, sources, *, shape: dict, on_gpu: bool, timer=None) -> dict:
+def time_launches(params, launches, sources, *, shape: dict, target: Target, timer=None) -> dict:
     """{launch label: {source: ms}} of the whole op with `params` and each launch (`timer`: median_ms)."""
     timer = timer or median_ms
     times = {lc.label(): {} for lc in launches}
@@ -76,9 +76,9 @@ def time_launches(params, launches, sources, *, shape: dict, on_gpu: bool, timer
     for name in sources:
         qkv = load_source(name, **shape)
         for lc in launches:
-            run = functools.partial(pbs_attention, *qkv, **params.op_args(), launch=lc)
+            run = functools.partial(pbs_attention, *qkv, params, launch=lc)
             with torch.no_grad():
-                times[lc.label()][name] = round(timer(run, on_gpu), 4)
+                times[lc.label()][name] = round(timer(run, target.on_gpu), 4)
         del qkv, run
         steps.step(name)
     return times
@@ -97,16 +97,12 @@ def robust_pick(times: dict, stock: str, noise: float = NOISE) -> tuple:
     return chosen, summary
 
 
-def choose_launch(params, launch: LaunchConfig, sources, *, shape: dict, on_gpu: bool, timer=None) -> tuple:
-    """(LaunchConfig, record for the entry's info) chosen by RULE over `sources`."""
-    arch = None
-    if on_gpu:
-        major, minor = torch.cuda.get_device_capability()
-        arch = major * 10 + minor
-    stock = stock_launch(params.block_size, shape["head_dim"], on_gpu)
-    launches = candidates(launch, stock, arch)
-    times = time_launches(params, launches, sources, shape=shape, on_gpu=on_gpu, timer=timer)
+def choose_launch(params, launch: LaunchConfig, sources, *, shape: dict, target: Target, timer=None) -> tuple:
+    """(LaunchConfig, LaunchChoice for the entry's provenance) chosen by RULE over `sources`."""
+    stock = stock_launch(params.block_size, shape["head_dim"], target)
+    launches = candidates(launch, stock, target.arch)
+    times = time_launches(params, launches, sources, shape=shape, target=target, timer=timer)
     chosen, summary = robust_pick(times, stock.label())
-    record = dict(rule=RULE, stock=stock.label(), searched=launch.label(), chosen=chosen, sources=list(sources),
-                  latency_ms=times, summary=summary)
-    return next(lc for lc in launches if lc.label() == chosen), record
+    choice = LaunchChoice(rule=RULE, stock=stock.label(), searched=launch.label(), chosen=chosen,
+                          sources=list(sources), latency_ms=times, summary=summary)
+    return next(lc for lc in launches if lc.label() == chosen), choice

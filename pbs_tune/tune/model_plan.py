@@ -7,16 +7,19 @@ calibration text, with needles of their own) with the plans and with the referen
 plans answer fewer, the margin shrinks, down to 0 where every layer is the reference. The
 result is one profile entry with a plan per layer.
 """
+import dataclasses
 import statistics
 
 import torch
 
 from .. import progress
-
-from ..op.launch_config import default_launch
-from ..op.estimators import ESTIMATORS
-from ..runtime import profiles
-from ..runtime.gpu import detect_gpu
+from ..dtypes import name_of
+from ..profile import profiles
+from ..profile.launch import default_launch
+from ..profile.params import ESTIMATORS, PbsParams
+from ..profile.provenance import Provenance
+from ..profile.target import detect_gpu
+from .entry import make_entry
 from .allocate import choose_plan, layer_curves, variants_of
 from .capture import recording_attention
 from ..models.retrieval import retrieval_hits, retrieval_prompts
@@ -39,23 +42,22 @@ def record_layers(model, seqs) -> dict:
 
 
 def model_entry(model, *, seqlen, block_size, segment_size, threshold, launch, layers=None,
-                permute=True) -> profiles.ProfileEntry:
+                permute=True, provenance=None) -> profiles.ProfileEntry:
     """A profile entry for this model's attention shape on this GPU, from `seqlen` tokens up."""
     cfg = model.config
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    return profiles.ProfileEntry(gpu=detect_gpu(), seqlen=seqlen, heads=cfg.num_attention_heads,
-                                 kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, dtype=dtype,
-                                 params=profiles.PbsParams(block_size, segment_size, threshold, permute),
-                                 launch=launch, layers=layers or {})
+    shape = dict(seqlen=seqlen, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
+                 head_dim=cfg.head_dim, dtype=name_of(next(model.parameters()).dtype))
+    return make_entry(gpu=detect_gpu(), shape=shape, params=PbsParams(block_size, segment_size, threshold, permute),
+                      launch=launch, layers=layers, provenance=provenance or Provenance())
 
 
 def use_entry(model, entry):
     """Run `model` with `entry` (None: dense SDPA)."""
-    import pbs_tune
+    from ..runtime.transformers_attention import apply
     if entry is None:
         model.set_attn_implementation("sdpa")
     else:
-        pbs_tune.apply(model, profiles.Profile(path="<plan>", entries=[entry], gpu=entry.gpu))
+        apply(model, profiles.Profile(path="<plan>", entries=[entry], gpu=entry.gpu))
 
 
 def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_size, segment_size, launch,
@@ -72,7 +74,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
     for m in [margin] + [x for x in PROBE_MARGINS if x < margin]:
         progress.say(f"retrieval probe at margin {m}: {len(prompts)} prompts")
         plans = {idx: choose_plan(c, margin=m, reference=reference) for idx, c in curves.items()}
-        planned = entry({idx: (profiles.PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator),
+        planned = entry({idx: (PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator),
                                launch)
                          for idx, p in plans.items()})
         use_entry(model, planned)
@@ -104,14 +106,41 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     entry, plans, used, log = probed_plans(model, tokenizer, curves, prompts, margin=margin, reference=reference,
                                            block_size=block_size, segment_size=segment_size, launch=launch,
                                            min_len=min_len or seqlen)
-    entry.info = dict(plan=dict(margin=margin, margin_used=used, reference_threshold=reference,
-                                calibration_sequences=len(calib_seqs), tokens=seqlen, probe=log,
-                                bound="per layer: output rel-L2 <= margin x the reference threshold's (also on "
-                                      "each calibration sequence left out of the fit), per head no fewer sampled "
-                                      "queries' heaviest keys kept, and no fewer retrieval probes answered than "
-                                      "with the reference"))
+    entry.provenance = dataclasses.replace(entry.provenance, plan=dict(
+        margin=margin, margin_used=used, reference_threshold=reference, calibration_sequences=len(calib_seqs),
+        tokens=seqlen, probe=log, bound="per layer: output rel-L2 <= margin x the reference threshold's (also on "
+                                        "each calibration sequence left out of the fit), per head no fewer sampled "
+                                        "queries' heaviest keys kept, and no fewer retrieval probes answered than "
+                                        "with the reference"))
     report = [dict(layer=idx, permute=p.permute, estimator=p.estimator, thresholds=list(p.thresholds), margin=used,
                    allocation_margin=p.margin,
                    calib_default_rel_l2=p.reference_rel_l2, calib_per_head_rel_l2=p.rel_l2,
                    calib_kept_ratio=p.kept_ratio) for idx, p in sorted(plans.items())]
     return entry, dict(allocation=report, probe=log, margin_used=used)
+
+
+def plan_to_profile(model_name, profile_path, *, gpu, seqlen, gguf_file=None, text_file=None, margin=0.95,
+                    reference=0.9, probes=40, block_size=128, segment_size=256, dtype="bfloat16",
+                    estimators=ESTIMATORS):
+    """`pbs-tune plan`: load the model, plan it on 2 calibration sequences (text_file, else the
+    installed Python sources of the calibration split) with probes on 4 others, and add the entry
+    to `profile_path`. Returns (entry, report)."""
+    import os
+
+    from ..models.fixtures import load_model, python_sources, token_sequences
+    from ..profile.target import CPU, INTERPRETER_MAX_SEQLEN, device_for, interpreter_size_error
+    from ..seqlen import format_length
+    if os.path.exists(profile_path):
+        profiles.load(profile_path)  # fail now, not after the calibration
+    net, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype, device=device_for(gpu))
+    too_big = gpu == CPU and interpreter_size_error(seqlen, net.config.num_attention_heads)
+    if too_big:
+        raise ValueError(f"{too_big}; on this CPU plan at --seqlen {format_length(INTERPRETER_MAX_SEQLEN // 4)} "
+                         f"or less with a small model, or run plan on a GPU")
+    if tokenizer is None:
+        raise ValueError(f"--model {model_name} has no tokenizer; plan needs one to build its retrieval probes")
+    seqs = token_sequences(tokenizer, [text_file] if text_file else python_sources("calibration"), seqlen, 6)
+    entry, report = plan_model(net, tokenizer, seqs[:2], seqs[2:], margin=margin, reference=reference, probes=probes,
+                               block_size=block_size, segment_size=segment_size, estimators=estimators)
+    profiles.merge_entries(profile_path, [entry])
+    return entry, report

@@ -7,11 +7,11 @@ not fit the device are pruned before they run, with the reason stored on the tri
 from dataclasses import dataclass, replace
 
 import optuna
-import torch
 
-from ..op.launch_config import LaunchConfig, default_launch
-from ..op.estimators import ESTIMATORS
-from ..runtime.profiles import PbsParams
+from ..profile.launch import LaunchConfig, default_launch
+from ..profile.params import ESTIMATORS
+from ..profile.params import PbsParams
+from ..profile.target import Target
 
 # kernel: the portable attend kernel or the Hopper one (TMA); programs_per_sm: the Hopper
 # kernel's persistent grid (0: a program per query tile).
@@ -64,25 +64,24 @@ class TrialConfig:
                        estimator=plan.estimator)
 
 
-def reference_config(head_dim, cpu=False):
+def reference_config(head_dim, target: Target):
     """The published default (block 128, segment 256, threshold 0.9) with the launch the untuned
-    op uses on this device (on Hopper with D=128: the Hopper kernel), so that speedups over the
+    op uses on the target (on Hopper with D=128: the Hopper kernel), so that speedups over the
     default are over what a user gets without tuning."""
     bs, seg = REFERENCE["block_size"], REFERENCE["segment_size"]
-    if cpu:
+    if not target.on_gpu:
         bs, seg = 16, 32  # same ratio, interpreter-sized
-    capability = None if cpu else torch.cuda.get_device_capability()
-    return TrialConfig(PbsParams(bs, seg, REFERENCE["threshold"]), default_launch(bs, head_dim, capability))
+    return TrialConfig(PbsParams(bs, seg, REFERENCE["threshold"]), default_launch(bs, head_dim, target.capability))
 
 
-def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, arch: int, smem_limit: int) -> str | None:
+def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, target: Target) -> str | None:
     """Why this config's attend kernel cannot run on this GPU, or None. The kernel is compiled
     first (what the JIT would build, see kernels/aot.py), so its real shared memory is compared
     with the device's limit, not an estimate; Triton's cache then serves the JIT the same build."""
     from ..kernels.aot import attend_call, compile_call
-    lc = cfg.launch
+    lc, arch, smem_limit = cfg.launch, target.arch, target.shared_memory
     try:
-        lc.check_device(divmod(arch, 10))
+        lc.check_device(target.capability)
     except ValueError as exc:
         return str(exc)
     try:

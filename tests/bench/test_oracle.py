@@ -4,7 +4,7 @@ import torch
 from helpers import random_qkv
 from pbs_tune.bench import oracle
 from pbs_tune.op.pbs_attention import key_order
-from pbs_tune.tune.metrics import dense_reference
+from pbs_tune.measure.metrics import dense_reference
 
 
 def test_block_mass_is_the_exact_causal_softmax_mass_per_block_pair():

@@ -5,7 +5,7 @@ import torch
 from pbs_tune.bench import selection_rules as rules
 from pbs_tune.op.pbs_attention import key_order, permute_and_select
 from pbs_tune.op.selection import block_list_from_mask
-from pbs_tune.tune.workloads import make_qkv
+from pbs_tune.measure.workloads import make_qkv
 
 
 @pytest.mark.parametrize("prototype,estimator", [("mean", "mean"), ("lse_ns", "lse")])

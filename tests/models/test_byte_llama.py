@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pbs_tune
-from pbs_tune.runtime import profiles
+from pbs_tune.profile import profiles
 from pbs_tune.models import byte_llama
 from pbs_tune.models.byte_llama import ByteTokenizer, needle_prompts, needle_sequence
 

@@ -6,7 +6,7 @@ import logging
 import torch
 
 from pbs_tune.runtime import graphs
-from pbs_tune.runtime.profiles import PbsParams
+from pbs_tune.profile.profiles import PbsParams
 from pbs_tune import LaunchConfig
 
 PARAMS, LAUNCH = PbsParams(16, 32, 0.9), LaunchConfig(16, 16, 4, 1)
@@ -81,10 +81,11 @@ def test_room_for_one_graph_per_planned_layer_so_a_forward_pass_never_recaptures
 def test_applying_per_layer_plans_makes_room_for_a_graph_per_layer(tmp_path):
     from helpers import TINY_SHAPE, profile_entry, tiny_llama, write_profile
     import pbs_tune
-    from pbs_tune.runtime import loader, profiles
+    from pbs_tune.profile import profiles
+    from pbs_tune.runtime.state import STATE
     model = tiny_llama(num_hidden_layers=graphs.CAPACITY + 4)
     layer = dict(params=dict(block_size=16, segment_size=32, threshold=0.8), launch=dict(block_m=16, block_n=16,
                                                                                         num_warps=4, num_stages=1))
     planned = dict(profile_entry(64, 0.9, **TINY_SHAPE), layers={str(i): layer for i in range(0, 12, 2)})
     pbs_tune.apply(model, profiles.load(write_profile(tmp_path, [planned])))
-    assert loader._graphs.capacity >= graphs.CAPACITY + model.config.num_hidden_layers
+    assert STATE.graphs.capacity >= graphs.CAPACITY + model.config.num_hidden_layers

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from pbs_tune.runtime import kernel_library
+from pbs_tune.runtime import exercise, library_bind, library_build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,28 +22,28 @@ BUILD = """
 import json, os, sys
 from pbs_tune.kernels import launch
 from pbs_tune.kernels.aot import attend_call, compile_call
-from pbs_tune.runtime import kernel_library
+from pbs_tune.runtime import exercise, library_bind, library_build
 calls = [attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
                      num_stages=2),
          attend_call(dtype="float16", head_dim=64, block_size=64, block_m=64, block_n=32, num_warps=4, num_stages=3),
          attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
                      num_stages=3, tma=True)]
 compiled = [compile_call(c, arch=90) for c in calls]
-manifest = kernel_library.write(sys.argv[1], compiled, dict(triton="test"))
+manifest = library_build.write(sys.argv[1], compiled, dict(triton="test"))
 keys = [list(map(str, launch.call_key(c.fn, c.args, c.constexprs, c.num_warps, c.num_stages))) for c in calls]
-recs = [list(map(str, kernel_library.record_key(r))) for r in manifest["kernels"]]
+recs = [list(map(str, library_bind.record_key(r))) for r in manifest["kernels"]]
 # One library per arch, shared: a second profile's kernels are added to the first's ...
 shared = sys.argv[1] + "-shared"
-kernel_library.write(shared, compiled[:2], dict(triton="test"))
-union = kernel_library.write(shared, compiled[1:], dict(triton="test"))
+library_build.write(shared, compiled[:2], dict(triton="test"))
+union = library_build.write(shared, compiled[1:], dict(triton="test"))
 # ... unless the library was built from other kernel sources: then it is replaced.
 with open(shared + "/manifest.json") as f:
     old = json.load(f)
 with open(shared + "/manifest.json", "w") as f:
     json.dump(dict(old, kernel_sources="0" * 64), f)
-fresh = kernel_library.write(shared, compiled[:1], dict(triton="test"))
+fresh = library_build.write(shared, compiled[:1], dict(triton="test"))
 print(json.dumps(dict(same_keys=sorted(keys) == sorted(recs), union=[r["file"] for r in union["kernels"]] == [r["file"] for r in manifest["kernels"]],
-                      fresh=[r["file"] for r in fresh["kernels"]] == [r["file"] for r in kernel_library.read(shared)["kernels"]],
+                      fresh=[r["file"] for r in fresh["kernels"]] == [r["file"] for r in library_bind.read(shared)["kernels"]],
                       fresh_count=len(fresh["kernels"]), files=sorted(os.listdir(shared)) == sorted(["manifest.json"] + list(fresh["files"])))))
 """
 
@@ -60,8 +60,8 @@ def library(tmp_path_factory):
 def test_manifest_records_what_a_launch_needs_and_no_ir(library):
     path, result = library
     assert result["same_keys"]  # a call finds the kernel compiled for it
-    manifest = kernel_library.read(path)
-    assert manifest["arch"] == 90 and manifest["kernel_sources"] == kernel_library.kernel_sources_hash()
+    manifest = library_bind.read(path)
+    assert manifest["arch"] == 90 and manifest["kernel_sources"] == library_bind.kernel_sources_hash()
     assert sorted(os.listdir(path)) == sorted(["manifest.json"] + list(manifest["files"]))
     assert all(name.endswith(".cubin") for name in manifest["files"])
     hopper = [r for r in manifest["kernels"] if r["kernel"] == "_attend_fwd_tma"]
@@ -87,7 +87,7 @@ def test_a_library_is_shared_by_profiles_of_one_arch_and_replaced_when_stale(lib
 
 
 def test_the_shipped_h100_and_h200_profiles_share_one_sm_90_library():
-    from pbs_tune.runtime import profile_store, profiles
+    from pbs_tune.profile import store as profile_store, profiles
     libraries = {profiles.load(profile_store.find_profile(gpu).path).library for gpu in ("h100-sxm", "h200-sxm")}
     assert len(libraries) == 1 and os.path.basename(libraries.pop()) == "sm_90"
 
@@ -102,8 +102,8 @@ def test_relocated_and_read_only_copies_work_and_stay_untouched(library, tmp_pat
         os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR)
     before = {n: os.stat(os.path.join(copy, n)).st_mtime_ns for n in os.listdir(copy)}
     try:
-        assert kernel_library.read(copy)["kernels"] == kernel_library.read(path)["kernels"]
-        assert "no CUDA GPU" in kernel_library.problem_with(kernel_library.read(copy))
+        assert library_bind.read(copy)["kernels"] == library_bind.read(path)["kernels"]
+        assert "no CUDA GPU" in library_bind.problem_with(library_bind.read(copy))
         assert {n: os.stat(os.path.join(copy, n)).st_mtime_ns for n in os.listdir(copy)} == before
     finally:
         os.chmod(copy, 0o755)
@@ -112,7 +112,7 @@ def test_relocated_and_read_only_copies_work_and_stay_untouched(library, tmp_pat
 def _copy(library, tmp_path):
     dst = str(tmp_path / "lib")
     shutil.copytree(library[0], dst)
-    return dst, kernel_library.read(dst)
+    return dst, library_bind.read(dst)
 
 
 def test_a_corrupted_cubin_is_detected_and_never_used(library, tmp_path):
@@ -123,10 +123,10 @@ def test_a_corrupted_cubin_is_detected_and_never_used(library, tmp_path):
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(kernel_library.LibraryError, match="corrupted"):
-        kernel_library.read(path)
-    with pytest.raises(kernel_library.LibraryError, match="corrupted"):
-        kernel_library.bind(path)
+    with pytest.raises(library_bind.LibraryError, match="corrupted"):
+        library_bind.read(path)
+    with pytest.raises(library_bind.LibraryError, match="corrupted"):
+        library_bind.bind(path)
 
 
 @pytest.mark.parametrize("damage,match", [
@@ -138,26 +138,26 @@ def test_a_corrupted_cubin_is_detected_and_never_used(library, tmp_path):
 def test_missing_or_damaged_files_are_one_clear_error(library, tmp_path, damage, match):
     path, manifest = _copy(library, tmp_path)
     damage(path, manifest)
-    with pytest.raises(kernel_library.LibraryError, match=match):
-        kernel_library.read(path)
+    with pytest.raises(library_bind.LibraryError, match=match):
+        library_bind.read(path)
 
 
 def test_the_library_collects_every_kernel_pbs_tune_launches():
     """A kernel launched through `launch.run` but missing here would always run through the JIT."""
     import re
-    folder = os.path.dirname(kernel_library.launch.__file__)
+    folder = os.path.dirname(library_bind.launch.__file__)
     launched = set()
     for name in os.listdir(folder):
         if name.endswith(".py"):
             with open(os.path.join(folder, name)) as f:
                 launched |= set(re.findall(r"\brun\((_\w+),", f.read()))
-    assert launched and launched == {fn.__name__ for fn in kernel_library.launched_kernels()}
+    assert launched and launched == {fn.__name__ for fn in library_build.launched_kernels()}
 
 
 def test_a_library_from_other_kernel_sources_is_stale(library, monkeypatch):
-    manifest = kernel_library.read(library[0])
-    monkeypatch.setattr(kernel_library, "kernel_sources_hash", lambda: "0" * 64)
-    assert "other kernel sources" in kernel_library.problem_with(manifest)
+    manifest = library_bind.read(library[0])
+    monkeypatch.setattr(library_bind, "kernel_sources_hash", lambda: "0" * 64)
+    assert "other kernel sources" in library_bind.problem_with(manifest)
 
 
 def test_kernels_compile_ahead_of_time_for_every_shipped_arch():
@@ -188,14 +188,15 @@ def test_every_kernel_a_shipped_profile_runs_is_in_its_library_for_its_arch(gpu)
     them (cross_build.py); each must be in the profile's library, built for its GPU's arch from the
     kernel sources installed. Any edit of a kernel makes the libraries stale: rebuild them with
     `pbs-tune compile --profile configs/<gpu>.yaml` (on a GPU for its own arch, anywhere for another)."""
-    from pbs_tune.runtime import cross_build, profiles
-    from pbs_tune.runtime.gpu import arch_of
+    from pbs_tune.profile import profiles
+    from pbs_tune.runtime import cross_build
+    from pbs_tune.profile.target import arch_of
     path = os.path.join(ROOT, "configs", f"{gpu}.yaml")
     prof = profiles.load(path)
-    manifest = kernel_library.read(prof.library)
+    manifest = library_bind.read(prof.library)
     assert manifest["arch"] == arch_of(gpu) and prof.library.endswith(f"sm_{arch_of(gpu)}")
-    assert manifest["kernel_sources"] == kernel_library.kernel_sources_hash(), "stale library: rebuild it"
-    held = {kernel_library.record_key(r) for r in manifest["kernels"]}
+    assert manifest["kernel_sources"] == library_bind.kernel_sources_hash(), "stale library: rebuild it"
+    held = {library_bind.record_key(r) for r in manifest["kernels"]}
     missing = [str(k)[:200] for k in cross_build.kernel_keys(path, gpu) if k not in held]
     assert not missing, missing
 
@@ -212,9 +213,9 @@ def test_compile_for_a_named_arch_needs_no_gpu_and_leaves_the_profile_alone(tmp_
     res = CliRunner().invoke(main, ["compile", "--profile", path, "--arch", "100", "--kernels", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert "for sm_100" in res.output and "built without that GPU; never run here" in res.output
-    manifest = kernel_library.read(str(tmp_path / "b"))
-    assert manifest["arch"] == 100 and manifest["kernel_sources"] == kernel_library.kernel_sources_hash()
-    assert {kernel_library.record_key(r) for r in manifest["kernels"]} == set(cross_build.kernel_keys(path, "cpu"))
+    manifest = library_bind.read(str(tmp_path / "b"))
+    assert manifest["arch"] == 100 and manifest["kernel_sources"] == library_bind.kernel_sources_hash()
+    assert {library_bind.record_key(r) for r in manifest["kernels"]} == set(cross_build.kernel_keys(path, "cpu"))
     assert open(path).read() == before  # a cpu profile names no sm_100 library
     res = CliRunner().invoke(main, ["compile", "--profile", path, "--arch", "80,89", "--kernels", str(tmp_path)])
     assert res.exit_code == 1 and "a library holds one arch: give one --arch" in res.output
@@ -228,7 +229,7 @@ def test_every_kernel_a_plan_runs_is_among_those_its_library_is_built_from(tmp_p
     """The calls a per-layer plan makes when served (the loader's warm-up, prompts of lengths that
     are and are not multiples of the block count's powers, a padded batch, chunked prefill), keyed
     as Triton's JIT keys them, are all among the calls `pbs-tune compile` builds the library from
-    (kernel_library.exercise, run here in the interpreter): no call at run time compiles."""
+    (exercise.exercise, run here in the interpreter): no call at run time compiles."""
     import torch
     import transformers
 
@@ -246,7 +247,7 @@ def test_every_kernel_a_plan_runs_is_among_those_its_library_is_built_from(tmp_p
     with launch.keys_seen() as served, torch.no_grad():
         for e in prof.for_gpu("cpu"):  # what the loader's warm-up runs on a GPU, at load time
             for params, lc in e.configs():
-                kernel_library.run_config_once(e, params, lc, kernel_library.prewarm_length(params), "cpu")
+                exercise.run_config_once(e, params, lc, exercise.prewarm_length(params), "cpu")
         pbs_tune.apply(model, prof, min_chunk=16)
         for n in (64, 100):
             model(torch.randint(0, 97, (1, n)))
@@ -258,7 +259,7 @@ def test_every_kernel_a_plan_runs_is_among_those_its_library_is_built_from(tmp_p
             model(torch.randint(0, 97, (1, b - a)), past_key_values=cache, use_cache=True)
     assert pbs_tune.stats()["pbs"] >= 10 and any(k[0] == "_block_lse" for k in served)
     with launch.keys_seen() as built, torch.no_grad():
-        kernel_library.exercise(prof, "cpu")
+        exercise.exercise(prof, "cpu")
     missing = sorted(map(str, served - built))
     assert not missing, missing
     from pbs_tune.runtime import cross_build  # what a build for another arch finds: the same kernels

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pbs_tune
-from pbs_tune.runtime import profiles
+from pbs_tune.profile import profiles
 from helpers import TINY_SHAPE, profile_entry, tiny_llama, write_profile
 
 transformers = pytest.importorskip("transformers")
@@ -110,7 +110,7 @@ def _store(root, name, gpu, seqlen):
 
 
 def test_lookup_order_explicit_then_env_then_user_then_shipped(tmp_path, monkeypatch):
-    from pbs_tune.runtime import profile_store
+    from pbs_tune.profile import store as profile_store
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("PBS_TUNE_HOME", raising=False)
     shipped = profile_store.find_profile("h100-sxm")
@@ -147,7 +147,7 @@ def test_show_works_from_any_directory_for_a_gpu_that_is_not_here(tmp_path):
     ("NVIDIA A100 80GB PCIe", "a100-pcie"), ("NVIDIA L40S", "l40s"),
 ])
 def test_gpu_variants_are_told_apart(name, variant):
-    from pbs_tune.runtime.gpu import variant_name
+    from pbs_tune.profile.target import variant_name
     assert variant_name(name) == variant
 
 
@@ -155,7 +155,7 @@ def _attention_call(tmp_path, entries, **kwargs):
     """One call of the registered attention function on a tiny Llama's layer 0; returns (out, want)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from pbs_tune.runtime.loader import _pbs_attention_forward
+    from pbs_tune.runtime.transformers_attention import _pbs_attention_forward
     model = pbs_tune.apply(tiny_llama(), pbs_tune.load_profile("auto", write_profile(tmp_path, entries)))
     attn = model.model.layers[0].self_attn
     q, k, v = torch.randn(1, 2, 64, 64), torch.randn(1, 1, 64, 64), torch.randn(1, 1, 64, 64)
@@ -227,7 +227,7 @@ def test_a_path_in_place_of_the_gpu_is_read_as_a_path(tmp_path):
 
 
 def test_a_profile_not_tuned_on_its_gpu_runs_pbs_only_from_32k_and_says_why_once(tmp_path, caplog):
-    from pbs_tune.runtime.loader import shortest_pbs_length
+    from pbs_tune.runtime.dispatch import shortest_pbs_length
     why = "not tuned on cpu: no such GPU was available"
     path = write_profile(tmp_path, [dict(entry(64), not_tuned=why), dict(entry(128), not_tuned=why)])
     with caplog.at_level(logging.WARNING, logger="pbs_tune"):

@@ -104,7 +104,7 @@ def test_a_shape_without_entries_uses_the_nearest_gqa_ratio_once_said(tmp_path, 
 def test_tuned_attention_takes_a_chunk_after_a_prefix(tmp_path):
     prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(32, 1.0)]))
     q, k, v = torch.randn(1, 2, 40, 64), torch.randn(1, 1, 100, 64), torch.randn(1, 1, 100, 64)
-    from pbs_tune.runtime.loader import dense_causal
+    from pbs_tune.runtime.dispatch import dense_causal
     got = pbs_tune.tuned_attention(q, k, v, profile=prof)
     assert pbs_tune.stats() == {"fallback:short_chunk": 1}  # 40 < the default min_chunk
     assert torch.allclose(got, dense_causal(q, k, v, None), atol=1e-5)
@@ -150,7 +150,7 @@ def test_show_refuses_a_malformed_shape_in_one_line():
 
 
 def test_padding_spans_are_read_once_per_mask_object_and_again_for_a_new_or_changed_one():
-    from pbs_tune.runtime.loader import padded_spans
+    from pbs_tune.runtime.dispatch import padded_spans
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[0, :3] = 0
     assert padded_spans(mask) == [(3, 10), (0, 10)]

@@ -5,7 +5,8 @@ import os
 import pytest
 import yaml
 
-from pbs_tune.runtime import profiles
+from pbs_tune.profile import profiles
+from pbs_tune.profile.params import describe_threshold
 from helpers import GPU_SHAPE, profile_entry
 
 
@@ -145,7 +146,7 @@ def test_per_head_thresholds_round_trip_and_are_checked(tmp_path):
     e = profiles.load(str(path)).entries[0]
     assert e.params.threshold == tuple(per_head) and not e.params.keeps_all
     assert "τ0.5-0.965/head" in e.describe()
-    assert profiles.describe_threshold((0.9, 0.9)) == "τ0.9"
+    assert describe_threshold((0.9, 0.9)) == "τ0.9"
     path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[
         dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=[0.9] * 31))])))
     with pytest.raises(profiles.ProfileError, match=r"one per query head \(32\)"):
@@ -160,7 +161,7 @@ def test_the_block_estimator_is_a_profile_parameter_with_the_papers_as_default(t
     assert a.params.estimator == "lse" and b.params.estimator == "mean"
     assert "estimator" not in yaml.safe_load(path.read_text())["entries"][1]["params"]  # the default stays implicit
     assert a.kernel_keys() != profiles.ProfileEntry.from_dict(entry(8192, thr=0.8)).kernel_keys()
-    assert "lse" in a.describe() and a.params.op_args()["estimator"] == "lse"
+    assert "lse" in a.describe() and a.params.estimator == "lse"
     bad = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, estimator="max"))
     path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[bad])))
     with pytest.raises(profiles.ProfileError, match="params.estimator must be one of mean, lse, got 'max'"):

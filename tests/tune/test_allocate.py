@@ -152,9 +152,9 @@ def test_without_any_margin_that_holds_out_of_sample_the_plan_is_the_reference()
 
 
 def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypatch):
-    from pbs_tune.op.launch_config import LaunchConfig
+    from pbs_tune.profile.launch import LaunchConfig
     from pbs_tune.tune import allocate, evaluate
-    from pbs_tune.runtime.profiles import PbsParams
+    from pbs_tune.profile.profiles import PbsParams
     from pbs_tune.tune.space import TrialConfig
     cal = evaluate.load_calibration(seqlen=64, heads=2, kv_heads=1, head_dim=32, dtype=torch.float32, device="cpu")
     measured = []
@@ -193,8 +193,8 @@ def test_each_layer_takes_the_estimator_whose_curves_keep_fewest_blocks_within_t
 
 
 def test_a_planned_trial_runs_its_layer_estimator():
-    from pbs_tune.op.launch_config import LaunchConfig
-    from pbs_tune.runtime.profiles import PbsParams
+    from pbs_tune.profile.launch import LaunchConfig
+    from pbs_tune.profile.profiles import PbsParams
     from pbs_tune.tune.space import TrialConfig
     cfg = TrialConfig(PbsParams(16, 32, 0.9), LaunchConfig(16, 16, 1, 1))
     params = cfg.planned(LayerPlan(False, (0.5, 0.7), 0.5, 0.0, 0.1, estimator="lse"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pbs_tune.runtime import profiles
+from pbs_tune.profile import profiles
 from pbs_tune.cli import main
 from helpers import tiny_llama_config
 
@@ -91,8 +91,8 @@ def test_tiny_sweep_writes_a_valid_profile_and_show_prints_it(tmp_path):
     assert (same["source"], other["source"]) == ("workload:diffuse", "workload:mixed")
     assert same["calibration_rel_l2"] == e.measured["rel_l2"]
     from pbs_tune import pbs_attention
-    from pbs_tune.tune.metrics import dense_reference, rel_l2
-    from pbs_tune.tune.workloads import make_qkv
+    from pbs_tune.measure.metrics import dense_reference, rel_l2
+    from pbs_tune.measure.workloads import make_qkv
     for held, workload in ((same, "diffuse"), (other, "mixed")):
         q, k, v = make_qkv(workload, seqlen=96, heads=2, kv_heads=1, head_dim=64, dtype=torch.float32, device="cpu",
                            seed=1)

@@ -132,7 +132,7 @@ def test_show_says_when_it_shows_another_variant_and_refuses_an_ignored_flag():
 def test_a_finished_sweep_says_so_and_an_entry_failing_its_held_out_check_is_written_but_never_run(
         tmp_path, monkeypatch, caplog):
     import pbs_tune
-    from pbs_tune.runtime import profiles
+    from pbs_tune.profile import profiles
     from pbs_tune.tune import sweep as sweep_module
     real_check = sweep_module.held_out_check
 

@@ -3,8 +3,9 @@ noise, then the best geometric mean (tune/launch_choice.py)."""
 import pytest
 import torch
 
-from pbs_tune.op.launch_config import LaunchConfig
-from pbs_tune.runtime import profiles
+from pbs_tune.profile.launch import LaunchConfig
+from pbs_tune.profile.target import Target
+from pbs_tune.profile import profiles
 from pbs_tune.tune import launch_choice
 from pbs_tune.tune.launch_choice import NOISE, robust_pick
 
@@ -40,12 +41,12 @@ def test_every_candidate_is_timed_on_every_source_and_the_rule_picks_one():
         seen.append(label)
         return {"16x16w4s1-tma-p1": 5.0, "16x16w4s1-tma": 6.0}.get(label, 8.0)
     launch, record = launch_choice.choose_launch(params, searched, ["workload:diffuse@0", "workload:stripes@3"],
-                                                 shape=shape, on_gpu=False, timer=timer)
-    labels = set(record["latency_ms"])
+                                                 shape=shape, target=Target("cpu"), timer=timer)
+    labels = set(record.latency_ms)
     assert {"16x16w4s3", "16x16w4s1", "16x16w4s1-tma", "16x16w4s1-tma-p1", "16x16w4s1-tma-p2"} <= labels
     assert len(seen) == 2 * len(labels)
-    assert launch == searched and record["chosen"] == "16x16w4s1-tma-p1" and record["stock"] == "16x16w4s3"
-    assert record["summary"]["16x16w4s1-tma-p1"]["worst"] == 1.6
+    assert launch == searched and record.chosen == "16x16w4s1-tma-p1" and record.stock == "16x16w4s3"
+    assert record.summary["16x16w4s1-tma-p1"]["worst"] == 1.6
 
 
 def test_source_names_cover_every_family_and_the_next_seed():
@@ -56,7 +57,8 @@ def test_source_names_cover_every_family_and_the_next_seed():
 
 
 def test_a_sweep_keeps_the_launch_chosen_over_its_sources(tmp_path, monkeypatch):
-    from pbs_tune.tune.sweep import SweepSpec, run_sweep
+    from pbs_tune.tune.spec import SweepSpec
+    from pbs_tune.tune.sweep import run_sweep
     monkeypatch.setattr(launch_choice, "median_ms",
                         lambda run, on_gpu: 3.0 if run.keywords["launch"].programs_per_sm == 2 else 9.0)
     spec = SweepSpec(gpu="cpu", seqlens=(96,), storage=f"sqlite:///{tmp_path}/s.db", profile=str(tmp_path / "p.yaml"),
@@ -64,6 +66,6 @@ def test_a_sweep_keeps_the_launch_chosen_over_its_sources(tmp_path, monkeypatch)
                      launch_sources=("workload:diffuse@0", "workload:retrieval@0"), quiet=True)
     (entry,) = run_sweep(spec, say=lambda line: None)
     assert entry.launch.tma and entry.launch.programs_per_sm == 2
-    record = entry.info["launch_choice"]
-    assert record["chosen"] == entry.launch.label() and record["sources"] == list(spec.launch_sources)
+    record = entry.provenance.launch_choice
+    assert record.chosen == entry.launch.label() and record.sources == list(spec.launch_sources)
     assert profiles.load(spec.profile).entries[0].launch == entry.launch

@@ -6,8 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pbs_tune.op.launch_config import LaunchConfig
-from pbs_tune.runtime import profiles
+from pbs_tune.profile.launch import LaunchConfig
+from pbs_tune.profile import profiles
 from pbs_tune.tune import model_plan
 from pbs_tune.tune.allocate import GRID, REFERENCE, HeadCurves, Variant
 

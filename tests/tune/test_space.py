@@ -4,15 +4,16 @@ import subprocess
 import sys
 
 CODE = """
-from pbs_tune.op.launch_config import LaunchConfig
-from pbs_tune.runtime.profiles import PbsParams
+from pbs_tune.profile.launch import LaunchConfig
+from pbs_tune.profile.target import Target
+from pbs_tune.profile.profiles import PbsParams
 from pbs_tune.tune.space import TrialConfig, launch_problem
 fits = TrialConfig(PbsParams(128, 256, 0.9), LaunchConfig(128, 128, 8, 2))
-print(launch_problem(fits, head_dim=128, dtype="bfloat16", arch=90, smem_limit=232448))
-print(launch_problem(fits, head_dim=128, dtype="bfloat16", arch=90, smem_limit=49152))
+print(launch_problem(fits, head_dim=128, dtype="bfloat16", target=Target("h100-sxm", 90, 232448)))
+print(launch_problem(fits, head_dim=128, dtype="bfloat16", target=Target("h100-sxm", 90, 49152)))
 hopper = TrialConfig(PbsParams(128, 256, 0.9), LaunchConfig(128, 128, 8, 3, tma=True, programs_per_sm=1))
-print(launch_problem(hopper, head_dim=128, dtype="bfloat16", arch=90, smem_limit=232448))
-print(launch_problem(hopper, head_dim=128, dtype="bfloat16", arch=80, smem_limit=166912))
+print(launch_problem(hopper, head_dim=128, dtype="bfloat16", target=Target("h100-sxm", 90, 232448)))
+print(launch_problem(hopper, head_dim=128, dtype="bfloat16", target=Target("a100-sxm", 80, 166912)))
 """
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pbs_tune import permute_and_select
-from pbs_tune.tune.workloads import WORKLOADS, make_qkv
+from pbs_tune.measure.workloads import WORKLOADS, make_qkv
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)

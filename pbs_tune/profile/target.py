@@ -1,4 +1,8 @@
-"""GPU names that key profiles and kernel libraries: the family and its variant.
+"""The GPU a profile, a sweep or a kernel library is for: its name, arch and shared memory.
+
+`Target` is that GPU resolved once (the present one's arch and shared memory read from the
+device, another's from `TARGETS`); the tuner and the runtime pass it on instead of re-deriving
+the compute capability or an on-GPU flag.
 
 Variants of one family differ in clocks, power and memory bandwidth (H100 SXM vs PCIe vs
 NVL), so timings tuned on one must not silently stand for another: profiles are named by
@@ -6,6 +10,7 @@ variant ('h100-sxm'), and a family name ('h100') selects whichever variant is pr
 """
 import os
 import re
+from dataclasses import dataclass
 
 CPU = "cpu"  # Triton's interpreter on the CPU: used by tests and CI
 # What an interpreter run (a sweep, plan or relaunch on the CPU) may take on. The interpreter runs
@@ -123,3 +128,50 @@ def runs_here(gpu: str) -> bool:
 
 def device_for(gpu: str) -> str:
     return "cpu" if gpu == CPU else "cuda"
+
+
+@dataclass(frozen=True)
+class Target:
+    """name: the variant ('h100-sxm') or 'cpu' (Triton's interpreter); arch: compute capability as
+    a number (90), None on the CPU or for a family `TARGETS` does not know; shared_memory: opt-in
+    shared memory per block in bytes."""
+
+    name: str
+    arch: int | None = None
+    shared_memory: int | None = None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.name != CPU
+
+    @property
+    def device(self) -> str:
+        return device_for(self.name)
+
+    @property
+    def family(self) -> str:
+        return family_of(self.name)
+
+    @property
+    def capability(self) -> tuple | None:
+        """(major, minor), as torch reports it; None on the CPU."""
+        return None if self.arch is None else divmod(self.arch, 10)
+
+    @classmethod
+    def named(cls, name: str) -> "Target":
+        """The target `name` means: the present GPU's own figures when it is that GPU (or its
+        family), else the table's (a GPU that is not here: compiling for it, reading its profile)."""
+        if name == CPU:
+            return cls(CPU)
+        present = present_gpu()
+        if present not in (None, CPU) and family_of(name) == family_of(present):
+            import torch
+            props = torch.cuda.get_device_properties(0)
+            return cls(name, props.major * 10 + props.minor, props.shared_memory_per_block_optin)
+        return cls(name, arch_of(name), shared_memory_of(name))
+
+    @classmethod
+    def present(cls) -> "Target | None":
+        """This machine's GPU (or the interpreter), None where there is neither."""
+        gpu = present_gpu()
+        return None if gpu is None else cls.named(gpu)

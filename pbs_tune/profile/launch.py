@@ -20,7 +20,7 @@ class LaunchConfig:
         """Raise ValueError when this config cannot tile PBS blocks of `block_size`."""
         for name in ("block_m", "block_n"):
             value = getattr(self, name)
-            if not _is_pow2(value) or value < 16:
+            if not is_pow2(value) or value < 16:
                 raise ValueError(f"launch.{name} must be a power of two >= 16, got {value}")
             if block_size % value:
                 raise ValueError(f"launch.{name}={value} must divide block_size={block_size}")
@@ -81,5 +81,5 @@ def default_launch(block_size: int, head_dim: int, capability=None) -> LaunchCon
     return LaunchConfig(block_m=tile, block_n=tile, num_warps=warps, num_stages=3, tma=hopper)
 
 
-def _is_pow2(x) -> bool:
+def is_pow2(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x > 0 and x & (x - 1) == 0

@@ -1,6 +1,7 @@
 """Tuned profiles: YAML files of chosen configs per (GPU, length, shape, dtype).
 
-An entry is a typed `ProfileEntry` (params, launch, per-layer overrides, measurements) that
+An entry is a typed `ProfileEntry` (params, launch, per-layer overrides, measurements and
+provenance) that
 every reader shares: the loader, the kernel library, the CLI and the reports. Entries are
 checked field by field when a file is read, so a bad value is reported with its file, entry
 and field instead of failing inside a model's forward. Writes are atomic (temp file +
@@ -12,16 +13,17 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import yaml
 from filelock import FileLock
 
-from ..op.launch_config import REQUIRED_FIELDS as LAUNCH_REQUIRED
-from ..op.launch_config import LaunchConfig
-from ..op.estimators import ESTIMATORS
 from ..dtypes import NAMES as DTYPE_NAMES
 from ..seqlen import format_length
+from .launch import REQUIRED_FIELDS as LAUNCH_REQUIRED
+from .launch import LaunchConfig
+from .params import PbsParams, describe_config
+from .provenance import Provenance
 
 logger = logging.getLogger("pbs_tune")
 SCHEMA_VERSION = 1
@@ -37,35 +39,6 @@ UNTUNED_MIN_SEQLEN = 32768
 
 class ProfileError(ValueError):
     """A profile file that cannot be used as it is."""
-
-
-@dataclass(frozen=True)
-class PbsParams:
-    """The PBS-Attn parameters of one entry or layer."""
-
-    block_size: int
-    segment_size: int
-    threshold: float | tuple  # one number, or one per query head (a per-head budget)
-    permute: bool = True      # False: unpermuted block selection (a per-model or per-layer choice)
-    estimator: str = "mean"   # block importance: "mean" (the paper's) or "lse" (op/selection.py)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        if isinstance(self.threshold, tuple):
-            d["threshold"] = list(self.threshold)
-        for name in ("permute", "estimator"):  # defaults stay implicit: files of earlier releases read the same
-            if d[name] == PbsParams.__dataclass_fields__[name].default:
-                del d[name]
-        return d
-
-    def op_args(self) -> dict:
-        """The keyword arguments of pbs_attention that these parameters set."""
-        return dict(block_size=self.block_size, segment_size=self.segment_size, threshold=self.threshold,
-                    permute=self.permute, estimator=self.estimator)
-
-    @property
-    def keeps_all(self) -> bool:
-        return min(self.threshold if isinstance(self.threshold, tuple) else (self.threshold,)) >= 1.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +75,7 @@ class ProfileEntry:
     layers: dict = field(default_factory=dict)  # layer index -> (PbsParams, LaunchConfig) or DENSE
     dense_faster: bool = False                  # SDPA beat the best sparse config at this length
     measured: dict = field(default_factory=dict)  # latency_ms, rel_l2, recall, density
-    info: dict = field(default_factory=dict)      # baselines, reference, speedup, versions, ...
+    provenance: Provenance = field(default_factory=Provenance)  # data, study, checks, baselines
     # Why the loader never runs this entry (a held-out check over the error bound, with its figure);
     # None for an entry that passed. Written so that `show` lists it, never silently dropped.
     failed_check: str | None = None
@@ -140,7 +113,7 @@ class ProfileEntry:
                              for i, c in sorted(self.layers.items())}
         if self.measured:
             out["measured"] = dict(self.measured)
-        out.update(self.info)
+        out.update(self.provenance.to_dict())
         out["dense_faster"] = self.dense_faster
         for name in ("failed_check", "not_tuned"):
             if getattr(self, name):
@@ -180,30 +153,13 @@ class ProfileEntry:
             if reasons[name] is not None and (not isinstance(reasons[name], str) or not reasons[name]):
                 raise ProfileError(f"{where}: {name} must be a sentence saying why, got {reasons[name]!r}")
         known = set(REQUIRED) | {"layers", "measured", "dense_faster"} | set(reasons)
-        info = {k: v for k, v in d.items() if k not in known}
+        try:
+            provenance = Provenance.from_dict({k: v for k, v in d.items() if k not in known}, where)
+        except (ValueError, TypeError) as exc:
+            raise ProfileError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
         return cls(gpu=gpu, dtype=d["dtype"], params=params, launch=launch, layers=layers,
-                   dense_faster=bool(d.get("dense_faster", False)), measured=measured, info=info,
+                   dense_faster=bool(d.get("dense_faster", False)), measured=measured, provenance=provenance,
                    **reasons, **ints)
-
-
-def describe_threshold(threshold) -> str:
-    if isinstance(threshold, tuple) and min(threshold) != max(threshold):
-        return f"τ{min(threshold):.3g}-{max(threshold):.3g}/head"
-    if isinstance(threshold, tuple):
-        threshold = threshold[0]
-    return f"τ{threshold:.3g}"
-
-
-def describe_config(params: PbsParams, launch: LaunchConfig) -> str:
-    return (f"b{params.block_size} s{params.segment_size} {describe_threshold(params.threshold)}"
-            f"{'' if params.permute else ' unpermuted'}{'' if params.estimator == 'mean' else ' ' + params.estimator} "
-            f"{launch.label()}")
-
-
-def describe_by_source(check: dict) -> str:
-    """A held-out check's error on each workload of a calibration set beside the default's, or ''."""
-    mine, ref = check.get("rel_l2_by_source") or {}, check.get("reference_rel_l2_by_source") or {}
-    return ", ".join(f"{name} {err:.4f} (default {ref.get(name, float('nan')):.4f})" for name, err in mine.items())
 
 
 def _positive_int(value, what):
@@ -236,32 +192,19 @@ def _config(d, where, heads):
                    and (f in LAUNCH_REQUIRED if part == "launch" else f not in ("permute", "estimator"))]
         if lacking:
             raise ProfileError(f"{where}: {part} lacks {', '.join(lacking)}")
-    bs = _positive_int(p["block_size"], f"{where}: params.block_size")
-    seg = _positive_int(p["segment_size"], f"{where}: params.segment_size")
-    thr = p["threshold"]
-    values = thr if isinstance(thr, list) else [thr]
-    if len(values) not in (1, heads) or any(isinstance(t, bool) or not isinstance(t, (int, float))
-                                             or not 0.0 < t <= 1.0 for t in values):
-        raise ProfileError(f"{where}: params.threshold must be a number in (0, 1], or a list of one per "
-                           f"query head ({heads}), got {thr!r}")
-    thr = tuple(float(t) for t in thr) if isinstance(thr, list) else float(thr)
-    if bs < 16 or bs & (bs - 1):
-        raise ProfileError(f"{where}: params.block_size must be a power of two >= 16, got {bs}")
-    if seg % bs:
-        raise ProfileError(f"{where}: params.segment_size {seg} is not a multiple of block_size {bs}")
+    try:
+        params = PbsParams(p["block_size"], p["segment_size"], p["threshold"], p.get("permute", True),
+                           p.get("estimator", "mean"))
+        params.per_head(heads)
+    except ValueError as exc:
+        raise ProfileError(f"{where}: params.{exc}") from None
     launch = LaunchConfig(**{k: (_positive_int(v, f"{where}: launch.{k}") if k in LAUNCH_REQUIRED else v)
                              for k, v in lc.items()})
     try:
-        launch.check(bs)
+        launch.check(params.block_size)
     except ValueError as exc:
         raise ProfileError(f"{where}: {exc}") from None
-    permute = p.get("permute", True)
-    if not isinstance(permute, bool):
-        raise ProfileError(f"{where}: params.permute must be true or false, got {permute!r}")
-    estimator = p.get("estimator", "mean")
-    if estimator not in ESTIMATORS:
-        raise ProfileError(f"{where}: params.estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
-    return PbsParams(bs, seg, thr, permute, estimator), launch
+    return params, launch
 
 
 @dataclass

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-from .gpu import CPU, family_of
+from .target import CPU, family_of, present_gpu, resolve_gpu
 
 ENV_HOME = "PBS_TUNE_HOME"
 
@@ -97,3 +97,13 @@ def find_profile(gpu: str) -> Found | None:
 
 def searched_folders() -> str:
     return ", ".join(folder for _, folder in stores())
+
+
+def gpu_to_tune(requested: str) -> str:
+    """The GPU a tuning command (sweep, plan) runs on. Without one, a single line with a command that
+    runs on this CPU (the interpreter at the try-out's sizes), not one flag at a time."""
+    present = present_gpu()
+    if present is None or (present == CPU and requested.lower() not in ("auto", CPU)):
+        what = "no CUDA GPU here" if present is None else "this machine has no GPU, only Triton's interpreter"
+        raise ValueError(f"--gpu {requested}: {what}; try pbs-tune on this CPU with: " + sweep_hint(CPU))
+    return resolve_gpu(requested)

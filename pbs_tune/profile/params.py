@@ -1,0 +1,90 @@
+"""The PBS-Attn parameters of one entry, layer or call, checked once where they are made.
+
+A `PbsParams` that exists is valid: the op, the profiles and the tuner all build one, so a bad
+block size or threshold is said in the same words wherever it comes from. Only the number of
+per-head thresholds depends on the call (`per_head`).
+"""
+from dataclasses import asdict, dataclass
+
+from .launch import is_pow2
+
+# Block estimators that score key blocks for selection (op/selection.py). mean: mean query .
+# mean key (the paper's). lse: the block's mean query against every key of the block
+# (logsumexp, kernels/block_scores.py), its threshold taken of the mass outside the sink block.
+ESTIMATORS = ("mean", "lse")
+
+
+def _checked_threshold(threshold):
+    """A float, or a tuple of floats (one per query head), from a number, a sequence or a tensor."""
+    given = threshold
+    if hasattr(threshold, "tolist"):  # a tensor
+        threshold = threshold.tolist()
+    values = tuple(threshold) if isinstance(threshold, (list, tuple)) else (threshold,)
+    if not values or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 1.0
+                         for t in values):
+        raise ValueError(f"threshold must be a number in (0, 1], or one per query head, got {given!r}")
+    return tuple(map(float, values)) if isinstance(threshold, (list, tuple)) else float(values[0])
+
+
+@dataclass(frozen=True)
+class PbsParams:
+    """block_size: tokens per block (a power of two >= 16); segment_size: tokens per permuted
+    segment (a multiple of the block); threshold: the cumulative mass kept, one number or one per
+    query head; permute: False for unpermuted selection; estimator: one of ESTIMATORS."""
+
+    block_size: int
+    segment_size: int
+    threshold: float | tuple
+    permute: bool = True
+    estimator: str = "mean"
+
+    def __post_init__(self):
+        bs, seg = self.block_size, self.segment_size
+        if not is_pow2(bs) or bs < 16:
+            raise ValueError(f"block_size must be a power of two >= 16, got {bs!r}")
+        if not isinstance(seg, int) or isinstance(seg, bool) or seg < bs or seg % bs:
+            raise ValueError(f"segment_size {seg!r} is not a multiple of block_size {bs} (at least one block)")
+        object.__setattr__(self, "threshold", _checked_threshold(self.threshold))
+        if not isinstance(self.permute, bool):
+            raise ValueError(f"permute must be true or false, got {self.permute!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+
+    def per_head(self, heads: int) -> tuple:
+        """One threshold per query head; ValueError when a list does not match `heads`."""
+        if not isinstance(self.threshold, tuple):
+            return (self.threshold,) * heads
+        if len(self.threshold) == 1:
+            return self.threshold * heads
+        if len(self.threshold) != heads:
+            raise ValueError(f"threshold has {len(self.threshold)} values for {heads} query heads: give one number "
+                             f"in (0, 1], or one per query head ({heads})")
+        return self.threshold
+
+    @property
+    def keeps_all(self) -> bool:
+        return min(self.threshold if isinstance(self.threshold, tuple) else (self.threshold,)) >= 1.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        if isinstance(self.threshold, tuple):
+            d["threshold"] = list(self.threshold)
+        for name in ("permute", "estimator"):  # defaults stay implicit: files of earlier releases read the same
+            if d[name] == PbsParams.__dataclass_fields__[name].default:
+                del d[name]
+        return d
+
+
+def describe_threshold(threshold) -> str:
+    if isinstance(threshold, tuple) and min(threshold) != max(threshold):
+        return f"τ{min(threshold):.3g}-{max(threshold):.3g}/head"
+    if isinstance(threshold, tuple):
+        threshold = threshold[0]
+    return f"τ{threshold:.3g}"
+
+
+def describe_config(params: PbsParams, launch) -> str:
+    """'b128 s256 τ0.9 128x128w8s3' (with 'unpermuted' and the estimator where not the default)."""
+    return (f"b{params.block_size} s{params.segment_size} {describe_threshold(params.threshold)}"
+            f"{'' if params.permute else ' unpermuted'}{'' if params.estimator == 'mean' else ' ' + params.estimator} "
+            f"{launch.label()}")

@@ -1,0 +1,189 @@
+"""Which entry and config a call runs, or why it falls back to dense SDPA, and running it.
+
+Prefill whose keys (cached prefix + chunk) reach the profile's smallest tuned length runs PBS
+with the entry tuned for the largest length <= the keys, for the model's shape or the nearest
+tuned one (same head_dim and dtype, closest GQA ratio; said once). Padded batches run PBS per
+sequence on its unpadded rows; chunked prefill runs the chunk's queries against the whole
+prefix. Everything PBS cannot do exactly (decode steps, masks other than contiguous padding,
+dropout, non-causal modules, autograd, other dtypes, shapes with no entry of their head_dim)
+falls back to SDPA and is counted in `stats()`.
+"""
+import logging
+import os
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from ..dtypes import name_of
+from ..op.pbs_attention import pbs_attention
+from ..profile import profiles
+from ..profile.target import CPU
+from .loader import load_profile, ready
+from .state import STATE
+
+logger = logging.getLogger("pbs_tune")
+
+
+def shortest_pbs_length(prof) -> int | None:
+    """The fewest keys (prefix + chunk) PBS runs at with this profile: its smallest entry's length,
+    at least profiles.UNTUNED_MIN_SEQLEN for entries not tuned on their GPU; None without entries."""
+    entries = prof.for_gpu(prof.gpu)
+    if not entries:
+        return None
+    smallest = min(e.seqlen for e in entries)
+    return max(smallest, profiles.UNTUNED_MIN_SEQLEN) if any(e.not_tuned for e in entries) else smallest
+
+
+# Shorter chunks after a cached prefix stay dense: re-permuting the whole prefix per chunk costs more
+# than it saves (H200, 32k prefix: 2k chunks 0.97x dense cuDNN, 4k 1.46x; benchmarks/README.md).
+MIN_CHUNK = 4096
+
+
+class Settings:
+    """What one applied model needs at each attention call."""
+
+    def __init__(self, prof, min_seqlen, min_chunk=MIN_CHUNK, cuda_graphs=True):
+        self.profile = prof
+        self.gpu = prof.gpu
+        self.min_seqlen = min_seqlen
+        self.min_chunk = min_chunk
+        self.graphs = STATE.graphs if cuda_graphs and os.environ.get("PBS_TUNE_CUDA_GRAPHS", "1") != "0" else None
+
+
+def fallback_reason(settings, q, k, attention_mask, dropout, kwargs, causal=True):
+    """Why the whole call runs SDPA, or None. Padding masks are handled per sequence (_run)."""
+    n = q.shape[2]
+    if not causal:
+        return "non_causal"
+    if n == 1:
+        return "decode"
+    if n < k.shape[2] and n < settings.min_chunk:
+        return "short_chunk"
+    if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape != (q.shape[0], k.shape[2])):
+        return "mask"
+    if dropout:
+        return "dropout"
+    if kwargs.get("sliding_window") or kwargs.get("softcap"):
+        return "unsupported_kwargs"
+    if q.device.type != ("cpu" if settings.gpu == CPU else "cuda"):
+        return "device"
+    if name_of(q.dtype) is None:
+        return "dtype"
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return "grad"  # PBS is forward-only (prefill inference)
+    if k.shape[2] < settings.min_seqlen:
+        return "short"
+    return None
+
+
+def _pick(settings, q, k, seqlen):
+    return settings.profile.pick(seqlen, gpu=settings.gpu, heads=q.shape[1], kv_heads=k.shape[1],
+                                 head_dim=q.shape[3], dtype=name_of(q.dtype), nearest=True)
+
+
+def _config(settings, q, k, layer_idx):
+    """(PbsParams, LaunchConfig) for keys of this length, or the fallback reason."""
+    if k.shape[2] < settings.min_seqlen:
+        return "short"
+    entry = _pick(settings, q, k, k.shape[2])
+    if entry is None:
+        return "untuned_shape"
+    if entry.dense_faster:
+        return "dense_faster"
+    return entry.config_for_layer(layer_idx) or "dense_layer"
+
+
+def _pbs(q, k, v, cfg, scale, out=None):
+    params, launch = cfg
+    return pbs_attention(q, k, v, params, launch=launch, scale=scale, out=out)
+
+
+def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None):
+    """PBS output (B, H, M, D), or SDPA's when PBS does not apply; counts which ran.
+    `padding` (B, N) bool marks real tokens: each sequence then runs on its own rows."""
+    if padding is not None:
+        return _run_padded(settings, q, k, v, scale, layer_idx, padding)
+    cfg = _config(settings, q, k, layer_idx)
+    if isinstance(cfg, str):
+        STATE.count(f"fallback:{cfg}")
+        logger.debug("pbs_tune: %s at %d keys falls back to SDPA (%s)", tuple(q.shape), k.shape[2], cfg)
+        return sdpa()
+    STATE.count("pbs")
+    out = settings.graphs.run(q, k, v, *cfg, scale) if settings.graphs is not None else None
+    return out if out is not None else _pbs(q, k, v, cfg, scale)
+
+
+def _run_padded(settings, q, k, v, scale, layer_idx, padding):
+    """A padded batch: per sequence, PBS (or dense SDPA) over its real tokens only, zeros on the
+    padded query rows. Counted once per sequence. Padding must be contiguous (left or right)."""
+    spans = padded_spans(padding)
+    if spans is None:
+        STATE.count("fallback:mask")
+        return None
+    B, H, M, D = q.shape
+    offset = k.shape[2] - M
+    out = q.new_zeros(B, H, M, D)
+    for b, (start, end) in enumerate(spans):
+        first_query = max(start, offset)
+        if end <= first_query:
+            continue  # this sequence has no real query rows in the chunk
+        qs = q[b:b + 1, :, first_query - offset:end - offset]
+        ks, vs = k[b:b + 1, :, start:end], v[b:b + 1, :, start:end]
+        rows = out[b:b + 1, :, first_query - offset:end - offset]
+        cfg = _config(settings, qs, ks, layer_idx)
+        if isinstance(cfg, str):
+            STATE.count(f"fallback:{cfg}")
+            rows.copy_(dense_causal(qs, ks, vs, scale))
+        else:
+            STATE.count("pbs")
+            _pbs(qs, ks, vs, cfg, scale, out=rows)
+    return out
+
+
+def padded_spans(padding):
+    """[(start, end), ...] of each row's real tokens, or None if some row's are not contiguous.
+    Every layer of one forward gets the same mask object, so it is read on the host once per
+    forward (one device sync), not once per layer; a different or modified mask is read anew."""
+    ref, version, spans = STATE.last_spans
+    if ref() is padding and version == padding._version:
+        return spans
+    real = padding.bool()
+    counts = real.sum(-1)
+    starts = real.to(torch.int8).argmax(-1)
+    idx = torch.arange(real.shape[-1], device=real.device)
+    inside = (idx >= starts[:, None]) & (idx < (starts + counts)[:, None])
+    spans = [(s, s + c) for s, c in zip(starts.tolist(), counts.tolist())] if torch.equal(inside, real) else None
+    STATE.last_spans = (weakref.ref(padding), padding._version, spans)
+    return spans
+
+
+def dense_causal(q, k, v, scale):
+    """SDPA for queries that are the last positions of their keys (any q/k lengths)."""
+    M, N = q.shape[2], k.shape[2]
+    mask = None if M == N else torch.ones(M, N, dtype=torch.bool, device=q.device).tril(N - M)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def tuned_attention(q, k, v, profile=None, scale=None):
+    """PBS causal prefill with the tuned entry for this length; SDPA where PBS does not apply.
+
+    Usable without transformers: q (B, Hq, M, D), k/v (B, Hkv, N, D), M <= N (the queries are
+    the last M positions); returns (B, Hq, M, D). Without `profile`, this GPU's profile is loaded
+    once per process.
+    """
+    if profile is None:
+        STATE.default_profile = STATE.default_profile or load_profile()
+    prof = ready(profile if profile is not None else STATE.default_profile)
+    shortest = shortest_pbs_length(prof)
+    settings = Settings(prof, shortest if shortest is not None else float("inf"))
+
+    def sdpa():
+        return dense_causal(q, k, v, scale)
+
+    reason = fallback_reason(settings, q, k, None, 0.0, {})
+    if reason is not None:
+        STATE.count(f"fallback:{reason}")
+        return sdpa()
+    return run(settings, q, k, v, scale, None, sdpa)

@@ -1,0 +1,58 @@
+"""Running every kernel a profile needs, once: what a library build compiles, what the loader
+warms up at load time, and what the CPU tests compare with the kernels real calls launch."""
+import torch
+
+
+def exercise(profile, device="cuda"):
+    """Run every kernel the profile's runnable entries (and their layers' plans) can launch, each
+    once: what the library must hold. The build compiles what this runs; the CPU tests run it in
+    the interpreter and compare its kernel keys with those of real calls (launch.keys_seen)."""
+    entries = profile.for_gpu(profile.gpu)
+    lengths = sorted({e.seqlen for e in entries})
+    for e in entries:
+        for params, lc in e.configs():
+            run_config_once(e, params, lc, e.seqlen, device)
+            run_select_buckets(e, params, select_range(e, params, lengths), device)
+
+
+def select_range(entry, params, lengths) -> tuple:
+    """(shortest, longest) prompt whose selection kernel a config of this entry runs: from the
+    loader's warm-up length to the next tuned length (4x its own for the longest)."""
+    longer = [n for n in lengths if n > entry.seqlen]
+    return prewarm_length(params), (longer[0] - 1) if longer else 4 * entry.seqlen
+
+
+def run_config_once(entry, params, launch_config, seqlen, device="cuda"):
+    """The whole op once, on random data of the entry's shape, with one of its configs."""
+    from ..dtypes import torch_dtype
+    from ..op.pbs_attention import pbs_attention
+    dtype = torch_dtype(entry.dtype)
+    q = torch.randn(1, entry.heads, seqlen, entry.head_dim, device=device, dtype=dtype)
+    k = torch.randn(1, entry.kv_heads, seqlen, entry.head_dim, device=device, dtype=dtype)
+    pbs_attention(q, k, k, params, launch=launch_config)
+
+
+def prewarm_length(params) -> int:
+    """The short prompt the loader runs once per config at load time."""
+    return 2 * params.segment_size
+
+
+def run_select_buckets(entry, params, lengths: tuple, device="cuda"):
+    """The selection kernel is specialised on the power-of-two block count: build every bucket
+    from the loader's prewarm length up to the longest prompt this entry serves (`select_range`)."""
+    shortest, longest = lengths
+    from ..kernels.block_select import select_rows
+    from ..op.selection import bisects
+    bs = params.block_size
+    nb = 1 << (-(-shortest // bs) - 1).bit_length()
+    top = -(-longest // bs)
+    group = entry.heads // entry.kv_heads  # one KV head: the kernel is not specialised on counts
+    keep_all = params.keeps_all
+    while True:
+        kb = torch.zeros((1, 1, nb), dtype=torch.int32, device=device)
+        logits = None if keep_all else torch.zeros((1, group, nb, nb), dtype=torch.float32, device=device)
+        select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs, block_size=bs,
+                    segment_size=params.segment_size, threshold=torch.ones(group, device=device), bisect=bisects(nb))
+        if nb >= top:
+            break
+        nb *= 2

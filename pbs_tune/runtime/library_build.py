@@ -1,0 +1,221 @@
+"""Building a profile's compiled-kernel library: `pbs-tune compile` and the end of a sweep.
+
+Every config of a profile runs once through Triton's JIT (exercise.py); the kernels the JIT built
+are taken from its in-memory cache and written, per kernel, as the cubin and a manifest record
+(library_bind.py reads them), with the Triton, CUDA and torch versions and a SHA-256 per file.
+No IR is kept. A library is keyed by arch; an arch other than this GPU's is built without one
+(cross_build.py).
+"""
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import torch
+from filelock import FileLock
+
+from ..kernels import launch
+from .library_bind import FORMAT, MANIFEST, LibraryError, _sha256, kernel_sources_hash, read
+from .exercise import exercise
+
+
+def _param_count(ptx: str, symbol: str) -> int:
+    m = re.search(r"\.entry\s+" + re.escape(symbol) + r"\s*\((.*?)\)", ptx, re.S)
+    if m is None:
+        raise LibraryError(f"{symbol}: no .entry in the PTX")
+    return m.group(1).count(".param")
+
+
+def record_of(compiled) -> tuple:
+    """(manifest record, cubin bytes) of a Triton CompiledKernel (JIT-built or ahead of time)."""
+    src, md = compiled.src, compiled.metadata
+    sig, consts = [], {}
+    for i, name in enumerate(src.fn.arg_names):
+        kind = src.signature[name]
+        if kind == "constexpr":
+            consts[name] = src.constants[(i,)]
+        else:
+            attrs = src.attrs.get((i,), [])
+            sig.append([name, kind, any(list(a) == ["tt.divisibility", 16] for a in attrs)])
+    if getattr(md, "num_ctas", 1) != 1 or getattr(md, "launch_cooperative_grid", False) \
+            or getattr(md, "launch_pdl", False):
+        raise LibraryError(f"{md.name}: clusters, cooperative or PDL launches are not supported by the launcher")
+    extra = _param_count(compiled.asm["ptx"], md.name) - len(sig)
+    scratch = [[getattr(md, "global_scratch_size", 0), getattr(md, "global_scratch_align", 1)],
+               [getattr(md, "profile_scratch_size", 0), getattr(md, "profile_scratch_align", 1)]]
+    if not 0 <= extra <= len(scratch):
+        raise LibraryError(f"{md.name}: {extra} parameters beyond the arguments; this Triton's ABI is unknown")
+    cubin = compiled.asm["cubin"]
+    rec = dict(kernel=src.fn.__name__, symbol=md.name, arch=md.target.arch, signature=sig,
+               constexprs=sorted(consts.items()), num_warps=md.num_warps, num_stages=md.num_stages,
+               threads=md.num_warps * md.target.warp_size, shared=md.shared, scratch=scratch[:extra],
+               file=f"{md.name}-{_sha256(cubin)[:16]}.cubin")
+    return rec, cubin
+
+
+def write(path: str, compiled_kernels, built_with: dict) -> dict:
+    """Add kernels to the library folder at `path`, atomically; returns the manifest.
+
+    A library is keyed by arch and shared by every profile of it (an H100 and an H200 profile
+    both run sm_90 cubins), so a current library (same arch, same kernel sources) keeps the
+    kernels it holds; a stale or unreadable one is replaced."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with FileLock(os.path.join(tempfile.gettempdir(), "pbs-tune-library-" + _sha256(path.encode())[:16] + ".lock")):
+        records, blobs = _current_kernels(path)
+        for ck in compiled_kernels:
+            rec, cubin = record_of(ck)
+            if rec["file"] not in blobs:
+                records.append(rec)
+                blobs[rec["file"]] = cubin
+        archs = {r["arch"] for r in records}
+        if len(archs) != 1:
+            raise LibraryError(f"a library holds kernels of one arch, got {sorted(archs)}")
+        manifest = dict(format=FORMAT, arch=archs.pop(), kernel_sources=kernel_sources_hash(), built_with=built_with,
+                        kernels=sorted(records, key=lambda r: (r["kernel"], r["file"])),
+                        files={name: _sha256(data) for name, data in sorted(blobs.items())})
+        _replace_folder(path, blobs, manifest)
+    return manifest
+
+
+def _current_kernels(path) -> tuple:
+    """(records, {file: cubin}) of the library at `path` if it is current, else nothing."""
+    try:
+        manifest = read(path)
+    except LibraryError:
+        return [], {}
+    if manifest.get("kernel_sources") != kernel_sources_hash():
+        return [], {}
+    blobs = {}
+    for rec in manifest["kernels"]:
+        with open(os.path.join(path, rec["file"]), "rb") as f:
+            blobs[rec["file"]] = f.read()
+    return list(manifest["kernels"]), blobs
+
+
+def _replace_folder(path, blobs, manifest):
+    """Write the folder beside `path` and swap it in with renames, so a reader never sees half."""
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".library-")
+    try:
+        for name, data in blobs.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+        os.chmod(tmp, 0o755)
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(dir=parent, prefix=".library-old-")
+            os.replace(path, os.path.join(old, "x"))
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def jit_kernels():
+    """Every kernel Triton's JIT has built in this process for pbs-tune's kernel functions."""
+    out = []
+    for fn in launched_kernels():
+        for caches in fn.device_caches.values():
+            out += [k for k in caches[0].values() if hasattr(k, "asm")]
+    return out
+
+
+def launched_kernels():
+    """The @triton.jit functions that pbs-tune launches (through `launch.run`)."""
+    from ..kernels.attend import _attend_fwd
+    from ..kernels.attend_hopper import _attend_fwd_tma
+    from ..kernels.block_scores import _block_lse
+    from ..kernels.block_select import _select_rows
+    from ..kernels.key_scores import _key_scores_mean, _key_scores_stats
+    from ..kernels.segment_sort import _segment_permute
+    return (_attend_fwd, _attend_fwd_tma, _key_scores_stats, _key_scores_mean, _select_rows, _segment_permute,
+            _block_lse)
+
+
+def build_in_fresh_process(profile_path, library=None):
+    """`pbs-tune compile` in a new process: the library holds exactly what the JIT builds for the
+    profile there, nothing a sweep or plan compiled along the way."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "pbs_tune", "compile", "--profile", profile_path]
+    if library:
+        cmd += ["--kernels", library]
+    if subprocess.run(cmd).returncode:
+        raise RuntimeError("building the kernel library failed (see above); run: pbs-tune " + " ".join(cmd[3:]))
+
+
+def build(profile, path: str) -> dict:
+    """Compile every kernel `profile` needs (in this process, through the JIT) and add them to
+    the library at `path`."""
+    import triton
+    if launch.library_size():
+        raise RuntimeError("build the kernel library in a fresh process (kernels are already bound here)")
+    exercise(profile)
+    torch.cuda.synchronize()
+    built_with = dict(triton=triton.__version__, torch=torch.__version__, cuda=torch.version.cuda,
+                      device=torch.cuda.get_device_name(0))
+    return write(path, jit_kernels(), built_with)
+
+
+def compile_profile(profile_path: str | None, archs=None, library: str | None = None, say=print) -> None:
+    """`pbs-tune compile`: build the libraries of a profile for `archs` (default: the arch of the
+    profile's GPU), natively for this GPU's arch and without a GPU for another (cross_build.py)."""
+    import dataclasses
+
+    from ..profile import profiles
+    from ..profile import store as profile_store
+    from ..profile.target import Target, arch_of, variant_in
+    from . import cross_build
+    here = Target.present()
+    here = here if here is not None and here.on_gpu else None
+    if profile_path is None:
+        if here is None:
+            raise ValueError("no GPU here: name the profile, e.g. pbs-tune compile --profile configs/a100-sxm.yaml")
+        profile_path = profile_store.default_profile_path(here.name)
+    prof = profiles.load(profile_path)
+    if not prof.entries:
+        raise ValueError(f"{prof.path} has no entries")
+    held = sorted({e.gpu for e in prof.entries})
+    variant = (variant_in(held, here.name) if here else None) or held[0]
+    wanted = list(archs) if archs else [arch_of(variant) or (here and here.arch)]
+    if None in wanted:
+        raise ValueError(f"the arch of {variant} is not known here: name it, e.g. pbs-tune compile --profile "
+                         f"{profile_path} --arch 80")
+    if library and len(wanted) > 1:
+        raise ValueError("--kernels names one library folder and a library holds one arch: give one --arch")
+    prof = dataclasses.replace(prof, gpu=variant)
+    if not prof.for_gpu(variant):
+        say(f"{profile_path}: no entry of {variant} can run (each failed its held-out check): nothing to compile")
+        return
+    for arch in wanted:
+        native = here is not None and arch == here.arch
+        folder = library or (prof.library if prof.library and arch == arch_of(variant) else
+                             profile_store.default_library_dir(profile_path, arch))
+        if native:
+            if variant != here.name:
+                say(f"note: building {variant}'s kernels on {here.name}; they load only where the arch is the same")
+            manifest = build(prof, folder)
+        else:
+            manifest = cross_build.build_for_arch(profile_path, variant, folder, arch)
+        if arch == arch_of(variant) or (native and arch_of(variant) is None):
+            profiles.merge_entries(profile_path, [], library=folder)  # the profile names its own arch's library
+        size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+        say(f"compiled {variant}'s kernels for sm_{arch} into {folder}, now {len(manifest['kernels'])} kernels "
+            f"({size / 1024:.0f} KiB)" + ("" if native else " (built without that GPU; never run here)"))
+
+
+def parse_archs(text: str) -> list:
+    """'80,89,90' -> [80, 89, 90] (compute capabilities, as --arch takes them)."""
+    try:
+        archs = [int(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        archs = []
+    if not archs or min(archs) < 70:
+        raise ValueError(f"--arch {text!r}: give compute capabilities such as 80,89,90,100")
+    return archs

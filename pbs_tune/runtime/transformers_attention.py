@@ -1,0 +1,96 @@
+"""PBS inside a transformers model: the attention function registered as "pbs" through
+transformers' `AttentionInterface`, and `apply`, which switches a model to it.
+
+The mask builder registered for "pbs" hands over transformers' 2-D padding mask (or None), as
+for flash attention; what runs is decided per call in dispatch.py, and every fallback is
+transformers' own SDPA attention with the 4-D mask made only then.
+"""
+import logging
+
+import torch
+
+from ..seqlen import format_length
+from .dispatch import MIN_CHUNK, Settings, fallback_reason, run, shortest_pbs_length
+from .graphs import CAPACITY
+from .loader import load_profile, ready
+from .state import STATE
+
+logger = logging.getLogger("pbs_tune")
+ATTN_NAME = "pbs"
+
+
+def sdpa_mask_from_padding(padding, q_len, k_len, device):
+    """transformers' SDPA mask (B, 1, q, k) bool for a 2-D padding mask and queries that are the
+    last q_len of k_len positions; None where plain `is_causal` is exact."""
+    if padding is None and q_len in (1, k_len):
+        return None
+    causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+    mask = causal[None, None]
+    if padding is not None:
+        mask = mask & padding.bool()[:, None, None, :]
+    return mask
+
+
+def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                           is_causal=None, **kwargs):
+    """transformers attention function: same contract as its `sdpa_attention_forward`."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    # The mask builder registered for "pbs" hands over transformers' 2-D padding mask (or None),
+    # as for flash attention; SDPA needs the 4-D one, made here only when SDPA runs.
+    padding = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+
+    def sdpa():
+        mask = attention_mask if padding is None and attention_mask is not None else \
+            sdpa_mask_from_padding(padding, query.shape[2], key.shape[2], query.device)
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+
+    settings = getattr(module, "pbs_settings", None)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    reason = "not_applied" if settings is None else fallback_reason(settings, query, key, attention_mask,
+                                                                     dropout, kwargs, causal)
+    if reason is not None:
+        STATE.count(f"fallback:{reason}")
+        logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", getattr(module, "layer_idx", "?"), reason)
+        return sdpa()
+    out = run(settings, query, key, value, scaling, getattr(module, "layer_idx", None), sdpa, padding)
+    if out is None:
+        return sdpa()
+    if isinstance(out, tuple):  # SDPA fallback already returns (B, N, H, D), None
+        return out
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+    AttentionInterface.register(ATTN_NAME, _pbs_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, flash_attention_mask)  # 2-D padding mask or None
+
+
+def apply(model, profile=None, min_seqlen=None, min_chunk=MIN_CHUNK, cuda_graphs=True):
+    """Switch a transformers model to PBS attention with a tuned profile; returns the model.
+
+    min_seqlen: fewest keys (prefix + chunk) for PBS (default: the profile's smallest tuned
+    length); min_chunk: fewest queries of a chunk after a cached prefix for PBS; cuda_graphs:
+    replay the op from a CUDA graph per shape up to 16k keys (graphs.py; PBS_TUNE_CUDA_GRAPHS=0
+    turns it off everywhere).
+    """
+    prof = ready(profile if profile is not None else load_profile())
+    min_seqlen = max(shortest_pbs_length(prof), min_seqlen or 0)
+    _register()
+    settings = Settings(prof, min_seqlen, min_chunk, cuda_graphs)
+    n_layers = 0
+    for module in model.modules():
+        if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups"):
+            module.pbs_settings = settings
+            n_layers += 1
+    if n_layers == 0:
+        raise ValueError(f"{type(model).__name__} has no attention modules that pbs-tune recognises")
+    if settings.graphs is not None and any(e.layers for e in prof.for_gpu(prof.gpu)):
+        settings.graphs.hold(n_layers + CAPACITY)  # per-layer plans: a graph per layer, and room for shapes
+    model.set_attn_implementation(ATTN_NAME)
+    logger.info("pbs_tune: PBS on %d attention layers from %s tokens (%s)", n_layers,
+                format_length(min_seqlen), prof.path)
+    return model
