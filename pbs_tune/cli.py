@@ -1,6 +1,7 @@
 """`pbs-tune`: tune PBS-Attn for this GPU, inspect profiles, build their kernel libraries."""
 import functools
 import json
+from dataclasses import replace
 import os
 
 import click
@@ -136,8 +137,6 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     """
     from .tune.sweep import run_sweep
     progress.set_quiet(quiet)
-    if calib:
-        heads, kv_heads, head_dim, dtype = _shape_of_capture(calib, heads, kv_heads, head_dim, dtype)
     gpu = profile_store.gpu_to_tune(gpu)
     spec = SweepSpec(
         gpu=gpu, seqlens=tuple(seqlens), storage=storage or profile_store.default_storage_url(),
@@ -146,6 +145,8 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         max_error=max_error, trials=trials, timeout=timeout, seed=seed, heartbeat_s=heartbeat_s, per_head=per_head,
         margin=margin, estimators=estimators, samples=samples, study=study_prefix, library=library,
         workers=worker_count(workers, gpu != CPU), compile=not no_compile, quiet=quiet, rewrite=rewrite)
+    if calib:
+        spec = replace(spec, **_shape_of_capture(calib, heads, kv_heads, int(head_dim), dtype))
     entries = run_sweep(spec, say=functools.partial(click.echo, err=as_json))  # with --json, stdout is the JSON
     if as_json:
         click.echo(json.dumps(dict(profile=spec.profile, entries=[e.to_dict() for e in entries]), default=str))
@@ -157,7 +158,7 @@ def _shape_of_capture(calib, heads, kv_heads, head_dim, dtype):
     from .tune.evaluate import captured_shape
     got = captured_shape(calib)
     ctx = click.get_current_context()
-    given = dict(heads=heads, kv_heads=kv_heads, head_dim=int(head_dim), dtype=dtype)
+    given = dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype)
     for name in ("heads", "kv_heads", "head_dim"):
         explicit = ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
         if explicit and given[name] != got[name]:
@@ -165,7 +166,7 @@ def _shape_of_capture(calib, heads, kv_heads, head_dim, dtype):
                              f"leave it out (the capture's shape is used)")
     if ctx.get_parameter_source("dtype") == click.core.ParameterSource.DEFAULT:
         dtype = got["dtype"]
-    return got["heads"], got["kv_heads"], str(got["head_dim"]), dtype
+    return dict(heads=got["heads"], kv_heads=got["kv_heads"], head_dim=got["head_dim"], dtype=dtype)
 
 
 @main.command()

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pbs_tune.profile import profiles  # noqa: E402
-from pbs_tune.profile.profiles import describe_config  # noqa: E402
+from pbs_tune.profile.params import describe_config  # noqa: E402
 from pbs_tune.seqlen import format_length  # noqa: E402
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
@@ -23,15 +23,16 @@ RESULTS_README = "benchmarks/README.md"
 
 def table(entries):
     e0 = entries[0]
-    v = e0.info["versions"]
+    p0 = e0.provenance
+    v = p0.versions
     lines = [f"**{e0.gpu.upper()}** — {e0.heads}/{e0.kv_heads} heads, D {e0.head_dim}, {e0.dtype}, "
-             f"workload `{e0.info['calibration']}`, error bound {e0.info['max_error']}; torch {v['torch']}, "
-             f"triton {v['triton']}, {e0.info['date']}", "",
+             f"workload `{p0.calibration}`, error bound {p0.max_error}; torch {v['torch']}, "
+             f"triton {v['triton']}, {p0.date}", "",
              "| length | SDPA cuDNN ms | SDPA flash ms | reference ms (err, density) | tuned ms (err, density) "
              "| tuned config | × cuDNN | × flash | × reference |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
-        b, r, m, s = e.info["baselines"], e.info["reference"], e.measured, e.info["speedup"]
+        b, r, m, s = e.provenance.baselines.to_dict(), e.provenance.reference, e.measured, e.provenance.speedup
         note = " (dense faster: loader uses SDPA)" if e.dense_faster else ""
         lines.append(
             f"| {format_length(e.seqlen)} | {b.get('cudnn_ms', float('nan')):.2f} | {b.get('flash_ms', float('nan')):.2f} "
@@ -46,9 +47,9 @@ def plot(groups, path):
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
     for ax, (gpu, entries) in zip(axes[0], groups):
         n = [e.seqlen for e in entries]
-        series = {"SDPA cuDNN": [e.info["baselines"].get("cudnn_ms") for e in entries],
-                  "SDPA flash": [e.info["baselines"].get("flash_ms") for e in entries],
-                  "PBS reference (b128 s256 τ0.9)": [e.info["reference"]["latency_ms"] for e in entries],
+        series = {"SDPA cuDNN": [e.provenance.baselines.cudnn_ms for e in entries],
+                  "SDPA flash": [e.provenance.baselines.flash_ms for e in entries],
+                  "PBS reference (b128 s256 τ0.9)": [e.provenance.reference["latency_ms"] for e in entries],
                   "PBS tuned": [e.measured["latency_ms"] for e in entries]}
         for label, ys in series.items():
             ax.plot(n, ys, "o-", label=label)

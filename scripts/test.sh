@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export TRITON_INTERPRET=1
 # One worker per core (pytest-xdist; the interpreter runs one Python thread per test), each taking the
-# next test when it is free (the sweeps' tests take minutes, most others seconds).
+# next test when it is free (the sweeps' tests take a minute, most others seconds).
 exec .venv/bin/python -m pytest -n auto --dist worksteal tests "$@"

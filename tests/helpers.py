@@ -1,15 +1,25 @@
 """What the tests share: float64 torch references and random inputs (they materialise N x N:
-small sizes only), a tiny random Llama, and profile entries and files."""
+small sizes only), a tiny random Llama, profile entries and files, the CLI's tiny sweep and
+capture, and a stand-in measurement for the tests of the study's bookkeeping."""
 import math
+import os
+import sqlite3
+import subprocess
+import sys
+import time
 
 import torch
+import transformers
+from click.testing import CliRunner
 
+from pbs_tune.cli import main
 from pbs_tune.profile import profiles
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def tiny_llama_config(vocab_size=97, **overrides):
     """A 2-layer Llama with 2 query heads, 1 KV head and head_dim 64 (GQA, fits the CPU interpreter)."""
-    import transformers
     return transformers.LlamaConfig(**dict(dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=256,
                                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                                                 head_dim=64, max_position_embeddings=512), **overrides))
@@ -17,7 +27,6 @@ def tiny_llama_config(vocab_size=97, **overrides):
 
 def tiny_llama(**overrides):
     """A random tiny Llama in eval mode, on SDPA."""
-    import transformers
     return transformers.LlamaForCausalLM(tiny_llama_config(attn_implementation="sdpa", **overrides)).eval()
 
 
@@ -33,6 +42,11 @@ def profile_entry(seqlen, threshold=1.0, gpu="cpu", *, heads, kv_heads, head_dim
                 params=dict(block_size=block_size, segment_size=2 * block_size, threshold=threshold),
                 launch=dict(block_m=tile, block_n=tile, num_warps=8 if tile == 128 else 4,
                             num_stages=3 if tile == 128 else 1), **extra)
+
+
+def tiny_entry(seqlen, threshold=1.0, gpu="cpu", **extra):
+    """A profile entry of tiny_llama's shape."""
+    return profile_entry(seqlen, threshold, gpu, **TINY_SHAPE, **extra)
 
 
 def write_profile(folder, entries, name="cpu.yaml") -> str:
@@ -90,3 +104,66 @@ def causal_attention(q, k, v, scale):
 def rel_l2(a, b):
     a, b = a.double().cpu(), b.double().cpu()
     return float((a - b).norm() / b.norm())
+
+
+# ---- the CLI's sweeps and captures, at the interpreter's sizes
+
+TINY_SWEEP = ["--heads", "2", "--kv-heads", "1", "--head-dim", "64", "--dtype", "float32", "--workload", "diffuse",
+              "--max-error", "0.9"]
+
+
+def sweep_args(tmp_path, *extra, seqlen="96", trials="3"):
+    return ["sweep", "--gpu", "auto", "--seqlen", seqlen, "--trials", trials, *TINY_SWEEP,
+            "--storage", f"sqlite:///{tmp_path}/study.db", "--profile", str(tmp_path / "cpu.yaml"), *extra]
+
+
+def capture_tiny_llama(tmp_path, text, *extra):
+    """Save a 2-layer random Llama and capture 128 tokens of `text` with it: (result, calib path)."""
+    transformers.LlamaForCausalLM(tiny_llama_config(vocab_size=300)).save_pretrained(tmp_path / "model")
+    (tmp_path / "book.txt").write_text(text)
+    calib = tmp_path / "calib.safetensors"
+    return CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "book.txt"),
+                                     "--seqlen", "128", "--out", str(calib), "--dtype", "float32", *extra]), calib
+
+
+def finished_trials(tmp_path):
+    """(number, state) of every trial in the study database of a tiny sweep."""
+    con = sqlite3.connect(tmp_path / "study.db")
+    try:
+        return con.execute("select number, state from trials").fetchall()
+    except sqlite3.OperationalError:  # the worker has not created the schema yet
+        return []
+    finally:
+        con.close()
+
+
+# ---- the study's bookkeeping without kernels
+
+def stand_in_measure(cal, cfg, *, target, timed=True):
+    """What SweepSpec.measure names in the tests of resume, retry, heartbeats and shared workers: a
+    measurement that runs no kernel, a fixed function of the config (the threshold buys accuracy with
+    time), taking long enough (0.4 s) for a worker to be killed in the middle of a trial."""
+    time.sleep(0.4)
+    p = cfg.params
+    return dict(latency_ms=(1.0 + p.threshold) * 64 / p.block_size if timed else None,
+                rel_l2=0.5 * (1.0 - p.threshold), recall=p.threshold, density=p.threshold)
+
+
+def stand_in_spec(tmp_path, **fields):
+    """A tiny sweep's spec whose trials run `stand_in_measure`."""
+    from pbs_tune.tune.spec import SweepSpec
+    return SweepSpec(**dict(dict(gpu="cpu", seqlens=(128,), storage=f"sqlite:///{tmp_path}/study.db",
+                                 profile=str(tmp_path / "cpu.yaml"), heads=2, kv_heads=1, head_dim=64,
+                                 dtype="float32", workload="diffuse", max_error=0.9, trials=8,
+                                 measure="helpers:stand_in_measure"), **fields))
+
+
+def sweep_process(spec) -> subprocess.Popen:
+    """`run_sweep(spec)` in a process of its own (its workers find `helpers` through PYTHONPATH),
+    stdout and stderr together."""
+    code = ("import sys; from pbs_tune.tune.spec import SweepSpec; from pbs_tune.tune.sweep import run_sweep; "
+            "run_sweep(SweepSpec.from_json(sys.argv[1]))")
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen([sys.executable, "-c", code, spec.to_json()], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)

@@ -21,6 +21,7 @@ from ..runtime.graphs import GraphCache
 from ..seqlen import parse_length
 from ..measure.workloads import make_qkv
 from ..measure.timing import dense_baselines, env_info, median_ms, rounded, write_json
+from ..measure.prefill import dense, prefill, prefill_ms
 from ..runtime.loader import load_profile
 from ..runtime.state import reset_stats, stats
 from ..runtime.transformers_attention import apply
@@ -49,17 +50,14 @@ def fixture_prefill(model_dir, seqlen, prof):
     model, _ = load_model(model_dir)
     ids = torch.randint(32, 127, (1, seqlen), generator=torch.Generator().manual_seed(5)).cuda()
 
-    def prefill():
-        with torch.no_grad():
-            return model(ids, logits_to_keep=1).logits
-    model.set_attn_implementation("sdpa")
-    out = dict(model=model_dir, seqlen=seqlen, sdpa_ms=median_ms(prefill))
+    with dense(model):
+        out = dict(model=model_dir, seqlen=seqlen, sdpa_ms=prefill_ms(model, ids))
     for graphs in (True, False):
         apply(model, prof, cuda_graphs=graphs)
         reset_stats()
-        prefill()
+        prefill(model, ids)
         out[f"stats_graphs_{graphs}"] = stats()
-        out[f"pbs_ms_graphs_{graphs}"] = median_ms(prefill)
+        out[f"pbs_ms_graphs_{graphs}"] = prefill_ms(model, ids)
         model.set_attn_implementation("sdpa")
     out["speedup_graphs"] = out["sdpa_ms"] / out["pbs_ms_graphs_True"]
     return rounded(out)
@@ -82,9 +80,10 @@ def main():
         row = entry_row(e)
         res["entries"].append(row)
         print(json.dumps(row), flush=True)
-        info = dict(e.info, crossover=dict(loader_ms=row["loader_ms"], graph_ms=row["graph_ms"], eager_ms=row["eager_ms"],
-                                           cudnn_ms=row.get("cudnn_ms"), flash_ms=row.get("flash_ms"), date=res["env"]["date"]))
-        updated.append(dataclasses.replace(e, dense_faster=row["dense_faster"], info=info))
+        crossover = dict(loader_ms=row["loader_ms"], graph_ms=row["graph_ms"], eager_ms=row["eager_ms"],
+                         cudnn_ms=row.get("cudnn_ms"), flash_ms=row.get("flash_ms"), date=res["env"]["date"])
+        updated.append(dataclasses.replace(e, dense_faster=row["dense_faster"],
+                                           provenance=dataclasses.replace(e.provenance, crossover=crossover)))
         write_json(args.out, res)
     if args.update and updated:
         profiles.merge_entries(prof.path, updated)

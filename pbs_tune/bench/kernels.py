@@ -18,12 +18,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..profile.launch import LaunchConfig
 from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..op.permutation import identity_permutation
-from ..op.selection import block_list_from_mask
+from ..op.selection import block_list_from_mask, causal_block_list
 from ..seqlen import parse_length
 from ..measure.metrics import dense_reference, rel_l2
 from ..measure.workloads import make_qkv
@@ -187,17 +186,10 @@ def part_op(res, lengths, configs, threshold):
     for n in lengths:
         q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=0)
         dense_perm = identity_permutation(k, v)
-        nb = -(-n // 128)
-        causal = torch.ones((nb, nb), dtype=torch.bool, device="cuda").tril().expand(1, 32, nb, nb)
-        dense_blocks = block_list_from_mask(causal, dense_perm.positions, 128)
+        dense_blocks = causal_block_list(32, dense_perm.positions, 128)
         dense_out, dense_lse = attend_blocks(q, dense_perm, dense_blocks, return_lse=True)
-        kk, vv = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            cudnn = median_ms(lambda: F.scaled_dot_product_attention(q, kk, vv, is_causal=True))
-            sdpa_out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            flash = median_ms(lambda: F.scaled_dot_product_attention(q, kk, vv, is_causal=True))
-        del kk, vv
+        cudnn, flash = dense_sdpa_ms(q, k, v, "cudnn"), dense_sdpa_ms(q, k, v, "flash")
+        sdpa_out = dense_reference(q, k, v)  # the output SDPA approximates, in float32
         dense_attend = median_ms(lambda: attend_blocks(q, dense_perm, dense_blocks))
         scale = 1 / math.sqrt(128)
         for bs, seg in configs:

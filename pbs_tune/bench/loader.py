@@ -10,11 +10,12 @@ Parts (--parts):
 """
 import argparse
 import json
-import time
 
 import torch
 
 from ..op.pbs_attention import pbs_attention
+from ..measure.metrics import rel_l2
+from ..measure.prefill import dense, dense_prefill_ms, prefill, prefill_ms
 from ..runtime.loader import load_profile
 from ..runtime.state import reset_stats, stats
 from ..runtime.transformers_attention import apply
@@ -22,7 +23,6 @@ from ..runtime.transformers_attention import apply
 
 
 def part_e2e(res, lengths, layers, profile_path):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import LlamaConfig, LlamaForCausalLM
     import dataclasses
 
@@ -42,52 +42,33 @@ def part_e2e(res, lengths, layers, profile_path):
     prof = load_profile("auto", profile_path)
     rows = []
 
-    def prefill_s(ids, reps=2):
-        with torch.no_grad():
-            model(ids, logits_to_keep=1)
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                model(ids, logits_to_keep=1)
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-        return min(times)
-
     for n in lengths:
         ids = torch.randint(0, cfg.vocab_size, (1, n), device="cuda")
         row = dict(n=n, layers=layers)
-        model.set_attn_implementation("sdpa")
-        for name, backend in (("sdpa_cudnn_s", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash_s", SDPBackend.FLASH_ATTENTION)):
-            try:
-                with sdpa_kernel(backend):
-                    row[name] = prefill_s(ids)
-            except RuntimeError as exc:
-                row[name.replace("_s", "_error")] = str(exc)[:200]
-        with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            ref_logits = model(ids, logits_to_keep=1).logits.float()
+        row.update({f"sdpa_{k}": v for k, v in dense_prefill_ms(model, ids).items()})
+        with dense(model, "flash"):
+            ref_logits = prefill(model, ids).float()
         try:  # how far two dense bf16 backends differ: the tolerance PBS at threshold 1.0 is held to
-            with torch.no_grad(), sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                cudnn_logits = model(ids, logits_to_keep=1).logits.float()
-            row["cudnn_vs_flash_logits_rel_diff"] = float((cudnn_logits - ref_logits).norm() / ref_logits.norm())
+            with dense(model, "cudnn"):
+                cudnn_logits = prefill(model, ids).float()
+            row["cudnn_vs_flash_logits_rel_diff"] = rel_l2(cudnn_logits, ref_logits)
         except RuntimeError as exc:
             row["cudnn_logits_error"] = str(exc)[:200]
         reset_stats()
         apply(model, prof)
-        row["pbs_s"] = prefill_s(ids)
+        row["pbs_ms"] = prefill_ms(model, ids)
         row["pbs_stats"] = stats()
         # Threshold 1.0: PBS keeps every causal block, so logits must match SDPA's.
         dense_prof = profiles.Profile(path="<dense>", gpu=prof.gpu, entries=[
             dataclasses.replace(e, params=dataclasses.replace(e.params, threshold=1.0), dense_faster=False)
             for e in prof.entries])
         apply(model, dense_prof)
-        with torch.no_grad():
-            dense_logits = model(ids, logits_to_keep=1).logits.float()
-        row["tau1_logits_rel_diff_vs_sdpa"] = float((dense_logits - ref_logits).norm() / ref_logits.norm())
+        dense_logits = prefill(model, ids).float()
+        row["tau1_logits_rel_diff_vs_sdpa"] = rel_l2(dense_logits, ref_logits)
         row["tau1_top1_equal"] = bool((dense_logits.argmax(-1) == ref_logits.argmax(-1)).all())
-        for key in ("sdpa_cudnn_s", "sdpa_flash_s"):
+        for key in ("sdpa_cudnn_ms", "sdpa_flash_ms"):
             if key in row:
-                row["speedup_" + key[:-2]] = row[key] / row["pbs_s"]
+                row["speedup_" + key[:-3]] = row[key] / row["pbs_ms"]
         rows.append(row)
         print(json.dumps(row), flush=True)
         model.set_attn_implementation("sdpa")

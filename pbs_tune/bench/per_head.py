@@ -28,6 +28,7 @@ from ..seqlen import parse_length
 from ..tune.allocate import GRID, REFERENCE, VARIANTS, Variant, layer_curves, plan_layer, uniform_error, variants_of
 from ..models.fixtures import load_model, python_sources, token_sequences
 from ..measure.metrics import dense_reference, rel_l2
+from ..measure.prefill import dense, prefill_ms
 from ..measure.workloads import make_qkv
 from ..tune.model_plan import model_entry, plan_model, record_layers, use_entry
 from ..models.retrieval import retrieval_hits, retrieval_prompts
@@ -110,11 +111,9 @@ def _timing(model, seq, layers, variants):
             total += median_ms(lambda: pbs_attention(q, k, v, params, launch=lc))
         out[f"{name}_op_ms_all_layers"] = total
         use_entry(model, variants[name])
-        with torch.no_grad():
-            out[f"{name}_prefill_ms"] = median_ms(lambda: model(seq[None].cuda(), logits_to_keep=1))
-    model.set_attn_implementation("sdpa")
-    with torch.no_grad():
-        out["dense_sdpa_prefill_ms"] = median_ms(lambda: model(seq[None].cuda(), logits_to_keep=1))
+        out[f"{name}_prefill_ms"] = prefill_ms(model, seq[None].cuda())
+    with dense(model):
+        out["dense_sdpa_prefill_ms"] = prefill_ms(model, seq[None].cuda())
     out["op_speedup_vs_default"] = out["default_op_ms_all_layers"] / out["per_head_op_ms_all_layers"]
     out["prefill_speedup_vs_default"] = out["default_prefill_ms"] / out["per_head_prefill_ms"]
     print(json.dumps(out), flush=True)

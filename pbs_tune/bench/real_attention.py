@@ -25,15 +25,14 @@ import torch
 
 from ..profile.launch import default_launch
 from ..op.pbs_attention import attend_blocks, permute_and_select
-from ..op.permutation import identity_permutation
-from ..op.selection import block_list_from_mask
 from ..seqlen import parse_length
 from ..tune.capture import recording_attention
 from ..models.fixtures import load_model, python_sources, token_sequences
-from ..measure.metrics import dense_reference
+from ..measure.metrics import dense_lse, dense_reference, rel_l2
 from ..tune.model_plan import model_entry, use_entry
 from ..models.retrieval import retrieval_answers, retrieval_prompts
-from ..measure.timing import env_info, median_ms, sdpa_backend, write_json
+from ..measure.prefill import dense_prefill_ms, prefill_ms
+from ..measure.timing import env_info, write_json
 from ..runtime.state import reset_stats, stats
 
 VARIANTS = {  # name -> (block, segment, threshold, permute); None is dense SDPA
@@ -106,7 +105,7 @@ def _head_stats(q, k, v, params, permute, dense_out, dense_lse):
     kept = blocks.count.double().sum(dim=(0, 2))
     return dict(rel_l2=err.tolist(), recall=recall.tolist(), kept_blocks=kept.tolist(),
                 density=blocks.density(),
-                layer_rel_l2=float((out.double() - dense_out.double()).norm() / dense_out.double().norm()))
+                layer_rel_l2=rel_l2(out, dense_out))
 
 
 def part_layers(res, model, seqs):
@@ -117,15 +116,11 @@ def part_layers(res, model, seqs):
             model(s[None].cuda(), logits_to_keep=1)
         for idx in layers:
             q, k, v = (t.contiguous() for t in seen[idx])
-            n = q.shape[2]
             dense_out = dense_reference(q, k, v)
-            ident = identity_permutation(k, v)
-            nb = -(-n // 128)
-            keep = torch.ones((nb, nb), dtype=torch.bool, device=q.device).tril().expand(1, q.shape[1], nb, nb)
-            _, dense_lse = attend_blocks(q, ident, block_list_from_mask(keep, ident.positions, 128), return_lse=True)
+            lse = dense_lse(q, k, v)
             row = dict(layer=idx)
             for name, permute in (("permuted", True), ("unpermuted", False)):
-                row[name] = _head_stats(q, k, v, (128, 256, 0.9), permute, dense_out, dense_lse)
+                row[name] = _head_stats(q, k, v, (128, 256, 0.9), permute, dense_out, lse)
             rows.append(row)
         del seen
         torch.cuda.empty_cache()
@@ -144,23 +139,14 @@ def part_prefill(res, model, tokens, lengths, variants):
 
 
 def _prefill(model, seq, variants):
-    from torch.nn.attention import sdpa_kernel
     ids = seq[None].cuda()
-    out = {}
-    for name in ("cudnn", "flash"):
-        _use(model, "dense")
-        try:
-            with sdpa_kernel(sdpa_backend(name)), torch.no_grad():
-                out[f"sdpa_{name}_ms"] = median_ms(lambda: model(ids, logits_to_keep=1))
-        except RuntimeError as exc:
-            out[f"sdpa_{name}_error"] = str(exc)[:200]
+    out = {f"sdpa_{k}": v for k, v in dense_prefill_ms(model, ids).items()}
     for variant in variants:
         if variant == "dense":
             continue
         _use(model, variant)
         reset_stats()
-        with torch.no_grad():
-            out[f"{variant}_ms"] = median_ms(lambda: model(ids, logits_to_keep=1))
+        out[f"{variant}_ms"] = prefill_ms(model, ids)
         out[f"{variant}_stats"] = stats()
     row = dict(tokens=len(seq), **out)
     print(json.dumps(row), flush=True)

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from ..op.pbs_attention import pbs_attention
 from ..op.varlen import pbs_attention_varlen, sequence_view
 from ..seqlen import parse_length
+from ..measure.metrics import rel_l2
+from ..measure.prefill import prefill, prefill_ms
 from ..measure.workloads import make_qkv
 from ..measure.timing import env_info, median_ms, rounded, sdpa_backend, write_json
 from ..runtime.dispatch import tuned_attention
@@ -34,10 +36,6 @@ from ..runtime.state import reset_stats, stats
 from ..runtime.transformers_attention import apply
 
 DEFAULT = dict(block_size=128, segment_size=256, threshold=0.9)
-
-
-def rel_l2(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 def dense_chunk(q, k, v, backend):
@@ -212,7 +210,6 @@ def part_shapes(res, n, shapes):
 
 
 def part_fixture(res, model_dir, lengths, chunk):
-    from transformers import DynamicCache
 
     from ..models.fixtures import load_model
     from ..profile import profiles
@@ -229,25 +226,16 @@ def part_fixture(res, model_dir, lengths, chunk):
         for e in prof.entries])
     out = dict(model=model_dir, lengths=lengths, chunk=chunk, profile=prof.path)
 
-    def prefill_ms(**kw):
-        with torch.no_grad():
-            return median_ms(lambda: model(ids, attention_mask=mask, logits_to_keep=1, **kw))
-
     def greedy(**kw):
         with torch.no_grad():
             return model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0, **kw)
 
     def chunked_prefill():
-        cache = DynamicCache()
-        with torch.no_grad():
-            for s in range(0, n_max, chunk):
-                logits = model(ids[:, s:s + chunk], attention_mask=mask[:, :s + chunk], past_key_values=cache,
-                               use_cache=True, logits_to_keep=1).logits
-        return logits
+        return prefill(model, ids, mask, chunk)
 
     model.set_attn_implementation("sdpa")
-    out["sdpa_prefill_ms"] = prefill_ms()
-    out["sdpa_chunked_prefill_ms"] = median_ms(chunked_prefill)
+    out["sdpa_prefill_ms"] = prefill_ms(model, ids, mask)
+    out["sdpa_chunked_prefill_ms"] = prefill_ms(model, ids, mask, chunk)
     want_tokens, want_chunked = greedy(), chunked_prefill().float()
     apply(model, exact, min_chunk=chunk)
     reset_stats()
@@ -260,14 +248,13 @@ def part_fixture(res, model_dir, lengths, chunk):
         out["tau1_generate_chunked_same_tokens"] = bool(torch.equal(greedy(prefill_chunk_size=chunk), want_tokens))
     apply(model, prof, min_chunk=chunk)
     reset_stats()
-    with torch.no_grad():
-        model(ids, attention_mask=mask, logits_to_keep=1)
+    prefill(model, ids, mask)
     out["pbs_stats_one_prefill"] = stats()
     reset_stats()
     chunked_prefill()
     out["pbs_stats_one_chunked_prefill"] = stats()
-    out["pbs_prefill_ms"] = prefill_ms()
-    out["pbs_chunked_prefill_ms"] = median_ms(chunked_prefill)
+    out["pbs_prefill_ms"] = prefill_ms(model, ids, mask)
+    out["pbs_chunked_prefill_ms"] = prefill_ms(model, ids, mask, chunk)
     out["pbs_tokens_equal_dense"] = bool(torch.equal(greedy(), want_tokens))
     out["speedup_prefill"] = out["sdpa_prefill_ms"] / out["pbs_prefill_ms"]
     out["speedup_chunked_prefill"] = out["sdpa_chunked_prefill_ms"] / out["pbs_chunked_prefill_ms"]

@@ -1,4 +1,4 @@
-"""Accuracy measures of sparse attention against dense attention."""
+"""Accuracy measures of sparse attention against dense attention, and the dense reference itself."""
 import torch
 import torch.nn.functional as F
 
@@ -28,3 +28,15 @@ def dense_reference(q, k, v, chunk_heads=8):
         out[:, h0:h1] = F.scaled_dot_product_attention(
             q[:, h0:h1].float(), k[:, kv].float(), v[:, kv].float(), is_causal=True)
     return out
+
+
+def dense_lse(q, k, v, block_size=None):
+    """The log-sum-exp of every query row over all its causal keys, from the attend kernel with every
+    block kept (what `recall_from_lse` compares a sparse run's with). Blocks of 128 on a GPU, 16 in
+    the interpreter."""
+    from ..op.pbs_attention import attend_blocks
+    from ..op.permutation import identity_permutation
+    from ..op.selection import causal_block_list
+    perm = identity_permutation(k, v)
+    blocks = causal_block_list(q.shape[1], perm.positions, block_size or (16 if q.device.type == "cpu" else 128))
+    return attend_blocks(q, perm, blocks, return_lse=True)[1]

@@ -131,6 +131,14 @@ def block_position_bounds(positions, block_size):
     return padded.amin(dim=-1), padded.amax(dim=-1)
 
 
+def causal_block_list(heads: int, positions, block_size: int) -> "BlockList":
+    """Every causal block of a square prompt, for `heads` query heads: dense attention as a block list
+    (the attend kernel's dense reference and its density-1 timing)."""
+    B, nb = positions.shape[0], -(-positions.shape[-1] // block_size)
+    keep = torch.ones((nb, nb), dtype=torch.bool, device=positions.device).tril().expand(B, heads, nb, nb)
+    return block_list_from_mask(keep, positions, block_size)
+
+
 def block_list_from_mask(keep, positions, block_size):
     """Compact list from a (B, Hq, NQB, NKB) bool mask of candidate blocks.
 

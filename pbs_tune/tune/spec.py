@@ -50,7 +50,7 @@ class SweepSpec:
     per_head: bool = False  # per-layer plans (tune/allocate.py) around each trial's global knobs
     margin: float = DEFAULT_MARGIN
     estimators: tuple = ESTIMATORS  # per_head: the block estimators a layer's plan may use
-    samples: int = 1  # workload samples calibrated on (a capture brings its own sequences)
+    samples: int | None = None  # workload samples calibrated on (None: 4 with per_head, else 1; a capture brings its own)
     study: str | None = None  # the study's name (one length) or names' prefix
     library: str | None = None  # kernel library folder (default: the profile's)
     workers: int = 1
@@ -66,6 +66,12 @@ class SweepSpec:
     # "module:function" standing in for tune.evaluate.measure (same arguments and result): what the
     # trials, the default and the held-out checks measure. Tests of the study's bookkeeping use it.
     measure: str | None = None
+
+    def __post_init__(self):
+        if self.samples is not None and self.samples > 1 and self.calib:
+            raise ValueError("--samples draws workload samples; a --calib capture has its own (capture --sequences N)")
+        if self.samples is None:
+            object.__setattr__(self, "samples", 4 if self.per_head and not self.calib else 1)
 
     @cached_property
     def target(self) -> Target:

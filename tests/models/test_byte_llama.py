@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import pbs_tune
 from pbs_tune.profile import profiles
 from pbs_tune.models import byte_llama
 from pbs_tune.models.byte_llama import ByteTokenizer, needle_prompts, needle_sequence
 
-transformers = pytest.importorskip("transformers")
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "byte-llama")
 TEXT = np.frombuffer(("def f(x):\n    return x * 2\n" * 400).encode(), dtype=np.uint8)
 

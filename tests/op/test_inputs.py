@@ -54,3 +54,33 @@ def test_non_contiguous_but_unit_stride_inputs_are_accepted():
     a = pbs_attention(q_t, k, v, **OK, launch=LaunchConfig(16, 16, 4, 1))
     b = pbs_attention(q, k, v, **OK, launch=LaunchConfig(16, 16, 4, 1))
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_the_parameters_as_one_object_or_as_keywords_run_the_same_op():
+    from pbs_tune import PbsParams, permute_and_select
+    q, k, v = qkv()
+    params = PbsParams(16, 32, 0.7, estimator="lse")
+    assert torch.equal(pbs_attention(q, k, v, params), pbs_attention(q, k, v, block_size=16, segment_size=32,
+                                                                     threshold=0.7, estimator="lse"))
+    assert torch.equal(permute_and_select(q, k, v, params)[1].to_dense(),
+                       permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=0.7,
+                                          estimator="lse")[1].to_dense())
+    with pytest.raises(TypeError, match="not both"):
+        pbs_attention(q, k, v, params, threshold=0.9)
+    with pytest.raises(TypeError, match="give params=PbsParams"):
+        pbs_attention(q, k, v, block_size=16)
+    with pytest.raises(TypeError, match="params must be a PbsParams"):
+        pbs_attention(q, k, v, dict(OK))
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(block_size=24, segment_size=48, threshold=0.9), "power of two"),
+    (dict(block_size=16, segment_size=40, threshold=0.9), "multiple of block_size"),
+    (dict(block_size=16, segment_size=32, threshold=(0.5, 1.5)), r"\(0, 1\]"),
+    (dict(block_size=16, segment_size=32, threshold=0.9, permute="yes"), "permute must be true or false"),
+    (dict(block_size=16, segment_size=32, threshold=0.9, estimator="max"), "estimator must be one of mean, lse"),
+])
+def test_parameters_are_checked_where_they_are_made(fields, match):
+    from pbs_tune import PbsParams
+    with pytest.raises(ValueError, match=match):
+        PbsParams(**fields)

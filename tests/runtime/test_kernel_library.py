@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from pbs_tune.kernels import launch
 from pbs_tune.runtime import exercise, library_bind, library_build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -264,3 +265,14 @@ def test_every_kernel_a_plan_runs_is_among_those_its_library_is_built_from(tmp_p
     assert not missing, missing
     from pbs_tune.runtime import cross_build  # what a build for another arch finds: the same kernels
     assert served <= set(cross_build.kernel_keys(path, "cpu"))
+
+
+def test_benchmarks_switch_the_bound_kernels_for_a_block_and_get_them_back():
+    from types import SimpleNamespace
+    before = launch.library_size()
+    with launch.using([SimpleNamespace(key=("fake",))]):
+        assert launch.library_size() == 1
+        with launch.using():
+            assert launch.library_size() == 0  # every call goes to the JIT
+        assert launch.library_size() == 1
+    assert launch.library_size() == before

@@ -4,16 +4,15 @@ import os
 
 import pytest
 import torch
+import transformers
 
 import pbs_tune
 from pbs_tune.profile import profiles
-from helpers import TINY_SHAPE, profile_entry, tiny_llama, write_profile
-
-transformers = pytest.importorskip("transformers")
+from helpers import TINY_SHAPE, profile_entry, tiny_entry, tiny_llama, write_profile
 
 
-def entry(seqlen, threshold=1.0, gpu="cpu", **extra):
-    return profile_entry(seqlen, threshold, gpu, **TINY_SHAPE, **extra)
+
+entry = tiny_entry
 
 
 @pytest.fixture(autouse=True)

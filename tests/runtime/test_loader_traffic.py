@@ -4,12 +4,12 @@ import logging
 
 import pytest
 import torch
+import transformers
 
 import pbs_tune
+from helpers import tiny_entry as entry
 from helpers import tiny_llama, write_profile
-from test_loader import entry
 
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(autouse=True)

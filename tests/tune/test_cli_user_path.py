@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from pbs_tune.cli import main
-from test_cli import capture_tiny_llama, sweep_args
+from helpers import capture_tiny_llama, sweep_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -131,13 +131,15 @@ def test_show_says_when_it_shows_another_variant_and_refuses_an_ignored_flag():
 
 def test_a_finished_sweep_says_so_and_an_entry_failing_its_held_out_check_is_written_but_never_run(
         tmp_path, monkeypatch, caplog):
+    import dataclasses
+
     import pbs_tune
     from pbs_tune.profile import profiles
     from pbs_tune.tune import sweep as sweep_module
     real_check = sweep_module.held_out_check
 
     def over_the_bound(hold, spec, trial, study, launch=None):
-        return dict(real_check(hold, spec, trial, study, launch), rel_l2=0.95, within_bound=False)
+        return dataclasses.replace(real_check(hold, spec, trial, study, launch), rel_l2=0.95, within_bound=False)
     monkeypatch.setattr(sweep_module, "held_out_check", over_the_bound)
     args = sweep_args(tmp_path, seqlen="64", trials="2")
     first = run(args)

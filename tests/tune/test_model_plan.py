@@ -41,7 +41,7 @@ def test_the_margin_shrinks_until_the_plans_answer_as_many_probes(monkeypatch):
 
 
 def test_plan_command_writes_a_plan_per_layer(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a dependency of pbs-tune: never skipped
     from pbs_tune.cli import main
     from pbs_tune.models.byte_llama import MARKER, model_config
     cfg = model_config(layers=1, hidden=64, intermediate=128, heads=2, kv_heads=1, head_dim=64)
@@ -58,5 +58,5 @@ def test_plan_command_writes_a_plan_per_layer(tmp_path):
     assert sorted(e.layers) == [0]
     for params, _ in e.layers.values():
         assert len(params.threshold) == 2 and params.block_size == 16
-    assert e.info["plan"]["probe"][0]["prompts"] == 1 and e.info["plan"]["margin_used"] <= 0.95
+    assert e.provenance.plan["probe"][0]["prompts"] == 1 and e.provenance.plan["margin_used"] <= 0.95
     assert "layer" in res.output
