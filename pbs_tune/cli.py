@@ -13,7 +13,7 @@ from .profile import store as profile_store
 from .profile.params import ESTIMATORS
 from .profile.target import CPU, present_gpu, resolve_gpu, variant_in
 from .seqlen import parse_length
-from .tune.spec import MARGIN_RANGE, SweepSpec, default, worker_count  # imports no torch: --help stays fast
+from .tune.spec import MARGIN_RANGE, PlanSpec, SweepSpec, default, worker_count  # imports no torch: --help stays fast
 
 
 def one_line_errors(fn):
@@ -312,17 +312,18 @@ def report(storage, study_name, out_dir):
               help="Calibration length in tokens (e.g. 8k); the entry applies from this length up.")
 @click.option("--text", "text_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Calibration text (6 x --seqlen tokens); default: installed Python sources of the calibration split.")
-@click.option("--margin", default=default("margin"), show_default=True, type=click.FloatRange(*MARGIN_RANGE),
+@click.option("--margin", default=default("margin", PlanSpec), show_default=True, type=click.FloatRange(*MARGIN_RANGE),
               help="Each layer's error bound as a share of the reference threshold's (the probe may shrink it "
                    "down to 0: every layer the reference).")
-@click.option("--reference", default=0.9, show_default=True, type=click.Choice([str(t) for t in (0.8, 0.85, 0.9, 0.95)]),
+@click.option("--reference", default=str(default("reference", PlanSpec)), show_default=True, type=click.Choice([str(t) for t in (0.8, 0.85, 0.9, 0.95)]),
               help="The uniform threshold the plans must match (error, heaviest keys, retrieval probes).")
-@click.option("--probes", default=40, show_default=True, type=click.IntRange(min=0),
+@click.option("--probes", default=default("probes", PlanSpec), show_default=True, type=click.IntRange(min=0),
               help="Retrieval probe prompts (0: no probe).")
 @click.option("--estimators", default=",".join(default("estimators")), show_default=True, callback=_estimators,
               help=ESTIMATORS_HELP)
-@click.option("--block-size", default=128, show_default=True, type=click.IntRange(min=16))
-@click.option("--segment-size", default=256, show_default=True, type=click.IntRange(min=32))
+@click.option("--block-size", default=default("block_size", PlanSpec), show_default=True, type=click.IntRange(min=16))
+@click.option("--segment-size", default=default("segment_size", PlanSpec), show_default=True,
+              type=click.IntRange(min=32))
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
 @click.option("--profile", "profile_path", default=None, help="Profile YAML to add the entry to (default: user store).")
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
@@ -341,20 +342,17 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, es
     from .tune import report as reports
     from .tune.model_plan import plan_to_profile
     progress.set_quiet(quiet)
-    if segment_size % block_size:
-        raise ValueError(f"--segment-size {segment_size} must be a multiple of --block-size {block_size}")
     gpu = profile_store.gpu_to_tune(gpu)
-    profile_path = profile_path or profile_store.default_profile_path(gpu)
-    entry, report = plan_to_profile(model, profile_path, gpu=gpu, gguf_file=gguf_file, seqlen=seqlen,
-                                    text_file=text_file, margin=margin, reference=float(reference), probes=probes,
-                                    block_size=block_size, segment_size=segment_size, dtype=dtype,
-                                    estimators=estimators)
+    spec = PlanSpec(model=model, seqlen=seqlen, profile=profile_path or profile_store.default_profile_path(gpu),
+                    gguf_file=gguf_file, text_file=text_file, margin=margin, reference=float(reference), probes=probes,
+                    block_size=block_size, segment_size=segment_size, dtype=dtype, estimators=estimators)
+    entry, report = plan_to_profile(spec, gpu)
     for line in reports.plan_lines(report):
         click.echo(line)
-    click.echo(f"wrote a plan for {len(entry.layers)} layers to {profile_path} (margin used {report['margin_used']})")
+    click.echo(f"wrote a plan for {len(entry.layers)} layers to {spec.profile} (margin used {report['margin_used']})")
     if gpu != CPU and not no_compile:
         from .runtime.library_build import build_in_fresh_process
-        build_in_fresh_process(profile_path, None)
+        build_in_fresh_process(spec.profile, None)
 
 
 @main.command()

@@ -20,6 +20,7 @@ import statistics
 
 import torch
 
+from ..profile.target import Target
 from ..profile.launch import default_launch
 from ..op.pbs_attention import pbs_attention
 from ..profile.params import ESTIMATORS
@@ -47,7 +48,7 @@ def _default(model, lc):
 def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS, estimators=ESTIMATORS):
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     calib = token_sequences(tok, python_sources("calibration"), seqlen, 2 + PROBE_TEXTS)
-    lc = default_launch(BLOCK, model.config.head_dim, torch.cuda.get_device_capability())  # what the untuned op runs
+    lc = default_launch(BLOCK, model.config.head_dim, Target.present().capability)  # what the untuned op runs
     planned, report = plan_model(model, tok, calib[:2], calib[2:], margin=margin, reference=DEFAULT, probes=n_probe,
                                  block_size=BLOCK, segment_size=SEGMENT, launch=lc, min_len=1024,
                                  estimators=estimators)
@@ -107,7 +108,7 @@ def _timing(model, seq, layers, variants):
         for idx, (q, k, v) in sorted(seen.items()):
             params, lc = layers[idx] if name == "per_head" else (profiles.PbsParams(BLOCK, SEGMENT, DEFAULT),
                                                                  default_launch(BLOCK, q.shape[-1],
-                                                                                torch.cuda.get_device_capability()))
+                                                                                Target.present().capability))
             total += median_ms(lambda: pbs_attention(q, k, v, params, launch=lc))
         out[f"{name}_op_ms_all_layers"] = total
         use_entry(model, variants[name])
@@ -139,7 +140,7 @@ def _compare(q, k, v, plan, lc) -> dict:
 
 def part_mixed(res, lengths, margin, samples=2, families=(), variants=VARIANTS):
     rows = []
-    lc = default_launch(BLOCK, 128, torch.cuda.get_device_capability())
+    lc = default_launch(BLOCK, 128, Target.present().capability)
     for n in lengths:
         q, k, v = make_qkv("mixed", seqlen=n, batch=samples, heads=32, kv_heads=8, device="cuda", seed=0)
         plan = plan_layer(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, margin=margin, reference=DEFAULT,

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ..profile.target import Target
 from ..profile.launch import default_launch
 from ..op.pbs_attention import attend_blocks, pbs_attention
 from ..op.permutation import last_block_key_scores, permute_keys
@@ -44,7 +45,7 @@ def graph_of(fn):
 def stage_row(n, heads, kv_heads):
     q, k, v = make_qkv("mixed", seqlen=n, heads=heads, kv_heads=kv_heads, device="cuda", seed=0)
     scale = 1 / math.sqrt(q.shape[-1])
-    launch = default_launch(BLOCK, q.shape[-1], torch.cuda.get_device_capability())
+    launch = default_launch(BLOCK, q.shape[-1], Target.present().capability)
     args = dict(block_size=BLOCK, segment_size=SEGMENT)
     row = dict(n=n, heads=heads, kv_heads=kv_heads, launch=launch.label(), **args, threshold=THRESHOLD)
     with torch.no_grad():

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from ..profile.target import Target
 from ..profile.launch import default_launch
 from ..op.pbs_attention import pbs_attention
 from ..profile import profiles
@@ -68,7 +69,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     prof = profiles.load(args.profile)
     default = profiles.PbsParams(128, 256, 0.9)
-    stock = default_launch(128, 128, torch.cuda.get_device_capability())
+    stock = default_launch(128, 128, Target.present().capability)
     rows = []
     for n in (parse_length(x) for x in args.lengths.split(",")):
         entry = prof.pick(n, gpu=args.gpu, heads=32, kv_heads=8, head_dim=128, dtype="bfloat16")

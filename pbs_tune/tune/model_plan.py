@@ -18,7 +18,7 @@ from ..profile import profiles
 from ..profile.launch import default_launch
 from ..profile.params import ESTIMATORS, PbsParams
 from ..profile.provenance import Provenance
-from ..profile.target import detect_gpu
+from ..profile.target import Target, detect_gpu
 from .entry import make_entry
 from .allocate import choose_plan, layer_curves, variants_of
 from .capture import recording_attention
@@ -92,7 +92,7 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     seqlen = len(calib_seqs[0])
     device = next(model.parameters()).device
     launch = launch or default_launch(block_size, model.config.head_dim,
-                                      torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
+                                      Target.present().capability if device.type == "cuda" else None)
     progress.say(f"recording Q/K/V of every layer on {len(calib_seqs)} calibration sequences")
     recorded = sorted(record_layers(model, calib_seqs).items())
     steps = progress.Steps("per-head curves: layer", len(recorded))
@@ -119,28 +119,27 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     return entry, dict(allocation=report, probe=log, margin_used=used)
 
 
-def plan_to_profile(model_name, profile_path, *, gpu, seqlen, gguf_file=None, text_file=None, margin=0.95,
-                    reference=0.9, probes=40, block_size=128, segment_size=256, dtype="bfloat16",
-                    estimators=ESTIMATORS):
-    """`pbs-tune plan`: load the model, plan it on 2 calibration sequences (text_file, else the
-    installed Python sources of the calibration split) with probes on 4 others, and add the entry
-    to `profile_path`. Returns (entry, report)."""
+def plan_to_profile(spec, gpu: str):
+    """`pbs-tune plan`: load the model, plan it (`PlanSpec`) on 2 calibration sequences of its text
+    with retrieval probes on 4 others, and add the entry to the spec's profile. Returns (entry, report)."""
     import os
 
     from ..models.fixtures import load_model, python_sources, token_sequences
     from ..profile.target import CPU, INTERPRETER_MAX_SEQLEN, device_for, interpreter_size_error
     from ..seqlen import format_length
-    if os.path.exists(profile_path):
-        profiles.load(profile_path)  # fail now, not after the calibration
-    net, tokenizer = load_model(model_name, gguf_file=gguf_file, dtype=dtype, device=device_for(gpu))
-    too_big = gpu == CPU and interpreter_size_error(seqlen, net.config.num_attention_heads)
+    if os.path.exists(spec.profile):
+        profiles.load(spec.profile)  # fail now, not after the calibration
+    net, tokenizer = load_model(spec.model, gguf_file=spec.gguf_file, dtype=spec.dtype, device=device_for(gpu))
+    too_big = gpu == CPU and interpreter_size_error(spec.seqlen, net.config.num_attention_heads)
     if too_big:
         raise ValueError(f"{too_big}; on this CPU plan at --seqlen {format_length(INTERPRETER_MAX_SEQLEN // 4)} "
                          f"or less with a small model, or run plan on a GPU")
     if tokenizer is None:
-        raise ValueError(f"--model {model_name} has no tokenizer; plan needs one to build its retrieval probes")
-    seqs = token_sequences(tokenizer, [text_file] if text_file else python_sources("calibration"), seqlen, 6)
-    entry, report = plan_model(net, tokenizer, seqs[:2], seqs[2:], margin=margin, reference=reference, probes=probes,
-                               block_size=block_size, segment_size=segment_size, estimators=estimators)
-    profiles.merge_entries(profile_path, [entry])
+        raise ValueError(f"--model {spec.model} has no tokenizer; plan needs one to build its retrieval probes")
+    texts = [spec.text_file] if spec.text_file else python_sources("calibration")
+    seqs = token_sequences(tokenizer, texts, spec.seqlen, 6)
+    entry, report = plan_model(net, tokenizer, seqs[:2], seqs[2:], margin=spec.margin, reference=spec.reference,
+                               probes=spec.probes, block_size=spec.block_size, segment_size=spec.segment_size,
+                               estimators=spec.estimators)
+    profiles.merge_entries(spec.profile, [entry])
     return entry, report

@@ -189,9 +189,32 @@ def check_spec(spec: SweepSpec) -> None:
         profiles.load(spec.profile)  # fail now, not after an hour of tuning
 
 
-def default(name: str):
-    """A SweepSpec field's default: what the CLI shows and uses for a flag left out."""
-    return SweepSpec.__dataclass_fields__[name].default
+@dataclass(frozen=True)
+class PlanSpec:
+    """What one `pbs-tune plan` makes (tune/model_plan.py): per-layer plans for one model from
+    `seqlen` tokens, judged by the model, written to `profile`."""
+
+    model: str                     # a model folder, or 'smollm2'
+    seqlen: int
+    profile: str
+    gguf_file: str | None = None
+    text_file: str | None = None   # calibration text (default: installed Python sources)
+    margin: float = DEFAULT_MARGIN
+    reference: float = 0.9         # the uniform threshold the plans must match
+    probes: int = 40               # retrieval probe prompts (0: none)
+    block_size: int = 128
+    segment_size: int = 256
+    dtype: str = "bfloat16"
+    estimators: tuple = ESTIMATORS
+
+    def __post_init__(self):
+        if self.segment_size % self.block_size:
+            raise ValueError(f"--segment-size {self.segment_size} must be a multiple of --block-size {self.block_size}")
+
+
+def default(name: str, of=SweepSpec):
+    """A field's default (SweepSpec's, or PlanSpec's): what the CLI shows and uses for a flag left out."""
+    return of.__dataclass_fields__[name].default
 
 
 def worker_count(text: str, on_gpu: bool) -> int:
