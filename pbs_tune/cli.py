@@ -305,7 +305,8 @@ def report(storage, study_name, out_dir):
 
 @main.command()
 @click.option("--model", required=True,
-              help="Local transformers model folder (the trained fixture too), or 'smollm2'.")
+              help="Local transformers model folder (the trained fixture too), or a packaged model: 'smollm2', "
+                   "'qwen2.5-coder-0.5b' (pip install 'pbs-tune[qwen]').")
 @click.option("--gguf-file", default=None, help="A GGUF file inside --model to load (transformers' gguf_file=).")
 @click.option("--gpu", default="auto", show_default=True, help="Must match the GPU present ('auto' reads it).")
 @click.option("--seqlen", required=True, callback=lambda c, p, v: parse_length(v),
@@ -357,7 +358,8 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, es
 
 @main.command()
 @click.option("--model", required=True,
-              help="Local transformers model folder (config + weights), or 'smollm2' (the packaged SmolLM2-135M).")
+              help="Local transformers model folder (config + weights), or a packaged model: 'smollm2' (SmolLM2-135M), "
+                   "'qwen2.5-coder-0.5b' (Qwen2.5-Coder-0.5B-Instruct, 32k context).")
 @click.option("--gguf-file", default=None, help="A GGUF file inside --model to load (transformers' gguf_file=).")
 @click.option("--text", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Text file to run through the model.")

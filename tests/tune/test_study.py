@@ -52,9 +52,9 @@ def test_two_sweeps_share_one_sqlite_study(tmp_path):
 
 
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path):
-    spec = stand_in_spec(tmp_path, trials=4, seqlens=(96,), measure="test_study:fails_at_second_call")
+    spec = stand_in_spec(tmp_path, trials=4, measure="test_study:fails_at_second_call")
     (entry,) = run_sweep(spec, say=lambda line: None)
-    study = optuna.load_study(study_name="cpu-96-2x1x64-float32-diffuse", storage=spec.storage)
+    study = optuna.load_study(study_name="cpu-64-2x1x64-float32-diffuse", storage=spec.storage)
     states = [t.state.name for t in study.trials]
     assert states.count("FAIL") == 1 and states.count("COMPLETE") == 3
     failed = next(t for t in study.trials if t.state.name == "FAIL")
@@ -97,7 +97,8 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
         url = f"sqlite:///{tmp_path}/study.db"
     else:
         url = _postgres_url(request.getfixturevalue("postgres_server"), f"kill_{os.getpid()}")
-    parent = sweep_process(stand_in_spec(tmp_path, storage=url, study="shared", workers=2, heartbeat_s=1, trials=12))
+    parent = sweep_process(stand_in_spec(tmp_path, storage=url, study="shared", workers=2, trials=12,
+                                         measure="helpers:slow_stand_in_measure"))
     started = ""
     while "started 2 workers" not in started:
         started = parent.stdout.readline()
@@ -134,4 +135,4 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
     # with the parameters it had drawn (a worker killed while a trial was still drawing leaves fewer)
     assert trials[killed].params.items() <= retried[killed].params.items()
     (entry,) = profiles.load(str(tmp_path / "cpu.yaml")).entries         # the profile is whole
-    assert entry.seqlen == 128
+    assert entry.seqlen == 64

