@@ -31,12 +31,20 @@ def dense_reference(q, k, v, chunk_heads=8):
 
 
 def dense_lse(q, k, v, block_size=None):
-    """The log-sum-exp of every query row over all its causal keys, from the attend kernel with every
-    block kept (what `recall_from_lse` compares a sparse run's with). Blocks of 128 on a GPU, 16 in
-    the interpreter."""
+    """The natural-log log-sum-exp of every query row over all its causal keys (what
+    `recall_from_lse` compares a sparse run's with). On a GPU, from the attend kernel with every
+    block kept (blocks of 128: no N x N matrix at 128k); on the CPU, the interpreter's sizes, exactly
+    in float32 from the scores."""
+    import math
+    if q.device.type == "cpu":
+        group = q.shape[1] // k.shape[1]
+        scores = (q.float() @ k.float().repeat_interleave(group, 1).transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        m, n = q.shape[2], k.shape[2]
+        causal = torch.ones(m, n, dtype=torch.bool).tril(n - m)
+        return torch.logsumexp(scores.masked_fill(~causal, float("-inf")), dim=-1)
     from ..op.pbs_attention import attend_blocks
     from ..op.permutation import identity_permutation
     from ..op.selection import causal_block_list
     perm = identity_permutation(k, v)
-    blocks = causal_block_list(q.shape[1], perm.positions, block_size or (16 if q.device.type == "cpu" else 128))
+    blocks = causal_block_list(q.shape[1], perm.positions, block_size or 128)
     return attend_blocks(q, perm, blocks, return_lse=True)[1]

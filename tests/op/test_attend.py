@@ -120,3 +120,14 @@ def test_per_head_thresholds_stay_exact_on_kept_blocks():
     assert rel_l2(out, reference_for(q, perm, blocks)) < 1e-5
     dense_head = pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=1.0, launch=LaunchConfig(16, 16, 4, 1))
     assert rel_l2(out[:, 3], dense_head[:, 3]) < 1e-5  # the head at 1.0 is dense attention
+
+
+def test_the_attend_kernels_lse_over_every_block_is_the_exact_dense_lse():
+    """The dense reference of recall: computed in torch on the CPU, by the kernel on a GPU; the same."""
+    from pbs_tune.measure.metrics import dense_lse
+    from pbs_tune.op.permutation import identity_permutation
+    from pbs_tune.op.selection import causal_block_list
+    q, k, v = random_qkv(2, 4, 2, 96, 64)
+    perm = identity_permutation(k, v)
+    _, lse = attend_blocks(q, perm, causal_block_list(4, perm.positions, 16), return_lse=True)
+    assert torch.allclose(lse, dense_lse(q, k, v), atol=1e-5)

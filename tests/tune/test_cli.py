@@ -194,9 +194,9 @@ def test_per_head_sweep_writes_a_plan_per_captured_layer_and_per_head_on_a_workl
     assert shown.exit_code == 0 and "layer 1: " in shown.output and "permuted" in shown.output
     assert f"permuted {params.estimator} " in shown.output  # the layer's estimator is shown
     res = CliRunner().invoke(main, sweep_args(tmp_path, "--per-head", "--samples", "2", "--estimators", "mean",
-                                              seqlen="80", trials="1"))
+                                              seqlen="48", trials="1"))
     assert res.exit_code == 0, res.output
-    workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 80][0]
+    workload = [x for x in profiles.load(str(tmp_path / "cpu.yaml")).entries if x.seqlen == 48][0]
     assert isinstance(workload.params.threshold, tuple) and not workload.layers
     # Two samples of the workload: the plan was fitted leaving each out; its study is not a 1-sample one.
     assert workload.provenance.samples == 2 and "-x2-per-head" in workload.provenance.study
