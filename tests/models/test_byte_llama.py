@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import pbs_tune
 from pbs_tune.profile import profiles

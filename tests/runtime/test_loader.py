@@ -4,11 +4,10 @@ import os
 
 import pytest
 import torch
-import transformers
 
 import pbs_tune
 from pbs_tune.profile import profiles
-from helpers import TINY_SHAPE, profile_entry, tiny_entry, tiny_llama, write_profile
+from helpers import tiny_entry, tiny_llama, write_profile
 
 
 

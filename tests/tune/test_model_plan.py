@@ -2,7 +2,6 @@
 `pbs-tune plan` writes a plan per layer for a (tiny, byte-level) model."""
 from types import SimpleNamespace
 
-import pytest
 import torch
 from click.testing import CliRunner
 
