@@ -86,6 +86,10 @@ class ProfileEntry:
     def key(self) -> tuple:
         return tuple(getattr(self, k) for k in KEY_FIELDS)
 
+    def shape(self) -> dict:
+        """seqlen, heads, kv_heads, head_dim and dtype (its key without the GPU)."""
+        return {k: getattr(self, k) for k in KEY_FIELDS[1:]}
+
     def config_for_layer(self, layer_idx):
         """(PbsParams, LaunchConfig) for this layer, or None when it stays dense."""
         chosen = self.layers.get(layer_idx, (self.params, self.launch)) if layer_idx is not None \

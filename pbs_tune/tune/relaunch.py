@@ -47,8 +47,7 @@ def relaunch_entry(entry: ProfileEntry, cal: Calibration, *, target: Target, sou
         raise ValueError(f"entry {entry.describe()} has per-layer plans; re-plan it (pbs-tune plan) instead")
     choice = None
     if sources:
-        shape = dict(seqlen=entry.seqlen, heads=entry.heads, kv_heads=entry.kv_heads, head_dim=entry.head_dim,
-                     dtype=cal.q.dtype, device=cal.q.device)
+        shape = dict(entry.shape(), dtype=cal.q.dtype, device=cal.q.device)
         best, choice = launch_choice.choose_launch(entry.params, entry.launch, sources, shape=shape, target=target)
         got = measure(cal, search_space.TrialConfig(entry.params, best), target=target)
         times = choice.latency_ms
@@ -64,9 +63,7 @@ def relaunch_entry(entry: ProfileEntry, cal: Calibration, *, target: Target, sou
     provenance = dataclasses.replace(entry.provenance, relaunch=dict(
         latency_ms=times, chosen=best.label(), date=_dt.date.today().isoformat(),
         **({"rule": choice.rule, "summary": choice.summary} if choice else {})))
-    shape = dict(seqlen=entry.seqlen, heads=entry.heads, kv_heads=entry.kv_heads, head_dim=entry.head_dim,
-                 dtype=entry.dtype)
-    return make_entry(gpu=entry.gpu, shape=shape, params=entry.params, launch=best, provenance=provenance,
+    return make_entry(gpu=entry.gpu, shape=entry.shape(), params=entry.params, launch=best, provenance=provenance,
                       measured=got, baselines=dense_baselines(cal, target=target), reference=reference,
                       on_gpu=target.on_gpu)
 
