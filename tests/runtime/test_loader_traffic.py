@@ -115,7 +115,7 @@ def test_generate_with_chunked_prefill_gives_the_dense_tokens(tmp_path):
         pytest.skip(f"transformers {transformers.__version__} has no chunked prefill in generate")
     dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
     ids = torch.randint(1, 97, (1, 130))  # no pad token (0) inside: generate would mask it
-    args = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    args = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)  # no early end-of-text
     with torch.no_grad():
         want = dense.generate(ids, **args)
         got = model.generate(ids, prefill_chunk_size=48, **args)
