@@ -26,7 +26,12 @@ case "${1:-}" in
     ls -la .qwen ;;
   receive)
     mkdir -p /tmp/qwen
-    for piece in .qwen/piece-*; do cat "$piece" >> /tmp/qwen/$FILE; echo "appended $piece"; done
+    touch /tmp/qwen/$FILE
+    for piece in .qwen/piece-*; do  # piece NN belongs at byte NN x 62 MiB: refuse one out of order
+      n=$((10#${piece##*-})); have=$(stat -c %s /tmp/qwen/$FILE)
+      [ "$have" = $((n * 65011712)) ] || { echo "$piece belongs at byte $((n * 65011712)), /tmp/qwen has $have: a call was missed or the machine is fresh"; exit 1; }
+      cat "$piece" >> /tmp/qwen/$FILE && rm "$piece"; echo "appended $piece"  # (ignored files stay there)
+    done
     have=$(stat -c %s /tmp/qwen/$FILE)
     if [ "$have" = $SIZE ]; then
       [ "$(md5sum < /tmp/qwen/$FILE | cut -d' ' -f1)" = $MD5 ] && echo "staged /tmp/qwen/$FILE, MD5 checked" \

@@ -10,8 +10,10 @@ thresholds. The figure of merit is the density PBS needs for the published defau
 error is no larger. The estimators here are torch prototypes for measuring headroom only; the
 op's own `lse` estimator (kernels/block_scores.py) is measured beside them as `op_lse`.
 
-Inputs: the synthetic workloads (`--workloads`), or every layer of a model (`--model`, the
-fixture's folder or 'smollm2') recorded on one evaluation-split text, summed over layers.
+Inputs: the synthetic workloads (`--workloads`), or every layer of a model (`--model`: the
+fixture's folder, a packaged model's name or a model folder) recorded on one evaluation-split
+text, summed over layers; `--plan` adds a per-layer plan's own point on each layer and the part
+of the default-to-oracle gap it closes.
 """
 import argparse
 import math
@@ -157,13 +159,23 @@ NAMES = ("op_lse",) + tuple(ESTIMATORS)
 
 def summary(rows) -> dict:
     """Over several inputs (a model's layers): per estimator, on how many it reaches the
-    default's error, and PBS's density over its own, both summed over the inputs it reaches."""
+    default's error, and PBS's density over its own, both summed over the inputs it reaches;
+    with a plan, its summed density and error against the default's, and the part of the
+    summed default-to-oracle gap it closes."""
     out = {}
     for name in NAMES:
         reached = [r for r in rows if r[name]["density_at_equal_error"] is not None]
         pbs = sum(r["pbs_density_at_default"] for r in reached)
         mine = sum(r[name]["density_at_equal_error"] for r in reached)
         out[name] = dict(reached=len(reached), of=len(rows), pbs_over_it=(pbs / mine) if mine else None)
+    if rows and "plan" in rows[0]:
+        default = sum(r["pbs_density_at_default"] for r in rows)
+        oracle = sum(r["oracle"]["density_at_equal_error"] or r["pbs_density_at_default"] for r in rows)
+        plan = sum(r["plan"]["density"] for r in rows)
+        out["plan"] = dict(density_over_default=plan / default, oracle_over_default=oracle / default,
+                           gap_closed=(default - plan) / (default - oracle) if default > oracle else None,
+                           layers_within_default_error=sum(r["plan"]["rel_l2"] <= r["default_rel_l2"] for r in rows),
+                           dense_layers=[r["layer"] for r in rows if r["plan"]["dense"]])
     return out
 
 
@@ -173,16 +185,47 @@ def _say(label, res):
                                 for name in NAMES), flush=True)
 
 
-def model_rows(model_name, seqlen):
-    """The frontier of every layer of a model on one evaluation-split sequence."""
+def plan_point(q, k, v, dense, entry, layer) -> dict:
+    """(density, error) of a per-layer plan's config for `layer` on this input; a dense layer is 1.0."""
+    cfg = entry.config_for_layer(layer)
+    if cfg is None:
+        return dict(density=1.0, rel_l2=0.0, dense=True)
+    params, launch = cfg
+    perm, blocks = permute_and_select(q, k, v, params)
+    return dict(density=blocks.kept_blocks() / blocks.candidate_blocks(), dense=False,
+                rel_l2=rel_l2(attend_blocks(q, perm, blocks, launch=launch), dense))
+
+
+def recovered(res) -> float | None:
+    """The part of the gap between PBS's density at the default and the oracle's at the same error
+    that the plan closes (1: down to the oracle; None where the oracle has no such point)."""
+    oracle = res["oracle"]["density_at_equal_error"]
+    gap = None if oracle is None else res["pbs_density_at_default"] - oracle
+    return (res["pbs_density_at_default"] - res["plan"]["density"]) / gap if gap else None
+
+
+def model_rows(model_name, seqlen, plan=None):
+    """The frontier of every layer of a model on one evaluation-split sequence; with `plan` (a
+    profile with a per-layer plan for this model), the plan's own point per layer too."""
+    from ..dtypes import name_of
     from ..models.fixtures import load_model, python_sources, token_sequences
     from ..tune.model_plan import record_layers
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
+    cfg = model.config
+    entry = None if plan is None else plan.pick(
+        seqlen, gpu=plan.entries[0].gpu, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim, dtype=name_of(next(model.parameters()).dtype))
+    if plan is not None and entry is None:
+        raise SystemExit(f"{plan.path} has no entry for this model's shape at {seqlen} tokens")
     (seq,) = token_sequences(tok, python_sources("evaluation"), seqlen, 1)
     rows = []
     for idx, (q, k, v) in sorted(record_layers(model, [seq]).items()):
         with torch.no_grad():
-            res = frontier(q, k, v, dense_reference(q, k, v))
+            dense = dense_reference(q, k, v)
+            res = frontier(q, k, v, dense)
+            if entry is not None:
+                res["plan"] = plan_point(q, k, v, dense, entry, idx)
+                res["plan_recovers"] = recovered(res)
         rows.append(dict(model=str(model_name), layer=idx, seqlen=seqlen, **res))
         _say(f"layer {idx}", res)
     return rows
@@ -195,11 +238,15 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--model", default=None, help="every layer of this model ('smollm2' or the fixture's folder) "
                                                   "instead of the workloads")
+    ap.add_argument("--plan", default=None, help="with --model: a `pbs-tune plan` profile for it, measured per layer")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     n = parse_length(args.seqlen)
+    if args.plan and not args.model:
+        ap.error("--plan needs --model")
     if args.model:
-        rows = model_rows(args.model, n)
+        from ..profile import profiles
+        rows = model_rows(args.model, n, plan=profiles.load(args.plan) if args.plan else None)
         total = summary(rows)
         print("over all layers:", total, flush=True)
         write_json(args.out, dict(benchmark="oracle_frontier", env=env_info(), block=BLOCK, segment=SEGMENT,

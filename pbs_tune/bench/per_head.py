@@ -66,7 +66,7 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
         loss[f"{name}_relative"] = _ci([(a - b) / b for a, b in zip(losses[name], losses["dense"])])
     loss["per_head_minus_default"] = _ci([a - b for a, b in zip(losses["per_head"], losses["default"])])
     haystack = [int(t) for s in evals[n_seqs:] for t in s]
-    prompts = retrieval_prompts(tok, haystack, n_prompts, seqlen - 512)
+    prompts = retrieval_prompts(tok, haystack, n_prompts, seqlen)  # at the entries' length: PBS runs
     retrieval = {}
     for name in ("dense", "default", "per_head"):
         use_entry(model, variants[name])

@@ -63,9 +63,12 @@ def use_entry(model, entry):
 def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_size, segment_size, launch,
                  min_len):
     """Plans at `margin`, shrunk while they answer fewer `prompts` than the reference.
-    Returns (entry, {layer: LayerPlan}, margin used, probe log)."""
-    def entry(layers=None):
-        return model_entry(model, seqlen=min_len, block_size=block_size, segment_size=segment_size,
+    Returns (entry, {layer: LayerPlan}, margin used, probe log). While probing, the entries start
+    at the prompts' length (shorter than the entry's `min_len`), so the probes run PBS, not SDPA."""
+    probe_len = min([min_len] + [len(p[0]) for p in prompts if p is not None])
+
+    def entry(layers=None, seqlen=probe_len):
+        return model_entry(model, seqlen=seqlen, block_size=block_size, segment_size=segment_size,
                            threshold=reference, launch=launch, layers=layers)
 
     use_entry(model, entry())
@@ -74,14 +77,15 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
     for m in [margin] + [x for x in PROBE_MARGINS if x < margin]:
         progress.say(f"retrieval probe at margin {m}: {len(prompts)} prompts")
         plans = {idx: choose_plan(c, margin=m, reference=reference) for idx, c in curves.items()}
-        planned = entry({idx: (PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator),
-                               launch)
-                         for idx, p in plans.items()})
-        use_entry(model, planned)
+        layers = {idx: (PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator), launch)
+                  for idx, p in plans.items()}
+        use_entry(model, entry(layers))
         hits = retrieval_hits(model, tokenizer, prompts) if prompts else need
         log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values())))
         if hits >= need:
             break
+    planned = entry(layers, seqlen=min_len)
+    use_entry(model, planned)
     return planned, plans, m, log
 
 

@@ -1,4 +1,5 @@
 """The oracle block selection behind bench/oracle.py: exact block masses and the smallest set."""
+import pytest
 import torch
 
 from helpers import random_qkv
@@ -56,3 +57,17 @@ def test_the_frontier_compares_each_estimator_with_pbs_at_the_defaults_error():
     total = oracle.summary([res, never])
     assert total["oracle"]["reached"] == 2 and total["op_lse"]["reached"] == 1 and total["op_lse"]["of"] == 2
     assert abs(total["oracle"]["pbs_over_it"] - res["oracle"]["pbs_over_it"]) < 1e-9
+
+
+def test_a_plan_is_credited_with_the_part_of_the_default_to_oracle_gap_it_closes():
+    def row(layer, default, best, plan, plan_err, dense=False):
+        return dict(layer=layer, pbs_density_at_default=default, default_rel_l2=0.05,
+                    plan=dict(density=plan, rel_l2=plan_err, dense=dense),
+                    **{n: dict(density_at_equal_error=best) for n in oracle.NAMES})
+    rows = [row(0, 0.4, 0.2, 0.3, 0.04), row(1, 0.5, None, 1.0, 0.0, dense=True)]
+    assert oracle.recovered(rows[0]) == pytest.approx(0.5) and oracle.recovered(rows[1]) is None
+    plan = oracle.summary(rows)["plan"]
+    # summed over layers: default 0.9, oracle 0.2 + 0.5 (a layer it cannot match counts as the default's)
+    assert plan["density_over_default"] == pytest.approx(1.3 / 0.9)
+    assert plan["gap_closed"] == pytest.approx((0.9 - 1.3) / (0.9 - 0.7))
+    assert plan["dense_layers"] == [1] and plan["layers_within_default_error"] == 2

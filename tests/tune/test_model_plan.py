@@ -27,12 +27,16 @@ def test_the_margin_shrinks_until_the_plans_answer_as_many_probes(monkeypatch):
     monkeypatch.setattr(model_plan, "use_entry", lambda model, entry: applied.append(entry))
     model = SimpleNamespace(config=SimpleNamespace(num_attention_heads=2, num_key_value_heads=1, head_dim=64),
                             parameters=lambda: iter([torch.zeros(1, dtype=torch.bfloat16)]))
+    prompts = [(torch.zeros(8192 - 512), "12345", 0.5)] * 40
     entry, plans, used, log = model_plan.probed_plans(
-        model, None, _curves(), [None] * 40, margin=0.95, reference=0.9, block_size=128, segment_size=256,
+        model, None, _curves(), prompts, margin=0.95, reference=0.9, block_size=128, segment_size=256,
         launch=LaunchConfig(128, 128, 8, 3), min_len=8192)
     assert [row.get("margin") for row in log] == [None, 0.95, 0.8, 0.6]
     assert [row["hits"] for row in log] == [10, 7, 9, 10]
-    assert used == 0.6 and len(applied) == 4 and applied[-1] is entry
+    assert used == 0.6 and len(applied) == 5 and applied[-1] is entry
+    # the probes ran PBS: every entry they ran under starts at their length, not above it
+    assert [e.seqlen for e in applied[:-1]] == [8192 - 512] * 4 and entry.seqlen == 8192
+    assert applied[-2].layers == entry.layers
     kept = [row["mean_kept_ratio"] for row in log[1:]]
     assert kept == sorted(kept)  # a tighter bound keeps more blocks
     params, _ = entry.layers[0]

@@ -1,0 +1,100 @@
+"""The real-model judge (bench/judge.py) and its retrieval tasks (models/retrieval.py), on a tiny
+byte-level model in the interpreter."""
+import json
+
+import pytest
+import torch
+import transformers
+
+from helpers import tiny_llama, tiny_llama_config
+from pbs_tune.bench import judge
+from pbs_tune.models.byte_llama import MARKER, ByteTokenizer
+from pbs_tune.models.retrieval import TASKS, TaskPrompt, greedy_matches, task_prompts
+from pbs_tune.profile import profiles
+from pbs_tune.profile.launch import LaunchConfig
+from pbs_tune.profile.params import PbsParams
+from pbs_tune.tune.model_plan import model_entry
+
+HAYSTACK = list(b"def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 40)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_task_prompts_hide_their_needles_and_fill_the_length_exactly(task):
+    tok = ByteTokenizer()
+    prompts = task_prompts(task, tok, HAYSTACK, 10, 600, seed=3)
+    assert [p.depth for p in prompts] == [0.1, 0.3, 0.5, 0.7, 0.9] * 2
+    for p in prompts:
+        assert len(p.ids) + len(p.answer_ids) - 1 == 600  # what one scoring forward runs
+        text, answer = tok.decode(p.ids), tok.decode(p.answer_ids)
+        assert answer == f" {p.answer}" and p.answer.isdigit() and len(p.answer) == 5
+        assert text.count(p.answer) >= 1 and text.rstrip().endswith(("is", "holds"))
+        if task == "multikey_needle":
+            assert text.count("# The pass code of the svc_") == 4
+        if task == "variable_tracking":
+            first = text.index(f" = {p.answer}\n")  # the chain's first link, then 3 links, in order
+            names = [line.split(" = ")[0] for line in text[first - 9:].splitlines() if line.startswith("var_")][:4]
+            assert text.rstrip().endswith(f"{names[-1]} holds") and len(set(names)) == 4
+        if task != "multikey_needle":  # the asked needle (the chain's first link) at its depth of the code
+            needles = "".join(line + "\n" for line in text.splitlines() if line.startswith(("# The pass", "var_")))
+            body = text.rindex("\n# Question:") - len(needles) - 2 * needles.count("\n") // 2
+            asked = text.index("# The pass" if task == "single_needle" else f" = {p.answer}\n")
+            asked = text.rindex("\n", 0, asked) if task == "variable_tracking" else asked - 1
+            assert asked == int(p.depth * (body + needles.count("\n"))) or abs(asked / body - p.depth) < 0.02
+    assert task_prompts(task, tok, HAYSTACK, 3, 600, seed=3)[0].answer == prompts[0].answer  # seeded
+
+
+def test_greedy_matches_is_greedy_decoding_decided_in_one_forward():
+    torch.manual_seed(0)
+    model = tiny_llama(vocab_size=256)
+    prompts = task_prompts("single_needle", ByteTokenizer(), HAYSTACK, 4, 200)
+    own, wrong = [], []
+    for p in prompts:
+        gen = model.generate(p.ids[None], max_new_tokens=4, do_sample=False, pad_token_id=0)[0, len(p.ids):]
+        own.append(TaskPrompt(p.ids, gen, "", p.depth))
+        swapped = gen.clone()
+        swapped[2] = (swapped[2] + 1) % 256  # greedy decoding would emit the first two tokens only
+        wrong.append(TaskPrompt(p.ids, swapped, "", p.depth))
+    assert greedy_matches(model, own) == [True] * 4
+    assert greedy_matches(model, wrong) == [False] * 4
+
+
+def _profile(path, entry):
+    profiles.merge_entries(str(path), [entry])
+    return str(path)
+
+
+def test_judge_runs_every_part_through_apply_with_a_plan_that_keeps_a_layer_dense(tmp_path):
+    cfg = tiny_llama_config(vocab_size=256, num_hidden_layers=2, max_position_embeddings=1024)
+    torch.manual_seed(1)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / MARKER).write_text("{}")
+    net = transformers.LlamaForCausalLM(cfg)
+    launch = LaunchConfig(64, 64, 4, 1)
+    shipped = model_entry(net, seqlen=256, block_size=64, segment_size=128, threshold=0.8, launch=launch)
+    plan = model_entry(net, seqlen=256, block_size=64, segment_size=128, threshold=0.9, launch=launch,
+                       layers={0: profiles.DENSE, 1: (PbsParams(64, 128, (0.7, 0.95), True, "lse"), launch)})
+    out = tmp_path / "judge.json"
+    judge.main(["--model", str(tmp_path / "model"), "--lengths", "384", "--sequences", "2", "--prompts", "1",
+                "--shipped", _profile(tmp_path / "shipped.yaml", shipped),
+                "--plan", _profile(tmp_path / "plan.yaml", plan), "--dtype", "float32", "--out", str(out),
+                "--parts", "loss,retrieval,layers"])  # prefill: below, on one variant (each is a forward here)
+    (res,) = json.loads(out.read_text())["lengths"]
+    assert res["tokens"] == 384 and "dense layers [0]" in res["entries"]["plan"]
+    assert "b64 s128" in res["entries"]["shipped"] and "b128 s256 τ0.9" in res["entries"]["default"]
+    for name in ("default", "shipped", "plan"):
+        assert res["loss"][f"{name}_relative"]["mean"] == pytest.approx(
+            sum(a / b - 1 for a, b in zip(res["loss"]["per_sequence"][name], res["loss"]["per_sequence"]["dense"])) / 2)
+    for task in TASKS:
+        row = res["retrieval"][task]
+        assert row["dense"]["prompts"] == 1 and row["dense"]["points_vs_dense"] == 0
+        assert row["plan"]["stats"] == {"pbs": 1, "fallback:dense_layer": 1}
+    layer0, layer1 = res["layers"]
+    assert layer0["plan"] == dict(dense=True, density=1.0, rel_l2=0.0)
+    assert layer1["plan"]["params"]["threshold"] == [0.7, 0.95] and 0 < layer1["plan"]["density"] <= 1
+    assert layer1["default"]["params"]["block_size"] == 128
+    assert all(0 < r[n]["density"] <= 1 and r[n]["rel_l2"] < 1 for r in (layer0, layer1)
+               for n in ("default", "shipped"))
+    prefill = judge.part_prefill(net.eval(), {"dense": None, "plan": profiles.load(str(tmp_path / "plan.yaml"))},
+                                 torch.arange(384) % 256)
+    assert prefill["plan_stats"]["pbs"] == prefill["plan_stats"]["fallback:dense_layer"] > 0 < prefill["plan_ms"]
+    assert net.config._attn_implementation == "sdpa"  # dense again afterwards
