@@ -5,7 +5,7 @@
 #                                           # calibration and held-out text; sweeps for 14/2/64 at
 #                                           # 16k and 32k into the shipped profile (and its library)
 #   bash scripts/qwen_judge_gpu.sh plan     # per-layer plans at 16k and 32k (pbs-tune plan)
-#   bash scripts/qwen_judge_gpu.sh judge    # python -m pbs_tune.bench.judge at 16k and 32k
+#   LENGTHS=32k bash scripts/qwen_judge_gpu.sh judge    # python -m pbs_tune.bench.judge (default 16k,32k)
 #   bash scripts/qwen_judge_gpu.sh oracle   # python -m pbs_tune.bench.oracle on its layers, with the plan
 # Results land in $OUT; the machine keeps /tmp between the stages while it stays warm.
 source "$(dirname "$0")/gpu_common.sh"
@@ -19,16 +19,7 @@ LAYERS=2,6,10,14,18,22
 set -o pipefail
 case "${1:-}" in
   sweep)
-    if [ ! -f $MODEL/config.json ]; then
-      $py - <<EOF || exit 1
-from transformers import AutoModelForCausalLM, AutoTokenizer
-import torch
-kw = dict(gguf_file="$(basename $GGUF)")
-AutoModelForCausalLM.from_pretrained("$(dirname $GGUF)", dtype=torch.bfloat16, **kw).save_pretrained("$MODEL")
-AutoTokenizer.from_pretrained("$(dirname $GGUF)", **kw).save_pretrained("$MODEL")
-print("converted to", "$MODEL")
-EOF
-    fi
+    [ -f $MODEL/config.json ] || $py scripts/gguf_to_folder.py $(dirname $GGUF) $(basename $GGUF) $MODEL || exit 1
     mkdir -p /tmp/text /tmp/cap
     $py - <<EOF || exit 1
 from pbs_tune.models.fixtures import python_sources
@@ -67,8 +58,10 @@ EOF
     done
     cp /tmp/plan.yaml "$OUT/" ;;
   judge)
-    $py -m pbs_tune.bench.judge --model $MODEL --plan /tmp/plan.yaml --shipped /tmp/shipped/configs/$GPU.yaml --prompts ${PROMPTS:-100} \
-        --out "$OUT/judge.json" 2>&1 | tee "$OUT/judge.txt" | grep -v "^pbs_tune" ;;
+    L=${LENGTHS:-16k,32k}
+    $py -m pbs_tune.bench.judge --model $MODEL --plan /tmp/plan.yaml --shipped /tmp/shipped/configs/$GPU.yaml \
+        --lengths $L --prompts ${PROMPTS:-100} --out "$OUT/judge_${L/,/_}.json" 2>&1 | tee "$OUT/judge_${L/,/_}.txt" \
+        | grep -v "^pbs_tune" ;;
   oracle)
     for n in 16k 32k; do
       $py -m pbs_tune.bench.oracle --model $MODEL --seqlen $n --plan /tmp/plan.yaml --out "$OUT/oracle_$n.json" \

@@ -216,11 +216,9 @@ def main(argv=None):
     profs = variant_profiles(model, shipped=args.shipped, plan=args.plan, min_len=min(lengths))
     res = dict(benchmark="judge", env=env_info(), args=vars(args), model=dict(
         name=args.model, layers=model.config.num_hidden_layers, **_shape(model)), lengths=[])
-    try:
-        for n in lengths:
-            res["lengths"].append(judge_length(model, tokenizer, profs, n, sequences=args.sequences,
-                                               prompts=args.prompts, parts=args.parts.split(",")))
-    finally:
+    for n in lengths:  # written after each length: a run stopped at its time limit keeps the ones done
+        res["lengths"].append(judge_length(model, tokenizer, profs, n, sequences=args.sequences,
+                                           prompts=args.prompts, parts=args.parts.split(",")))
         write_json(args.out, res)
 
 
