@@ -18,6 +18,8 @@ Parts:
   prefill    whole-model prefill time: SDPA cuDNN and flash, and each PBS variant.
   layers     on one held-out sequence, per layer and variant: kept density and output rel-L2
              against exact attention; which layers a variant keeps dense.
+--exact-tail N runs every PBS variant with the last N query rows of each call exact (apply's
+`exact_tail`): the rows whose logits a prefill returns.
 """
 import argparse
 import math
@@ -28,7 +30,7 @@ import torch
 from ..measure.metrics import dense_reference, rel_l2
 from ..measure.prefill import dense_prefill_ms, prefill_ms
 from ..measure.timing import env_info, write_json
-from ..models.fixtures import load_model, python_sources, token_sequences
+from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
 from ..models.retrieval import TASKS, greedy_matches, task_prompts
 from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..profile import profiles
@@ -44,22 +46,24 @@ VARIANTS = ("dense", "default", "shipped", "plan")
 
 def _shape(model):
     cfg = model.config
-    return dict(heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+    return dict(heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=head_dim_of(cfg),
                 dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
 
 
-def variant_profiles(model, *, shipped, plan, min_len) -> dict:
-    """{variant: Profile, or None for dense}: the paper default as a one-entry profile from
-    `min_len` tokens, the shipped profile (a path, or None to look it up), the plan file."""
+def variant_profiles(model, wanted=VARIANTS, *, shipped, plan, min_len) -> dict:
+    """{variant: Profile, or None for dense} of the `wanted` variants: the paper default as a
+    one-entry profile from `min_len` tokens, the shipped profile (a path, or None to look it up),
+    the plan file."""
     cfg = model.config
     cap = Target.present().capability if next(model.parameters()).is_cuda else None
     default = model_entry(model, seqlen=min_len, block_size=128, segment_size=256, threshold=0.9,
-                          launch=default_launch(128, cfg.head_dim, cap))
+                          launch=default_launch(128, head_dim_of(cfg), cap))
     out = dict(dense=None, default=profiles.Profile(path="<paper default>", entries=[default], gpu=default.gpu))
-    out["shipped"] = load_profile(path=shipped) if shipped else load_profile()
-    if plan:
+    if "shipped" in wanted:
+        out["shipped"] = load_profile(path=shipped) if shipped else load_profile()
+    if "plan" in wanted:
         out["plan"] = profiles.load(plan)
-    return out
+    return {name: prof for name, prof in out.items() if name in wanted}
 
 
 def picked(prof, model, length) -> str:
@@ -95,28 +99,28 @@ def sequence_loss(model, ids) -> float:
     return total / (len(ids) - 1)
 
 
-def part_loss(model, profs, seqs) -> dict:
+def part_loss(model, use, seqs) -> dict:
     losses = {}
-    for name, prof in profs.items():
-        use_entry(model, None) if prof is None else _apply(model, prof)
+    for name in use.names:
+        use(name)
         reset_stats()
         losses[name] = [sequence_loss(model, s) for s in seqs]
         print(f"  loss {name}: {statistics.fmean(losses[name]):.4f} {stats()}", flush=True)
     out = dict(sequences=len(seqs), mean={k: statistics.fmean(v) for k, v in losses.items()})
-    for name in profs:
+    for name in use.names:
         if name != "dense":
             out[f"{name}_relative"] = _ci([(a - b) / b for a, b in zip(losses[name], losses["dense"])])
     out["per_sequence"] = losses
     return out
 
 
-def part_retrieval(model, profs, tokenizer, haystack, n, length) -> dict:
+def part_retrieval(model, use, tokenizer, haystack, n, length) -> dict:
     out = {}
     for task in TASKS:
         prompts = task_prompts(task, tokenizer, haystack, n, length)
         row = {}
-        for name, prof in profs.items():
-            use_entry(model, None) if prof is None else _apply(model, prof)
+        for name in use.names:
+            use(name)
             reset_stats()
             hits = greedy_matches(model, prompts)
             depth = {}
@@ -125,18 +129,18 @@ def part_retrieval(model, profs, tokenizer, haystack, n, length) -> dict:
             row[name] = dict(correct=sum(hits), prompts=len(hits), percent=100 * sum(hits) / len(hits),
                              by_depth={d: sum(h) / len(h) for d, h in depth.items()}, stats=stats())
             print(f"  {task} {name}: {sum(hits)}/{len(hits)} {row[name]['by_depth']} {stats()}", flush=True)
-        for name in profs:
+        for name in use.names:
             row[name]["points_vs_dense"] = row[name]["percent"] - row["dense"]["percent"]
         out[task] = row
     return out
 
 
-def part_prefill(model, profs, ids) -> dict:
+def part_prefill(model, use, ids) -> dict:
     out = dense_prefill_ms(model, ids[None]) if ids.is_cuda else {}
-    for name, prof in profs.items():
-        if prof is None:
+    for name in use.names:
+        if name == "dense":
             continue
-        _apply(model, prof)
+        use(name)
         reset_stats()
         out[f"{name}_ms"] = prefill_ms(model, ids[None])
         out[f"{name}_stats"] = stats()
@@ -175,23 +179,33 @@ def part_layers(model, profs, seq, length) -> list:
     return rows
 
 
-def _apply(model, prof):
-    from ..runtime.transformers_attention import apply
-    apply(model, prof)
+class Variants:
+    """`use(name)` switches the model to that variant: dense SDPA, or `apply` with its profile
+    (and the rows that attend exactly, `exact_tail`)."""
+
+    def __init__(self, model, profs, exact_tail=0):
+        self.model, self.profs, self.exact_tail, self.names = model, profs, exact_tail, list(profs)
+
+    def __call__(self, name):
+        from ..runtime.transformers_attention import apply
+        prof = self.profs[name]
+        use_entry(self.model, None) if prof is None else apply(self.model, prof, exact_tail=self.exact_tail)
 
 
-def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts) -> dict:
+def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts, exact_tail=0) -> dict:
     device = next(model.parameters()).device
     evals = token_sequences(tokenizer, python_sources("evaluation"), length, sequences + 1 + 4)
-    res = dict(tokens=length, entries={name: picked(p, model, length) for name, p in profs.items()})
+    res = dict(tokens=length, exact_tail=exact_tail,
+               entries={name: picked(p, model, length) for name, p in profs.items()})
     print(f"== {format_length(length)}: {res['entries']}", flush=True)
+    use = Variants(model, profs, exact_tail)
     if "loss" in parts:
-        res["loss"] = part_loss(model, profs, [s.to(device) for s in evals[:sequences]])
+        res["loss"] = part_loss(model, use, [s.to(device) for s in evals[:sequences]])
     if "retrieval" in parts:
         haystack = [int(t) for s in evals[sequences + 1:] for t in s]
-        res["retrieval"] = part_retrieval(model, profs, tokenizer, haystack, prompts, length)
+        res["retrieval"] = part_retrieval(model, use, tokenizer, haystack, prompts, length)
     if "prefill" in parts:
-        res["prefill"] = part_prefill(model, profs, evals[sequences].to(device))
+        res["prefill"] = part_prefill(model, use, evals[sequences].to(device))
     if "layers" in parts:
         res["layers"] = part_layers(model, profs, evals[sequences], length)
     use_entry(model, None)
@@ -208,17 +222,27 @@ def main(argv=None):
     ap.add_argument("--prompts", type=int, default=100, help="prompts per retrieval task (over 5 depths)")
     ap.add_argument("--shipped", default=None, help="profile to judge as 'shipped' (default: looked up)")
     ap.add_argument("--plan", default=None, help="a `pbs-tune plan` profile for this model")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {', '.join(VARIANTS)} (dense always)")
+    ap.add_argument("--exact-tail", type=int, default=0, help="the last so many query rows of each PBS call "
+                                                                 "attend exactly (apply's exact_tail)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    wanted = {"dense", *args.variants.split(",")}
+    if not wanted <= set(VARIANTS):
+        ap.error(f"--variants names {', '.join(sorted(wanted - set(VARIANTS)))}; choose among {', '.join(VARIANTS)}")
+    if "plan" in wanted and not args.plan:
+        ap.error("the plan variant needs --plan PROFILE (made by pbs-tune plan), or leave it out of --variants")
     lengths = [parse_length(x) for x in args.lengths.split(",") if x]
     model, tokenizer = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype)
-    profs = variant_profiles(model, shipped=args.shipped, plan=args.plan, min_len=min(lengths))
+    profs = variant_profiles(model, [v for v in VARIANTS if v in wanted], shipped=args.shipped, plan=args.plan,
+                             min_len=min(lengths))
     res = dict(benchmark="judge", env=env_info(), args=vars(args), model=dict(
         name=args.model, layers=model.config.num_hidden_layers, **_shape(model)), lengths=[])
     for n in lengths:  # written after each length: a run stopped at its time limit keeps the ones done
         res["lengths"].append(judge_length(model, tokenizer, profs, n, sequences=args.sequences,
-                                           prompts=args.prompts, parts=args.parts.split(",")))
+                                           prompts=args.prompts, parts=args.parts.split(","),
+                                           exact_tail=args.exact_tail))
         write_json(args.out, res)
 
 

@@ -208,13 +208,13 @@ def model_rows(model_name, seqlen, plan=None):
     """The frontier of every layer of a model on one evaluation-split sequence; with `plan` (a
     profile with a per-layer plan for this model), the plan's own point per layer too."""
     from ..dtypes import name_of
-    from ..models.fixtures import load_model, python_sources, token_sequences
+    from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
     from ..tune.model_plan import record_layers
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     cfg = model.config
     entry = None if plan is None else plan.pick(
         seqlen, gpu=plan.entries[0].gpu, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
-        head_dim=cfg.head_dim, dtype=name_of(next(model.parameters()).dtype))
+        head_dim=head_dim_of(cfg), dtype=name_of(next(model.parameters()).dtype))
     if plan is not None and entry is None:
         raise SystemExit(f"{plan.path} has no entry for this model's shape at {seqlen} tokens")
     (seq,) = token_sequences(tok, python_sources("evaluation"), seqlen, 1)

@@ -27,7 +27,7 @@ from ..profile.params import ESTIMATORS
 from ..profile import profiles
 from ..seqlen import parse_length
 from ..tune.allocate import GRID, REFERENCE, VARIANTS, Variant, layer_curves, plan_layer, uniform_error, variants_of
-from ..models.fixtures import load_model, python_sources, token_sequences
+from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
 from ..measure.metrics import dense_reference, rel_l2
 from ..measure.prefill import dense, prefill_ms
 from ..measure.workloads import make_qkv
@@ -48,7 +48,7 @@ def _default(model, lc):
 def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS, estimators=ESTIMATORS):
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     calib = token_sequences(tok, python_sources("calibration"), seqlen, 2 + PROBE_TEXTS)
-    lc = default_launch(BLOCK, model.config.head_dim, Target.present().capability)  # what the untuned op runs
+    lc = default_launch(BLOCK, head_dim_of(model.config), Target.present().capability)  # what the untuned op runs
     planned, report = plan_model(model, tok, calib[:2], calib[2:], margin=margin, reference=DEFAULT, probes=n_probe,
                                  block_size=BLOCK, segment_size=SEGMENT, launch=lc, min_len=1024,
                                  estimators=estimators)

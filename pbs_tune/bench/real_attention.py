@@ -27,7 +27,7 @@ from ..profile.launch import default_launch
 from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..seqlen import parse_length
 from ..tune.capture import recording_attention
-from ..models.fixtures import load_model, python_sources, token_sequences
+from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
 from ..measure.metrics import dense_lse, dense_reference, rel_l2
 from ..tune.model_plan import model_entry, use_entry
 from ..models.retrieval import retrieval_answers, retrieval_prompts
@@ -49,7 +49,7 @@ def _use(model, variant, min_len=1024):
         return use_entry(model, None)
     bs, seg, thr, permute = VARIANTS[variant]
     use_entry(model, model_entry(model, seqlen=min_len, block_size=bs, segment_size=seg, threshold=thr,
-                                 launch=default_launch(bs, model.config.head_dim), permute=permute))
+                                 launch=default_launch(bs, head_dim_of(model.config)), permute=permute))
 
 
 def _ci(diffs):
@@ -176,7 +176,7 @@ def main():
     seqs = token_sequences(tokenizer, files, args.seqlen, args.sequences + 8)
     res = dict(env=env_info(), args=vars(args), model=dict(name=args.model, layers=model.config.num_hidden_layers,
                heads=model.config.num_attention_heads, kv_heads=model.config.num_key_value_heads,
-               head_dim=model.config.head_dim), texts=dict(split="evaluation", files=len(files),
+               head_dim=head_dim_of(model.config)), texts=dict(split="evaluation", files=len(files),
                                                             first=files[:3], last=files[-3:]))
     try:
         if "loss" in args.parts:

@@ -48,6 +48,12 @@ def load_model(model, *, gguf_file=None, dtype="bfloat16", device=None):
     return net, tokenizer
 
 
+def head_dim_of(config) -> int:
+    """Size of one attention head: the config's `head_dim` where it has one, else hidden size over
+    heads (transformers' Qwen2 config has no `head_dim` in some releases, 5.17 among them)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _role_of(package: str) -> str:
     bucket = int(hashlib.sha256(package.encode()).hexdigest(), 16) % 10
     return next(role for role, buckets in ROLES.items() if bucket in buckets)

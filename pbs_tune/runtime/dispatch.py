@@ -43,11 +43,12 @@ MIN_CHUNK = 4096
 class Settings:
     """What one applied model needs at each attention call."""
 
-    def __init__(self, prof, min_seqlen, min_chunk=MIN_CHUNK, cuda_graphs=True):
+    def __init__(self, prof, min_seqlen, min_chunk=MIN_CHUNK, cuda_graphs=True, exact_tail=0):
         self.profile = prof
         self.gpu = prof.gpu
         self.min_seqlen = min_seqlen
         self.min_chunk = min_chunk
+        self.exact_tail = exact_tail
         self.graphs = STATE.graphs if cuda_graphs and os.environ.get("PBS_TUNE_CUDA_GRAPHS", "1") != "0" else None
 
 
@@ -111,7 +112,18 @@ def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None):
         return sdpa()
     STATE.count("pbs")
     out = settings.graphs.run(q, k, v, *cfg, scale) if settings.graphs is not None else None
-    return out if out is not None else _pbs(q, k, v, cfg, scale)
+    out = out if out is not None else _pbs(q, k, v, cfg, scale)
+    return exact_tail(out, q, k, v, scale, settings.exact_tail)
+
+
+def exact_tail(out, q, k, v, scale, rows):
+    """`out` with its last `rows` query rows replaced by exact attention over every key. Those rows
+    make the logits a prefill returns; one pooled query per block picks their keys poorly when
+    they ask about a few tokens far back (a needle), and exact rows cost rows / M of dense."""
+    rows = min(rows, q.shape[2])
+    if rows:
+        out[:, :, -rows:] = dense_causal(q[:, :, -rows:], k, v, scale)
+    return out
 
 
 def _run_padded(settings, q, k, v, scale, layer_idx, padding):
@@ -137,7 +149,7 @@ def _run_padded(settings, q, k, v, scale, layer_idx, padding):
             rows.copy_(dense_causal(qs, ks, vs, scale))
         else:
             STATE.count("pbs")
-            _pbs(qs, ks, vs, cfg, scale, out=rows)
+            exact_tail(_pbs(qs, ks, vs, cfg, scale, out=rows), qs, ks, vs, scale, settings.exact_tail)
     return out
 
 

@@ -22,6 +22,7 @@ from ..profile.target import Target, detect_gpu
 from .entry import make_entry
 from .allocate import choose_plan, layer_curves, variants_of
 from .capture import recording_attention
+from ..models.fixtures import head_dim_of
 from ..models.retrieval import retrieval_hits, retrieval_prompts
 
 PROBE_MARGINS = (0.8, 0.6, 0.4, 0.2, 0.0)  # tried in turn while the plans lose probes
@@ -46,7 +47,7 @@ def model_entry(model, *, seqlen, block_size, segment_size, threshold, launch, l
     """A profile entry for this model's attention shape on this GPU, from `seqlen` tokens up."""
     cfg = model.config
     shape = dict(seqlen=seqlen, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
-                 head_dim=cfg.head_dim, dtype=name_of(next(model.parameters()).dtype))
+                 head_dim=head_dim_of(cfg), dtype=name_of(next(model.parameters()).dtype))
     return make_entry(gpu=detect_gpu(), shape=shape, params=PbsParams(block_size, segment_size, threshold, permute),
                       launch=launch, layers=layers, provenance=provenance or Provenance())
 
@@ -95,7 +96,7 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     `probe_seqs` (their text as haystack). Returns (profile entry, report dict)."""
     seqlen = len(calib_seqs[0])
     device = next(model.parameters()).device
-    launch = launch or default_launch(block_size, model.config.head_dim,
+    launch = launch or default_launch(block_size, head_dim_of(model.config),
                                       Target.present().capability if device.type == "cuda" else None)
     progress.say(f"recording Q/K/V of every layer on {len(calib_seqs)} calibration sequences")
     recorded = sorted(record_layers(model, calib_seqs).items())

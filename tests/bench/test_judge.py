@@ -94,7 +94,7 @@ def test_judge_runs_every_part_through_apply_with_a_plan_that_keeps_a_layer_dens
     assert layer1["default"]["params"]["block_size"] == 128
     assert all(0 < r[n]["density"] <= 1 and r[n]["rel_l2"] < 1 for r in (layer0, layer1)
                for n in ("default", "shipped"))
-    prefill = judge.part_prefill(net.eval(), {"dense": None, "plan": profiles.load(str(tmp_path / "plan.yaml"))},
-                                 torch.arange(384) % 256)
+    use = judge.Variants(net.eval(), {"dense": None, "plan": profiles.load(str(tmp_path / "plan.yaml"))})
+    prefill = judge.part_prefill(net, use, torch.arange(384) % 256)
     assert prefill["plan_stats"]["pbs"] == prefill["plan_stats"]["fallback:dense_layer"] > 0 < prefill["plan_ms"]
     assert net.config._attn_implementation == "sdpa"  # dense again afterwards

@@ -92,3 +92,10 @@ def test_missing_or_damaged_parts_are_one_line_and_nothing_is_left_behind(tmp_pa
                                     "--out", str(tmp_path / "x.safetensors")], env={"PBS_TUNE_HOME": str(store)})
     if "not installed" in res.output:  # the parts are not installed here: the line says how to get them
         assert res.exit_code == 1 and "pip install 'pbs-tune[qwen]'" in res.output and "Traceback" not in res.output
+
+
+def test_head_dim_comes_from_the_config_or_from_hidden_size_over_heads():
+    from types import SimpleNamespace
+    from pbs_tune.models.fixtures import head_dim_of
+    assert head_dim_of(SimpleNamespace(head_dim=128, hidden_size=896, num_attention_heads=14)) == 128
+    assert head_dim_of(SimpleNamespace(hidden_size=896, num_attention_heads=14)) == 64  # Qwen2 in transformers 5.17
