@@ -132,3 +132,20 @@ def greedy_matches(model, prompts) -> list:
             logits = model(ids, logits_to_keep=len(p.answer_ids)).logits[0]
         hits.append(bool((logits.argmax(-1).cpu() == p.answer_ids).all()))
     return hits
+
+
+def probe_prompts(tokenizer, haystack_ids, n, length, seed=1) -> list:
+    """What `plan` probes with: the fixture's trained needles; for a pretrained model the multi-key
+    needle, since one passkey is answered at every margin (Qwen2.5-Coder at 32k: 40 of 40 while
+    the judge's single needle fell from 99 to 72)."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return retrieval_prompts(tokenizer, haystack_ids, n, length, seed=seed)
+    return task_prompts("multikey_needle", tokenizer, haystack_ids, n, length, seed=seed)
+
+
+def probe_hits(model, tokenizer, prompts) -> int:
+    """Probes answered: task prompts scored in one forward each, the others by generation."""
+    if prompts and isinstance(prompts[0], TaskPrompt):
+        return sum(greedy_matches(model, prompts))
+    return retrieval_hits(model, tokenizer, prompts)
+

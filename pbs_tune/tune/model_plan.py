@@ -3,9 +3,9 @@
 Every layer's Q/K/V is recorded on calibration text; each layer gets the plan of
 tune/allocate.py (permute or not, a threshold per head: error within margin x the reference's,
 heaviest keys kept). Then the model answers retrieval probes (models/retrieval.py, on the
-calibration text, with needles of their own) with the plans and with the reference; while the
-plans answer fewer, the margin shrinks, down to 0 where every layer is the reference. The
-result is one profile entry with a plan per layer.
+calibration text: the multi-key needle, or the byte fixture's own needles) with the plans and
+with the reference; while the plans answer fewer, the margin shrinks, down to 0 where every
+layer is the reference. The result is one profile entry with a plan per layer.
 """
 import dataclasses
 import statistics
@@ -23,7 +23,7 @@ from .entry import make_entry
 from .allocate import choose_plan, layer_curves, variants_of
 from .capture import recording_attention
 from ..models.fixtures import head_dim_of
-from ..models.retrieval import retrieval_hits, retrieval_prompts
+from ..models.retrieval import probe_hits, probe_prompts
 
 PROBE_MARGINS = (0.8, 0.6, 0.4, 0.2, 0.0)  # tried in turn while the plans lose probes
 
@@ -73,7 +73,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
                            threshold=reference, launch=launch, layers=layers)
 
     use_entry(model, entry())
-    need = retrieval_hits(model, tokenizer, prompts)
+    need = probe_hits(model, tokenizer, prompts)
     log = [dict(variant="reference", hits=need, prompts=len(prompts))]
     for m in [margin] + [x for x in PROBE_MARGINS if x < margin]:
         progress.say(f"retrieval probe at margin {m}: {len(prompts)} prompts")
@@ -81,7 +81,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
         layers = {idx: (PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator), launch)
                   for idx, p in plans.items()}
         use_entry(model, entry(layers))
-        hits = retrieval_hits(model, tokenizer, prompts) if prompts else need
+        hits = probe_hits(model, tokenizer, prompts) if prompts else need
         log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values())))
         if hits >= need:
             break
@@ -107,7 +107,7 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
                                    variants=variants_of(estimators))
         steps.step()
     haystack = [int(t) for s in probe_seqs for t in s]
-    prompts = retrieval_prompts(tokenizer, haystack, probes, seqlen - min(512, seqlen // 4), seed=1) if probes else []
+    prompts = probe_prompts(tokenizer, haystack, probes, seqlen - min(512, seqlen // 4)) if probes else []
     entry, plans, used, log = probed_plans(model, tokenizer, curves, prompts, margin=margin, reference=reference,
                                            block_size=block_size, segment_size=segment_size, launch=launch,
                                            min_len=min_len or seqlen)

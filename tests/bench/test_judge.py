@@ -98,3 +98,22 @@ def test_judge_runs_every_part_through_apply_with_a_plan_that_keeps_a_layer_dens
     prefill = judge.part_prefill(net, use, torch.arange(384) % 256)
     assert prefill["plan_stats"]["pbs"] == prefill["plan_stats"]["fallback:dense_layer"] > 0 < prefill["plan_ms"]
     assert net.config._attn_implementation == "sdpa"  # dense again afterwards
+
+
+class _Chars:
+    """A tokenizer that is not the byte fixture's: one id per character."""
+
+    def __call__(self, text):
+        return {"input_ids": [ord(c) % 256 for c in text]}
+
+
+def test_plan_probes_a_pretrained_model_with_the_multikey_needle_and_the_fixture_with_its_own():
+    from pbs_tune.models.retrieval import probe_hits, probe_prompts
+    prompts = probe_prompts(_Chars(), HAYSTACK, 3, 600)
+    assert all(isinstance(p, TaskPrompt) for p in prompts)
+    assert ByteTokenizer().decode(prompts[0].ids).count("# The pass code of the svc_") == 4
+    fixture = probe_prompts(ByteTokenizer(), HAYSTACK, 3, 600)
+    assert not isinstance(fixture[0], TaskPrompt) and len(fixture[0]) == 3  # (ids, answer, depth)
+    torch.manual_seed(0)
+    model = tiny_llama(vocab_size=256)
+    assert probe_hits(model, _Chars(), prompts) == sum(greedy_matches(model, prompts))

@@ -23,7 +23,7 @@ def _curves():
 def test_the_margin_shrinks_until_the_plans_answer_as_many_probes(monkeypatch):
     answers = iter([10, 7, 9, 10, 0])  # reference, then margins 0.95, 0.8, 0.6 (stops there)
     applied = []
-    monkeypatch.setattr(model_plan, "retrieval_hits", lambda model, tok, prompts: next(answers))
+    monkeypatch.setattr(model_plan, "probe_hits", lambda model, tok, prompts: next(answers))
     monkeypatch.setattr(model_plan, "use_entry", lambda model, entry: applied.append(entry))
     model = SimpleNamespace(config=SimpleNamespace(num_attention_heads=2, num_key_value_heads=1, head_dim=64),
                             parameters=lambda: iter([torch.zeros(1, dtype=torch.bfloat16)]))
