@@ -22,12 +22,11 @@ Parts:
 `exact_tail`): the rows whose logits a prefill returns.
 """
 import argparse
-import math
 import statistics
 
 import torch
 
-from ..measure.metrics import dense_reference, rel_l2
+from ..measure.metrics import dense_reference, mean_ci95, rel_l2
 from ..measure.prefill import dense_prefill_ms, prefill_ms
 from ..measure.timing import env_info, write_json
 from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
@@ -79,12 +78,6 @@ def picked(prof, model, length) -> str:
         (f", dense layers {dense}" if dense else "")
 
 
-def _ci(values):
-    mean = statistics.fmean(values)
-    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return dict(mean=mean, ci95=[mean - half, mean + half])
-
-
 def sequence_loss(model, ids) -> float:
     """Mean next-token loss of one sequence; the vocabulary projection in pieces (a 32k x 152k
     logit matrix would take 20 GB in float32)."""
@@ -109,7 +102,7 @@ def part_loss(model, use, seqs) -> dict:
     out = dict(sequences=len(seqs), mean={k: statistics.fmean(v) for k, v in losses.items()})
     for name in use.names:
         if name != "dense":
-            out[f"{name}_relative"] = _ci([(a - b) / b for a, b in zip(losses[name], losses["dense"])])
+            out[f"{name}_relative"] = mean_ci95([(a - b) / b for a, b in zip(losses[name], losses["dense"])])
     out["per_sequence"] = losses
     return out
 

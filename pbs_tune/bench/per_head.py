@@ -28,12 +28,11 @@ from ..profile import profiles
 from ..seqlen import parse_length
 from ..tune.allocate import GRID, REFERENCE, VARIANTS, Variant, layer_curves, plan_layer, uniform_error, variants_of
 from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
-from ..measure.metrics import dense_reference, rel_l2
+from ..measure.metrics import dense_reference, mean_ci95, rel_l2
 from ..measure.prefill import dense, prefill_ms
 from ..measure.workloads import make_qkv
 from ..tune.model_plan import model_entry, plan_model, record_layers, use_entry
 from ..models.retrieval import retrieval_hits, retrieval_prompts
-from .real_attention import _ci
 from ..measure.timing import env_info, median_ms, write_json
 from ..runtime.state import stats
 
@@ -63,8 +62,8 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
         print(name, statistics.fmean(losses[name]), flush=True)
     loss = dict(mean={k: statistics.fmean(v) for k, v in losses.items()})
     for name in ("default", "per_head"):
-        loss[f"{name}_relative"] = _ci([(a - b) / b for a, b in zip(losses[name], losses["dense"])])
-    loss["per_head_minus_default"] = _ci([a - b for a, b in zip(losses["per_head"], losses["default"])])
+        loss[f"{name}_relative"] = mean_ci95([(a - b) / b for a, b in zip(losses[name], losses["dense"])])
+    loss["per_head_minus_default"] = mean_ci95([a - b for a, b in zip(losses["per_head"], losses["default"])])
     haystack = [int(t) for s in evals[n_seqs:] for t in s]
     prompts = retrieval_prompts(tok, haystack, n_prompts, seqlen)  # at the entries' length: PBS runs
     retrieval = {}

@@ -18,7 +18,6 @@ selection at block 128. Parts:
 """
 import argparse
 import json
-import math
 import statistics
 
 import torch
@@ -28,7 +27,7 @@ from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..seqlen import parse_length
 from ..tune.capture import recording_attention
 from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
-from ..measure.metrics import dense_lse, dense_reference, rel_l2
+from ..measure.metrics import dense_lse, dense_reference, mean_ci95, rel_l2
 from ..tune.model_plan import model_entry, use_entry
 from ..models.retrieval import retrieval_answers, retrieval_prompts
 from ..measure.prefill import dense_prefill_ms, prefill_ms
@@ -52,12 +51,6 @@ def _use(model, variant, min_len=1024):
                                  launch=default_launch(bs, head_dim_of(model.config)), permute=permute))
 
 
-def _ci(diffs):
-    mean = statistics.fmean(diffs)
-    half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return dict(mean=mean, ci95=[mean - half, mean + half])
-
-
 def part_loss(res, model, seqs, variants):
     losses = {}
     for variant in variants:
@@ -70,8 +63,8 @@ def part_loss(res, model, seqs, variants):
     for variant in variants:
         if variant != "dense":
             rel = [(a - b) / b for a, b in zip(losses[variant], losses["dense"])]
-            out[f"{variant}_minus_dense"] = _ci([a - b for a, b in zip(losses[variant], losses["dense"])])
-            out[f"{variant}_relative"] = _ci(rel)
+            out[f"{variant}_minus_dense"] = mean_ci95([a - b for a, b in zip(losses[variant], losses["dense"])])
+            out[f"{variant}_relative"] = mean_ci95(rel)
     out["per_sequence"] = losses
     res["loss"] = out
 

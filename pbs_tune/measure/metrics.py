@@ -48,3 +48,14 @@ def dense_lse(q, k, v, block_size=None):
     perm = identity_permutation(k, v)
     blocks = causal_block_list(q.shape[1], perm.positions, block_size or 128)
     return attend_blocks(q, perm, blocks, return_lse=True)[1]
+
+
+def mean_ci95(values) -> dict:
+    """Mean of paired per-sequence differences with a 95% interval (normal approximation; NaN
+    half-width from one value)."""
+    import math
+    import statistics
+    mean = statistics.fmean(values)
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return dict(mean=mean, ci95=[mean - half, mean + half])
+

@@ -82,10 +82,19 @@ def within_bound(m: dict, spec: SweepSpec) -> bool:
     return bound_excess(m, spec) <= 0
 
 
-def choose(study, spec: SweepSpec):
-    """Fastest feasible trial, or None."""
-    ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if within_bound(t.user_attrs, spec)]
-    return min(ok, key=lambda t: t.values[0]) if ok else None
+HELD_OUT_RETRIES = 2  # feasible trials checked after the fastest, when it fails on held-out data
+
+
+def candidates(study, spec: SweepSpec) -> list:
+    """Feasible trials in the order the sweep checks them on held-out data until one passes: the
+    fastest, the next HELD_OUT_RETRIES, then the published default's trial where it is feasible
+    (a choice fitted to its own sample should not leave a length without an entry that runs)."""
+    ok = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if within_bound(t.user_attrs, spec)), key=lambda t: t.values[0])
+    first = ok[:1 + HELD_OUT_RETRIES]
+    default = search_space.searched_default(spec.target)
+    fallback = next((t for t in ok if TrialConfig.of_trial(t).params == default), None)
+    return first + ([fallback] if fallback is not None and fallback not in first else [])
 
 
 def reference_measurement(cal: Calibration, spec: SweepSpec, timed: bool = True) -> dict:

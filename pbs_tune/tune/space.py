@@ -74,6 +74,13 @@ def reference_config(head_dim, target: Target):
     return TrialConfig(PbsParams(bs, seg, REFERENCE["threshold"]), default_launch(bs, head_dim, target.capability))
 
 
+def searched_default(target: Target) -> PbsParams:
+    """The published default as the search holds it (the study's first, enqueued trial): block
+    128, segment 256, threshold 0.9 on a GPU; in the interpreter its largest block, 2 per segment."""
+    bs = (GPU_SPACE if target.on_gpu else CPU_SPACE)["block_size"][-1]
+    return PbsParams(bs, 2 * bs, REFERENCE["threshold"])
+
+
 def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, target: Target) -> str | None:
     """Why this config's attend kernel cannot run on this GPU, or None. The kernel is compiled
     first (what the JIT would build, see kernels/aot.py), so its real shared memory is compared

@@ -162,7 +162,7 @@ def enqueue_known_configs(study, spec: SweepSpec):
         return
     space = search_space.GPU_SPACE if spec.on_gpu else search_space.CPU_SPACE
     stock = search_space.reference_config(spec.head_dim, spec.target).launch
-    bs = space["block_size"][-1]
+    bs = search_space.searched_default(spec.target).block_size
     stages = stock.num_stages if stock.num_stages in space["num_stages"] else space["num_stages"][0]
     warps = stock.num_warps if stock.num_warps in space["num_warps"] else max(space["num_warps"])
     launch = dict(m_split=1, n_split=1, num_warps=warps, num_stages=stages, kernel="tma" if stock.tma else "portable",

@@ -1,7 +1,8 @@
 """`pbs-tune sweep`, in the order it runs: per length, calibrate, measure the published default,
 run the trials (with worker processes handed the same spec), choose the fastest trial within the
-bound and its launch over several sources, check it on held-out data, then write the profile
-entries and build their kernel library.
+bound and its launch over several sources, check it on held-out data (over its bound there: the
+next candidates, objective.candidates), then write the profile entries and build their kernel
+library.
 
 The stages live in their own modules: the spec (spec.py), the study (study.py), the objective
 and checks (objective.py), the entry (entry.py) and what is printed (report.py).
@@ -20,7 +21,7 @@ from ..seqlen import format_length
 from . import launch_choice, report, study as studies
 from .entry import make_entry
 from .evaluate import Calibration, dense_baselines, measure_layers
-from .objective import (bound_by_default, choose, failed_check, held_out_check, objective_for,
+from .objective import (bound_by_default, candidates, failed_check, held_out_check, objective_for,
                         reference_measurement, trial_plans)
 from .space import TrialConfig
 from .spec import SweepSpec, check_spec
@@ -93,21 +94,28 @@ def sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
     studies.run_trials(study, objective_for(cal, spec), spec, callbacks=[report.TrialProgress(spec)])
     for line in report.front_lines(studies.pareto_front(study), spec):
         say(line)
-    best = choose(study, spec)
-    if best is None:
+    tried = candidates(study, spec)
+    if not tried:
         raise RuntimeError(f"no trial at {format_length(spec.seqlen)} met --max-error {spec.max_error}; "
                            f"raise --trials or --max-error")
-    chosen = choose_entry_launch(spec, best, cal, say)
-    layer_ids, source = cal.layer_ids, cal.source
-    del cal
-    held = []
-    for load in spec.held_out_data():
-        hold = load()
-        held.append(held_out_check(hold, spec, best, study, chosen and chosen[0]))
-        del hold
-        say(report.held_out_line(held[-1], spec))
+    for rank, best in enumerate(tried):  # the fastest that passes on held-out data
+        cal = cal or spec.calibration()
+        chosen = choose_entry_launch(spec, best, cal, say)
+        layer_ids, source = cal.layer_ids, cal.source
+        cal = None  # freed before the held-out data is loaded
+        held = []
+        for load in spec.held_out_data():
+            hold = load()
+            held.append(held_out_check(hold, spec, best, study, chosen and chosen[0]))
+            del hold
+            say(report.held_out_line(held[-1], spec))
+        failed = failed_check(held, spec)
+        if failed is None or rank == len(tried) - 1:
+            break
+        say(f"trial {best.number} is over its bound on held-out data; checking the next candidate, trial "
+            f"{tried[rank + 1].number}")
     entry = trial_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen)
-    return replace(entry, failed_check=failed_check(held, spec))
+    return replace(entry, failed_check=failed)
 
 
 def choose_entry_launch(spec: SweepSpec, trial, cal: Calibration, say) -> tuple | None:

@@ -10,7 +10,7 @@ import time
 import optuna
 import pytest
 
-from helpers import finished_trials, stand_in_spec, sweep_process
+from helpers import finished_trials, stand_in_measure, stand_in_spec, sweep_process
 from pbs_tune.profile import profiles
 from pbs_tune.tune.study import finished_count
 from pbs_tune.tune.sweep import run_sweep
@@ -140,3 +140,28 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
     assert trials[killed].params.items() <= retried[killed].params.items()
     (entry,) = profiles.load(str(tmp_path / "cpu.yaml")).entries         # the profile is whole
     assert entry.seqlen == 64
+
+
+def fits_its_sample_only(cal, cfg, *, target, timed=True):
+    """The stand-in measurement, except that on held-out data (another seed of the workload) every
+    config but the published default is over the bound: choices fitted to their own sample."""
+    from pbs_tune.tune.space import searched_default
+    m = stand_in_measure(cal, cfg, target=target, timed=timed, seconds=0.05)
+    if not str(cal.source).endswith("@0") and cfg.params != searched_default(target):
+        m["rel_l2"] = 0.95
+    return m
+
+
+def test_a_choice_over_its_bound_on_held_out_data_gives_way_to_the_next_candidates(tmp_path):
+    from pbs_tune.tune.objective import HELD_OUT_RETRIES, candidates
+    from pbs_tune.tune.space import searched_default
+    lines = []
+    spec = stand_in_spec(tmp_path, trials=10, measure="test_study:fits_its_sample_only", max_error=0.5)
+    (entry,) = run_sweep(spec, say=lines.append)
+    default = searched_default(spec.target)
+    assert entry.failed_check is None and entry.params == default
+    assert all(h.within_bound for h in entry.provenance.held_out)
+    study = optuna.load_study(study_name="cpu-64-2x1x64-float32-diffuse", storage=spec.storage)
+    tried = candidates(study, spec)
+    retried = [line for line in lines if "over its bound on held-out data" in line]
+    assert len(retried) == [t.number for t in tried].index(entry.provenance.trial) <= HELD_OUT_RETRIES + 1
