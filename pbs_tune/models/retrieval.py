@@ -55,8 +55,9 @@ def retrieval_hits(model, tokenizer, prompts) -> int:
 
 
 # Retrieval tasks in code haystacks, after RULER's single needle, multi-key needle and variable
-# tracking, worded unlike the passkey that `plan` probes with. A task prompt holds the exact
-# tokens of the answer, so a greedy answer is scored in one forward (`greedy_matches`).
+# tracking. The judge builds them on evaluation-split text; `plan` probes with the multi-key one on
+# calibration text. A task prompt holds the exact tokens of the answer, so a greedy answer is
+# scored in one forward (`greedy_matches`).
 
 class TaskPrompt(NamedTuple):
     ids: torch.Tensor         # the prompt's tokens
