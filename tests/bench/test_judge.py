@@ -72,16 +72,19 @@ def test_judge_runs_every_part_through_apply_with_a_plan_that_keeps_a_layer_dens
     launch = LaunchConfig(64, 64, 4, 1)
     shipped = model_entry(net, seqlen=256, block_size=64, segment_size=128, threshold=0.8, launch=launch)
     plan = model_entry(net, seqlen=256, block_size=64, segment_size=128, threshold=0.9, launch=launch,
-                       layers={0: profiles.DENSE, 1: (PbsParams(64, 128, (0.7, 0.95), True, "lse"), launch)})
+                       layers={0: profiles.DENSE, 1: (PbsParams(64, 128, (0.7, 0.95), False, "lse"), launch)})
     out = tmp_path / "judge.json"
+    # every forward runs in the interpreter: the shipped profile is read below, not run
     judge.main(["--model", str(tmp_path / "model"), "--lengths", "384", "--sequences", "2", "--prompts", "1",
-                "--shipped", _profile(tmp_path / "shipped.yaml", shipped),
-                "--plan", _profile(tmp_path / "plan.yaml", plan), "--dtype", "float32", "--out", str(out),
-                "--parts", "loss,retrieval,layers"])  # prefill: below, on one variant (each is a forward here)
+                "--variants", "default,plan", "--plan", _profile(tmp_path / "plan.yaml", plan), "--dtype", "float32",
+                "--out", str(out), "--parts", "loss,retrieval,layers"])  # prefill: below, on one variant
     (res,) = json.loads(out.read_text())["lengths"]
     assert res["tokens"] == 384 and "dense layers [0]" in res["entries"]["plan"]
-    assert "b64 s128" in res["entries"]["shipped"] and "b128 s256 τ0.9" in res["entries"]["default"]
-    for name in ("default", "shipped", "plan"):
+    assert "b128 s256 τ0.9" in res["entries"]["default"] and "shipped" not in res["entries"]
+    profs = judge.variant_profiles(net, ["dense", "shipped"], shipped=_profile(tmp_path / "shipped.yaml", shipped),
+                                   plan=None, min_len=256)
+    assert list(profs) == ["dense", "shipped"] and "b64 s128 τ0.8" in judge.picked(profs["shipped"], net, 384)
+    for name in ("default", "plan"):
         assert res["loss"][f"{name}_relative"]["mean"] == pytest.approx(
             sum(a / b - 1 for a, b in zip(res["loss"]["per_sequence"][name], res["loss"]["per_sequence"]["dense"])) / 2)
     for task in TASKS:
@@ -92,8 +95,7 @@ def test_judge_runs_every_part_through_apply_with_a_plan_that_keeps_a_layer_dens
     assert layer0["plan"] == dict(dense=True, density=1.0, rel_l2=0.0)
     assert layer1["plan"]["params"]["threshold"] == [0.7, 0.95] and 0 < layer1["plan"]["density"] <= 1
     assert layer1["default"]["params"]["block_size"] == 128
-    assert all(0 < r[n]["density"] <= 1 and r[n]["rel_l2"] < 1 for r in (layer0, layer1)
-               for n in ("default", "shipped"))
+    assert all(0 < r["default"]["density"] <= 1 and r["default"]["rel_l2"] < 1 for r in (layer0, layer1))
     use = judge.Variants(net.eval(), {"dense": None, "plan": profiles.load(str(tmp_path / "plan.yaml"))})
     prefill = judge.part_prefill(net, use, torch.arange(384) % 256)
     assert prefill["plan_stats"]["pbs"] == prefill["plan_stats"]["fallback:dense_layer"] > 0 < prefill["plan_ms"]
