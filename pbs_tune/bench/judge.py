@@ -26,12 +26,11 @@ import statistics
 
 import torch
 
-from ..measure.metrics import dense_reference, mean_ci95, rel_l2
+from ..measure.metrics import config_point, dense_reference, mean_ci95
 from ..measure.prefill import dense_prefill_ms, prefill_ms
 from ..measure.timing import env_info, write_json
-from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
+from ..models.fixtures import attention_shape, head_dim_of, load_model, python_sources, token_sequences
 from ..models.retrieval import TASKS, greedy_matches, task_prompts
-from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..profile import profiles
 from ..profile.launch import default_launch
 from ..profile.target import Target
@@ -41,12 +40,6 @@ from ..seqlen import format_length, parse_length
 from ..tune.model_plan import model_entry, record_layers, use_entry
 
 VARIANTS = ("dense", "default", "shipped", "plan")
-
-
-def _shape(model):
-    cfg = model.config
-    return dict(heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=head_dim_of(cfg),
-                dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
 
 
 def variant_profiles(model, wanted=VARIANTS, *, shipped, plan, min_len) -> dict:
@@ -65,12 +58,16 @@ def variant_profiles(model, wanted=VARIANTS, *, shipped, plan, min_len) -> dict:
     return {name: prof for name, prof in out.items() if name in wanted}
 
 
+def entry_for(prof, model, length):
+    """The entry of `prof` that serves this model at `length` tokens (nearest shape, as the loader)."""
+    return prof.pick(length, nearest=True, gpu=prof.gpu or prof.entries[0].gpu, **attention_shape(model))
+
+
 def picked(prof, model, length) -> str:
-    """Which entry of `prof` serves this model at `length` tokens (nearest shape as the loader does)."""
+    """Which entry of `prof` serves this model at `length` tokens, said in one line."""
     if prof is None:
         return "dense SDPA"
-    gpu = prof.gpu or prof.entries[0].gpu
-    entry = prof.pick(length, nearest=True, gpu=gpu, **_shape(model))
+    entry = entry_for(prof, model, length)
     if entry is None:
         return "none: SDPA"
     dense = [i for i in sorted(entry.layers) if entry.config_for_layer(i) is None]
@@ -146,25 +143,16 @@ def part_prefill(model, use, ids) -> dict:
 
 def part_layers(model, profs, seq, length) -> list:
     """Per layer and PBS variant: the config the loader would run there, its density and error."""
+    entries = {name: entry_for(prof, model, length) for name, prof in profs.items() if prof is not None}
     rows = []
     for idx, (q, k, v) in sorted(record_layers(model, [seq]).items()):
         exact = dense_reference(q, k, v)
         row = dict(layer=idx)
-        for name, prof in profs.items():
-            if prof is None:
-                continue
-            gpu = prof.gpu or prof.entries[0].gpu
-            entry = prof.pick(length, nearest=True, gpu=gpu, **_shape(model))
+        for name, entry in entries.items():
             cfg = entry.config_for_layer(idx) if entry is not None else None
-            if cfg is None:
-                row[name] = dict(dense=True, density=1.0, rel_l2=0.0)
-                continue
-            params, launch = cfg
-            with torch.no_grad():
-                perm, blocks = permute_and_select(q, k, v, params)
-                out = attend_blocks(q, perm, blocks, launch=launch)
-            row[name] = dict(dense=False, density=blocks.kept_blocks() / blocks.candidate_blocks(),
-                             rel_l2=rel_l2(out, exact), params=params.as_dict())
+            row[name] = config_point(q, k, v, exact, cfg)
+            if cfg is not None:
+                row[name]["params"] = cfg[0].as_dict()
         rows.append(row)
         print("  layer", idx, {n: (round(r["density"], 3), round(r["rel_l2"], 4)) for n, r in row.items()
                                if n != "layer"}, flush=True)
@@ -182,7 +170,10 @@ class Variants:
     def __call__(self, name):
         from ..runtime.transformers_attention import apply
         prof = self.profs[name]
-        use_entry(self.model, None) if prof is None else apply(self.model, prof, exact_tail=self.exact_tail)
+        if prof is None:
+            use_entry(self.model, None)
+        else:
+            apply(self.model, prof, exact_tail=self.exact_tail)
 
 
 def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts, exact_tail=0) -> dict:
@@ -231,7 +222,7 @@ def main(argv=None):
     profs = variant_profiles(model, [v for v in VARIANTS if v in wanted], shipped=args.shipped, plan=args.plan,
                              min_len=min(lengths))
     res = dict(benchmark="judge", env=env_info(), args=vars(args), model=dict(
-        name=args.model, layers=model.config.num_hidden_layers, **_shape(model)), lengths=[])
+        name=args.model, layers=model.config.num_hidden_layers, **attention_shape(model)), lengths=[])
     for n in lengths:  # written after each length: a run stopped at its time limit keeps the ones done
         res["lengths"].append(judge_length(model, tokenizer, profs, n, sequences=args.sequences,
                                            prompts=args.prompts, parts=args.parts.split(","),

@@ -24,7 +24,7 @@ from ..op.pbs_attention import attend_blocks, permute_and_select
 from ..op.selection import block_list_from_mask, block_position_bounds
 from ..seqlen import parse_length
 from ..measure.timing import env_info, write_json
-from ..measure.metrics import dense_reference, rel_l2
+from ..measure.metrics import config_point, dense_reference, rel_l2
 from ..measure.workloads import make_qkv
 
 BLOCK, SEGMENT, DEFAULT = 128, 256, 0.9
@@ -185,17 +185,6 @@ def _say(label, res):
                                 for name in NAMES), flush=True)
 
 
-def plan_point(q, k, v, dense, entry, layer) -> dict:
-    """(density, error) of a per-layer plan's config for `layer` on this input; a dense layer is 1.0."""
-    cfg = entry.config_for_layer(layer)
-    if cfg is None:
-        return dict(density=1.0, rel_l2=0.0, dense=True)
-    params, launch = cfg
-    perm, blocks = permute_and_select(q, k, v, params)
-    return dict(density=blocks.kept_blocks() / blocks.candidate_blocks(), dense=False,
-                rel_l2=rel_l2(attend_blocks(q, perm, blocks, launch=launch), dense))
-
-
 def recovered(res) -> float | None:
     """The part of the gap between PBS's density at the default and the oracle's at the same error
     that the plan closes (1: down to the oracle; None where the oracle has no such point)."""
@@ -207,14 +196,10 @@ def recovered(res) -> float | None:
 def model_rows(model_name, seqlen, plan=None):
     """The frontier of every layer of a model on one evaluation-split sequence; with `plan` (a
     profile with a per-layer plan for this model), the plan's own point per layer too."""
-    from ..dtypes import name_of
-    from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
+    from ..models.fixtures import attention_shape, load_model, python_sources, token_sequences
     from ..tune.model_plan import record_layers
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
-    cfg = model.config
-    entry = None if plan is None else plan.pick(
-        seqlen, gpu=plan.entries[0].gpu, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
-        head_dim=head_dim_of(cfg), dtype=name_of(next(model.parameters()).dtype))
+    entry = None if plan is None else plan.pick(seqlen, gpu=plan.entries[0].gpu, **attention_shape(model))
     if plan is not None and entry is None:
         raise SystemExit(f"{plan.path} has no entry for this model's shape at {seqlen} tokens")
     (seq,) = token_sequences(tok, python_sources("evaluation"), seqlen, 1)
@@ -224,7 +209,7 @@ def model_rows(model_name, seqlen, plan=None):
             dense = dense_reference(q, k, v)
             res = frontier(q, k, v, dense)
             if entry is not None:
-                res["plan"] = plan_point(q, k, v, dense, entry, idx)
+                res["plan"] = config_point(q, k, v, dense, entry.config_for_layer(idx))
                 res["plan_recovers"] = recovered(res)
         rows.append(dict(model=str(model_name), layer=idx, seqlen=seqlen, **res))
         _say(f"layer {idx}", res)

@@ -1,4 +1,7 @@
 """Accuracy measures of sparse attention against dense attention, and the dense reference itself."""
+import math
+import statistics
+
 import torch
 import torch.nn.functional as F
 
@@ -35,7 +38,6 @@ def dense_lse(q, k, v, block_size=None):
     `recall_from_lse` compares a sparse run's with). On a GPU, from the attend kernel with every
     block kept (blocks of 128: no N x N matrix at 128k); on the CPU, the interpreter's sizes, exactly
     in float32 from the scores."""
-    import math
     if q.device.type == "cpu":
         group = q.shape[1] // k.shape[1]
         scores = (q.float() @ k.float().repeat_interleave(group, 1).transpose(-1, -2)) / math.sqrt(q.shape[-1])
@@ -50,12 +52,22 @@ def dense_lse(q, k, v, block_size=None):
     return attend_blocks(q, perm, blocks, return_lse=True)[1]
 
 
+def config_point(q, k, v, exact, cfg) -> dict:
+    """Kept density and output rel-L2 (against `exact`) of one (PbsParams, LaunchConfig) on these
+    inputs; `cfg` None is a layer kept dense."""
+    if cfg is None:
+        return dict(dense=True, density=1.0, rel_l2=0.0)
+    from ..op.pbs_attention import attend_blocks, permute_and_select
+    params, launch = cfg
+    with torch.no_grad():
+        perm, blocks = permute_and_select(q, k, v, params)
+        out = attend_blocks(q, perm, blocks, launch=launch)
+    return dict(dense=False, density=blocks.kept_blocks() / blocks.candidate_blocks(), rel_l2=rel_l2(out, exact))
+
+
 def mean_ci95(values) -> dict:
     """Mean of paired per-sequence differences with a 95% interval (normal approximation; NaN
     half-width from one value)."""
-    import math
-    import statistics
     mean = statistics.fmean(values)
     half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
     return dict(mean=mean, ci95=[mean - half, mean + half])
-

@@ -48,6 +48,14 @@ def load_model(model, *, gguf_file=None, dtype="bfloat16", device=None):
     return net, tokenizer
 
 
+def attention_shape(model) -> dict:
+    """heads, kv_heads, head_dim and dtype of a model's attention: what picks its profile entries."""
+    from ..dtypes import name_of
+    cfg = model.config
+    return dict(heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=head_dim_of(cfg),
+                dtype=name_of(next(model.parameters()).dtype))
+
+
 def head_dim_of(config) -> int:
     """Size of one attention head: the config's `head_dim` where it has one, else hidden size over
     heads (transformers' Qwen2 config has no `head_dim` in some releases, 5.17 among them)."""

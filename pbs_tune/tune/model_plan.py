@@ -13,7 +13,6 @@ import statistics
 import torch
 
 from .. import progress
-from ..dtypes import name_of
 from ..profile import profiles
 from ..profile.launch import default_launch
 from ..profile.params import ESTIMATORS, PbsParams
@@ -22,7 +21,7 @@ from ..profile.target import Target, detect_gpu
 from .entry import make_entry
 from .allocate import choose_plan, layer_curves, variants_of
 from .capture import recording_attention
-from ..models.fixtures import head_dim_of
+from ..models.fixtures import attention_shape, head_dim_of
 from ..models.retrieval import probe_hits, probe_prompts
 
 PROBE_MARGINS = (0.8, 0.6, 0.4, 0.2, 0.0)  # tried in turn while the plans lose probes
@@ -45,9 +44,7 @@ def record_layers(model, seqs) -> dict:
 def model_entry(model, *, seqlen, block_size, segment_size, threshold, launch, layers=None,
                 permute=True, provenance=None) -> profiles.ProfileEntry:
     """A profile entry for this model's attention shape on this GPU, from `seqlen` tokens up."""
-    cfg = model.config
-    shape = dict(seqlen=seqlen, heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads,
-                 head_dim=head_dim_of(cfg), dtype=name_of(next(model.parameters()).dtype))
+    shape = dict(seqlen=seqlen, **attention_shape(model))
     return make_entry(gpu=detect_gpu(), shape=shape, params=PbsParams(block_size, segment_size, threshold, permute),
                       launch=launch, layers=layers, provenance=provenance or Provenance())
 
@@ -66,7 +63,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
     """Plans at `margin`, shrunk while they answer fewer `prompts` than the reference.
     Returns (entry, {layer: LayerPlan}, margin used, probe log). While probing, the entries start
     at the prompts' length (shorter than the entry's `min_len`), so the probes run PBS, not SDPA."""
-    probe_len = min([min_len] + [len(p[0]) for p in prompts if p is not None])
+    probe_len = min([min_len] + [len(p[0]) for p in prompts])
 
     def entry(layers=None, seqlen=probe_len):
         return model_entry(model, seqlen=seqlen, block_size=block_size, segment_size=segment_size,
