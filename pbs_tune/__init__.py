@@ -1,6 +1,7 @@
 """pbs-tune: ahead-of-time tuned Permuted Block-Sparse Attention (PBS-Attn) prefill.
 
-`pbs_attention` is the raw op (its parameters one `PbsParams`, or keywords) (`pbs_attention_varlen` for packed batches), in three public stages:
+`pbs_attention` is the raw op (its parameters one `PbsParams`, or keywords) (`pbs_attention_varlen` for packed batches, `pbs_attention_chunk` for chunked prefill that keeps
+its prefix's permutation in a `PrefixState`), in three public stages:
 `permute_keys`, `select_blocks` (or both: `permute_and_select`) and `attend_blocks`.
 `load_profile` returns this GPU's tuned `Profile`; `tuned_attention` and `apply` run the op with it.
 
@@ -16,6 +17,7 @@ _WHERE = {
     ".op.pbs_attention": ["attend_blocks", "check_inputs", "pbs_attention", "permute_and_select"],
     ".op.permutation": ["KeyPermutation", "identity_permutation", "permute_keys"],
     ".op.selection": ["BlockList", "block_list_from_mask", "select_blocks"],
+    ".op.prefix": ["PrefixState", "pbs_attention_chunk"],
     ".op.varlen": ["pbs_attention_varlen"],
     ".profile.params": ["PbsParams"],
     ".profile.profiles": ["Profile", "ProfileError"],

@@ -189,7 +189,8 @@ def bisects(num_blocks: int) -> bool:
     return 1 << max(0, num_blocks - 1).bit_length() >= BISECT_FROM  # the kernel's power-of-two row width
 
 
-def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale, estimator="mean"):
+def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale, estimator="mean",
+                  pooled_k=None, bounds=None):
     """Run PBS block selection on permuted keys. Returns a BlockList.
 
     `threshold` is one number or one per query head (a per-head budget). Block logits come
@@ -197,6 +198,8 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
     queries against every key of each block ("lse"); the per-row softmax, threshold, and
     compaction run in one Triton kernel (kernels/block_select.py). q (B, Hq, M, D) may be the
     last M of the N key positions (chunked prefill): rows are then the key blocks holding queries.
+    `pooled_k` (block means of k_perm) and `bounds` (block_position_bounds of positions) may come
+    precomputed: a chunk's prefix state keeps them (op/prefix.py).
     """
     B, Hq, M, D = q.shape
     Hkv, N = k_perm.shape[1], k_perm.shape[2]
@@ -215,9 +218,9 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
             logits.scatter_(-1, sink.long()[:, :, None, None].expand(B, Hkv, logits.shape[2], 1), float("-inf"))
             logits = logits.view(B, Hq, nqb, nb)
         else:
-            pooled_k = block_means(k_perm, block_size)
+            pooled_k = block_means(k_perm, block_size) if pooled_k is None else pooled_k
             logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nqb, nb)
-    kmin, kmax = block_position_bounds(positions, block_size)
+    kmin, kmax = block_position_bounds(positions, block_size) if bounds is None else bounds
     count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,
                                      block_size=block_size, segment_size=segment_size,
                                      threshold=_threshold_tensor(values, str(q.device)), bisect=bisects(nb),

@@ -35,6 +35,10 @@ DENSE = "dense"  # a layer override that keeps SDPA
 # cuDNN at 32k and 0.9-1.1x at 8k; from 32k another GPU would have to favour dense attention over
 # twice as much as Hopper does for PBS to lose.
 UNTUNED_MIN_SEQLEN = 32768
+# Chunks after a cached prefix that an entry has no measured crossover for (`min_chunk`) run PBS from
+# this many queries. Measured before chunks kept a prefix state, when each chunk re-permuted the whole
+# prefix (H200, 32k prefix: 2k chunks 0.97x the dense cuDNN split, 4k 1.46x; benchmarks/README.md).
+MIN_CHUNK = 4096
 
 
 class ProfileError(ValueError):
@@ -82,6 +86,10 @@ class ProfileEntry:
     # Why this entry was never measured on its GPU (no such GPU was available): the loader then runs
     # it only from a conservative length and says so; None for an entry tuned where it runs.
     not_tuned: str | None = None
+    # Chunked prefill: cached prefix length -> the fewest chunk queries from which PBS beat dense
+    # chunked attention there (None: dense at every chunk size measured); written by
+    # `python -m pbs_tune.bench.crossover --chunks --update`. Empty: not measured (MIN_CHUNK).
+    min_chunk: dict = field(default_factory=dict)
 
     def key(self) -> tuple:
         return tuple(getattr(self, k) for k in KEY_FIELDS)
@@ -89,6 +97,15 @@ class ProfileEntry:
     def shape(self) -> dict:
         """seqlen, heads, kv_heads, head_dim and dtype (its key without the GPU)."""
         return {k: getattr(self, k) for k in KEY_FIELDS[1:]}
+
+    def min_chunk_at(self, prefix: int) -> float:
+        """The fewest queries a chunk after `prefix` cached keys needs for PBS: the measurement at the
+        longest measured prefix up to this one; MIN_CHUNK below every measured prefix or unmeasured."""
+        at = [p for p in self.min_chunk if p <= prefix]
+        if not at:
+            return MIN_CHUNK
+        value = self.min_chunk[max(at)]
+        return math.inf if value is None else value
 
     def config_for_layer(self, layer_idx):
         """(PbsParams, LaunchConfig) for this layer, or None when it stays dense."""
@@ -119,6 +136,8 @@ class ProfileEntry:
             out["measured"] = dict(self.measured)
         out.update(self.provenance.to_dict())
         out["dense_faster"] = self.dense_faster
+        if self.min_chunk:
+            out["min_chunk"] = dict(sorted(self.min_chunk.items()))
         for name in ("failed_check", "not_tuned"):
             if getattr(self, name):
                 out[name] = getattr(self, name)
@@ -156,14 +175,21 @@ class ProfileEntry:
             reasons[name] = d.get(name)
             if reasons[name] is not None and (not isinstance(reasons[name], str) or not reasons[name]):
                 raise ProfileError(f"{where}: {name} must be a sentence saying why, got {reasons[name]!r}")
-        known = set(REQUIRED) | {"layers", "measured", "dense_faster"} | set(reasons)
+        min_chunk = d.get("min_chunk") or {}
+        if not isinstance(min_chunk, dict) or any(
+                isinstance(p, bool) or not isinstance(p, int) or p <= 0 or not (
+                    c is None or (isinstance(c, int) and not isinstance(c, bool) and c > 0))
+                for p, c in min_chunk.items()):
+            raise ProfileError(f"{where}: min_chunk must map prefix lengths to chunk sizes (positive integers, "
+                               f"or null where dense won at every size), got {min_chunk!r}")
+        known = set(REQUIRED) | {"layers", "measured", "dense_faster", "min_chunk"} | set(reasons)
         try:
             provenance = Provenance.from_dict({k: v for k, v in d.items() if k not in known}, where)
         except (ValueError, TypeError) as exc:
             raise ProfileError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
         return cls(gpu=gpu, dtype=d["dtype"], params=params, launch=launch, layers=layers,
                    dense_faster=bool(d.get("dense_faster", False)), measured=measured, provenance=provenance,
-                   **reasons, **ints)
+                   min_chunk=dict(min_chunk), **reasons, **ints)
 
 
 def _positive_int(value, what):

@@ -4,7 +4,9 @@ Prefill whose keys (cached prefix + chunk) reach the profile's smallest tuned le
 with the entry tuned for the largest length <= the keys, for the model's shape or the nearest
 tuned one (same head_dim and dtype, closest GQA ratio; said once). Padded batches run PBS per
 sequence on its unpadded rows; chunked prefill runs the chunk's queries against the whole
-prefix. Everything PBS cannot do exactly (decode steps, masks other than contiguous padding,
+prefix, keeping the prefix's permutation beside the model's cache (prefix_cache.py) so that each
+chunk scores and permutes only its own keys; whether a chunk runs PBS is the entry's measured
+crossover (chunk size by prefix length). Everything PBS cannot do exactly (decode steps, masks other than contiguous padding,
 dropout, non-causal modules, autograd, other dtypes, shapes with no entry of their head_dim)
 falls back to SDPA and is counted in `stats()`.
 """
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 
 from ..dtypes import name_of
 from ..op.pbs_attention import pbs_attention
+from ..op.prefix import pbs_attention_chunk
 from ..profile import profiles
 from ..profile.target import CPU
 from .loader import load_profile, ready
@@ -35,15 +38,12 @@ def shortest_pbs_length(prof) -> int | None:
     return max(smallest, profiles.UNTUNED_MIN_SEQLEN) if any(e.not_tuned for e in entries) else smallest
 
 
-# Shorter chunks after a cached prefix stay dense: re-permuting the whole prefix per chunk costs more
-# than it saves (H200, 32k prefix: 2k chunks 0.97x dense cuDNN, 4k 1.46x; benchmarks/README.md).
-MIN_CHUNK = 4096
-
-
 class Settings:
-    """What one applied model needs at each attention call."""
+    """What one applied model needs at each attention call. `min_chunk`: None to follow each entry's
+    measured chunk crossover (profiles.ProfileEntry.min_chunk_at), or the fewest chunk queries for
+    PBS everywhere."""
 
-    def __init__(self, prof, min_seqlen, min_chunk=MIN_CHUNK, cuda_graphs=True, exact_tail=0):
+    def __init__(self, prof, min_seqlen, min_chunk=None, cuda_graphs=True, exact_tail=0):
         self.profile = prof
         self.gpu = prof.gpu
         self.min_seqlen = min_seqlen
@@ -59,7 +59,7 @@ def fallback_reason(settings, q, k, attention_mask, dropout, kwargs, causal=True
         return "non_causal"
     if n == 1:
         return "decode"
-    if n < k.shape[2] and n < settings.min_chunk:
+    if n < k.shape[2] and settings.min_chunk is not None and n < settings.min_chunk:
         return "short_chunk"
     if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape != (q.shape[0], k.shape[2])):
         return "mask"
@@ -92,27 +92,45 @@ def _config(settings, q, k, layer_idx):
         return "untuned_shape"
     if entry.dense_faster:
         return "dense_faster"
+    m, prefix = q.shape[2], k.shape[2] - q.shape[2]
+    if prefix and settings.min_chunk is None and m < entry.min_chunk_at(prefix):
+        return "short_chunk"
     return entry.config_for_layer(layer_idx) or "dense_layer"
 
 
-def _pbs(q, k, v, cfg, scale, out=None):
+def _pbs(q, k, v, cfg, scale, out=None, cache=None, key=None, graphs=None):
+    """The op; with a cache, as a chunk that extends the prefix state kept beside it (where no
+    CUDA graph serves the call: graphs serve short calls, whose prefix costs little to permute)."""
     params, launch = cfg
-    return pbs_attention(q, k, v, params, launch=launch, scale=scale, out=out)
+    out_graph = graphs.run(q, k, v, params, launch, scale) if graphs is not None and out is None else None
+    if cache is None or out_graph is not None:
+        if cache is not None:
+            STATE.prefixes.drop_layer(cache, key[0])
+        return out_graph if out_graph is not None else pbs_attention(q, k, v, params, launch=launch, scale=scale,
+                                                                     out=out)
+    state = STATE.prefixes.get(cache, key)
+    if state is not None and state.mismatch(q, k, params) is not None:
+        state = None  # another prefix (or shape) than the one it holds: this chunk starts a new one
+    out, state = pbs_attention_chunk(q, k, v, params, state=state, launch=launch, scale=scale, out=out)
+    STATE.prefixes.put(cache, key, state)
+    return out
 
 
-def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None):
+def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None, cache=None):
     """PBS output (B, H, M, D), or SDPA's when PBS does not apply; counts which ran.
-    `padding` (B, N) bool marks real tokens: each sequence then runs on its own rows."""
+    `padding` (B, N) bool marks real tokens: each sequence then runs on its own rows. `cache`: the
+    transformers cache holding these keys, beside which the prefix state is kept."""
     if padding is not None:
-        return _run_padded(settings, q, k, v, scale, layer_idx, padding)
+        return _run_padded(settings, q, k, v, scale, layer_idx, padding, cache)
     cfg = _config(settings, q, k, layer_idx)
     if isinstance(cfg, str):
         STATE.count(f"fallback:{cfg}")
         logger.debug("pbs_tune: %s at %d keys falls back to SDPA (%s)", tuple(q.shape), k.shape[2], cfg)
+        if cache is not None:
+            STATE.prefixes.drop_layer(cache, layer_idx)
         return sdpa()
     STATE.count("pbs")
-    out = settings.graphs.run(q, k, v, *cfg, scale) if settings.graphs is not None else None
-    out = out if out is not None else _pbs(q, k, v, cfg, scale)
+    out = _pbs(q, k, v, cfg, scale, cache=cache, key=(layer_idx, None), graphs=settings.graphs)
     return exact_tail(out, q, k, v, scale, settings.exact_tail)
 
 
@@ -126,12 +144,15 @@ def exact_tail(out, q, k, v, scale, rows):
     return out
 
 
-def _run_padded(settings, q, k, v, scale, layer_idx, padding):
+def _run_padded(settings, q, k, v, scale, layer_idx, padding, cache=None):
     """A padded batch: per sequence, PBS (or dense SDPA) over its real tokens only, zeros on the
-    padded query rows. Counted once per sequence. Padding must be contiguous (left or right)."""
+    padded query rows, each row with its own prefix state. Counted once per sequence. Padding
+    must be contiguous (left or right)."""
     spans = padded_spans(padding)
     if spans is None:
         STATE.count("fallback:mask")
+        if cache is not None:
+            STATE.prefixes.drop_layer(cache, layer_idx)
         return None
     B, H, M, D = q.shape
     offset = k.shape[2] - M
@@ -149,7 +170,8 @@ def _run_padded(settings, q, k, v, scale, layer_idx, padding):
             rows.copy_(dense_causal(qs, ks, vs, scale))
         else:
             STATE.count("pbs")
-            exact_tail(_pbs(qs, ks, vs, cfg, scale, out=rows), qs, ks, vs, scale, settings.exact_tail)
+            pbs_rows = _pbs(qs, ks, vs, cfg, scale, out=rows, cache=cache, key=(layer_idx, b, start))
+            exact_tail(pbs_rows, qs, ks, vs, scale, settings.exact_tail)
     return out
 
 

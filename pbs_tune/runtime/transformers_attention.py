@@ -10,9 +10,10 @@ import logging
 import torch
 
 from ..seqlen import format_length
-from .dispatch import MIN_CHUNK, Settings, fallback_reason, run, shortest_pbs_length
+from .dispatch import Settings, fallback_reason, run, shortest_pbs_length
 from .graphs import CAPACITY
 from .loader import load_profile, ready
+from .prefix_cache import cache_of, remember_cache
 from .state import STATE
 
 logger = logging.getLogger("pbs_tune")
@@ -50,11 +51,14 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     reason = "not_applied" if settings is None else fallback_reason(settings, query, key, attention_mask,
                                                                      dropout, kwargs, causal)
+    layer, cache = getattr(module, "layer_idx", None), cache_of(module)
     if reason is not None:
         STATE.count(f"fallback:{reason}")
-        logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", getattr(module, "layer_idx", "?"), reason)
+        logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", layer, reason)
+        if cache is not None:
+            STATE.prefixes.drop_layer(cache, layer)
         return sdpa()
-    out = run(settings, query, key, value, scaling, getattr(module, "layer_idx", None), sdpa, padding)
+    out = run(settings, query, key, value, scaling, layer, sdpa, padding, cache)
     if out is None:
         return sdpa()
     if isinstance(out, tuple):  # SDPA fallback already returns (B, N, H, D), None
@@ -69,11 +73,13 @@ def _register():
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, flash_attention_mask)  # 2-D padding mask or None
 
 
-def apply(model, profile=None, min_seqlen=None, min_chunk=MIN_CHUNK, cuda_graphs=True, exact_tail=0):
+def apply(model, profile=None, min_seqlen=None, min_chunk=None, cuda_graphs=True, exact_tail=0):
     """Switch a transformers model to PBS attention with a tuned profile; returns the model.
 
     min_seqlen: fewest keys (prefix + chunk) for PBS (default: the profile's smallest tuned
-    length); min_chunk: fewest queries of a chunk after a cached prefix for PBS; cuda_graphs:
+    length); min_chunk: fewest queries of a chunk after a cached prefix for PBS (default: each
+    entry's measured crossover by prefix length); chunks keep their prefix's permutation beside
+    the cache they extend (op/prefix.py, prefix_cache.py); cuda_graphs:
     replay the op from a CUDA graph per shape up to 16k keys (graphs.py; PBS_TUNE_CUDA_GRAPHS=0
     turns it off everywhere); exact_tail: the last so many query rows of each PBS call attend
     to every key exactly (SDPA), as the rows whose logits a prefill returns.
@@ -88,6 +94,8 @@ def apply(model, profile=None, min_seqlen=None, min_chunk=MIN_CHUNK, cuda_graphs
     for module in model.modules():
         if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups"):
             module.pbs_settings = settings
+            if getattr(module, "pbs_cache_hook", None) is None:
+                module.pbs_cache_hook = module.register_forward_pre_hook(remember_cache, with_kwargs=True)
             n_layers += 1
     if n_layers == 0:
         raise ValueError(f"{type(model).__name__} has no attention modules that pbs-tune recognises")

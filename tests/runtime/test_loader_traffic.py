@@ -69,8 +69,31 @@ def test_chunked_prefill_with_a_cache_matches_one_dense_forward(tmp_path):
     assert pbs_tune.stats() == {"pbs": 6, "fallback:short_chunk": 2}
 
 
+def test_chunks_keep_a_prefix_state_per_layer_beside_the_cache_and_free_it_with_the_cache(tmp_path):
+    import gc
+
+    from pbs_tune.runtime.state import STATE
+    dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
+    ids = torch.randint(0, 97, (2, 151))
+    cache = transformers.DynamicCache()
+    with torch.no_grad():
+        want = dense(ids).logits
+        parts = [model(ids[:, a:b], cache=cache, use_cache=True).logits for a, b in ((0, 40), (40, 100), (100, 150))]
+        assert STATE.prefixes.held() == 2  # one per layer
+        assert [STATE.prefixes.get(cache, (layer, None)).length for layer in (0, 1)] == [150, 150]
+        other = transformers.DynamicCache()  # a second conversation through the same model
+        model(ids[:, :64], cache=other, use_cache=True)
+        assert STATE.prefixes.held() == 4
+        parts.append(model(ids[:, 150:], cache=cache, use_cache=True).logits)  # a decode step drops the state
+    assert torch.allclose(torch.cat(parts, 1), want, atol=1e-4, rtol=1e-4)
+    assert STATE.prefixes.held() == 2 and STATE.prefixes.get(cache, (0, None)) is None
+    del other
+    gc.collect()
+    assert STATE.prefixes.held() == 0
+
+
 def test_a_short_chunk_falls_back_with_the_right_causal_mask(tmp_path):
-    dense, model = applied(tmp_path, [entry(32)])  # default min_chunk: every chunk here is short
+    dense, model = applied(tmp_path, [entry(32)])  # no measured crossover: chunks under MIN_CHUNK are short
     ids = torch.randint(0, 97, (2, 80))
     mask = torch.ones(2, 80, dtype=torch.long)
     mask[0, :6] = 0
@@ -81,7 +104,7 @@ def test_a_short_chunk_falls_back_with_the_right_causal_mask(tmp_path):
         second = model(ids[:, 50:], attention_mask=mask, past_key_values=cache, use_cache=True).logits
     got = torch.cat([first, second], 1)
     assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-4, rtol=1e-4)
-    assert pbs_tune.stats() == {"pbs": 4, "fallback:short_chunk": 2}
+    assert pbs_tune.stats() == {"pbs": 4, "fallback:short_chunk": 4}  # per sequence of the padded batch
 
 
 def test_a_shape_without_entries_uses_the_nearest_gqa_ratio_once_said(tmp_path, caplog):
@@ -122,6 +145,11 @@ def test_generate_with_chunked_prefill_gives_the_dense_tokens(tmp_path):
     assert torch.equal(got, want)
     s = pbs_tune.stats()
     assert s["pbs"] == 6 and s["fallback:decode"] == 4  # chunks of 48, 48, 34 queries x 2 layers
+    import gc
+
+    from pbs_tune.runtime.state import STATE
+    gc.collect()
+    assert STATE.prefixes.held() == 0  # generate's cache is gone, and the states with it
 
 
 @pytest.mark.parametrize("args,says", [
