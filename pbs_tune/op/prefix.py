@@ -98,11 +98,11 @@ def _structure(params: PbsParams) -> tuple:
 
 
 def _gather(x, positions):
-    """x (B, H, N, D) rows reordered per (batch, head) by positions (B, H, N): one pass over x."""
-    B, H, N, D = x.shape
-    base = torch.arange(B * H, device=x.device, dtype=torch.int64)[:, None] * N
-    rows = (base + positions.reshape(B * H, N)).reshape(-1)
-    return torch.index_select(x.reshape(B * H * N, D), 0, rows).view(B, H, N, D)
+    """x (B, H, N, D), any strides (a cache's view), rows reordered per (batch, head) by positions
+    (B, H, N): one pass over x, into a new contiguous tensor."""
+    batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    head = torch.arange(x.shape[1], device=x.device)[None, :, None]
+    return x[batch, head, positions.long()]
 
 
 def extend(state: PrefixState, q, k, v, params: PbsParams, scale):
