@@ -74,17 +74,17 @@ def test_chunks_keep_a_prefix_state_per_layer_beside_the_cache_and_free_it_with_
 
     from pbs_tune.runtime.state import STATE
     dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
-    ids = torch.randint(0, 97, (2, 151))
+    ids = torch.randint(0, 97, (2, 101))
     cache = transformers.DynamicCache()
     with torch.no_grad():
         want = dense(ids).logits
-        parts = [model(ids[:, a:b], cache=cache, use_cache=True).logits for a, b in ((0, 40), (40, 100), (100, 150))]
+        parts = [model(ids[:, a:b], cache=cache, use_cache=True).logits for a, b in ((0, 40), (40, 70), (70, 100))]
         assert STATE.prefixes.held() == 2  # one per layer
-        assert [STATE.prefixes.get(cache, (layer, None)).length for layer in (0, 1)] == [150, 150]
+        assert [STATE.prefixes.get(cache, (layer, None)).length for layer in (0, 1)] == [100, 100]
         other = transformers.DynamicCache()  # a second conversation through the same model
-        model(ids[:, :64], cache=other, use_cache=True)
+        model(ids[:, :40], cache=other, use_cache=True)
         assert STATE.prefixes.held() == 4
-        parts.append(model(ids[:, 150:], cache=cache, use_cache=True).logits)  # a decode step drops the state
+        parts.append(model(ids[:, 100:], cache=cache, use_cache=True).logits)  # a decode step drops the state
     assert torch.allclose(torch.cat(parts, 1), want, atol=1e-4, rtol=1e-4)
     assert STATE.prefixes.held() == 2 and STATE.prefixes.get(cache, (0, None)) is None
     del other
