@@ -80,6 +80,8 @@ def test_schema_problems_are_clear(tmp_path, text, match):
     (dict(params=dict(block_size=128, segment_size=256, threshold=1.7)), r"threshold must be a number in \(0, 1\]"),
     (dict(dtype="bf17"), "dtype 'bf17'"),
     (dict(layers={"x": "dense"}), "not a layer index"),
+    (dict(min_chunk={16384: 0}), "min_chunk must map prefix lengths to chunk sizes"),
+    (dict(min_chunk=[2048]), "min_chunk must map prefix lengths to chunk sizes"),
     (dict(layers={"3": dict(params=dict(block_size=128, segment_size=200, threshold=0.9),
                             launch=dict(block_m=128, block_n=128, num_warps=8, num_stages=3))}),
      r"layers\.3: params.segment_size 200 is not a multiple"),
@@ -122,6 +124,17 @@ def test_written_profile_is_world_readable_and_leaves_no_lock_beside_it(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["h100.yaml"]
     assert profiles.load(path).library == str(tmp_path / "cache" / "h100")
     assert yaml.safe_load(open(path))["kernels"] == os.path.join("cache", "h100")
+
+
+def test_the_chunk_crossover_round_trips_and_is_read_by_prefix_length(tmp_path):
+    path = tmp_path / "h100.yaml"
+    profiles.merge_entries(str(path), [dict(entry(32768), min_chunk={16384: 2048, 32768: 1024, 65536: None}),
+                                       entry(8192)])
+    measured, unmeasured = sorted(profiles.load(str(path)).entries, key=lambda e: -e.seqlen)
+    assert measured.min_chunk == {16384: 2048, 32768: 1024, 65536: None}
+    assert [measured.min_chunk_at(p) for p in (8000, 16384, 30000, 40000)] == [profiles.MIN_CHUNK, 2048, 2048, 1024]
+    assert measured.min_chunk_at(70000) == float("inf")  # dense won at every size measured there
+    assert unmeasured.min_chunk_at(10 ** 6) == profiles.MIN_CHUNK
 
 
 def test_permutation_is_a_per_entry_and_per_layer_choice(tmp_path):
