@@ -4,7 +4,8 @@
 #   STEP=op      a short smoke run first (a bug costs seconds), then every workload family at a 127k
 #                prefix in 2k/4k/8k chunks, and the crossover of this GPU's shipped profile, written
 #                into the checkout's copy of it (--update) and copied to $OUT
-#   STEP=serve   the 128k mixed prompt chunk by chunk, and the trained fixture through `apply` and
+#   STEP=serve   the mixed family's stage times and held keys (--breakdown), the 128k mixed prompt chunk
+#                by chunk, and the trained fixture through `apply` and
 #                generate(prefill_chunk_size=2048) (bench/traffic.py --parts fixture)
 source "$(dirname "$0")/gpu_common.sh"
 install_readonly_wheel
@@ -21,6 +22,8 @@ case "${STEP:-op}" in
     cp "$root/configs/$GPU.yaml" "$OUT/"
     ;;
   serve)
+    run pbs_tune.bench.chunked --parts families --families mixed --breakdown --out "$OUT/chunked_breakdown.json" \
+        2>&1 | tail -3
     run pbs_tune.bench.chunked --parts prompt --out "$OUT/chunked_prompt.json" 2>&1 | tail -4
     run pbs_tune.bench.traffic --parts fixture --fixture "$root/fixtures/byte-llama" --fixture-chunk 2k \
         --out "$OUT/chunked_fixture.json" 2>&1 | tail -3

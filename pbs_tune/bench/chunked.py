@@ -26,8 +26,10 @@ from ..kernels import launch as kernel_launch
 from ..measure.metrics import rel_l2
 from ..measure.timing import env_info, median_ms, rounded, write_json
 from ..measure.workloads import FAMILIES, make_qkv
-from ..op.pbs_attention import pbs_attention
-from ..op.prefix import PrefixState, pbs_attention_chunk
+from ..op.pbs_attention import attend_blocks, pbs_attention, permute_and_select
+from ..op.permutation import KeyPermutation
+from ..op.prefix import PrefixState, extend, pbs_attention_chunk
+from ..op.selection import select_blocks
 from ..profile import profiles
 from ..profile.params import PbsParams
 from ..runtime.graphs import GraphCache
@@ -39,9 +41,9 @@ DEFAULT = PbsParams(128, 256, 0.9)
 SIZES = (512, 1024, 2048, 4096, 8192)
 
 
-def state_at(q, k, v, params, prefix, chunk, launch=None):
+def state_at(q, k, v, params, prefix, chunk, launch=None, keep_keys=False):
     """A prefix state built the way serving builds it: the prefix in `chunk`-query pieces."""
-    state = PrefixState()
+    state = PrefixState(keep_keys=keep_keys)
     with torch.no_grad():
         for start in range(0, prefix, chunk):
             end = min(prefix, start + chunk)
@@ -95,7 +97,30 @@ def chunk_row(q, k, v, prefix, size, state, whole=None):
     return rounded(row)
 
 
-def part_families(res, prefix, sizes, heads, kv_heads, families):
+def stage_times(q, k, v, state):
+    """Where a chunk's time goes: extending the state (score, permute and pool the new keys; gather
+    the prefix), selection over the whole prefix, attention; and the stateless op's first two stages."""
+    length, done, scale = state.length, state.done, q.shape[-1] ** -0.5
+    nb = -(-k.shape[2] // DEFAULT.block_size)
+
+    def grow():
+        state.length, state.done = length, done
+        return extend(state, q, k, v, DEFAULT, scale)
+
+    def select():
+        return select_blocks(q, k_perm, pos, block_size=DEFAULT.block_size, segment_size=DEFAULT.segment_size,
+                             threshold=DEFAULT.threshold, scale=scale, pooled_k=state.pooled[:, :, :nb],
+                             bounds=(state.key_min[:, :, :nb].contiguous(), state.key_max[:, :, :nb].contiguous()))
+    with torch.no_grad():
+        k_perm, v_perm, pos = grow()
+        blocks = select()
+        row = dict(extend_ms=median_ms(grow), select_ms=median_ms(select),
+                   attend_ms=median_ms(lambda: attend_blocks(q, KeyPermutation(k_perm, v_perm, pos), blocks)),
+                   no_state_plan_ms=median_ms(lambda: permute_and_select(q, k, v, DEFAULT)), density=blocks.density())
+    return rounded(row)
+
+
+def part_families(res, prefix, sizes, heads, kv_heads, families, breakdown=False):
     for fam in families:
         n = prefix + max(sizes)
         q, k, v = make_qkv(fam, seqlen=n, heads=heads, kv_heads=kv_heads, device="cuda", seed=1000 + len(fam))
@@ -107,6 +132,13 @@ def part_families(res, prefix, sizes, heads, kv_heads, families):
                                                                          v[:, :, :prefix + size], DEFAULT)
             row = dict(family=fam, **chunk_row(q, k, v, prefix, size, state_at(q, k, v, DEFAULT, prefix, size),
                                                whole_n))
+            if breakdown:  # the held keys' variant, and the stages
+                qc, kc, vc = q[:, :, prefix:prefix + size], k[:, :, :prefix + size], v[:, :, :prefix + size]
+                held = state_at(q, k, v, DEFAULT, prefix, size, keep_keys=True)
+                row["keep_keys_ms"] = round(median_ms(chunk_call(qc, kc, vc, DEFAULT, held)), 4)
+                row["keep_keys_speedup_vs_cudnn_split"] = round(row["dense_cudnn_split_ms"] / row["keep_keys_ms"], 4)
+                row.update(stage_times(qc, kc, vc, state_at(q, k, v, DEFAULT, prefix, size)))
+                del held
             res.setdefault("families", []).append(row)
             print(json.dumps(row), flush=True)
         del q, k, v, whole
@@ -176,6 +208,7 @@ def main():
     ap.add_argument("--sizes", default="2k,4k,8k", help="chunk sizes of the families and the prompt")
     ap.add_argument("--prompt", default="128k")
     ap.add_argument("--families", default=",".join(list(FAMILIES) + ["mixed"]))
+    ap.add_argument("--breakdown", action="store_true", help="families: also held keys and the stages' times")
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--profile", default=None, help="profile for the crossover (default: this GPU's)")
@@ -185,7 +218,8 @@ def main():
     sizes = [parse_length(s) for s in args.sizes.split(",")]
     res = dict(env=env_info(), args=vars(args), params=DEFAULT.as_dict())
     if "families" in args.parts:
-        part_families(res, parse_length(args.prefix), sizes, args.heads, args.kv_heads, args.families.split(","))
+        part_families(res, parse_length(args.prefix), sizes, args.heads, args.kv_heads, args.families.split(","),
+                      args.breakdown)
         write_json(args.out, res)
     if "prompt" in args.parts:
         part_prompt(res, parse_length(args.prompt), sizes, args.heads, args.kv_heads)
