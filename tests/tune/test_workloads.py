@@ -22,7 +22,7 @@ def test_unknown_workload_is_an_error():
 
 
 def test_structured_heads_are_sparser_than_diffuse_and_permutation_helps_stripes():
-    kw = dict(seqlen=2048, heads=2, kv_heads=2, head_dim=64, dtype=torch.float32, seed=0)
+    kw = dict(seqlen=1024, heads=2, kv_heads=2, head_dim=64, dtype=torch.float32, seed=0)
     args = dict(block_size=64, segment_size=256, threshold=0.9)
     density = {}
     for w in ("stripes", "diffuse"):
