@@ -52,7 +52,7 @@ def test_plan_command_writes_a_plan_per_layer(tmp_path):
     (tmp_path / "model" / MARKER).write_text("{}")
     (tmp_path / "code.py").write_text("def f(x):\n    return x + 1\n" * 120)
     res = CliRunner().invoke(main, ["plan", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "code.py"),
-                                    "--seqlen", "128", "--block-size", "16", "--segment-size", "32", "--probes", "1",
+                                    "--seqlen", "128", "--block-size", "32", "--segment-size", "64", "--probes", "1",
                                     "--dtype", "float32", "--profile", str(tmp_path / "cpu.yaml"),
                                     "--estimators", "mean"])  # lse plans: tests/tune/test_cli.py
     assert res.exit_code == 0, res.output
@@ -60,6 +60,6 @@ def test_plan_command_writes_a_plan_per_layer(tmp_path):
     assert (e.heads, e.kv_heads, e.head_dim, e.seqlen, e.dtype) == (2, 1, 64, 128, "float32")
     assert sorted(e.layers) == [0]
     for params, _ in e.layers.values():
-        assert len(params.threshold) == 2 and params.block_size == 16
+        assert len(params.threshold) == 2 and params.block_size == 32
     assert e.provenance.plan["probe"][0]["prompts"] == 1 and e.provenance.plan["margin_used"] <= 0.95
     assert "layer" in res.output
