@@ -94,8 +94,8 @@ def test_a_layer_plan_meets_its_bound_and_recall_or_is_the_reference():
     from pbs_tune.tune.allocate import plan_layer
     q, k, v = torch.randn(1, 4, 128, 32) * 2, torch.randn(1, 2, 128, 32) * 2, torch.randn(1, 2, 128, 32)
     q[:, :2] *= 0.1
-    plan = plan_layer(q, k, v, block_size=16, segment_size=32, margin=0.95,
-                      variants=(REFERENCE, Variant(False, "lse")))  # two of the four: interpreter time
+    plan = plan_layer(q, k, v, block_size=32, segment_size=64, margin=0.95,
+                      variants=(REFERENCE, Variant(False, "lse")))  # two of the four, 4 blocks: interpreter time
     assert len(plan.thresholds) == 4 and all(t in GRID for t in plan.thresholds)
     assert plan.kept_ratio <= 1.0
     if plan.kept_ratio < 1.0:
