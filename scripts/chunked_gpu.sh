@@ -5,8 +5,8 @@
 #                prefix in 2k/4k/8k chunks, and the crossover of this GPU's shipped profile, written
 #                into the checkout's copy of it (--update) and copied to $OUT
 #   STEP=serve   the mixed family's stage times and held keys (--breakdown), the 128k mixed prompt chunk
-#                by chunk, and the trained fixture through `apply` and
-#                generate(prefill_chunk_size=2048) (bench/traffic.py --parts fixture)
+#                by chunk, the trained fixture through `apply` and generate(prefill_chunk_size=2048)
+#                (bench/traffic.py --parts fixture), and this GPU's crossovers if its profile has none
 source "$(dirname "$0")/gpu_common.sh"
 install_readonly_wheel
 GPU=$(cd /tmp && PYTHONPATH=/tmp/site-ro $py -c "from pbs_tune.profile.target import detect_gpu; print(detect_gpu())")
@@ -27,6 +27,10 @@ case "${STEP:-op}" in
     run pbs_tune.bench.chunked --parts prompt --out "$OUT/chunked_prompt.json" 2>&1 | tail -4
     run pbs_tune.bench.traffic --parts fixture --fixture "$root/fixtures/byte-llama" --fixture-chunk 2k \
         --out "$OUT/chunked_fixture.json" 2>&1 | tail -3
+    if ! grep -q min_chunk "$root/configs/$GPU.yaml"; then  # this GPU's crossovers, where not yet measured
+      run pbs_tune.bench.chunked --parts crossover --update --profile "$root/configs/$GPU.yaml" \
+          --out "$OUT/chunked_crossover_$GPU.json" > /dev/null 2>&1 && cp "$root/configs/$GPU.yaml" "$OUT/"
+    fi
     ;;
 esac
 ls -la "$OUT"
