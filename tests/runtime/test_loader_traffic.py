@@ -92,6 +92,23 @@ def test_chunks_keep_a_prefix_state_per_layer_beside_the_cache_and_free_it_with_
     assert STATE.prefixes.held() == 0
 
 
+def test_a_padded_batch_keeps_one_state_per_sequence(tmp_path):
+    from pbs_tune.runtime.state import STATE
+    dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
+    ids = torch.randint(0, 97, (2, 90))
+    mask = torch.ones(2, 90, dtype=torch.long)
+    mask[0, :6] = 0  # left padding
+    cache = transformers.DynamicCache()
+    with torch.no_grad():
+        want = dense(ids, attention_mask=mask).logits
+        parts = [model(ids[:, a:b], attention_mask=mask[:, :b], cache=cache, use_cache=True).logits
+                 for a, b in ((0, 50), (50, 90))]
+    got = torch.cat(parts, 1)
+    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-4, rtol=1e-4)
+    assert STATE.prefixes.held() == 4  # 2 layers x 2 sequences
+    assert STATE.prefixes.get(cache, (0, 0, 6)).length == 84 and STATE.prefixes.get(cache, (0, 1, 0)).length == 90
+
+
 def test_a_short_chunk_falls_back_with_the_right_causal_mask(tmp_path):
     dense, model = applied(tmp_path, [entry(32)])  # no measured crossover: chunks under MIN_CHUNK are short
     ids = torch.randint(0, 97, (2, 80))
