@@ -56,40 +56,35 @@ def test_padded_generate_gives_the_dense_tokens(tmp_path):
     assert s["pbs"] == 4 and s["fallback:decode"] == 6  # prefill 2 layers x 2 sequences; 3 decode steps
 
 
-def test_chunked_prefill_with_a_cache_matches_one_dense_forward(tmp_path):
-    dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
-    ids = torch.randint(0, 97, (1, 150))
-    cache = transformers.DynamicCache()
-    with torch.no_grad():
-        want = dense(ids).logits
-        parts = [model(ids[:, a:b], past_key_values=cache, use_cache=True).logits
-                 for a, b in ((0, 40), (40, 100), (100, 108), (108, 150))]
-    assert torch.allclose(torch.cat(parts, 1), want, atol=1e-4, rtol=1e-4)
-    # chunk 1 (40 keys), chunk 2 (100 keys), chunk 4 (150 keys) in PBS; chunk 3 is 8 queries
-    assert pbs_tune.stats() == {"pbs": 6, "fallback:short_chunk": 2}
-
-
-def test_chunks_keep_a_prefix_state_per_layer_beside_the_cache_and_free_it_with_the_cache(tmp_path):
+def test_chunked_prefill_keeps_a_prefix_state_per_layer_beside_the_cache_and_matches_dense(tmp_path):
     import gc
 
     from pbs_tune.runtime.state import STATE
     dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
-    ids = torch.randint(0, 97, (2, 101))
+    ids = torch.randint(0, 97, (1, 151))
     cache = transformers.DynamicCache()
+
+    def lengths():
+        return [getattr(STATE.prefixes.get(cache, (layer, None)), "length", None) for layer in (0, 1)]
     with torch.no_grad():
         want = dense(ids).logits
-        parts = [model(ids[:, a:b], cache=cache, use_cache=True).logits for a, b in ((0, 40), (40, 70), (70, 100))]
-        assert STATE.prefixes.held() == 2  # one per layer
-        assert [STATE.prefixes.get(cache, (layer, None)).length for layer in (0, 1)] == [100, 100]
+        parts = [model(ids[:, a:b], past_key_values=cache, use_cache=True).logits for a, b in ((0, 40), (40, 100))]
+        assert lengths() == [100, 100]  # one state per layer, extended by each chunk
+        parts.append(model(ids[:, 100:108], past_key_values=cache, use_cache=True).logits)  # 8 queries: dense
+        assert lengths() == [None, None]  # a call that does not extend a state drops it
+        parts.append(model(ids[:, 108:150], past_key_values=cache, use_cache=True).logits)  # rebuilt at once
+        assert lengths() == [150, 150]
         other = transformers.DynamicCache()  # a second conversation through the same model
         model(ids[:, :40], cache=other, use_cache=True)
         assert STATE.prefixes.held() == 4
-        parts.append(model(ids[:, 100:], cache=cache, use_cache=True).logits)  # a decode step drops the state
+        parts.append(model(ids[:, 150:], past_key_values=cache, use_cache=True).logits)  # a decode step
     assert torch.allclose(torch.cat(parts, 1), want, atol=1e-4, rtol=1e-4)
-    assert STATE.prefixes.held() == 2 and STATE.prefixes.get(cache, (0, None)) is None
+    # chunk 1 (40 keys), chunk 2 (100 keys), chunk 4 (150 keys) and the other prompt in PBS
+    assert pbs_tune.stats() == {"pbs": 8, "fallback:short_chunk": 2, "fallback:decode": 2}
+    assert STATE.prefixes.held() == 2 and lengths() == [None, None]
     del other
     gc.collect()
-    assert STATE.prefixes.held() == 0
+    assert STATE.prefixes.held() == 0  # freed with the cache
 
 
 def test_a_padded_batch_keeps_one_state_per_sequence(tmp_path):
