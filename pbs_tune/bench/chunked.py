@@ -89,6 +89,11 @@ def chunk_row(q, k, v, prefix, size, state, whole=None):
     if whole is not None:
         row["rel_l2_whole_prompt"] = rel_l2(whole[:, :, prefix:prefix + size], ref)
         row["error_vs_whole_prompt"] = row["rel_l2_state"] / max(row["rel_l2_whole_prompt"], 1e-9)
+        group = q.shape[1] // k.shape[1]  # per KV head (the mixed workload gives each KV head one family)
+        heads = [slice(g * group, (g + 1) * group) for g in range(k.shape[1])]
+        row["rel_l2_state_per_kv_head"] = [round(rel_l2(out[:, h], ref[:, h]), 4) for h in heads]
+        row["rel_l2_whole_per_kv_head"] = [round(rel_l2(whole[:, h, prefix:prefix + size], ref[:, h]), 4)
+                                           for h in heads]
     for name in ("cudnn_split", "flash"):
         if f"dense_{name}_ms" in row:
             row[f"speedup_vs_{name}"] = row[f"dense_{name}_ms"] / row["state_ms"]
