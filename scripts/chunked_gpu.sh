@@ -32,5 +32,11 @@ case "${STEP:-op}" in
           --out "$OUT/chunked_crossover_$GPU.json" > /dev/null 2>&1 && cp "$root/configs/$GPU.yaml" "$OUT/"
     fi
     ;;
+  gather)  # the prefix gather as whole rows, the held keys, and the fixture where PBS serves it (H100)
+    run pbs_tune.bench.chunked --parts families --families mixed --breakdown --out "$OUT/chunked_breakdown.json" \
+        2>&1 | tail -3
+    [ "$GPU" = h100-sxm ] && run pbs_tune.bench.traffic --parts fixture --fixture "$root/fixtures/byte-llama" \
+        --fixture-chunk 2k --out "$OUT/chunked_fixture.json" 2>&1 | tail -2
+    ;;
 esac
 ls -la "$OUT"

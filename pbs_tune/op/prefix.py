@@ -98,11 +98,20 @@ def _structure(params: PbsParams) -> tuple:
 
 
 def _gather(x, positions):
-    """x (B, H, N, D), any strides (a cache's view), rows reordered per (batch, head) by positions
-    (B, H, N): one pass over x, into a new contiguous tensor."""
-    batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
-    head = torch.arange(x.shape[1], device=x.device)[None, :, None]
-    return x[batch, head, positions.long()]
+    """x (B, H, N, D) rows reordered per (batch, head) by positions (B, H, N): one pass over x, into
+    a new contiguous tensor. Where every row is contiguous and rows of one (batch, head) follow each
+    other (a cache, or a view of one), as whole rows of a 2-D view of its storage (`index_select`
+    copies rows); otherwise by advanced indexing, element by element."""
+    B, H, N, D = x.shape
+    sb, sh, sn, sd = x.stride()
+    if sd != 1 or sn != D or sh % D or sb % D:
+        batch = torch.arange(B, device=x.device)[:, None, None]
+        head = torch.arange(H, device=x.device)[None, :, None]
+        return x[batch, head, positions.long()]
+    first = (torch.arange(B, device=x.device)[:, None, None] * (sb // D)
+             + torch.arange(H, device=x.device)[None, :, None] * (sh // D))
+    rows = x.as_strided(((B - 1) * (sb // D) + (H - 1) * (sh // D) + N, D), (D, 1))
+    return torch.index_select(rows, 0, (first + positions).reshape(-1)).view(B, H, N, D)
 
 
 def extend(state: PrefixState, q, k, v, params: PbsParams, scale):

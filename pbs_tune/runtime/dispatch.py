@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..dtypes import name_of
 from ..op.pbs_attention import pbs_attention
-from ..op.prefix import pbs_attention_chunk
+from ..op.prefix import PrefixState, pbs_attention_chunk
 from ..profile import profiles
 from ..profile.target import CPU
 from .loader import load_profile, ready
@@ -43,8 +43,9 @@ class Settings:
     measured chunk crossover (profiles.ProfileEntry.min_chunk_at), or the fewest chunk queries for
     PBS everywhere."""
 
-    def __init__(self, prof, min_seqlen, min_chunk=None, cuda_graphs=True, exact_tail=0):
+    def __init__(self, prof, min_seqlen, min_chunk=None, cuda_graphs=True, exact_tail=0, prefix_keys=False):
         self.profile = prof
+        self.prefix_keys = prefix_keys
         self.gpu = prof.gpu
         self.min_seqlen = min_seqlen
         self.min_chunk = min_chunk
@@ -98,7 +99,7 @@ def _config(settings, q, k, layer_idx):
     return entry.config_for_layer(layer_idx) or "dense_layer"
 
 
-def _pbs(q, k, v, cfg, scale, out=None, cache=None, key=None, graphs=None):
+def _pbs(q, k, v, cfg, scale, out=None, cache=None, key=None, graphs=None, keep_keys=False):
     """The op; with a cache, as a chunk that extends the prefix state kept beside it (where no
     CUDA graph serves the call: graphs serve short calls, whose prefix costs little to permute)."""
     params, launch = cfg
@@ -109,8 +110,8 @@ def _pbs(q, k, v, cfg, scale, out=None, cache=None, key=None, graphs=None):
         return out_graph if out_graph is not None else pbs_attention(q, k, v, params, launch=launch, scale=scale,
                                                                      out=out)
     state = STATE.prefixes.get(cache, key)
-    if state is not None and state.mismatch(q, k, params) is not None:
-        state = None  # another prefix (or shape) than the one it holds: this chunk starts a new one
+    if state is None or state.mismatch(q, k, params) is not None:
+        state = PrefixState(keep_keys)  # none yet, or another prefix (or shape): this chunk starts one
     out, state = pbs_attention_chunk(q, k, v, params, state=state, launch=launch, scale=scale, out=out)
     STATE.prefixes.put(cache, key, state)
     return out
@@ -130,7 +131,8 @@ def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None, cache=None):
             STATE.prefixes.drop_layer(cache, layer_idx)
         return sdpa()
     STATE.count("pbs")
-    out = _pbs(q, k, v, cfg, scale, cache=cache, key=(layer_idx, None), graphs=settings.graphs)
+    out = _pbs(q, k, v, cfg, scale, cache=cache, key=(layer_idx, None), graphs=settings.graphs,
+               keep_keys=settings.prefix_keys)
     return exact_tail(out, q, k, v, scale, settings.exact_tail)
 
 
@@ -170,7 +172,8 @@ def _run_padded(settings, q, k, v, scale, layer_idx, padding, cache=None):
             rows.copy_(dense_causal(qs, ks, vs, scale))
         else:
             STATE.count("pbs")
-            pbs_rows = _pbs(qs, ks, vs, cfg, scale, out=rows, cache=cache, key=(layer_idx, b, start))
+            pbs_rows = _pbs(qs, ks, vs, cfg, scale, out=rows, cache=cache, key=(layer_idx, b, start),
+                            keep_keys=settings.prefix_keys)
             exact_tail(pbs_rows, qs, ks, vs, scale, settings.exact_tail)
     return out
 

@@ -87,9 +87,9 @@ def test_chunked_prefill_keeps_a_prefix_state_per_layer_beside_the_cache_and_mat
     assert STATE.prefixes.held() == 0  # freed with the cache
 
 
-def test_a_padded_batch_keeps_one_state_per_sequence(tmp_path):
+def test_a_padded_batch_keeps_one_state_per_sequence_holding_its_keys_if_asked(tmp_path):
     from pbs_tune.runtime.state import STATE
-    dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
+    dense, model = applied(tmp_path, [entry(32)], min_chunk=16, prefix_keys=True)
     ids = torch.randint(0, 97, (2, 90))
     mask = torch.ones(2, 90, dtype=torch.long)
     mask[0, :6] = 0  # left padding
@@ -101,7 +101,8 @@ def test_a_padded_batch_keeps_one_state_per_sequence(tmp_path):
     got = torch.cat(parts, 1)
     assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-4, rtol=1e-4)
     assert STATE.prefixes.held() == 4  # 2 layers x 2 sequences
-    assert STATE.prefixes.get(cache, (0, 0, 6)).length == 84 and STATE.prefixes.get(cache, (0, 1, 0)).length == 90
+    first, second = STATE.prefixes.get(cache, (0, 0, 6)), STATE.prefixes.get(cache, (0, 1, 0))
+    assert (first.length, second.length) == (84, 90) and first.k is not None and first.k.shape[0] == 1
 
 
 def test_a_short_chunk_falls_back_with_the_right_causal_mask(tmp_path):
