@@ -114,3 +114,13 @@ def test_a_state_that_does_not_fit_the_chunk_is_one_clear_error():
     out, state = pbs_attention_chunk(q[:, :, 100:], k, v, state=state, block_size=BS, segment_size=SEG,
                                      threshold=0.5, launch=TILES)
     assert state.length == N and out.shape == (1, 2, 100, 64)
+
+
+@pytest.mark.parametrize("layout", ["cache", "view of a longer cache", "heads interleaved"])
+def test_the_prefix_gather_copies_each_sequences_rows_in_the_stored_order(layout):
+    from pbs_tune.op.prefix import _gather
+    x = {"cache": torch.randn(2, 3, 40, 8), "view of a longer cache": torch.randn(2, 3, 60, 8)[:, :, 5:45],
+         "heads interleaved": torch.randn(2, 40, 3, 8).transpose(1, 2)}[layout]  # the last: advanced indexing
+    positions = torch.stack([torch.stack([torch.randperm(40) for _ in range(3)]) for _ in range(2)]).int()
+    want = torch.gather(x, 2, positions.long()[..., None].expand(-1, -1, -1, 8))
+    assert torch.equal(_gather(x, positions), want)
