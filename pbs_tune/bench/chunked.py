@@ -28,8 +28,7 @@ from ..measure.timing import env_info, median_ms, rounded, write_json
 from ..measure.workloads import FAMILIES, make_qkv
 from ..op.pbs_attention import attend_blocks, pbs_attention, permute_and_select
 from ..op.permutation import KeyPermutation
-from ..op.prefix import PrefixState, extend, pbs_attention_chunk
-from ..op.selection import select_blocks
+from ..op.prefix import PrefixState, extend, pbs_attention_chunk, select
 from ..profile import profiles
 from ..profile.params import PbsParams
 from ..runtime.graphs import GraphCache
@@ -51,12 +50,22 @@ def state_at(q, k, v, params, prefix, chunk, launch=None, keep_keys=False):
     return state
 
 
-def chunk_call(q, k, v, params, state, launch=None):
-    """One chunk against `state`, rewound before every call so that timing repeats the same chunk."""
+def rewinder(state):
+    """A call that puts `state` back where it is now: a timed chunk then repeats the same chunk (it
+    rewrites only the slots after `done`)."""
     length, done = state.length, state.done
 
-    def call():
+    def rewind():
         state.length, state.done = length, done
+    return rewind
+
+
+def chunk_call(q, k, v, params, state, launch=None):
+    """One chunk against `state`, rewound before every call."""
+    rewind = rewinder(state)
+
+    def call():
+        rewind()
         with torch.no_grad():
             return pbs_attention_chunk(q, k, v, params, state=state, launch=launch)[0]
     return call
@@ -105,21 +114,18 @@ def chunk_row(q, k, v, prefix, size, state, whole=None):
 def stage_times(q, k, v, state):
     """Where a chunk's time goes: extending the state (score, permute and pool the new keys; gather
     the prefix), selection over the whole prefix, attention; and the stateless op's first two stages."""
-    length, done, scale = state.length, state.done, q.shape[-1] ** -0.5
-    nb = -(-k.shape[2] // DEFAULT.block_size)
+    rewind, scale = rewinder(state), q.shape[-1] ** -0.5
 
     def grow():
-        state.length, state.done = length, done
+        rewind()
         return extend(state, q, k, v, DEFAULT, scale)
 
-    def select():
-        return select_blocks(q, k_perm, pos, block_size=DEFAULT.block_size, segment_size=DEFAULT.segment_size,
-                             threshold=DEFAULT.threshold, scale=scale, pooled_k=state.pooled[:, :, :nb],
-                             bounds=(state.key_min[:, :, :nb].contiguous(), state.key_max[:, :, :nb].contiguous()))
+    def choose():
+        return select(state, q, k_perm, pos, DEFAULT, scale)
     with torch.no_grad():
         k_perm, v_perm, pos = grow()
-        blocks = select()
-        row = dict(extend_ms=median_ms(grow), select_ms=median_ms(select),
+        blocks = choose()
+        row = dict(extend_ms=median_ms(grow), select_ms=median_ms(choose),
                    attend_ms=median_ms(lambda: attend_blocks(q, KeyPermutation(k_perm, v_perm, pos), blocks)),
                    no_state_plan_ms=median_ms(lambda: permute_and_select(q, k, v, DEFAULT)), density=blocks.density())
     return rounded(row)

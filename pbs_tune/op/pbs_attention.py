@@ -84,6 +84,13 @@ def check_inputs(q, k, v, params=None, *, launch=None, **keywords) -> PbsParams:
     return params
 
 
+def refuse_grad(op, *tensors):
+    """One clear error where autograd would need a backward the op does not have."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise ValueError(f"{op} is forward-only (prefill inference) and has no backward: call it "
+                         "under torch.no_grad() or torch.inference_mode(), or detach the inputs")
+
+
 def default_scale(q, scale):
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
@@ -164,9 +171,7 @@ def pbs_attention(q, k, v, params: PbsParams | None = None, *, launch=None, scal
     `out`: a (B, Hq, M, D) tensor (or view) to write into.
     """
     params = check_inputs(q, k, v, params, launch=launch, **keywords)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError("pbs_attention is forward-only (prefill inference) and has no backward: call it "
-                         "under torch.no_grad() or torch.inference_mode(), or detach the inputs")
+    refuse_grad("pbs_attention", q, k, v)
     with torch.no_grad():
         perm, blocks = permute_and_select(q, k, v, params, scale=scale)
         out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out)

@@ -21,11 +21,11 @@ saves that gather.
 """
 import torch
 
+from ..kernels.segment_sort import segment_permute
 from ..profile.params import PbsParams
-from .pbs_attention import attend_blocks, check_inputs, default_scale
+from .pbs_attention import attend_blocks, check_inputs, default_scale, refuse_grad
 from .permutation import KeyPermutation, last_block_key_scores
 from .selection import block_means, block_position_bounds, select_blocks
-from ..kernels.segment_sort import segment_permute
 
 
 class PrefixState:
@@ -151,6 +151,15 @@ def extend(state: PrefixState, q, k, v, params: PbsParams, scale):
     return k_perm, v_perm, pos[:, :, :N]
 
 
+def select(state: PrefixState, q, k_perm, positions, params: PbsParams, scale):
+    """Selection over all N keys, from the pooled keys and block bounds the state holds."""
+    nb = -(-k_perm.shape[2] // params.block_size)
+    return select_blocks(q, k_perm, positions, block_size=params.block_size, segment_size=params.segment_size,
+                         threshold=params.threshold, scale=scale, estimator=params.estimator,
+                         pooled_k=state.pooled[:, :, :nb],
+                         bounds=(state.key_min[:, :, :nb].contiguous(), state.key_max[:, :, :nb].contiguous()))
+
+
 def pbs_attention_chunk(q, k, v, params: PbsParams | None = None, *, state: PrefixState | None = None,
                         launch=None, scale=None, return_blocks=False, out=None, **keywords):
     """One chunk of a chunked causal prefill: q (B, Hq, M, D) are the last M of the N positions of
@@ -163,9 +172,7 @@ def pbs_attention_chunk(q, k, v, params: PbsParams | None = None, *, state: Pref
     `pbs_attention` takes them; their threshold may change between chunks, nothing else.
     """
     params = check_inputs(q, k, v, params, launch=launch, **keywords)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError("pbs_attention_chunk is forward-only (prefill inference): call it under "
-                         "torch.no_grad() or torch.inference_mode(), or detach the inputs")
+    refuse_grad("pbs_attention_chunk", q, k, v)
     if state is None:
         state = PrefixState()
     elif not isinstance(state, PrefixState):
@@ -176,14 +183,9 @@ def pbs_attention_chunk(q, k, v, params: PbsParams | None = None, *, state: Pref
             raise ValueError(f"{reason}: pass the state the previous chunk of these sequences returned, "
                              f"or state=None to start over")
     scale = default_scale(q, scale)
-    bs = params.block_size
     with torch.no_grad():
         k_perm, v_perm, positions = extend(state, q, k, v, params, scale)
-        nb = -(-k.shape[2] // bs)
-        blocks = select_blocks(q, k_perm, positions, block_size=bs, segment_size=params.segment_size,
-                               threshold=params.threshold, scale=scale, estimator=params.estimator,
-                               pooled_k=state.pooled[:, :, :nb],
-                               bounds=(state.key_min[:, :, :nb].contiguous(), state.key_max[:, :, :nb].contiguous()))
+        blocks = select(state, q, k_perm, positions, params, scale)
         out = attend_blocks(q, KeyPermutation(k_perm, v_perm, positions), blocks, launch=launch, scale=scale,
                             out=out)
     return (out, blocks, state) if return_blocks else (out, state)

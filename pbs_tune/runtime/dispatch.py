@@ -99,17 +99,18 @@ def _config(settings, q, k, layer_idx):
     return entry.config_for_layer(layer_idx) or "dense_layer"
 
 
-def _pbs(q, k, v, cfg, scale, out=None, cache=None, key=None, graphs=None, keep_keys=False):
-    """The op; with a cache, as a chunk that extends the prefix state kept beside it (where no
-    CUDA graph serves the call: graphs serve short calls, whose prefix costs little to permute)."""
+def _pbs(q, k, v, cfg, scale, out=None, prefix=None, key=None, graphs=None, keep_keys=False):
+    """The op; with `prefix` (the cache and the states taken from beside it), as a chunk that extends
+    its prefix state and puts it back, except where a CUDA graph serves the call (short calls, whose
+    prefix costs little to permute)."""
     params, launch = cfg
     out_graph = graphs.run(q, k, v, params, launch, scale) if graphs is not None and out is None else None
-    if cache is None or out_graph is not None:
-        if cache is not None:
-            STATE.prefixes.drop_layer(cache, key[0])
-        return out_graph if out_graph is not None else pbs_attention(q, k, v, params, launch=launch, scale=scale,
-                                                                     out=out)
-    state = STATE.prefixes.get(cache, key)
+    if out_graph is not None:
+        return out_graph
+    if prefix is None:
+        return pbs_attention(q, k, v, params, launch=launch, scale=scale, out=out)
+    cache, held = prefix
+    state = held.get(key)
     if state is None or state.mismatch(q, k, params) is not None:
         state = PrefixState(keep_keys)  # none yet, or another prefix (or shape): this chunk starts one
     out, state = pbs_attention_chunk(q, k, v, params, state=state, launch=launch, scale=scale, out=out)
@@ -117,21 +118,19 @@ def _pbs(q, k, v, cfg, scale, out=None, cache=None, key=None, graphs=None, keep_
     return out
 
 
-def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None, cache=None):
+def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None, prefix=None):
     """PBS output (B, H, M, D), or SDPA's when PBS does not apply; counts which ran.
-    `padding` (B, N) bool marks real tokens: each sequence then runs on its own rows. `cache`: the
-    transformers cache holding these keys, beside which the prefix state is kept."""
+    `padding` (B, N) bool marks real tokens: each sequence then runs on its own rows. `prefix`:
+    (the transformers cache holding these keys, the layer's prefix states taken from beside it)."""
     if padding is not None:
-        return _run_padded(settings, q, k, v, scale, layer_idx, padding, cache)
+        return _run_padded(settings, q, k, v, scale, layer_idx, padding, prefix)
     cfg = _config(settings, q, k, layer_idx)
     if isinstance(cfg, str):
         STATE.count(f"fallback:{cfg}")
         logger.debug("pbs_tune: %s at %d keys falls back to SDPA (%s)", tuple(q.shape), k.shape[2], cfg)
-        if cache is not None:
-            STATE.prefixes.drop_layer(cache, layer_idx)
         return sdpa()
     STATE.count("pbs")
-    out = _pbs(q, k, v, cfg, scale, cache=cache, key=(layer_idx, None), graphs=settings.graphs,
+    out = _pbs(q, k, v, cfg, scale, prefix=prefix, key=(layer_idx, None), graphs=settings.graphs,
                keep_keys=settings.prefix_keys)
     return exact_tail(out, q, k, v, scale, settings.exact_tail)
 
@@ -146,15 +145,13 @@ def exact_tail(out, q, k, v, scale, rows):
     return out
 
 
-def _run_padded(settings, q, k, v, scale, layer_idx, padding, cache=None):
+def _run_padded(settings, q, k, v, scale, layer_idx, padding, prefix=None):
     """A padded batch: per sequence, PBS (or dense SDPA) over its real tokens only, zeros on the
     padded query rows, each row with its own prefix state. Counted once per sequence. Padding
     must be contiguous (left or right)."""
     spans = padded_spans(padding)
     if spans is None:
         STATE.count("fallback:mask")
-        if cache is not None:
-            STATE.prefixes.drop_layer(cache, layer_idx)
         return None
     B, H, M, D = q.shape
     offset = k.shape[2] - M
@@ -172,7 +169,7 @@ def _run_padded(settings, q, k, v, scale, layer_idx, padding, cache=None):
             rows.copy_(dense_causal(qs, ks, vs, scale))
         else:
             STATE.count("pbs")
-            pbs_rows = _pbs(qs, ks, vs, cfg, scale, out=rows, cache=cache, key=(layer_idx, b, start),
+            pbs_rows = _pbs(qs, ks, vs, cfg, scale, out=rows, prefix=prefix, key=(layer_idx, b, start),
                             keep_keys=settings.prefix_keys)
             exact_tail(pbs_rows, qs, ks, vs, scale, settings.exact_tail)
     return out

@@ -2,11 +2,12 @@
 layer and row of a padded batch.
 
 They are found by the cache object and held under a weak reference to it, so they go when the
-cache goes. A call on a layer that does not extend its state (a decode step, a dense fallback, a
-new prompt) drops it: a cache that was reset, cropped or reordered in between is never read
-through a state built before. A state whose length does not match the next chunk's prefix is
-rebuilt by that chunk. The attention function does not receive the cache, so `apply` adds a
-forward pre-hook to each attention module that notes the cache it is called with.
+cache goes. Each attention call takes its layer's states out (`take_layer`) and puts back only those
+it extended, so a call that does not extend them (a decode step, a dense fallback, a new prompt)
+drops them: a cache that was reset, cropped or reordered in between is never read through a state
+built before. A state whose length does not match the next chunk's prefix is rebuilt by that chunk.
+The attention function does not receive the cache, so `apply` adds a forward pre-hook to each
+attention module that notes the cache it is called with.
 """
 import threading
 import weakref
@@ -25,12 +26,11 @@ class PrefixStates:
         with self._lock:
             self._by_cache.setdefault(cache, {})[key] = state
 
-    def drop_layer(self, cache, layer) -> None:
-        """Forget every state of this layer (all rows) kept beside this cache."""
+    def take_layer(self, cache, layer) -> dict:
+        """Remove and return this layer's states ({(layer, row...): state}) kept beside this cache."""
         with self._lock:
-            states = self._by_cache.get(cache)
-            for key in [key for key in states or () if key[0] == layer]:
-                del states[key]
+            states = self._by_cache.get(cache) or {}
+            return {key: states.pop(key) for key in [key for key in states if key[0] == layer]}
 
     def held(self) -> int:
         """States held, over every live cache."""

@@ -52,13 +52,13 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
     reason = "not_applied" if settings is None else fallback_reason(settings, query, key, attention_mask,
                                                                      dropout, kwargs, causal)
     layer, cache = getattr(module, "layer_idx", None), cache_of(module)
+    held = STATE.prefixes.take_layer(cache, layer) if cache is not None else {}  # back only if extended
     if reason is not None:
         STATE.count(f"fallback:{reason}")
         logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", layer, reason)
-        if cache is not None:
-            STATE.prefixes.drop_layer(cache, layer)
         return sdpa()
-    out = run(settings, query, key, value, scaling, layer, sdpa, padding, cache)
+    out = run(settings, query, key, value, scaling, layer, sdpa, padding,
+              prefix=(cache, held) if cache is not None else None)
     if out is None:
         return sdpa()
     if isinstance(out, tuple):  # SDPA fallback already returns (B, N, H, D), None
