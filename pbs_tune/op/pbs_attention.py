@@ -9,8 +9,9 @@ import torch
 
 from ..kernels import attend_launch
 from ..profile.launch import LaunchConfig, default_launch
-from ..profile.params import PbsParams
+from ..profile.params import PbsParams, check_precision_on
 from .permutation import KeyPermutation, identity_permutation, permute_keys
+from .precision import attend_inputs
 from .selection import BlockList, select_blocks
 
 logger = logging.getLogger("pbs_tune")
@@ -19,10 +20,10 @@ GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def as_params(params=None, *, block_size=None, segment_size=None, threshold=None, permute=None,
-              estimator=None) -> PbsParams:
+              estimator=None, precision=None) -> PbsParams:
     """The op's parameters, given as one `PbsParams` or in the keyword form (checked there)."""
     keywords = dict(block_size=block_size, segment_size=segment_size, threshold=threshold, permute=permute,
-                    estimator=estimator)
+                    estimator=estimator, precision=precision)
     given = {k: v for k, v in keywords.items() if v is not None}
     if params is not None:
         if not isinstance(params, PbsParams):
@@ -77,6 +78,8 @@ def check_inputs(q, k, v, params=None, *, launch=None, **keywords) -> PbsParams:
             raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
     params = as_params(params, **keywords)
     params.per_head(Hq)
+    if q.device.type == "cuda":
+        check_precision_on(params.precision, torch.cuda.get_device_capability(q.device))
     if launch is not None:
         if not isinstance(launch, LaunchConfig):
             raise TypeError(f"launch must be a LaunchConfig, got {type(launch).__name__}")
@@ -96,8 +99,9 @@ def default_scale(q, scale):
 
 
 def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=None, out=None,
-                  return_lse=False):
-    """Stage 3: FlashAttention forward over the kept blocks only."""
+                  return_lse=False, precision="input"):
+    """Stage 3: FlashAttention forward over the kept blocks only, in the arithmetic `precision` names
+    (PbsParams.precision; the 8-bit modes quantize q and the permuted keys here, op/precision.py)."""
     scale = default_scale(q, scale)
     launch = launch or default_launch(blocks.block_size, q.shape[-1],
                                       torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
@@ -107,9 +111,16 @@ def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, sc
         if not tma_compatible(q, perm.k, perm.v, out):
             _note_portable()
             launch = portable(launch)
-    return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index,
-                         block_size=blocks.block_size, scale=scale, out=out, return_lse=return_lse,
-                         **launch.as_dict())
+    kernel = dict(block_size=blocks.block_size, scale=scale, return_lse=return_lse, **launch.as_dict())
+    if precision == "input":
+        return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index, out=out,
+                             **kernel)
+    low = attend_inputs(q, perm.k, perm.v, precision)
+    result = attend_launch(low.q, low.k, low.v, perm.positions, blocks.count, blocks.full, blocks.index,
+                           out=torch.empty_like(q) if out is None else out, scales=low.scales, **kernel)
+    if return_lse:
+        return result[0], result[1] + low.lse_shift(q, scale)
+    return result
 
 
 def tma_compatible(*tensors) -> bool:
@@ -162,7 +173,8 @@ def pbs_attention(q, k, v, params: PbsParams | None = None, *, launch=None, scal
     threshold (one number in (0, 1], or one per query head; 1.0 keeps every causal block),
     permute (False: the unpermuted block-selection baseline) and estimator ("mean", the paper's
     mean query . mean key, or "lse", the mean query against every key of the block with the
-    threshold taken of the mass outside the sink block; op/selection.py).
+    threshold taken of the mass outside the sink block; op/selection.py) and precision: "input"
+    (the input dtype), "int8" (INT8 Q.Kᵀ) or "int8+fp8" (also FP8 P.V, sm_89+); op/precision.py.
 
     M <= N: the queries are the last M key positions (M < N: a chunk of a prompt after its cached
     prefix; query i attends to keys 0 .. N - M + i). Permutation and selection cover all N keys.
@@ -174,5 +186,5 @@ def pbs_attention(q, k, v, params: PbsParams | None = None, *, launch=None, scal
     refuse_grad("pbs_attention", q, k, v)
     with torch.no_grad():
         perm, blocks = permute_and_select(q, k, v, params, scale=scale)
-        out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out)
+        out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out, precision=params.precision)
     return (out, blocks) if return_blocks else out

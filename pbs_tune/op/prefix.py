@@ -187,5 +187,5 @@ def pbs_attention_chunk(q, k, v, params: PbsParams | None = None, *, state: Pref
         k_perm, v_perm, positions = extend(state, q, k, v, params, scale)
         blocks = select(state, q, k_perm, positions, params, scale)
         out = attend_blocks(q, KeyPermutation(k_perm, v_perm, positions), blocks, launch=launch, scale=scale,
-                            out=out)
+                            out=out, precision=params.precision)
     return (out, blocks, state) if return_blocks else (out, state)

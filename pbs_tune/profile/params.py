@@ -13,6 +13,27 @@ from .launch import is_pow2
 # (logsumexp, kernels/block_scores.py), its threshold taken of the mass outside the sink block.
 ESTIMATORS = ("mean", "lse")
 
+# Arithmetic of the attend stage (selection always scores in 16/32-bit). input: Q.Kᵀ and P.V in the
+# input dtype. int8: Q.Kᵀ in INT8 (one scale per token, keys smoothed by the head's mean key; int32
+# sums), P.V in the input dtype. int8+fp8: P and V in FP8 e4m3 as well (V one scale per channel).
+# Hopper and Ada run 8-bit products at twice the 16-bit rate, A100 INT8 only (kernels/quantize.py).
+PRECISIONS = ("input", "int8", "int8+fp8")
+PRECISION_MIN_ARCH = {"input": 0, "int8": 80, "int8+fp8": 89}
+
+
+def precisions_on(arch: int | None) -> tuple:
+    """The precisions a GPU of this arch (80, 90, ...) runs; None: Triton's interpreter, which runs all."""
+    return PRECISIONS if arch is None else tuple(p for p in PRECISIONS if PRECISION_MIN_ARCH[p] <= arch)
+
+
+def check_precision_on(precision: str, capability) -> None:
+    """Raise ValueError where a GPU of this (major, minor) capability lacks the 8-bit units."""
+    need = PRECISION_MIN_ARCH[precision]
+    arch = capability[0] * 10 + capability[1]
+    if arch < need:
+        raise ValueError(f"precision {precision!r} needs sm_{need}+ (FP8 units: Ada, Hopper or newer); this GPU "
+                         f"is sm_{arch}: use precision 'int8' or 'input'")
+
 
 def _checked_threshold(threshold):
     """A float, or a tuple of floats (one per query head), from a number, a sequence or a tensor."""
@@ -30,13 +51,15 @@ def _checked_threshold(threshold):
 class PbsParams:
     """block_size: tokens per block (a power of two >= 16); segment_size: tokens per permuted
     segment (a multiple of the block); threshold: the cumulative mass kept, one number or one per
-    query head; permute: False for unpermuted selection; estimator: one of ESTIMATORS."""
+    query head; permute: False for unpermuted selection; estimator: one of ESTIMATORS; precision:
+    the attend stage's arithmetic, one of PRECISIONS."""
 
     block_size: int
     segment_size: int
     threshold: float | tuple
     permute: bool = True
     estimator: str = "mean"
+    precision: str = "input"
 
     def __post_init__(self):
         bs, seg = self.block_size, self.segment_size
@@ -49,6 +72,8 @@ class PbsParams:
             raise ValueError(f"permute must be true or false, got {self.permute!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def per_head(self, heads: int) -> tuple:
         """One threshold per query head; ValueError when a list does not match `heads`."""
@@ -69,7 +94,7 @@ class PbsParams:
         d = asdict(self)
         if isinstance(self.threshold, tuple):
             d["threshold"] = list(self.threshold)
-        for name in ("permute", "estimator"):  # defaults stay implicit: files of earlier releases read the same
+        for name in ("permute", "estimator", "precision"):  # defaults stay implicit: files of earlier releases read the same
             if d[name] == PbsParams.__dataclass_fields__[name].default:
                 del d[name]
         return d
@@ -84,7 +109,9 @@ def describe_threshold(threshold) -> str:
 
 
 def describe_config(params: PbsParams, launch) -> str:
-    """'b128 s256 τ0.9 128x128w8s3' (with 'unpermuted' and the estimator where not the default)."""
+    """'b128 s256 τ0.9 128x128w8s3' (with 'unpermuted', the estimator and the precision where not the
+    default)."""
     return (f"b{params.block_size} s{params.segment_size} {describe_threshold(params.threshold)}"
-            f"{'' if params.permute else ' unpermuted'}{'' if params.estimator == 'mean' else ' ' + params.estimator} "
+            f"{'' if params.permute else ' unpermuted'}{'' if params.estimator == 'mean' else ' ' + params.estimator}"
+            f"{'' if params.precision == 'input' else ' ' + params.precision} "
             f"{launch.label()}")

@@ -22,7 +22,8 @@ from ..dtypes import NAMES as DTYPE_NAMES
 from ..seqlen import format_length
 from .launch import REQUIRED_FIELDS as LAUNCH_REQUIRED
 from .launch import LaunchConfig
-from .params import PbsParams, describe_config
+from .params import PRECISION_MIN_ARCH, PbsParams, describe_config
+from .target import arch_of
 from .provenance import Provenance
 
 logger = logging.getLogger("pbs_tune")
@@ -58,12 +59,13 @@ class KernelKey:
     permute: bool      # unpermuted selection runs no segment sort
     estimator: str     # "lse" runs the block-scores kernel
     keep_all: bool
+    precision: str     # the 8-bit modes run the quantizer and the attend kernel's 8-bit variant
     launch: LaunchConfig
 
     @classmethod
     def of(cls, entry, params: PbsParams, launch: LaunchConfig) -> "KernelKey":
         return cls(entry.dtype, entry.head_dim, params.block_size, params.segment_size, params.permute,
-                   params.estimator, params.keeps_all, launch)
+                   params.estimator, params.keeps_all, params.precision, launch)
 
 
 @dataclass
@@ -167,6 +169,11 @@ class ProfileEntry:
         for name, value in raw_layers.items():
             idx = _layer_index(name, f"{where}: layers")
             layers[idx] = DENSE if value == DENSE else _config(value, f"{where}: layers.{name}", ints["heads"])
+        arch = arch_of(gpu)
+        for p, _ in [(params, launch)] + [c for c in layers.values() if c != DENSE]:
+            if arch is not None and PRECISION_MIN_ARCH[p.precision] > arch:
+                raise ProfileError(f"{where}: precision {p.precision!r} needs sm_{PRECISION_MIN_ARCH[p.precision]}+ "
+                                   f"and {gpu} is sm_{arch}: tune this GPU again (pbs-tune sweep --gpu {gpu})")
         measured = d.get("measured") or {}
         if not isinstance(measured, dict):
             raise ProfileError(f"{where}: measured must be a mapping")
@@ -219,12 +226,12 @@ def _config(d, where, heads):
         if extra:
             raise ProfileError(f"{where}: {part} has unknown field(s) {', '.join(map(str, extra))}")
         lacking = [f for f in fields if f not in value
-                   and (f in LAUNCH_REQUIRED if part == "launch" else f not in ("permute", "estimator"))]
+                   and (f in LAUNCH_REQUIRED if part == "launch" else f not in ("permute", "estimator", "precision"))]
         if lacking:
             raise ProfileError(f"{where}: {part} lacks {', '.join(lacking)}")
     try:
         params = PbsParams(p["block_size"], p["segment_size"], p["threshold"], p.get("permute", True),
-                           p.get("estimator", "mean"))
+                           p.get("estimator", "mean"), p.get("precision", "input"))
         params.per_head(heads)
     except ValueError as exc:
         raise ProfileError(f"{where}: params.{exc}") from None

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 
 from ..op.pbs_attention import attend_blocks, default_scale, key_order
-from ..profile.params import ESTIMATORS
+from ..profile.params import ESTIMATORS, PRECISIONS
 from ..op.selection import select_blocks
 from ..measure.metrics import dense_reference
 
@@ -39,21 +39,34 @@ SAMPLED_ROWS = 256
 
 
 class Variant(NamedTuple):
-    """How a layer selects blocks, besides its thresholds: permuted or not, and which estimator."""
+    """How a layer selects and attends, besides its thresholds: permuted or not, which estimator,
+    which arithmetic (PbsParams.precision)."""
 
     permute: bool
     estimator: str = "mean"
+    precision: str = "input"
+
+    @property
+    def block_cost(self) -> float:
+        return BLOCK_COST[self.precision]
 
 
 REFERENCE = Variant(True, "mean")  # the published method, what every plan is measured against
+# Attend time per kept block relative to 16-bit, what an allocation minimises (kept x cost): the
+# 8-bit products run at twice the rate, Q.Kᵀ and P.V are each half the FLOPs. A model, not a
+# measurement: the sweep times every plan, and benchmarks/README.md has the measured ratios.
+BLOCK_COST = {"input": 1.0, "int8": 0.75, "int8+fp8": 0.5}
 
 
-def variants_of(estimators=ESTIMATORS) -> tuple:
-    """Every variant with one of `estimators`, permuted and not."""
+def variants_of(estimators=ESTIMATORS, precisions=("input",)) -> tuple:
+    """Every variant with one of `estimators` and one of `precisions`, permuted and not."""
     unknown = set(estimators) - set(ESTIMATORS)
     if unknown:
         raise ValueError(f"unknown block estimator {sorted(unknown)[0]!r}; choose from {', '.join(ESTIMATORS)}")
-    return tuple(Variant(p, e) for e in estimators for p in (True, False))
+    unknown = set(precisions) - set(PRECISIONS)
+    if unknown:
+        raise ValueError(f"unknown precision {sorted(unknown)[0]!r}; choose from {', '.join(PRECISIONS)}")
+    return tuple(Variant(p, e, x) for x in precisions for e in estimators for p in (True, False))
 
 
 VARIANTS = variants_of()
@@ -96,7 +109,7 @@ class HeadCurves:
 
 
 def head_curves(q, k, v, *, block_size, segment_size, permute=True, estimator="mean", grid=GRID, launch=None,
-                dense=None, top=None) -> HeadCurves:
+                dense=None, top=None, precision="input") -> HeadCurves:
     """Measure every head's error and kept blocks at each grid threshold; the batch holds the
     samples, whose curves are kept apart in `samples` (`dense`: the float32 dense output, `top`:
     heaviest_keys, where the caller has them)."""
@@ -113,7 +126,7 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, estimator="m
         for g, thr in enumerate(grid):  # one permutation serves every threshold
             blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size, segment_size=segment_size,
                                    threshold=thr, scale=scale, estimator=estimator)
-            out = attend_blocks(q, perm, blocks, launch=launch, scale=scale)
+            out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, precision=precision)
             sq_err[..., g] = _squared_norms(out, dense)
             kept[..., g] = blocks.count.double().sum(dim=2).cpu()
             hits[..., g] = heaviest_key_kept(top, rows, perm.positions, blocks).double().sum(dim=2).cpu()
@@ -168,7 +181,8 @@ def allocate(curves: HeadCurves, bound: float, floor=None) -> tuple:
 
     The Lagrangian solution is compared with a greedy descent from the best single threshold
     (on a discrete grid the Lagrangian can miss points of the front): never worse than uniform."""
-    budget = bound ** 2 * float(curves.ref_sq.sum())
+    # squared back from a rel-L2 (a square root): a bound equal to some choice's error must admit it
+    budget = bound ** 2 * float(curves.ref_sq.sum()) * (1 + 1e-12)
     heads = curves.sq_err.shape[0]
     rows = torch.arange(heads)
     last = torch.full((heads,), len(curves.grid) - 1)
@@ -257,14 +271,21 @@ class LayerPlan:
     reference_rel_l2: float
     margin: float = None  # the margin the allocation worked to (below the bound's after validation)
     estimator: str = "mean"
+    precision: str = "input"
 
     @property
     def variant(self) -> Variant:
-        return Variant(self.permute, self.estimator)
+        return Variant(self.permute, self.estimator, self.precision)
+
+    @property
+    def cost(self) -> float:
+        """Attend work relative to the reference's: kept blocks x the precision's block cost."""
+        return self.kept_ratio * BLOCK_COST[self.precision]
 
     def as_dict(self) -> dict:
         """As a trial stores it (JSON)."""
-        return dict(permute=self.permute, estimator=self.estimator, thresholds=list(self.thresholds),
+        return dict(permute=self.permute, estimator=self.estimator, precision=self.precision,
+                    thresholds=list(self.thresholds),
                     kept_ratio=round(self.kept_ratio, 4), rel_l2=round(self.rel_l2, 6),
                     reference_rel_l2=round(self.reference_rel_l2, 6),
                     margin=None if self.margin is None else round(self.margin, 4))
@@ -272,7 +293,7 @@ class LayerPlan:
     @classmethod
     def from_dict(cls, d) -> "LayerPlan":
         return cls(d["permute"], tuple(d["thresholds"]), d["kept_ratio"], d.get("rel_l2"),
-                   d.get("reference_rel_l2"), d.get("margin"), d.get("estimator", "mean"))
+                   d.get("reference_rel_l2"), d.get("margin"), d.get("estimator", "mean"), d.get("precision", "input"))
 
 
 def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VARIANTS) -> dict:
@@ -282,7 +303,7 @@ def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VAR
     top = heaviest_keys(q, k, sampled_rows(q.shape[2], block_size))
     wanted = [REFERENCE] + [Variant(*x) for x in variants if Variant(*x) != REFERENCE]
     return {x: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=x.permute,
-                           estimator=x.estimator, launch=launch, dense=dense, top=top)
+                           estimator=x.estimator, launch=launch, dense=dense, top=top, precision=x.precision)
             for x in dict.fromkeys(wanted)}
 
 
@@ -298,14 +319,15 @@ def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:
         used = held_out_margin(curves, margin=margin, reference=reference, variants=(variant,))
         plan = _cheapest_plan(curves, used, reference, (variant,))
         plan.margin = used
-        if best is None or plan.kept_ratio < best.kept_ratio:
+        if best is None or plan.cost < best.cost:
             best = plan
     return best
 
 
 def _cheapest_plan(curves: dict, margin: float, reference: float, variants=None) -> LayerPlan:
-    """The reference, or the allocation on one of `variants` (default: all in `curves`) keeping
-    fewest blocks within `margin` x the reference's error and the heaviest-key floor."""
+    """The reference, or the allocation on one of `variants` (default: all in `curves`) with the
+    least attend work (kept blocks x the variant's block cost) within `margin` x the reference's
+    error and the heaviest-key floor."""
     ref = curves[REFERENCE]
     g = ref.grid.index(reference)
     ref_kept = float(ref.kept[:, g].sum())
@@ -320,8 +342,9 @@ def _cheapest_plan(curves: dict, margin: float, reference: float, variants=None)
         rows = torch.arange(len(thr))
         kept = float(c.kept[rows, choice].sum()) / ref_kept
         err = c.rel_l2(choice)
-        if err <= bound and bool((c.top_hits[rows, choice] >= need).all()) and kept < best.kept_ratio:
-            best = LayerPlan(variant.permute, thr, kept, err, ref_err, estimator=variant.estimator)
+        if err <= bound and bool((c.top_hits[rows, choice] >= need).all()) and kept * variant.block_cost < best.cost:
+            best = LayerPlan(variant.permute, thr, kept, err, ref_err, estimator=variant.estimator,
+                             precision=variant.precision)
     return best
 
 

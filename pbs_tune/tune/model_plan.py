@@ -75,7 +75,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
     for m in [margin] + [x for x in PROBE_MARGINS if x < margin]:
         progress.say(f"retrieval probe at margin {m}: {len(prompts)} prompts")
         plans = {idx: choose_plan(c, margin=m, reference=reference) for idx, c in curves.items()}
-        layers = {idx: (PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator), launch)
+        layers = {idx: (PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator, p.precision), launch)
                   for idx, p in plans.items()}
         use_entry(model, entry(layers))
         hits = probe_hits(model, tokenizer, prompts) if prompts else need
@@ -88,7 +88,8 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
 
 
 def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, reference=0.9, probes=40,
-               block_size=128, segment_size=256, launch=None, min_len=None, estimators=ESTIMATORS):
+               block_size=128, segment_size=256, launch=None, min_len=None, estimators=ESTIMATORS,
+               precisions=("input",)):
     """Plans for every layer of `model` from 2+ calibration sequences and a retrieval probe on
     `probe_seqs` (their text as haystack). Returns (profile entry, report dict)."""
     seqlen = len(calib_seqs[0])
@@ -101,7 +102,7 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     curves = {}
     for idx, (q, k, v) in recorded:
         curves[idx] = layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch,
-                                   variants=variants_of(estimators))
+                                   variants=variants_of(estimators, precisions))
         steps.step()
     haystack = [int(t) for s in probe_seqs for t in s]
     prompts = probe_prompts(tokenizer, haystack, probes, seqlen - min(512, seqlen // 4)) if probes else []
@@ -114,7 +115,8 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
                                         "each calibration sequence left out of the fit), per head no fewer sampled "
                                         "queries' heaviest keys kept, and no fewer retrieval probes answered than "
                                         "with the reference"))
-    report = [dict(layer=idx, permute=p.permute, estimator=p.estimator, thresholds=list(p.thresholds), margin=used,
+    report = [dict(layer=idx, permute=p.permute, estimator=p.estimator, precision=p.precision,
+                   thresholds=list(p.thresholds), margin=used,
                    allocation_margin=p.margin,
                    calib_default_rel_l2=p.reference_rel_l2, calib_per_head_rel_l2=p.rel_l2,
                    calib_kept_ratio=p.kept_ratio) for idx, p in sorted(plans.items())]
@@ -142,6 +144,6 @@ def plan_to_profile(spec, gpu: str):
     seqs = token_sequences(tokenizer, texts, spec.seqlen, 6)
     entry, report = plan_model(net, tokenizer, seqs[:2], seqs[2:], margin=spec.margin, reference=spec.reference,
                                probes=spec.probes, block_size=spec.block_size, segment_size=spec.segment_size,
-                               estimators=spec.estimators)
+                               estimators=spec.estimators, precisions=spec.precisions_on(gpu))
     profiles.merge_entries(spec.profile, [entry])
     return entry, report

@@ -181,6 +181,23 @@ def test_the_block_estimator_is_a_profile_parameter_with_the_papers_as_default(t
         profiles.load(str(path))
 
 
+def test_the_attend_precision_is_a_profile_parameter_checked_against_the_entrys_gpu(tmp_path):
+    path = tmp_path / "h100.yaml"
+    int8 = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, precision="int8"))
+    profiles.merge_entries(str(path), [int8, entry(16384)])
+    a, b = profiles.load(str(path)).entries
+    assert a.params.precision == "int8" and b.params.precision == "input"
+    assert "precision" not in yaml.safe_load(path.read_text())["entries"][1]["params"]  # the default stays implicit
+    assert a.kernel_keys() != profiles.ProfileEntry.from_dict(entry(8192, thr=0.8)).kernel_keys()
+    assert "int8" in a.describe()
+    fp8_on_a100 = dict(entry(8192), gpu="a100-sxm",
+                       params=dict(block_size=128, segment_size=256, threshold=0.8, precision="int8+fp8"))
+    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[fp8_on_a100])))
+    with pytest.raises(profiles.ProfileError, match="precision 'int8\\+fp8' needs sm_89\\+ and a100-sxm is sm_80: "
+                                                    "tune this GPU again"):
+        profiles.load(str(path))
+
+
 @pytest.mark.parametrize("text", ["workload:mixed", "workload:mixed x4", "workload:stripes@1", "workload:families@3 x2",
                                   "capture:/data/my calib@2 x3.safetensors"])
 def test_a_data_source_name_is_built_and_parsed_in_one_place(text):

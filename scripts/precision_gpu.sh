@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 34 on one GPU: the 8-bit attend modes (python -m pbs_tune.bench.precision), from the checkout
+# installed as a read-only wheel and run from /tmp (nothing depends on the checkout's place).
+#   STEP=kernel  a smoke check of every mode on both kernels first (a bug costs seconds); the sm_90
+#                library rebuilt natively for the shipped H100/H200 profiles (the kernel sources
+#                changed), copied to $OUT as sm_90.tar.gz; then the attend kernel per mode
+#   STEP=op      threshold and precision chosen together per workload family on one seed, judged on
+#                the next (32k, 128k), against the 16-bit paper default and SDPA cuDNN / flash
+source "$(dirname "$0")/gpu_common.sh"
+if [ -d .whl ]; then
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+install_readonly_wheel
+cd /tmp
+run() { PYTHONPATH=/tmp/site-ro:${PYTHONPATH:-} $py "$@"; }
+case "${STEP:-kernel}" in
+  kernel)
+    run - <<'PY' || exit 1
+import torch
+from pbs_tune import LaunchConfig, pbs_attention
+from pbs_tune.measure.metrics import dense_reference, rel_l2
+from pbs_tune.measure.workloads import make_qkv
+q, k, v = make_qkv("mixed", seqlen=4096 + 77, device="cuda", seed=3)
+ref = dense_reference(q, k, v)
+for launch in (LaunchConfig(128, 128, 8, 3), LaunchConfig(128, 128, 8, 2, tma=True)):
+    for p in ("input", "int8", "int8+fp8"):
+        for thr in (1.0, 0.9):
+            out = pbs_attention(q, k, v, block_size=128, segment_size=256, threshold=thr, precision=p, launch=launch)
+            print(launch.label(), p, thr, round(rel_l2(out, ref), 5), flush=True)
+            assert rel_l2(out, ref) < 0.2, "8-bit output far from dense: stop"
+PY
+    (cd "$root" && rm -rf cache/sm_90 && for p in h100-sxm h200-sxm; do $py -m pbs_tune compile --profile configs/$p.yaml 2>&1 | grep -v -i warn | tail -2; done
+     tar czf "$OUT/sm_90.tar.gz" cache/sm_90)
+    run -m pbs_tune.bench.precision --parts kernel --out "$OUT/precision_kernel.json" 2>&1 | tail -25
+    ;;
+  op)
+    run -m pbs_tune.bench.precision --parts op --out "$OUT/precision_op.json" 2>&1 | tail -14
+    ;;
+esac
+ls -la "$OUT"
