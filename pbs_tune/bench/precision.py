@@ -7,6 +7,9 @@ Parts (--parts, comma-separated):
   op      per workload family and length: threshold and precision chosen together on one seed (the
           fastest whose rel-L2 is at most the paper default's there), then judged on the next seed
           against the 16-bit paper default, SDPA cuDNN and flash.
+  cost    what 8-bit arithmetic costs in threshold: per family, rel-L2 and density of every
+          precision over a threshold grid, and the density each needs to match the 16-bit default's
+          error (no timing: runs on the CPU too, `--device cpu` under TRITON_INTERPRET=1).
 Writes JSON (device, versions, every number) to --out and prints a summary.
   python -m pbs_tune.bench.precision --parts kernel,op --out benchmarks/results/h100_precision.json
 """
@@ -177,6 +180,27 @@ def part_op(res, lengths, families, precisions, seed):
     print(json.dumps(rounded(summary)), flush=True)
 
 
+def part_cost(res, n, families, precisions, seed, device, shape):
+    rows = []
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    bs = 128 if device == "cuda" else 64
+    for fam in families:
+        q, k, v = make_qkv(fam, seqlen=n, device=device, seed=seed, dtype=dtype, **shape)
+        dense = dense_reference(q, k, v)
+        row = dict(family=fam, n=n)
+        for p in precisions:
+            for thr in (1.0,) + THRESHOLDS:
+                out, blocks = _op(q, k, v, PbsParams(bs, 2 * bs, thr, precision=p))
+                row[f"{p}@{thr}"] = (round(rel_l2(out, dense), 5), round(blocks.density(), 4))
+        target = row["input@0.9"][0]
+        for p in precisions:  # the sparsest grid point of this precision within the default's error
+            ok = [(d, thr) for thr in (1.0,) + THRESHOLDS for e, d in [row[f"{p}@{thr}"]] if e <= target]
+            row[f"{p}_matching"] = min(ok) if ok else None
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    res["cost"] = rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="kernel,op")
@@ -186,10 +210,13 @@ def main():
     ap.add_argument("--families", default=",".join(list(FAMILIES) + ["mixed"]))
     ap.add_argument("--precisions", default="auto", help="comma-separated, or auto: every one this GPU runs")
     ap.add_argument("--seed", type=int, default=20)
+    ap.add_argument("--cost-length", default="32k")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu for the cost part under TRITON_INTERPRET=1")
+    ap.add_argument("--heads", default="32,8", help="query and KV heads of the cost part")
     ap.add_argument("--out", default="bench_precision.json")
     args = ap.parse_args()
-    cap = torch.cuda.get_device_capability()
-    precisions = precisions_on(cap[0] * 10 + cap[1]) if args.precisions == "auto" else \
+    cap = torch.cuda.get_device_capability() if args.device == "cuda" else None
+    precisions = precisions_on(cap and cap[0] * 10 + cap[1]) if args.precisions == "auto" else \
         tuple(p for p in PRECISIONS if p in args.precisions.split(","))
     res = dict(env=env_info(), args=vars(args), precisions=precisions)
     print(json.dumps(res["env"]), flush=True)
@@ -198,6 +225,10 @@ def main():
         if "kernel" in parts:
             part_kernel(res, [parse_length(x) for x in args.lengths.split(",")],
                         [float(x) for x in args.densities.split(",")], precisions)
+        if "cost" in parts:
+            hq, hkv = (int(x) for x in args.heads.split(","))
+            part_cost(res, parse_length(args.cost_length), args.families.split(","), precisions, args.seed,
+                      args.device, dict(heads=hq, kv_heads=hkv, head_dim=128))
         if "op" in parts:
             part_op(res, [parse_length(x) for x in args.op_lengths.split(",")], args.families.split(","),
                     precisions, args.seed)

@@ -79,7 +79,8 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
                   for idx, p in plans.items()}
         use_entry(model, entry(layers))
         hits = probe_hits(model, tokenizer, prompts) if prompts else need
-        log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values())))
+        log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values()),
+                        mean_cost=statistics.fmean(p.cost for p in plans.values())))
         if hits >= need:
             break
     planned = entry(layers, seqlen=min_len)
