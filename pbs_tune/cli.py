@@ -160,7 +160,8 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         profile=profile_path or profile_store.default_profile_path(gpu), heads=heads, kv_heads=kv_heads,
         head_dim=int(head_dim), dtype=dtype, workload=workload, calib=calib, holdout_calib=holdout_calib,
         max_error=max_error, trials=trials, timeout=timeout, seed=seed, heartbeat_s=heartbeat_s, per_head=per_head,
-        margin=margin, estimators=estimators, precisions=precisions, samples=samples, study=study_prefix, library=library,
+        margin=margin, estimators=estimators, precisions=precisions, samples=samples, study=study_prefix,
+        library=library,
         workers=worker_count(workers, gpu != CPU), compile=not no_compile, quiet=quiet, rewrite=rewrite)
     if calib:
         spec = replace(spec, **_shape_of_capture(calib, heads, kv_heads, int(head_dim), dtype))

@@ -11,7 +11,7 @@ from ..kernels import attend_launch
 from ..profile.launch import LaunchConfig, default_launch
 from ..profile.params import PbsParams, check_precision_on
 from .permutation import KeyPermutation, identity_permutation, permute_keys
-from .precision import attend_inputs
+from .precision import FP8_MIN_KEYS, attend_inputs
 from .selection import BlockList, select_blocks
 
 logger = logging.getLogger("pbs_tune")
@@ -105,6 +105,9 @@ def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, sc
     scale = default_scale(q, scale)
     launch = launch or default_launch(blocks.block_size, q.shape[-1],
                                       torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
+    if precision == "int8+fp8" and launch.block_n < FP8_MIN_KEYS:
+        raise ValueError(f"precision 'int8+fp8' needs launch.block_n >= {FP8_MIN_KEYS} (FP8 products take "
+                         f"{FP8_MIN_KEYS} keys at a time), got {launch.block_n}: use a larger block_n or precision 'int8'")
     if launch.tma:
         if q.is_cuda:
             launch.check_device(torch.cuda.get_device_capability(q.device))

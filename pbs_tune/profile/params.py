@@ -94,7 +94,8 @@ class PbsParams:
         d = asdict(self)
         if isinstance(self.threshold, tuple):
             d["threshold"] = list(self.threshold)
-        for name in ("permute", "estimator", "precision"):  # defaults stay implicit: files of earlier releases read the same
+        # Defaults stay implicit: files of earlier releases read the same.
+        for name in ("permute", "estimator", "precision"):
             if d[name] == PbsParams.__dataclass_fields__[name].default:
                 del d[name]
         return d

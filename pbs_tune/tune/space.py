@@ -20,7 +20,8 @@ GPU_SPACE = dict(block_size=(64, 128), blocks_per_segment=(2, 4, 8, 16), thresho
                  programs_per_sm=(0, 1, 2))
 # The interpreter runs tiny problems: small blocks, one launch shape (timing is meaningless).
 CPU_SPACE = dict(block_size=(16, 32), blocks_per_segment=(2, 4), threshold=(0.6, 0.99), estimator=ESTIMATORS,
-                 precision=PRECISIONS, split=(1,), num_warps=(4,), num_stages=(1,), kernel=("portable", "tma"), programs_per_sm=(0, 1))
+                 precision=PRECISIONS, split=(1,), num_warps=(4,), num_stages=(1,), kernel=("portable", "tma"),
+                 programs_per_sm=(0, 1))
 
 
 def gpu_space(arch: int) -> dict:

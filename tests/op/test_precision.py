@@ -14,7 +14,8 @@ from pbs_tune.op.precision import attend_inputs
 from pbs_tune.profile.params import check_precision_on, precisions_on
 from helpers import allowed_matrix, masked_attention, random_qkv, reference_for, rel_l2
 
-LAUNCHES = [LaunchConfig(32, 32, 4, 1), LaunchConfig(32, 16, 4, 2, tma=True)]
+# (PBS block, launch): one key tile per block on the portable kernel, two per block on the Hopper one.
+LAUNCHES = [(32, LaunchConfig(32, 32, 4, 1)), (64, LaunchConfig(64, 32, 4, 2, tma=True))]
 
 
 def _dequantised(q, perm, low):
@@ -26,11 +27,11 @@ def _dequantised(q, perm, low):
     return q_dq, k_dq, v_dq
 
 
-@pytest.mark.parametrize("launch", LAUNCHES, ids=["portable", "hopper"])
+@pytest.mark.parametrize("block,launch", LAUNCHES, ids=["portable", "hopper"])
 @pytest.mark.parametrize("precision,tight", [("int8", 1e-5), ("int8+fp8", 0.04)])
-def test_each_mode_matches_float64_attention_over_its_own_quantised_inputs(launch, precision, tight):
+def test_each_mode_matches_float64_attention_over_its_own_quantised_inputs(block, launch, precision, tight):
     q, k, v = random_qkv(1, 4, 2, 150, 64)
-    perm, blocks = permute_and_select(q, k, v, block_size=32, segment_size=64, threshold=0.8)
+    perm, blocks = permute_and_select(q, k, v, block_size=block, segment_size=2 * block, threshold=0.8)
     out = attend_blocks(q, perm, blocks, launch=launch, precision=precision)
     q_dq, k_dq, v_dq = _dequantised(q, perm, attend_inputs(q, perm.k, perm.v, precision))
     allowed = allowed_matrix(blocks, perm.positions, q.shape[2], 2)
@@ -103,4 +104,7 @@ def test_precision_is_checked_where_it_is_made_and_against_the_gpu():
                                          "precision 'int8' or 'input'"):
         check_precision_on("int8+fp8", (8, 0))
     check_precision_on("int8+fp8", (9, 0))
+    q, k, v = random_qkv(1, 2, 1, 40, 64)
+    with pytest.raises(ValueError, match="precision 'int8\\+fp8' needs launch.block_n >= 32 .* got 16: use a larger"):
+        pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.9, precision="int8+fp8")
     assert precisions_on(80) == ("input", "int8") and precisions_on(90) == ("input", "int8", "int8+fp8")

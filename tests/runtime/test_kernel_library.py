@@ -209,14 +209,19 @@ def test_compile_for_a_named_arch_needs_no_gpu_and_leaves_the_profile_alone(tmp_
     from pbs_tune.cli import main
     from pbs_tune.runtime import cross_build
     from helpers import TINY_SHAPE, profile_entry, write_profile
-    path = write_profile(tmp_path, [profile_entry(64, 0.9, **TINY_SHAPE)])
+    fp8 = profile_entry(128, 0.9, **dict(TINY_SHAPE, block_size=32))  # FP8 tiles take 32 keys at least
+    fp8["params"]["precision"] = "int8+fp8"  # its quantizer and 8-bit attend are built too
+    path = write_profile(tmp_path, [profile_entry(64, 0.9, **TINY_SHAPE), fp8])
     before = open(path).read()
     res = CliRunner().invoke(main, ["compile", "--profile", path, "--arch", "100", "--kernels", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert "for sm_100" in res.output and "built without that GPU; never run here" in res.output
     manifest = library_bind.read(str(tmp_path / "b"))
     assert manifest["arch"] == 100 and manifest["kernel_sources"] == library_bind.kernel_sources_hash()
-    assert {library_bind.record_key(r) for r in manifest["kernels"]} == set(cross_build.kernel_keys(path, "cpu"))
+    held = {library_bind.record_key(r) for r in manifest["kernels"]}
+    assert held == set(cross_build.kernel_keys(path, "cpu"))
+    assert {"_quantize_rows", "_attend_fwd"} <= {key[0] for key in held}
+    assert any(("PV_FP8", True) in key[2] for key in held)
     assert open(path).read() == before  # a cpu profile names no sm_100 library
     res = CliRunner().invoke(main, ["compile", "--profile", path, "--arch", "80,89", "--kernels", str(tmp_path)])
     assert res.exit_code == 1 and "a library holds one arch: give one --arch" in res.output

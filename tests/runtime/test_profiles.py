@@ -166,35 +166,28 @@ def test_per_head_thresholds_round_trip_and_are_checked(tmp_path):
         profiles.load(str(path))
 
 
-def test_the_block_estimator_is_a_profile_parameter_with_the_papers_as_default(tmp_path):
+@pytest.mark.parametrize("field,value,default,bad,match", [
+    ("estimator", "lse", "mean", dict(estimator="max"), "params.estimator must be one of mean, lse, got 'max'"),
+    ("precision", "int8", "input", dict(precision="int8+fp8", gpu="a100-sxm"),
+     "precision 'int8\\+fp8' needs sm_89\\+ and a100-sxm is sm_80: tune this GPU again"),
+])
+def test_estimator_and_precision_are_profile_parameters_with_implicit_defaults(tmp_path, field, value, default, bad,
+                                                                                match):
+    """The block estimator (the paper's by default) and the attend precision (the input dtype by
+    default; an 8-bit mode the entry's GPU lacks is refused at load)."""
     path = tmp_path / "h100.yaml"
-    lse = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, estimator="lse"))
-    profiles.merge_entries(str(path), [lse, entry(16384)])
+    chosen = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, **{field: value}))
+    profiles.merge_entries(str(path), [chosen, entry(16384)])
     a, b = profiles.load(str(path)).entries
-    assert a.params.estimator == "lse" and b.params.estimator == "mean"
-    assert "estimator" not in yaml.safe_load(path.read_text())["entries"][1]["params"]  # the default stays implicit
+    assert getattr(a.params, field) == value and getattr(b.params, field) == default
+    assert field not in yaml.safe_load(path.read_text())["entries"][1]["params"]  # the default stays implicit
     assert a.kernel_keys() != profiles.ProfileEntry.from_dict(entry(8192, thr=0.8)).kernel_keys()
-    assert "lse" in a.describe() and a.params.estimator == "lse"
-    bad = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, estimator="max"))
-    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[bad])))
-    with pytest.raises(profiles.ProfileError, match="params.estimator must be one of mean, lse, got 'max'"):
-        profiles.load(str(path))
-
-
-def test_the_attend_precision_is_a_profile_parameter_checked_against_the_entrys_gpu(tmp_path):
-    path = tmp_path / "h100.yaml"
-    int8 = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, precision="int8"))
-    profiles.merge_entries(str(path), [int8, entry(16384)])
-    a, b = profiles.load(str(path)).entries
-    assert a.params.precision == "int8" and b.params.precision == "input"
-    assert "precision" not in yaml.safe_load(path.read_text())["entries"][1]["params"]  # the default stays implicit
-    assert a.kernel_keys() != profiles.ProfileEntry.from_dict(entry(8192, thr=0.8)).kernel_keys()
-    assert "int8" in a.describe()
-    fp8_on_a100 = dict(entry(8192), gpu="a100-sxm",
-                       params=dict(block_size=128, segment_size=256, threshold=0.8, precision="int8+fp8"))
-    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[fp8_on_a100])))
-    with pytest.raises(profiles.ProfileError, match="precision 'int8\\+fp8' needs sm_89\\+ and a100-sxm is sm_80: "
-                                                    "tune this GPU again"):
+    assert value in a.describe()
+    bad = dict(bad)
+    gpu = bad.pop("gpu", "h100")
+    wrong = dict(entry(8192, gpu=gpu), params=dict(block_size=128, segment_size=256, threshold=0.8, **bad))
+    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[wrong])))
+    with pytest.raises(profiles.ProfileError, match=match):
         profiles.load(str(path))
 
 
