@@ -6,6 +6,8 @@
 #                changed), copied to $OUT as sm_90.tar.gz; then the attend kernel per mode
 #   STEP=op      threshold and precision chosen together per workload family on one seed, judged on
 #                the next (32k, 128k), against the 16-bit paper default and SDPA cuDNN / flash
+#   STEP=plan    per-layer plans over permute x estimator x precision on the trained fixture at 32k,
+#                against the paper default and dense (LM loss on 32 texts, retrieval on 200 prompts)
 source "$(dirname "$0")/gpu_common.sh"
 if [ -d .whl ]; then
   $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -36,6 +38,12 @@ PY
     ;;
   op)
     run -m pbs_tune.bench.precision --parts op --out "$OUT/precision_op.json" 2>&1 | tail -14
+    ;;
+  plan)
+    precisions=$(run -c "import torch; from pbs_tune.profile.params import precisions_on as p; \
+c = torch.cuda.get_device_capability(); print(','.join(p(c[0] * 10 + c[1])))")
+    run -m pbs_tune.bench.per_head --parts model --model "$root/fixtures/byte-llama" --seqlen 32k --sequences 32 \
+        --prompts 200 --precisions "$precisions" --out "$OUT/precision_fixture_plans.json" 2>&1 | tail -12
     ;;
 esac
 ls -la "$OUT"
