@@ -96,7 +96,7 @@ def test_selection_keeps_smallest_set_reaching_threshold_plus_diagonal_and_sink(
 
 def test_bisection_and_sort_keep_the_same_blocks():
     """Block logits with ties and a spread of scales: both searches give the same kept set."""
-    B, H, nb, bs = 1, 4, 40, 16
+    B, H, nb, bs = 1, 4, 24, 16
     logits = torch.randn(B, H, nb, nb) * torch.tensor([0.5, 2.0, 6.0, 12.0]).view(1, H, 1, 1)
     logits[..., ::7] = logits[..., 3:4]  # ties
     kmin = (torch.arange(nb, dtype=torch.int32) * bs).expand(B, 2, nb).contiguous()

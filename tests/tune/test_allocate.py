@@ -31,17 +31,18 @@ def test_never_worse_than_one_threshold_where_the_lagrangian_misses():
 def test_measured_curves_add_up_and_the_allocation_holds_its_bound():
     q, k, v = torch.randn(1, 4, 96, 32) * 2, torch.randn(1, 2, 96, 32) * 2, torch.randn(1, 2, 96, 32)
     q[:, :2] *= 0.1  # two heads with flat attention, two sharp ones
-    a = head_curves(q, k, v, block_size=16, segment_size=32, grid=GRID)
-    b = head_curves(q.flip(2), k.flip(2), v.flip(2), block_size=16, segment_size=32, grid=GRID)
+    grid = (0.5, 0.8, 0.9, 0.95, 1.0)  # a part of GRID: every threshold costs a run of the op
+    a = head_curves(q, k, v, block_size=16, segment_size=32, grid=grid)
+    b = head_curves(q.flip(2), k.flip(2), v.flip(2), block_size=16, segment_size=32, grid=grid)
     both = a + b
     assert torch.equal(both.kept, a.kept + b.kept)
     assert torch.all(both.sq_err[:, -1] / both.ref_sq < 1e-10)      # threshold 1.0 is exact (fp32)
     assert torch.all(both.kept[:, :-1] <= both.kept[:, 1:] + 1e-9)  # more threshold, more blocks
     bound = uniform_error(both, 0.9)
     chosen = allocate(both, bound)
-    index = torch.tensor([GRID.index(t) for t in chosen])
+    index = torch.tensor([grid.index(t) for t in chosen])
     assert both.rel_l2(index) <= bound + 1e-12
-    assert both.kept[torch.arange(4), index].sum() <= both.kept[:, GRID.index(0.9)].sum()
+    assert both.kept[torch.arange(4), index].sum() <= both.kept[:, grid.index(0.9)].sum()
 
 
 def _brute_force_kept(top, rows, positions, blocks):
