@@ -26,13 +26,21 @@ def precisions_on(arch: int | None) -> tuple:
     return PRECISIONS if arch is None else tuple(p for p in PRECISIONS if PRECISION_MIN_ARCH[p] <= arch)
 
 
+def precision_missing(precision: str, arch: int | None, gpu: str) -> str | None:
+    """What is wrong with running `precision` on `gpu` (words for it) of this arch, or None. One
+    sentence for the op, the profiles and the tuner; each adds what to do next."""
+    need = PRECISION_MIN_ARCH[precision]
+    if arch is None or arch >= need:
+        return None
+    return f"precision {precision!r} needs sm_{need}+ and {gpu} is sm_{arch}"
+
+
 def check_precision_on(precision: str, capability) -> None:
     """Raise ValueError where a GPU of this (major, minor) capability lacks the 8-bit units."""
-    need = PRECISION_MIN_ARCH[precision]
     arch = capability[0] * 10 + capability[1]
-    if arch < need:
-        raise ValueError(f"precision {precision!r} needs sm_{need}+ (FP8 units: Ada, Hopper or newer); this GPU "
-                         f"is sm_{arch}: use precision 'int8' or 'input'")
+    missing = precision_missing(precision, arch, "this GPU")
+    if missing:
+        raise ValueError(f"{missing}: use precision {' or '.join(map(repr, reversed(precisions_on(arch))))}")
 
 
 def _checked_threshold(threshold):

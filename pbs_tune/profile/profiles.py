@@ -22,7 +22,7 @@ from ..dtypes import NAMES as DTYPE_NAMES
 from ..seqlen import format_length
 from .launch import REQUIRED_FIELDS as LAUNCH_REQUIRED
 from .launch import LaunchConfig
-from .params import PRECISION_MIN_ARCH, PbsParams, describe_config
+from .params import PbsParams, describe_config, precision_missing
 from .target import arch_of
 from .provenance import Provenance
 
@@ -169,11 +169,10 @@ class ProfileEntry:
         for name, value in raw_layers.items():
             idx = _layer_index(name, f"{where}: layers")
             layers[idx] = DENSE if value == DENSE else _config(value, f"{where}: layers.{name}", ints["heads"])
-        arch = arch_of(gpu)
         for p, _ in [(params, launch)] + [c for c in layers.values() if c != DENSE]:
-            if arch is not None and PRECISION_MIN_ARCH[p.precision] > arch:
-                raise ProfileError(f"{where}: precision {p.precision!r} needs sm_{PRECISION_MIN_ARCH[p.precision]}+ "
-                                   f"and {gpu} is sm_{arch}: tune this GPU again (pbs-tune sweep --gpu {gpu})")
+            missing = precision_missing(p.precision, arch_of(gpu), gpu)
+            if missing:
+                raise ProfileError(f"{where}: {missing}: tune this GPU again (pbs-tune sweep --gpu {gpu})")
         measured = d.get("measured") or {}
         if not isinstance(measured, dict):
             raise ProfileError(f"{where}: measured must be a mapping")

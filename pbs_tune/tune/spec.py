@@ -15,7 +15,7 @@ from ..dtypes import torch_dtype
 from ..measure.workloads import CALIBRATION_SETS
 from ..profile import profiles
 from ..profile import store as profile_store
-from ..profile.params import ESTIMATORS, PRECISION_MIN_ARCH, precisions_on
+from ..profile.params import ESTIMATORS, precision_missing, precisions_on
 from ..profile.target import CPU, Target, interpreter_size_error
 
 DEFAULT_MAX_ERROR = 0.10  # relative L2 of the output against dense attention
@@ -176,9 +176,9 @@ def chosen_precisions(precisions, gpu: str) -> tuple:
     if precisions is None:
         return ("input",) if arch is None else precisions_on(arch)
     for p in precisions:
-        if arch is not None and PRECISION_MIN_ARCH[p] > arch:
-            raise ValueError(f"precision {p!r} needs sm_{PRECISION_MIN_ARCH[p]}+ and {gpu} is sm_{arch}: choose "
-                             f"--precisions from {','.join(precisions_on(arch))}")
+        missing = precision_missing(p, arch, gpu)
+        if missing:
+            raise ValueError(f"{missing}: choose --precisions from {','.join(precisions_on(arch))}")
     return tuple(precisions)
 
 
