@@ -28,7 +28,8 @@ def _dequantised(q, perm, low):
 
 
 @pytest.mark.parametrize("block,launch", LAUNCHES, ids=["portable", "hopper"])
-@pytest.mark.parametrize("precision,tight", [("int8", 1e-5), ("int8+fp8", 0.04)])
+# int8+fp8: 0.036-0.041 over 25 seeds (P rounded to e4m3, which the reference does not do).
+@pytest.mark.parametrize("precision,tight", [("int8", 1e-5), ("int8+fp8", 0.05)])
 def test_each_mode_matches_float64_attention_over_its_own_quantised_inputs(block, launch, precision, tight):
     q, k, v = random_qkv(1, 4, 2, 150, 64)
     perm, blocks = permute_and_select(q, k, v, block_size=block, segment_size=2 * block, threshold=0.8)
