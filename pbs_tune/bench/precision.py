@@ -19,7 +19,6 @@ import math
 
 import torch
 
-from ..kernels.attend import attend_launch
 from ..measure.metrics import dense_reference, rel_l2
 from ..measure.timing import dense_sdpa_ms, env_info, median_ms, rounded, write_json
 from ..measure.workloads import FAMILIES, make_qkv
@@ -38,15 +37,10 @@ THRESHOLDS = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6)
 
 
 def _kernel_ms(q, perm, blocks, precision, launch, key_group=1):
-    """The attend kernel alone on inputs quantized beforehand (16-bit: the inputs as they are)."""
+    """The attend kernel alone: 8-bit inputs quantized beforehand, not in the timed call."""
     out = torch.empty_like(q)
-    args = dict(block_size=blocks.block_size, scale=q.shape[-1] ** -0.5, out=out, **launch.as_dict())
-    if precision == "input":
-        return median_ms(lambda: attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full,
-                                               blocks.index, **args))
-    low = attend_inputs(q, perm.k, perm.v, precision, key_group=key_group)
-    return median_ms(lambda: attend_launch(low.q, low.k, low.v, perm.positions, blocks.count, blocks.full,
-                                           blocks.index, scales=low.scales, **args))
+    low = None if precision == "input" else attend_inputs(q, perm.k, perm.v, precision, key_group=key_group)
+    return median_ms(lambda: attend_blocks(q, perm, blocks, launch=launch, out=out, precision=precision, low=low))
 
 
 def _usable(launch):
@@ -117,10 +111,7 @@ def _errors_by_granularity(precisions):
             out[f"tau{thr}_{p}"] = rel_l2(attend_blocks(q, perm, blocks, precision=p), dense)
         if "int8" in precisions:
             low = attend_inputs(q, perm.k, perm.v, "int8", key_group=128)
-            o = attend_launch(low.q, low.k, low.v, perm.positions, blocks.count, blocks.full, blocks.index,
-                              block_size=128, scale=128 ** -0.5, out=torch.empty_like(q), scales=low.scales,
-                              **default_launch(128, 128, torch.cuda.get_device_capability()).as_dict())
-            out[f"tau{thr}_int8_block_scales"] = rel_l2(o, dense)
+            out[f"tau{thr}_int8_block_scales"] = rel_l2(attend_blocks(q, perm, blocks, precision="int8", low=low), dense)
     print(json.dumps(rounded(out)), flush=True)
     return out
 

@@ -99,9 +99,10 @@ def default_scale(q, scale):
 
 
 def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=None, out=None,
-                  return_lse=False, precision="input"):
+                  return_lse=False, precision="input", low=None):
     """Stage 3: FlashAttention forward over the kept blocks only, in the arithmetic `precision` names
-    (PbsParams.precision; the 8-bit modes quantize q and the permuted keys here, op/precision.py)."""
+    (PbsParams.precision; the 8-bit modes quantize q and the permuted keys here, op/precision.py, or
+    take `low`, what `attend_inputs` made of them: one quantization for many block lists)."""
     scale = default_scale(q, scale)
     launch = launch or default_launch(blocks.block_size, q.shape[-1],
                                       torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
@@ -118,7 +119,7 @@ def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, sc
     if precision == "input":
         return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index, out=out,
                              **kernel)
-    low = attend_inputs(q, perm.k, perm.v, precision)
+    low = low or attend_inputs(q, perm.k, perm.v, precision)
     result = attend_launch(low.q, low.k, low.v, perm.positions, blocks.count, blocks.full, blocks.index,
                            out=torch.empty_like(q) if out is None else out, scales=low.scales, **kernel)
     if return_lse:

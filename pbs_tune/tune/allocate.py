@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 
 from ..op.pbs_attention import attend_blocks, default_scale, key_order
+from ..op.precision import attend_inputs
 from ..profile.params import ESTIMATORS, PRECISIONS
 from ..op.selection import select_blocks
 from ..measure.metrics import dense_reference
@@ -123,10 +124,11 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, estimator="m
     scale = default_scale(q, None)
     with torch.no_grad():
         perm = key_order(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale, permute=permute)
-        for g, thr in enumerate(grid):  # one permutation serves every threshold
+        low = None if precision == "input" else attend_inputs(q, perm.k, perm.v, precision)
+        for g, thr in enumerate(grid):  # one permutation (and its 8-bit copy) serves every threshold
             blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size, segment_size=segment_size,
                                    threshold=thr, scale=scale, estimator=estimator)
-            out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, precision=precision)
+            out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, precision=precision, low=low)
             sq_err[..., g] = _squared_norms(out, dense)
             kept[..., g] = blocks.count.double().sum(dim=2).cpu()
             hits[..., g] = heaviest_key_kept(top, rows, perm.positions, blocks).double().sum(dim=2).cpu()
