@@ -269,6 +269,34 @@ def compile_cmd(profile_path, archs, library):
 
 
 @main.command()
+@click.option("--profile", "profile_paths", multiple=True,
+              help="Profile YAML whose calls are run (repeat for profiles sharing one library; default: "
+                   "<user store>/configs/<this GPU>.yaml).")
+@click.option("--kernels", "library", default=None, help="Library folder (default: the first profile's).")
+@one_line_errors
+def verify(profile_paths, library):
+    """Run a kernel library's kernels on this GPU against Triton's JIT and stamp those that match.
+
+    The loader binds only stamped kernels; `compile` runs this itself after a build for this GPU.
+    A library of another arch is checked through its PTX (same build), which this GPU can run.
+
+    \b
+    Examples:
+      pbs-tune verify --profile configs/h100-sxm.yaml --profile configs/h200-sxm.yaml
+      pbs-tune verify --profile configs/a100-sxm.yaml      # on an H100: the sm_80 build's PTX
+    """
+    from .runtime.library_verify import verify as run_verify
+    if not profile_paths:
+        gpu = present_gpu()
+        if gpu in (None, CPU):
+            raise click.ClickException("verifying a kernel library needs a CUDA GPU")
+        profile_paths = (profile_store.default_profile_path(gpu),)
+    res = run_verify(list(profile_paths), library, say=click.echo)
+    if res["failed"]:
+        raise click.ClickException(f"{len(res['failed'])} kernels did not match the JIT: they stay unverified")
+
+
+@main.command()
 @click.option("--profile", "profile_path", required=True, help="Profile YAML whose entries for this GPU are re-timed.")
 @click.option("--out", "out_path", default=None,
               help="Profile YAML to write (default: <user store>/configs/<gpu>.yaml; may equal --profile).")

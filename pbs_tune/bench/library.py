@@ -4,6 +4,8 @@ Parts (--parts):
   identity   in one process, every config of the profile at --lengths: output of the library
              launch vs Triton's JIT (bit-identical?), calls that fell back to the JIT, and
              the op's steady-state latency each way (do_bench median).
+  speed      the profile's entry (library kernels) and the paper default against SDPA cuDNN and flash
+             at --lengths, on a held-out seed of the mixed workload (do_bench median).
   firstcall  fresh processes (--runs per length) from the pbs_tune their environment finds:
              `import pbs_tune` time (torch excluded), load_profile() time, first and steady
              call times, kernels run through the JIT, files written to an empty Triton cache.
@@ -56,10 +58,46 @@ def part_identity(res, lengths, profile_path):
     res["identity"] = dict(profile=prof.path, library=prof.library, bound_kernels=bound, rows=rows)
 
 
+def part_speed(res, lengths, profile_path, seed=7):
+    from ..kernels import launch
+    from ..measure.timing import dense_sdpa_ms, median_ms
+    from ..measure.workloads import make_qkv
+    from ..op.pbs_attention import pbs_attention
+    from ..profile.launch import default_launch
+    from ..profile.params import PbsParams
+    from ..profile.target import Target
+    from ..runtime.loader import load_profile
+    prof = load_profile("auto", profile_path)
+    default = (PbsParams(128, 256, 0.9), default_launch(128, 128, Target.present().capability))
+    rows = []
+    for n in lengths:
+        q, k, v = make_qkv("mixed", seqlen=n, device="cuda", seed=seed)
+        entry = prof.pick(n, gpu=prof.gpu, heads=32, kv_heads=8, head_dim=128, dtype="bfloat16")
+        jit_before = launch.jit_calls
+        with torch.no_grad():
+            row = dict(n=n, seed=seed, workload="mixed", entry=entry.describe(),
+                       entry_ms=median_ms(lambda: pbs_attention(q, k, v, entry.params, launch=entry.launch)))
+            row["entry_jit_calls"] = launch.jit_calls - jit_before  # the default's launch may not be in the library
+            row.update(default_ms=median_ms(lambda: pbs_attention(q, k, v, default[0], launch=default[1])),
+                       cudnn_ms=dense_sdpa_ms(q, k, v, "cudnn"), flash_ms=dense_sdpa_ms(q, k, v, "flash"))
+        row.update(entry_x_cudnn=row["cudnn_ms"] / row["entry_ms"],
+                   default_x_cudnn=row["cudnn_ms"] / row["default_ms"], entry_x_flash=row["flash_ms"] / row["entry_ms"],
+                   default_x_flash=row["flash_ms"] / row["default_ms"])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    res["speed"] = dict(profile=prof.path, library=prof.library, bound_kernels=launch.library_size(), rows=rows)
+
+
 CHILD = r"""
-import json, os, sys, tempfile, time
+import json, logging, os, sys, tempfile, time
 import torch
 n, label = int(sys.argv[1]), sys.argv[2]
+said = []  # what pbs-tune warns about while loading and running
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda record: said.append(record.getMessage()[:300])
+logging.getLogger("pbs_tune").addHandler(handler)
 tdir = tempfile.mkdtemp(prefix="triton-empty-")   # an empty Triton cache: any compile shows up here
 os.environ["TRITON_CACHE_DIR"] = tdir
 torch.cuda.init()
@@ -94,7 +132,8 @@ print(json.dumps(dict(label=label, n=n, profile=prof.path, library=prof.library,
                       first_minus_steady_s=first - steady, jit_calls=launch.jit_calls,
                       triton_cache_files_written=sum(len(f) for _, _, f in os.walk(tdir)),
                       load_times=prof.load_times, triton_imported="triton" in sys.modules,
-                      pbs_tune_at=os.path.dirname(pbs_tune.__file__), cwd=os.getcwd(), stats=pbs_tune.stats())))
+                      pbs_tune_at=os.path.dirname(pbs_tune.__file__), cwd=os.getcwd(), stats=pbs_tune.stats(),
+                      warnings=said)))
 """
 
 
@@ -134,6 +173,8 @@ def main():
     try:
         if "identity" in args.parts:
             part_identity(res, lengths, args.profile)
+        if "speed" in args.parts:
+            part_speed(res, lengths, args.profile)
         if "firstcall" in args.parts:
             part_firstcall(res, lengths, args.label, args.runs, args.cwd)
     finally:

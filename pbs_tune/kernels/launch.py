@@ -7,9 +7,14 @@ by 16 of specialised integers, integers equal to 1 folded into constants), compu
 by the JIT's own rules. A match launches the library's cubin through NVIDIA's CUDA Python
 driver bindings on the current torch stream, without compiling and without Triton's cache.
 Anything else goes to the JIT, and the first such call of each kernel is logged with why.
+
+The cubin takes only the arguments the key kept: an argument folded into the constants (a
+stride equal to 1) is not a parameter of the compiled kernel. So a call's arguments are named
+by the kernel's parameter list and packed by the names the library recorded, never by position.
 """
 import contextlib
 import ctypes
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
@@ -27,7 +32,7 @@ _CTYPES = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "u64": ctypes.c_uint64,
 _library = {}      # call key -> BoundKernel
 _jit_noted = set()
 _recorded = None   # a list while `recording()` is active
-_keys_seen = None  # a set while `keys_seen()` is active
+_seen = None       # a list of Calls while `calls_seen()` is active
 jit_calls = 0      # calls that went to the JIT while a library was bound (benchmarks read it)
 
 
@@ -39,6 +44,13 @@ class Call:
     constexprs: dict
     num_warps: int
     num_stages: int
+
+    @property
+    def key(self):
+        return call_key(self.fn, self.args, self.constexprs, self.num_warps, self.num_stages)
+
+    def named_args(self) -> dict:
+        return named_arguments(self.fn, self.args)
 
 
 @contextlib.contextmanager
@@ -53,15 +65,24 @@ def recording():
 
 
 @contextlib.contextmanager
-def keys_seen():
-    """Collect the key of every kernel call while running them as usual: which kernels a piece of
-    work needs (on the CPU too), to compare with what a library holds."""
-    global _keys_seen
-    _keys_seen = set()
+def calls_seen():
+    """Collect every kernel call while running them as usual: which kernels a piece of work needs
+    and with which arguments (on the CPU too), to compare with what a library holds."""
+    global _seen
+    _seen = []
     try:
-        yield _keys_seen
+        yield _seen
     finally:
-        _keys_seen = None
+        _seen = None
+
+
+@contextlib.contextmanager
+def keys_seen():
+    """The keys of the calls made in the block (filled when the block ends)."""
+    keys = set()
+    with calls_seen() as calls:
+        yield keys
+    keys.update(c.key for c in calls)
 
 
 @contextlib.contextmanager
@@ -96,8 +117,8 @@ def library_size() -> int:
 def run(fn, grid, args, constexprs, *, num_warps, num_stages):
     """Launch `fn` (a @triton.jit function) over `grid` with positional runtime `args`."""
     global jit_calls
-    if _keys_seen is not None:
-        _keys_seen.add(call_key(fn, args, constexprs, num_warps, num_stages))
+    if _seen is not None:
+        _seen.append(Call(fn, tuple(grid), tuple(args), dict(constexprs), num_warps, num_stages))
     if _recorded is not None:
         _recorded.append(Call(fn, tuple(grid), tuple(args), dict(constexprs), num_warps, num_stages))
         return
@@ -105,7 +126,7 @@ def run(fn, grid, args, constexprs, *, num_warps, num_stages):
         key = call_key(fn, args, constexprs, num_warps, num_stages)
         bound = _library.get(key) if key is not None else None
         if bound is not None:
-            bound.launch(grid, args)
+            bound.launch(grid, named_arguments(fn, args))
             return
         jit_calls += 1
         _note_jit(fn, "no library kernel matches this call (shape, alignment or config)")
@@ -119,17 +140,26 @@ def _note_jit(fn, why):
         logger.warning("pbs_tune: %s runs through Triton's JIT: %s", name, why)
 
 
+@functools.lru_cache(maxsize=None)
 def runtime_params(fn):
     """(name, specialised) of the non-constexpr parameters, in call order. Under the interpreter
     (TRITON_INTERPRET=1) the same is read from the function and its decorator's arguments, so
     that the CPU tests can compute the keys a GPU run would have."""
     if hasattr(fn, "params"):  # Triton's JIT
-        return [(p.name, not p.do_not_specialize) for p in fn.params if not p.is_constexpr]
+        return tuple((p.name, not p.do_not_specialize) for p in fn.params if not p.is_constexpr)
     from triton.language import constexpr
     names = [p.name for p in inspect.signature(fn.fn).parameters.values() if p.annotation is not constexpr]
     every = list(inspect.signature(fn.fn).parameters)
     fixed = {every[x] if isinstance(x, int) else x for x in fn.kwargs.get("do_not_specialize") or ()}
-    return [(name, name not in fixed) for name in names]
+    return tuple((name, name not in fixed) for name in names)
+
+
+def named_arguments(fn, args) -> dict:
+    """{parameter name: value} of a call's positional runtime arguments."""
+    names = [name for name, _ in runtime_params(fn)]
+    if len(names) != len(args):
+        raise TypeError(f"{fn.__name__} takes {len(names)} runtime arguments, the call gave {len(args)}")
+    return dict(zip(names, args))
 
 
 def call_key(fn, args, constexprs, num_warps, num_stages):
@@ -157,6 +187,14 @@ def make_key(kernel, signature, constexprs, num_warps, num_stages):
     return (kernel, tuple(tuple(s) for s in signature), tuple(sorted(constexprs.items())), num_warps, num_stages)
 
 
+class LaunchMismatch(RuntimeError):
+    """A call whose arguments do not fit the compiled kernel: found before launching it."""
+
+
+def _ctype(kind):
+    return ctypes.c_void_p if kind[0] == "*" else _CTYPES[kind]
+
+
 class BoundKernel:
     """A library cubin loaded into the current CUDA context, ready to launch."""
 
@@ -165,20 +203,28 @@ class BoundKernel:
         self.function = function
         self.threads = threads
         self.shared = shared
-        self.signature = signature   # ((name, type, div16), ...) of the runtime arguments
+        self.signature = signature   # ((name, type, div16), ...): the compiled kernel's runtime parameters
         self.scratch = scratch       # ((size, align), ...) pointers Triton appends after them
+        self.launches = 0
 
-    def launch(self, grid, args):
+    def packed(self, named: dict) -> list:
+        """(name, value, ctype) per runtime parameter of the cubin, in its order, taken from the
+        call's arguments by name (`named_arguments`); scratch pointers are appended at launch."""
+        out = []
+        for name, kind, _ in self.signature:
+            if name not in named:
+                raise LaunchMismatch(f"{self.key[0]}: the library kernel takes {name!r}, the call has no such "
+                                     "argument: rebuild the kernel library (pbs-tune compile)")
+            a = named[name]
+            out.append((name, a.data_ptr() if kind[0] == "*" else a, _ctype(kind)))
+        return out
+
+    def launch(self, grid, named: dict):
         from cuda.bindings import driver
         gx, gy, gz = (tuple(grid) + (1, 1))[:3]
-        values, types, keep = [], [], []
-        for (_, kind, _), a in zip(self.signature, args):
-            if kind[0] == "*":
-                values.append(a.data_ptr())
-                types.append(ctypes.c_void_p)
-            else:
-                values.append(a)
-                types.append(_CTYPES[kind])
+        packed = self.packed(named)
+        values, types = [v for _, v, _ in packed], [t for _, _, t in packed]
+        keep = []
         for size, align in self.scratch:
             ptr = 0
             if size:
@@ -192,3 +238,4 @@ class BoundKernel:
                                      (tuple(values), tuple(types)), 0)
         if err != driver.CUresult.CUDA_SUCCESS:
             raise RuntimeError(f"launching {self.key[0]} from the kernel library failed: {err.name}")
+        self.launches += 1

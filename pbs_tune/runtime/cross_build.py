@@ -4,7 +4,7 @@ On a GPU, `pbs-tune compile` runs the profile's configs through Triton's JIT and
 built (library_build.build). For another arch (an A100 profile built on an H100 or on a laptop)
 that cannot work, so the same kernels are found and compiled in two steps, each in a fresh process:
 which kernels - Triton's interpreter runs the library's exercise at small sizes and keys every
-call as the JIT would (launch.keys_seen; a bfloat16 entry runs in float16, the interpreter has no
+call as the JIT would (launch.calls_seen; a bfloat16 entry runs in float16, the interpreter has no
 bfloat16, and its keys are retyped); then each key is compiled for the arch (kernels/aot.py) and
 written with the same manifest and checks as a JIT-built library.
 """
@@ -16,33 +16,38 @@ import sys
 from ..profile import profiles
 
 
-def _keys_of(profile) -> list:
-    """The kernel keys of every runnable entry of `profile` (run under TRITON_INTERPRET=1). The op
-    runs once per kernel config, with one query and one KV head, at the loader's short warm-up length:
-    no key depends on the length, the head counts or the threshold's value (checked against libraries
-    built by the JIT on a GPU). The selection buckets are keyed, not run."""
+def calls_of_profile(profile) -> list:
+    """(key, launch.Call) of every kernel call of the runnable entries of `profile` (run under
+    TRITON_INTERPRET=1), keys as a GPU run would have them. The op runs once per kernel config, with one
+    query and one KV head, at the loader's short warm-up length: no key depends on the length, the head
+    counts or the threshold's value (checked against libraries built by the JIT on a GPU). The selection
+    buckets are recorded, not run."""
     import dataclasses
 
     from ..kernels import launch
     from . import exercise
     entries = profile.for_gpu(profile.gpu)
     lengths = sorted({e.seqlen for e in entries})
-    keys, ran = set(), set()
+    out, ran = [], set()
     for e in entries:
         small = dataclasses.replace(e, heads=1, kv_heads=1, dtype="float16" if e.dtype == "bfloat16" else e.dtype)
         for params, lc in e.configs():
             one_head = dataclasses.replace(params, threshold=min(params.threshold)
                                            if isinstance(params.threshold, tuple) else params.threshold)
             kernel_key = profiles.KernelKey.of(e, params, lc)
-            with launch.keys_seen() as seen:
+            with launch.calls_seen() as seen:
                 if kernel_key not in ran:
                     ran.add(kernel_key)
                     exercise.run_config_once(small, one_head, lc, exercise.prewarm_length(params), "cpu")
-                with launch.recording():
+                with launch.recording() as recorded:
                     exercise.run_select_buckets(small, one_head, exercise.select_range(e, params, lengths),
-                                                      "cpu")
-            keys |= {_retyped(k, e.dtype) for k in seen}
-    return sorted(keys, key=repr)
+                                                "cpu")
+            out += [(_retyped(c.key, e.dtype), c) for c in seen + recorded]
+    return out
+
+
+def _keys_of(profile) -> list:
+    return sorted({key for key, _ in calls_of_profile(profile)}, key=repr)
 
 
 def _retyped(key, dtype):
@@ -87,7 +92,7 @@ def build_for_arch(profile_path: str, gpu: str, library: str, arch: int) -> dict
 def compiled_for_arch(profile_path: str, gpu: str, arch: int) -> list:
     """Triton's CompiledKernels of `gpu`'s entries of the profile for `arch` (not under the interpreter)."""
     from ..kernels.aot import compile_key
-    from .library_build import launched_kernels
+    from .library_check import launched_kernels
     functions = {fn.__name__: fn for fn in launched_kernels()}
     return [compile_key(functions[k[0]], k, arch=arch) for k in kernel_keys(profile_path, gpu)]
 

@@ -22,14 +22,16 @@ def select_range(entry, params, lengths) -> tuple:
     return prewarm_length(params), (longer[0] - 1) if longer else 4 * entry.seqlen
 
 
-def run_config_once(entry, params, launch_config, seqlen, device="cuda"):
-    """The whole op once, on random data of the entry's shape, with one of its configs."""
+def run_config_once(entry, params, launch_config, seqlen, device="cuda", seed=0):
+    """The whole op once, on random data of the entry's shape (the same for a seed), with one of its
+    configs; returns its output."""
     from ..dtypes import torch_dtype
     from ..op.pbs_attention import pbs_attention
     dtype = torch_dtype(entry.dtype)
-    q = torch.randn(1, entry.heads, seqlen, entry.head_dim, device=device, dtype=dtype)
-    k = torch.randn(1, entry.kv_heads, seqlen, entry.head_dim, device=device, dtype=dtype)
-    pbs_attention(q, k, k, params, launch=launch_config)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(1, entry.heads, seqlen, entry.head_dim, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(1, entry.kv_heads, seqlen, entry.head_dim, device=device, dtype=dtype, generator=gen)
+    return pbs_attention(q, k, k, params, launch=launch_config)
 
 
 def prewarm_length(params) -> int:
@@ -37,9 +39,10 @@ def prewarm_length(params) -> int:
     return 2 * params.segment_size
 
 
-def run_select_buckets(entry, params, lengths: tuple, device="cuda"):
+def run_select_buckets(entry, params, lengths: tuple, device="cuda", seed=None):
     """The selection kernel is specialised on the power-of-two block count: build every bucket
-    from the loader's prewarm length up to the longest prompt this entry serves (`select_range`)."""
+    from the loader's prewarm length up to the longest prompt this entry serves (`select_range`).
+    Block logits are zeros, or random for a `seed`; returns each bucket's (count, full, index)."""
     shortest, longest = lengths
     from ..kernels.block_select import select_rows
     from ..op.selection import bisects
@@ -48,11 +51,17 @@ def run_select_buckets(entry, params, lengths: tuple, device="cuda"):
     top = -(-longest // bs)
     group = entry.heads // entry.kv_heads  # one KV head: the kernel is not specialised on counts
     keep_all = params.keeps_all
+    gen = torch.Generator(device=device).manual_seed(seed or 0)
+    out = []
     while True:
         kb = torch.zeros((1, 1, nb), dtype=torch.int32, device=device)
-        logits = None if keep_all else torch.zeros((1, group, nb, nb), dtype=torch.float32, device=device)
-        select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs, block_size=bs,
-                    segment_size=params.segment_size, threshold=torch.ones(group, device=device), bisect=bisects(nb))
+        logits = None if keep_all else (torch.zeros((1, group, nb, nb), dtype=torch.float32, device=device)
+                                        if seed is None else
+                                        torch.randn((1, group, nb, nb), device=device, generator=gen))
+        threshold = torch.full((group,), 1.0 if seed is None else 0.9, device=device)
+        out.append(select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs, block_size=bs,
+                               segment_size=params.segment_size, threshold=threshold, bisect=bisects(nb)))
         if nb >= top:
             break
         nb *= 2
+    return out

@@ -3,15 +3,18 @@
 A library (made by library_build.py) is a folder of cubins and a manifest: per kernel its name
 and symbol, target arch, warps, threads, shared memory, the runtime arguments in order with
 their types and specialisation, the constexpr values, the scratch pointers Triton appends, and
-a SHA-256 per file. `bind` checks the manifest and every file's hash, loads the cubins with
-NVIDIA's CUDA Python driver bindings and hands them to `pbs_tune.kernels.launch`, which launches
-them without compiling. It only reads: a library works from a checkout at any path, an
-installed wheel or a read-only copy. Any problem (other arch, changed kernel sources, a
-missing or corrupted file) is reported in one line and the JIT takes over; a bad file is
-never used.
+a SHA-256 per file, and per kernel how it was verified on a GPU (library_verify.py). `bind`
+checks the manifest and every file's hash, holds each cubin's parameter table against what the
+launcher will pass (library_check.py), loads the verified cubins with NVIDIA's CUDA Python driver
+bindings and hands them to `pbs_tune.kernels.launch`, which launches them without compiling. It
+only reads: a library works from a checkout at any path, an installed wheel or a read-only copy.
+Any problem (other arch, changed kernel sources, a missing or corrupted file, a kernel no GPU ran
+since it was built) is reported in one line and the JIT takes over; a bad file is never used.
 """
 import hashlib
+import inspect
 import json
+import logging
 import os
 import re
 
@@ -19,6 +22,8 @@ import torch
 
 from ..kernels import launch
 from ..profile.target import Target
+
+logger = logging.getLogger("pbs_tune")
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -42,6 +47,28 @@ def kernel_sources_hash() -> str:
             if re.search(rb"^@triton\.jit", source, re.M):
                 digest.update(name.encode() + b"\0" + source)
     return digest.hexdigest()
+
+
+def launcher_hash() -> str:
+    """SHA-256 over the source of what packs a call for a library kernel: a stamp made with another
+    launcher vouches for nothing."""
+    parts = (launch.BoundKernel, launch.named_arguments, launch.call_key, launch.runtime_params)
+    return _sha256("".join(inspect.getsource(p) for p in parts).encode())
+
+
+def verified(rec: dict) -> bool:
+    """Was this kernel run on a GPU, from this library with this launcher, and matched the JIT?"""
+    stamp = rec.get("verified")
+    return isinstance(stamp, dict) and stamp.get("launcher") == launcher_hash()
+
+
+def library_lock(path: str):
+    """The lock held while a library folder or its manifest is rewritten (one per folder, any process)."""
+    import tempfile
+
+    from filelock import FileLock
+    name = "pbs-tune-library-" + _sha256(os.path.abspath(path).encode())[:16] + ".lock"
+    return FileLock(os.path.join(tempfile.gettempdir(), name))
 
 
 def _sha256(data: bytes) -> str:
@@ -96,35 +123,58 @@ def problem_with(manifest: dict) -> str | None:
     return None
 
 
-def bind(path: str) -> int:
-    """Load a library's cubins into the current CUDA context and register them for launching.
+def bind(path: str, profile_path: str = "PROFILE") -> int:
+    """Load a library's verified cubins into the current CUDA context and register them for launching.
 
-    Returns the number of kernels bound; raises LibraryError when it cannot be used."""
+    Returns the number of kernels bound; raises LibraryError when it cannot be used. Kernels no GPU
+    verified (library_verify.py) are left to the JIT, said once."""
     manifest = read(path)
     problem = problem_with(manifest)
     if problem:
         raise LibraryError(f"kernel library {path} is not used: {problem}")
-    from cuda.bindings import driver
-    _ensure_context(driver)
-    bound = []
+    from .library_check import kernel_problems
+    records, images = [], {}
     for rec in manifest["kernels"]:
         with open(os.path.join(path, rec["file"]), "rb") as f:
-            bound.append(bound_kernel(f.read(), rec))
+            images[rec["file"]] = f.read()
+        wrong = kernel_problems(rec, images[rec["file"]])
+        if wrong:
+            raise LibraryError(f"kernel library {path} is not used: {wrong[0]}; rebuild it (pbs-tune compile)")
+        if verified(rec):
+            records.append(rec)
+    unverified = len(manifest["kernels"]) - len(records)
+    if not records:
+        raise LibraryError(f"kernel library {path} is not used: none of its kernels was run on a GPU since it was "
+                           f"built ({_built_by(manifest)}); on an sm_{manifest.get('arch')} GPU, check it with: "
+                           f"pbs-tune verify --profile {profile_path}")
+    if unverified:
+        logger.warning("pbs_tune: %d of the %d kernels of %s were never run on a GPU since they were built (%s): "
+                       "those run through Triton's JIT; check them with: pbs-tune verify --profile %s", unverified,
+                       len(manifest["kernels"]), path, _built_by(manifest), profile_path)
+    from cuda.bindings import driver
+    _ensure_context(driver)
+    bound = [bound_kernel(images[rec["file"]], rec) for rec in records]
     launch.register(bound)
     return len(bound)
+
+
+def _built_by(manifest) -> str:
+    built = manifest.get("built_with") or {}
+    return f"Triton {built.get('triton', '?')} on {built.get('device', '?')}"
 
 
 def bound_kernel(image: bytes, rec: dict) -> launch.BoundKernel:
     """One manifest record's kernel loaded from `image` (its cubin, or PTX the driver compiles) into the
     current CUDA context."""
     from cuda.bindings import driver
+
+    from .library_check import unloaded_kernel
     _ensure_context(driver)
     module = _check(driver.cuModuleLoadData(image), "cuModuleLoadData")
     function = _check(driver.cuModuleGetFunction(module, rec["symbol"].encode()), "cuModuleGetFunction")
     if rec["shared"] > _SHARED_DEFAULT:
         _opt_in_shared(driver, function)
-    return launch.BoundKernel(record_key(rec), function, rec["threads"], rec["shared"],
-                              tuple(tuple(s) for s in rec["signature"]), tuple(tuple(s) for s in rec["scratch"]))
+    return unloaded_kernel(rec, function)
 
 
 def _check(result, what):

@@ -13,11 +13,12 @@ import shutil
 import tempfile
 
 import torch
-from filelock import FileLock
 
 from ..kernels import launch
-from .library_bind import FORMAT, MANIFEST, LibraryError, _sha256, kernel_sources_hash, read
+from .library_bind import FORMAT, MANIFEST, LibraryError, _sha256, kernel_sources_hash, library_lock, read
 from .exercise import exercise
+from .library_check import launched_kernels
+from .library_verify import verify_in_fresh_process
 
 
 def _param_count(ptx: str, symbol: str) -> int:
@@ -62,7 +63,7 @@ def write(path: str, compiled_kernels, built_with: dict) -> dict:
     kernels it holds; a stale or unreadable one is replaced."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    with FileLock(os.path.join(tempfile.gettempdir(), "pbs-tune-library-" + _sha256(path.encode())[:16] + ".lock")):
+    with library_lock(path):
         records, blobs = _current_kernels(path)
         for ck in compiled_kernels:
             rec, cubin = record_of(ck)
@@ -124,19 +125,6 @@ def jit_kernels():
         for caches in fn.device_caches.values():
             out += [k for k in caches[0].values() if hasattr(k, "asm")]
     return out
-
-
-def launched_kernels():
-    """The @triton.jit functions that pbs-tune launches (through `launch.run`)."""
-    from ..kernels.attend import _attend_fwd
-    from ..kernels.attend_hopper import _attend_fwd_tma
-    from ..kernels.block_scores import _block_lse
-    from ..kernels.block_select import _select_rows
-    from ..kernels.key_scores import _key_scores_mean, _key_scores_stats
-    from ..kernels.quantize import _quantize_rows
-    from ..kernels.segment_sort import _segment_permute
-    return (_attend_fwd, _attend_fwd_tma, _key_scores_stats, _key_scores_mean, _select_rows, _segment_permute,
-            _block_lse, _quantize_rows)
 
 
 def build_in_fresh_process(profile_path, library=None):
@@ -201,7 +189,9 @@ def compile_profile(profile_path: str | None, archs=None, library: str | None = 
         if native:
             if variant != here.name:
                 say(f"note: building {variant}'s kernels on {here.name}; they load only where the arch is the same")
-            manifest = build(prof, folder)
+            build(prof, folder)
+            verify_in_fresh_process([profile_path], folder, say=say)
+            manifest = read(folder)
         else:
             manifest = cross_build.build_for_arch(profile_path, variant, folder, arch)
         if arch == arch_of(variant) or (native and arch_of(variant) is None):

@@ -86,7 +86,7 @@ def _bind_kernels(prof, use_library=True) -> dict:
         try:
             if prof.library is None:
                 raise library_bind.LibraryError(f"{prof.path} names no kernel library (pbs-tune compile makes one)")
-            STATE.bound_libraries[prof.library] = library_bind.bind(prof.library)
+            STATE.bound_libraries[prof.library] = library_bind.bind(prof.library, prof.path)
         except library_bind.LibraryError as exc:
             STATE.bound_libraries[prof.library] = 0
             logger.warning("pbs_tune: %s; Triton's JIT compiles the kernels on first use instead", exc)

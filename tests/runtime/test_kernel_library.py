@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from pbs_tune.kernels import launch
-from pbs_tune.runtime import exercise, library_bind, library_build
+from pbs_tune.runtime import exercise, library_bind, library_build, library_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,7 +23,7 @@ BUILD = """
 import json, os, sys
 from pbs_tune.kernels import launch
 from pbs_tune.kernels.aot import attend_call, compile_call
-from pbs_tune.runtime import exercise, library_bind, library_build
+from pbs_tune.runtime import exercise, library_bind, library_build, library_check
 calls = [attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
                      num_stages=2),
          attend_call(dtype="float16", head_dim=64, block_size=64, block_m=64, block_n=32, num_warps=4, num_stages=3),
@@ -152,7 +152,7 @@ def test_the_library_collects_every_kernel_pbs_tune_launches():
         if name.endswith(".py"):
             with open(os.path.join(folder, name)) as f:
                 launched |= set(re.findall(r"\brun\((_\w+),", f.read()))
-    assert launched and launched == {fn.__name__ for fn in library_build.launched_kernels()}
+    assert launched and launched == {fn.__name__ for fn in library_check.launched_kernels()}
 
 
 def test_a_library_from_other_kernel_sources_is_stale(library, monkeypatch):
@@ -184,13 +184,14 @@ SHIPPED = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, 
 
 
 @pytest.mark.parametrize("gpu", SHIPPED)
-def test_every_kernel_a_shipped_profile_runs_is_in_its_library_for_its_arch(gpu):
-    """The interpreter finds every kernel the profile's entries launch, keyed as Triton's JIT keys
-    them (cross_build.py); each must be in the profile's library, built for its GPU's arch from the
-    kernel sources installed. Any edit of a kernel makes the libraries stale: rebuild them with
+def test_every_call_a_shipped_profile_makes_finds_its_kernel_and_the_launcher_fits_it(gpu):
+    """The interpreter makes every call the profile's entries make (the library's exercise), keyed as
+    Triton's JIT keys them (cross_build.py); each must be in the profile's library, built for its GPU's
+    arch from the kernel sources installed, and what the launcher would hand that cubin (library_check:
+    count, order, size and the value of every argument by name, scratch pointers) must be what the
+    cubin's parameter table takes. Any edit of a kernel makes the libraries stale: rebuild them with
     `pbs-tune compile --profile configs/<gpu>.yaml` (on a GPU for its own arch, anywhere for another)."""
     from pbs_tune.profile import profiles
-    from pbs_tune.runtime import cross_build
     from pbs_tune.profile.target import arch_of
     path = os.path.join(ROOT, "configs", f"{gpu}.yaml")
     prof = profiles.load(path)
@@ -198,8 +199,47 @@ def test_every_kernel_a_shipped_profile_runs_is_in_its_library_for_its_arch(gpu)
     assert manifest["arch"] == arch_of(gpu) and prof.library.endswith(f"sm_{arch_of(gpu)}")
     assert manifest["kernel_sources"] == library_bind.kernel_sources_hash(), "stale library: rebuild it"
     held = {library_bind.record_key(r) for r in manifest["kernels"]}
-    missing = [str(k)[:200] for k in cross_build.kernel_keys(path, gpu) if k not in held]
+    calls = library_check.calls_of(path, gpu)
+    missing = sorted({str(key)[:200] for key, _ in calls if key not in held})
     assert not missing, missing
+    assert {key[0] for key, _ in calls} >= {"_attend_fwd" if arch_of(gpu) != 90 else "_attend_fwd_tma",
+                                             "_select_rows", "_segment_permute"}
+    assert library_check.check(prof.library, calls) == []
+
+
+def _positional_packer(kernel, named):
+    """The launcher before this check existed: the call's arguments paired with the cubin's by position."""
+    return [(name, a.data_ptr() if kind[0] == "*" else a, launch._ctype(kind))
+            for (name, kind, _), a in zip(kernel.signature, named.values())]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_the_check_fails_on_a_launcher_that_pairs_a_folded_argument_by_position(arch):
+    """V's last stride is 1, so Triton folds it into the constants and the cubin has no such parameter:
+    pairing by position hands every later parameter its neighbour's value, which the check names."""
+    from pbs_tune.kernels.aot import attend_call
+    lib = os.path.join(ROOT, "cache", f"sm_{arch}")
+    manifest = library_bind.read(lib)
+    rec = next(r for r in manifest["kernels"] if r["kernel"].startswith("_attend_fwd"))
+    consts = dict(rec["constexprs"])
+    dtype = {"*bf16": "bfloat16", "*fp16": "float16"}[rec["signature"][0][1]]
+    call = attend_call(dtype=dtype, head_dim=consts["HEAD_DIM"], block_size=consts["SEL_BLOCK"],
+                       block_m=consts["BLOCK_M"], block_n=consts["BLOCK_N"], num_warps=rec["num_warps"],
+                       num_stages=rec["num_stages"], tma=rec["kernel"] == "_attend_fwd_tma")
+    assert library_bind.record_key(rec) == call.key and consts["stride_vd"] == 1
+    with open(os.path.join(lib, rec["file"]), "rb") as f:
+        image = f.read()
+    assert library_check.kernel_problems(rec, image) == []
+    assert library_check.call_problems(rec, image, call) == []
+    drifted = library_check.call_problems(rec, image, call, _positional_packer)
+    assert drifted and "(stride_ob) gets 1, the call's stride_ob is" in drifted[0]
+    # A record that dropped an argument the kernel does not fold, or a cubin of other sizes, is named too.
+    bad = dict(rec, signature=[s for s in rec["signature"] if s[0] != "N"])
+    assert any("not the kernel's runtime parameters" in p for p in library_check.kernel_problems(bad, image))
+    assert any("the cubin takes" in p for p in library_check.kernel_problems(bad, image))
+    with pytest.raises(launch.LaunchMismatch, match="'stride_vx'"):  # an argument the call does not have
+        library_check.unloaded_kernel(dict(rec, signature=rec["signature"] + [["stride_vx", "i32", False]])) \
+            .packed(call.named_args())
 
 
 def test_compile_for_a_named_arch_needs_no_gpu_and_leaves_the_profile_alone(tmp_path):
