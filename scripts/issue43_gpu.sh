@@ -3,7 +3,7 @@
 # read-only wheel of the checkout holding them.
 source "$(dirname "$0")/gpu_common.sh"
 date; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-timeout 330 bash scripts/libraries_gpu.sh 2>&1 | tee "$OUT/libraries.log"
+timeout 360 bash scripts/libraries_gpu.sh 2>&1 | tee "$OUT/libraries.log"
 $py -m pip uninstall -q -y pbs-tune 2>/dev/null
-timeout 200 bash scripts/smoke_library_gpu.sh 2>&1 | tee "$OUT/smoke.log"
+timeout 190 bash scripts/smoke_library_gpu.sh 2>&1 | tee "$OUT/smoke.log"
 date; ls -la "$OUT"
