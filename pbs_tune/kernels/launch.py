@@ -223,6 +223,9 @@ class BoundKernel:
         from cuda.bindings import driver
         gx, gy, gz = (tuple(grid) + (1, 1))[:3]
         packed = self.packed(named)
+        for name, kind, _ in self.signature:  # a host pointer would fault the kernel and end the CUDA context
+            if kind[0] == "*" and not named[name].is_cuda:
+                raise LaunchMismatch(f"{self.key[0]}: argument {name} is on {named[name].device}, not the GPU")
         values, types = [v for _, v, _ in packed], [t for _, _, t in packed]
         keep = []
         for size, align in self.scratch:
