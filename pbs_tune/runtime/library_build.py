@@ -198,7 +198,8 @@ def compile_profile(profile_path: str | None, archs=None, library: str | None = 
             profiles.merge_entries(profile_path, [], library=folder)  # the profile names its own arch's library
         size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
         say(f"compiled {variant}'s kernels for sm_{arch} into {folder}, now {len(manifest['kernels'])} kernels "
-            f"({size / 1024:.0f} KiB)" + ("" if native else " (built without that GPU; never run here)"))
+            f"({size / 1024:.0f} KiB)" + ("" if native else " (built without that GPU; never run here: the loader "
+                                          "runs the JIT until `pbs-tune verify` runs them on a GPU)"))
 
 
 def parse_archs(text: str) -> list:
