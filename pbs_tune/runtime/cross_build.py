@@ -46,6 +46,14 @@ def calls_of_profile(profile) -> list:
     return out
 
 
+def calls_of(profile_path: str, gpu: str) -> list:
+    """(key, launch.Call) of every call the library's exercise makes for `gpu`'s entries of the profile
+    (in this process: needs TRITON_INTERPRET=1)."""
+    prof = profiles.load(profile_path)
+    prof.gpu = gpu
+    return calls_of_profile(prof)
+
+
 def _keys_of(profile) -> list:
     return sorted({key for key, _ in calls_of_profile(profile)}, key=repr)
 

@@ -11,6 +11,7 @@ only reads: a library works from a checkout at any path, an installed wheel or a
 Any problem (other arch, changed kernel sources, a missing or corrupted file, a kernel no GPU ran
 since it was built) is reported in one line and the JIT takes over; a bad file is never used.
 """
+import functools
 import hashlib
 import inspect
 import json
@@ -22,6 +23,7 @@ import torch
 
 from ..kernels import launch
 from ..profile.target import Target
+from .library_check import kernel_problems, unloaded_kernel
 
 logger = logging.getLogger("pbs_tune")
 
@@ -49,6 +51,7 @@ def kernel_sources_hash() -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def launcher_hash() -> str:
     """SHA-256 over the source of what packs a call for a library kernel: a stamp made with another
     launcher vouches for nothing."""
@@ -73,11 +76,6 @@ def library_lock(path: str):
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def record_key(rec) -> tuple:
-    return launch.make_key(rec["kernel"], rec["signature"], dict(rec["constexprs"]), rec["num_warps"],
-                           rec["num_stages"])
 
 
 def read(path: str) -> dict:
@@ -132,7 +130,6 @@ def bind(path: str, profile_path: str = "PROFILE") -> int:
     problem = problem_with(manifest)
     if problem:
         raise LibraryError(f"kernel library {path} is not used: {problem}")
-    from .library_check import kernel_problems
     records, images = [], {}
     for rec in manifest["kernels"]:
         with open(os.path.join(path, rec["file"]), "rb") as f:
@@ -167,8 +164,6 @@ def bound_kernel(image: bytes, rec: dict) -> launch.BoundKernel:
     """One manifest record's kernel loaded from `image` (its cubin, or PTX the driver compiles) into the
     current CUDA context."""
     from cuda.bindings import driver
-
-    from .library_check import unloaded_kernel
     _ensure_context(driver)
     module = _check(driver.cuModuleLoadData(image), "cuModuleLoadData")
     function = _check(driver.cuModuleGetFunction(module, rec["symbol"].encode()), "cuModuleGetFunction")

@@ -18,7 +18,6 @@ from ..kernels import launch
 from .library_bind import FORMAT, MANIFEST, LibraryError, _sha256, kernel_sources_hash, library_lock, read
 from .exercise import exercise
 from .library_check import launched_kernels
-from .library_verify import verify_in_fresh_process
 
 
 def _param_count(ptx: str, symbol: str) -> int:
@@ -137,6 +136,22 @@ def build_in_fresh_process(profile_path, library=None):
         cmd += ["--kernels", library]
     if subprocess.run(cmd).returncode:
         raise RuntimeError("building the kernel library failed (see above); run: pbs-tune " + " ".join(cmd[3:]))
+
+
+def verify_in_fresh_process(profile_paths, library=None, say=print) -> bool:
+    """`pbs-tune verify` in a new process: a faulting kernel must not take this one's CUDA context."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "pbs_tune", "verify"]
+    for p in profile_paths:
+        cmd += ["--profile", p]
+    if library:
+        cmd += ["--kernels", library]
+    done = subprocess.run(cmd)
+    if done.returncode:
+        say(f"verifying the kernel library failed (exit {done.returncode}): its kernels stay unverified and the "
+            "loader runs the JIT; see above")
+    return done.returncode == 0
 
 
 def build(profile, path: str) -> dict:

@@ -11,14 +11,14 @@ arguments it kept, in order, then the scratch pointers it appends). Three things
   of that slot's name (its data pointer for a tensor), of that size, in that order.
 `kernel_problems` is the first two (the loader runs it on every kernel before binding it);
 `call_problems` the third; `check` all of them for every kernel of a library and every call
-its profiles' exercise makes (run in Triton's interpreter: `calls_of`).
+its profiles' exercise makes (run in Triton's interpreter: `cross_build.calls_of`). It imports
+nothing of the library's own modules: the loader runs it before binding.
 """
 import ctypes
 import struct
 
 from ..kernels import launch
 
-_SIZES = {"i32": 4, "i64": 8, "u64": 8, "fp32": 4, "u1": 1}
 _KPARAM_INFO = 0x17   # EIATTR_KPARAM_INFO: index (4 bytes), ordinal (2), offset (2), flags with the size (4)
 _SVAL = 4             # an attribute with a 2-byte length and a payload; the others take 4 bytes
 
@@ -28,7 +28,8 @@ class CubinError(ValueError):
 
 
 def type_size(kind: str) -> int:
-    return 8 if kind[0] == "*" else _SIZES[kind]
+    """Bytes the launcher passes for an argument of this type."""
+    return ctypes.sizeof(launch._ctype(kind))
 
 
 def _sections(image: bytes) -> dict:
@@ -132,35 +133,28 @@ def call_problems(rec: dict, image: bytes, call, packer=default_packer) -> list:
     return problems
 
 
+def record_key(rec) -> tuple:
+    """The call key (launch.call_key) of a manifest record."""
+    return launch.make_key(rec["kernel"], rec["signature"], dict(rec["constexprs"]), rec["num_warps"],
+                           rec["num_stages"])
+
+
 def unloaded_kernel(rec: dict, function=None) -> launch.BoundKernel:
     """A manifest record as the launcher sees it (`function`: the loaded CUDA function, if any)."""
-    from .library_bind import record_key
     return launch.BoundKernel(record_key(rec), function, rec["threads"], rec["shared"],
                               tuple(tuple(s) for s in rec["signature"]), tuple(tuple(s) for s in rec["scratch"]))
 
 
-def calls_of(profile_path: str, gpu: str) -> list:
-    """(key, launch.Call) of every kernel call the library's exercise makes for `gpu`'s entries of the
-    profile (needs TRITON_INTERPRET=1; see cross_build)."""
-    from ..profile import profiles
-    from .cross_build import calls_of_profile
-    prof = profiles.load(profile_path)
-    prof.gpu = gpu
-    return calls_of_profile(prof)
-
-
-def check(library: str, calls, packer=default_packer) -> list:
-    """Every problem between the launcher and the library at `library`: each kernel against its source
-    and cubin, and each call ((key, launch.Call), as `calls_of` gives them) that the library holds a
-    kernel for against that kernel. Empty: the launcher fits."""
+def check(manifest: dict, folder: str, calls, packer=default_packer) -> list:
+    """Every problem between the launcher and a library (`manifest` as library_bind.read gives it, its
+    cubins in `folder`): each kernel against its source and cubin, and each call ((key, launch.Call),
+    as `cross_build.calls_of` gives them) that the library holds a kernel for against that kernel.
+    Empty: the launcher fits."""
     import os
-
-    from .library_bind import read, record_key
-    manifest = read(library)
     images, records = {}, {}
     problems = []
     for rec in manifest["kernels"]:
-        with open(os.path.join(library, rec["file"]), "rb") as f:
+        with open(os.path.join(folder, rec["file"]), "rb") as f:
             images[rec["file"]] = f.read()
         records[record_key(rec)] = rec
         problems += kernel_problems(rec, images[rec["file"]])

@@ -8,7 +8,7 @@ arch (built by the same Triton as the JIT here, it must be the same code); for a
 arch, which cannot run here, its PTX from the same build (its cubins rebuilt byte-identical) is run
 instead and must match the JIT's sm_<here> build within round-off. The loader binds only stamped
 kernels, so a kernel change no GPU ran ships with the JIT, never with a crash. Run it in a fresh
-process: a kernel that faults takes the CUDA context with it (`verify_in_fresh_process`).
+process: a kernel that faults takes the CUDA context with it (`library_build.verify_in_fresh_process`).
 """
 import datetime
 import hashlib
@@ -21,7 +21,7 @@ import torch
 from ..kernels import launch
 from ..measure.metrics import rel_l2
 from ..profile import profiles
-from ..profile.target import Target
+from ..profile.target import Target, variant_in
 from . import exercise
 from .library_bind import LibraryError, MANIFEST, bound_kernel, launcher_hash, library_lock, problem_with, read
 
@@ -90,7 +90,6 @@ def verify(profile_paths, library=None, say=print, device="cuda") -> dict:
     gpus = []
     for prof in profs:
         held = sorted({e.gpu for e in prof.entries})
-        from ..profile.target import variant_in
         gpus.append(variant_in(held, here.name) or held[0])
     library = library or profs[0].library
     manifest = read(library)
@@ -116,10 +115,12 @@ def verify(profile_paths, library=None, say=print, device="cuda") -> dict:
                             e, params, exercise.select_range(e, params, lengths), device, seed=1))]
                 for what, run in runs:
                     ok, launched, note = _compare(list(kernels.values()), native, run)
-                    for k in launched:
-                        (launched_ok.add if ok else failed.setdefault(by_kernel[id(k)], []).append)(
-                            by_kernel[id(k)] if ok else f"{what}: {note}")
-                    if not ok:
+                    files = {by_kernel[id(k)] for k in launched}
+                    if ok:
+                        launched_ok |= files
+                    else:
+                        for f in files:
+                            failed.setdefault(f, []).append(f"{what}: {note}")
                         say(f"mismatch: {what}: {note}")
     stamp = dict(how=how, device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else here.name, arch=here.arch, triton=_triton_version(),
                  torch=torch.__version__, date=datetime.date.today().isoformat(), launcher=launcher_hash())
@@ -149,19 +150,3 @@ def _stamp(library, files, stamp):
             json.dump(manifest, f, indent=1)
         os.chmod(tmp, 0o644)
         os.replace(tmp, os.path.join(library, MANIFEST))
-
-
-def verify_in_fresh_process(profile_paths, library=None, say=print) -> bool:
-    """`pbs-tune verify` in a new process: a faulting kernel must not take this one's CUDA context."""
-    import subprocess
-    import sys
-    cmd = [sys.executable, "-m", "pbs_tune", "verify"]
-    for p in profile_paths:
-        cmd += ["--profile", p]
-    if library:
-        cmd += ["--kernels", library]
-    done = subprocess.run(cmd)
-    if done.returncode:
-        say(f"verifying the kernel library failed (exit {done.returncode}): its kernels stay unverified and the "
-            "loader runs the JIT; see above")
-    return done.returncode == 0

@@ -32,7 +32,7 @@ calls = [attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128
 compiled = [compile_call(c, arch=90) for c in calls]
 manifest = library_build.write(sys.argv[1], compiled, dict(triton="test"))
 keys = [list(map(str, launch.call_key(c.fn, c.args, c.constexprs, c.num_warps, c.num_stages))) for c in calls]
-recs = [list(map(str, library_bind.record_key(r))) for r in manifest["kernels"]]
+recs = [list(map(str, library_check.record_key(r))) for r in manifest["kernels"]]
 # One library per arch, shared: a second profile's kernels are added to the first's ...
 shared = sys.argv[1] + "-shared"
 library_build.write(shared, compiled[:2], dict(triton="test"))
@@ -193,18 +193,19 @@ def test_every_call_a_shipped_profile_makes_finds_its_kernel_and_the_launcher_fi
     `pbs-tune compile --profile configs/<gpu>.yaml` (on a GPU for its own arch, anywhere for another)."""
     from pbs_tune.profile import profiles
     from pbs_tune.profile.target import arch_of
+    from pbs_tune.runtime import cross_build
     path = os.path.join(ROOT, "configs", f"{gpu}.yaml")
     prof = profiles.load(path)
     manifest = library_bind.read(prof.library)
     assert manifest["arch"] == arch_of(gpu) and prof.library.endswith(f"sm_{arch_of(gpu)}")
     assert manifest["kernel_sources"] == library_bind.kernel_sources_hash(), "stale library: rebuild it"
-    held = {library_bind.record_key(r) for r in manifest["kernels"]}
-    calls = library_check.calls_of(path, gpu)
+    held = {library_check.record_key(r) for r in manifest["kernels"]}
+    calls = cross_build.calls_of(path, gpu)
     missing = sorted({str(key)[:200] for key, _ in calls if key not in held})
     assert not missing, missing
     assert {key[0] for key, _ in calls} >= {"_attend_fwd" if arch_of(gpu) != 90 else "_attend_fwd_tma",
                                              "_select_rows", "_segment_permute"}
-    assert library_check.check(prof.library, calls) == []
+    assert library_check.check(manifest, prof.library, calls) == []
 
 
 def _positional_packer(kernel, named):
@@ -226,7 +227,7 @@ def test_the_check_fails_on_a_launcher_that_pairs_a_folded_argument_by_position(
     call = attend_call(dtype=dtype, head_dim=consts["HEAD_DIM"], block_size=consts["SEL_BLOCK"],
                        block_m=consts["BLOCK_M"], block_n=consts["BLOCK_N"], num_warps=rec["num_warps"],
                        num_stages=rec["num_stages"], tma=rec["kernel"] == "_attend_fwd_tma")
-    assert library_bind.record_key(rec) == call.key and consts["stride_vd"] == 1
+    assert library_check.record_key(rec) == call.key and consts["stride_vd"] == 1
     with open(os.path.join(lib, rec["file"]), "rb") as f:
         image = f.read()
     assert library_check.kernel_problems(rec, image) == []
@@ -258,7 +259,7 @@ def test_compile_for_a_named_arch_needs_no_gpu_and_leaves_the_profile_alone(tmp_
     assert "for sm_100" in res.output and "built without that GPU; never run here" in res.output
     manifest = library_bind.read(str(tmp_path / "b"))
     assert manifest["arch"] == 100 and manifest["kernel_sources"] == library_bind.kernel_sources_hash()
-    held = {library_bind.record_key(r) for r in manifest["kernels"]}
+    held = {library_check.record_key(r) for r in manifest["kernels"]}
     assert held == set(cross_build.kernel_keys(path, "cpu"))
     assert {"_quantize_rows", "_attend_fwd"} <= {key[0] for key in held}
     assert any(("PV_FP8", True) in key[2] for key in held)
