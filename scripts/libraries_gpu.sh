@@ -20,17 +20,10 @@ PY
   tar czf "$OUT/libraries.tar.gz" cache/sm_*/ configs/*.yaml
 }
 $py -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
-# Cross-builds find their kernels with Triton 3.6's interpreter, which numpy 2.5 stops: a carried
-# numpy < 2.5 wheel (carry .whl) serves those steps only.
-np_path=""
-if ls .whl/numpy-*.whl >/dev/null 2>&1; then
-  $py -m pip install -q --no-deps --no-compile --target /tmp/np .whl/numpy-*.whl && np_path=/tmp/np
-fi
 if [ "$step" != others ]; then
   rm -rf cache/sm_80 cache/sm_89 cache/sm_90 cache/sm_100 /tmp/cross.done
   # Cross-builds need no GPU: in the background while the native build uses it.
-  ( export PYTHONPATH=$np_path${PYTHONPATH:+:$PYTHONPATH}
-    for pair in a100-sxm:80 l40s:89 b200:100; do
+  ( for pair in a100-sxm:80 l40s:89 b200:100; do
       $py -m pbs_tune compile --profile configs/${pair%%:*}.yaml --arch ${pair##*:} || echo "cross-build ${pair} failed"
     done; touch /tmp/cross.done ) > /tmp/cross_build.log 2>&1 &
   for p in h100-sxm h200-sxm; do
@@ -41,6 +34,6 @@ fi
 if [ "$step" != native ]; then
   while [ ! -f /tmp/cross.done ]; do sleep 2; done
   cp /tmp/cross_build.log "$OUT/cross_build.log"; cat /tmp/cross_build.log
-  for p in a100-sxm l40s; do PYTHONPATH=$np_path${PYTHONPATH:+:$PYTHONPATH} $py -m pbs_tune verify --profile configs/$p.yaml 2>&1 | grep -v FP_FUSION; done
+  for p in a100-sxm l40s; do $py -m pbs_tune verify --profile configs/$p.yaml 2>&1 | grep -v FP_FUSION; done
   pack
 fi

@@ -78,11 +78,7 @@ def kernel_keys(profile_path: str, gpu: str) -> list:
                           capture_output=True, text=True)
     if done.returncode:
         why = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        import numpy
-        numpy_version = tuple(int(x) for x in numpy.__version__.split(".")[:2])
-        hint = ("; Triton 3.6's interpreter needs numpy < 2.5: pip install 'numpy<2.5'"
-                if "InterpreterError" in why and numpy_version >= (2, 5) else "")
-        raise RuntimeError(f"Triton's interpreter could not run the kernels of {profile_path} ({why[:200]}){hint}")
+        raise RuntimeError(f"Triton's interpreter could not run the kernels of {profile_path} ({why[:200]})")
     return [_as_key(k) for k in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
