@@ -11,7 +11,7 @@ STEP=all timeout 300 bash scripts/libraries_gpu.sh 2>&1 | tee "$OUT/libraries.lo
 $py -m pip uninstall -q -y pbs-tune 2>/dev/null
 timeout 180 bash scripts/smoke_library_gpu.sh 2>&1 | tee "$OUT/smoke.log"
 if [ -d ab_old/pbs_tune ]; then
-  for round in 1 2; do  # two rounds, alternating, so a drift of the GPU shows
+  for round in $(seq ${AB_ROUNDS:-2}); do  # rounds alternate, so a drift of the GPU shows
     PYTHONPATH=$root/ab_old timeout 100 $py scripts/op_ab.py before-8bit >> "$OUT/op_ab.jsonl"
     PYTHONPATH=/tmp/site-ro timeout 100 $py scripts/op_ab.py now >> "$OUT/op_ab.jsonl"
   done

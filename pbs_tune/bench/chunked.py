@@ -121,9 +121,9 @@ def stage_times(q, k, v, state):
         return extend(state, q, k, v, DEFAULT, scale)
 
     def choose():
-        return select(state, q, k_perm, pos, DEFAULT, scale)
+        return select(state, q, k, k_perm, pos, DEFAULT, scale, key_mass)
     with torch.no_grad():
-        k_perm, v_perm, pos = grow()
+        k_perm, v_perm, pos, key_mass = grow()
         blocks = choose()
         row = dict(extend_ms=median_ms(grow), select_ms=median_ms(choose),
                    attend_ms=median_ms(lambda: attend_blocks(q, KeyPermutation(k_perm, v_perm, pos), blocks)),

@@ -20,10 +20,10 @@ GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def as_params(params=None, *, block_size=None, segment_size=None, threshold=None, permute=None,
-              estimator=None, precision=None) -> PbsParams:
+              estimator=None, precision=None, tail_blocks=None, column_blocks=None) -> PbsParams:
     """The op's parameters, given as one `PbsParams` or in the keyword form (checked there)."""
     keywords = dict(block_size=block_size, segment_size=segment_size, threshold=threshold, permute=permute,
-                    estimator=estimator, precision=precision)
+                    estimator=estimator, precision=precision, tail_blocks=tail_blocks, column_blocks=column_blocks)
     given = {k: v for k, v in keywords.items() if v is not None}
     if params is not None:
         if not isinstance(params, PbsParams):
@@ -165,7 +165,8 @@ def permute_and_select(q, k, v, params: PbsParams | None = None, *, scale=None, 
                      permute=params.permute)
     blocks = select_blocks(q, perm.k, perm.positions, block_size=params.block_size,
                            segment_size=params.segment_size, threshold=params.threshold, scale=scale,
-                           estimator=params.estimator)
+                           estimator=params.estimator, tail_blocks=params.tail_blocks,
+                           column_blocks=params.column_blocks, k=k, key_mass=perm.scores)
     return perm, blocks
 
 
@@ -177,8 +178,10 @@ def pbs_attention(q, k, v, params: PbsParams | None = None, *, launch=None, scal
     threshold (one number in (0, 1], or one per query head; 1.0 keeps every causal block),
     permute (False: the unpermuted block-selection baseline) and estimator ("mean", the paper's
     mean query . mean key, or "lse", the mean query against every key of the block with the
-    threshold taken of the mass outside the sink block; op/selection.py) and precision: "input"
-    (the input dtype), "int8" (INT8 Q.Kᵀ) or "int8+fp8" (also FP8 P.V, sm_89+); op/precision.py.
+    threshold taken of the mass outside the sink block; op/selection.py), precision: "input"
+    (the input dtype), "int8" (INT8 Q.Kᵀ) or "int8+fp8" (also FP8 P.V, sm_89+; op/precision.py),
+    and the retrieval knobs tail_blocks (the last query blocks attend to every causal key block)
+    and column_blocks (key blocks every query block keeps; op/columns.py), on by default.
 
     M <= N: the queries are the last M key positions (M < N: a chunk of a prompt after its cached
     prefix; query i attends to keys 0 .. N - M + i). Permutation and selection cover all N keys.

@@ -19,6 +19,7 @@ class KeyPermutation:
     k: torch.Tensor          # (B, Hkv, N, D)
     v: torch.Tensor          # (B, Hkv, N, D)
     positions: torch.Tensor  # (B, Hkv, N) int32: original token index of each slot
+    scores: torch.Tensor | None = None  # (B, Hkv, N) float32: last query block's mass per key, original order
 
 
 def last_block_key_scores(q, k, *, block_size, scale):
@@ -47,4 +48,4 @@ def permute_keys(q, k, v, *, block_size, segment_size, scale):
         return identity_permutation(k, v)
     scores = last_block_key_scores(q, k, block_size=block_size, scale=scale)
     k_perm, v_perm, positions = segment_permute(scores, k, v, segment_size=segment_size)
-    return KeyPermutation(k=k_perm, v=v_perm, positions=positions)
+    return KeyPermutation(k=k_perm, v=v_perm, positions=positions, scores=scores)

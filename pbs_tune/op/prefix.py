@@ -116,7 +116,8 @@ def _gather(x, positions):
 
 def extend(state: PrefixState, q, k, v, params: PbsParams, scale):
     """Score, permute and pool the keys after the state's completed segments; returns the permuted
-    (k, v, positions) of all N keys for selection and attention, and records the new keys."""
+    (k, v, positions) of all N keys for selection and attention, records the new keys, and the
+    scores of all N keys when this chunk's own scoring covered them (the first chunk), else None."""
     B, Hkv, N, D = k.shape
     bs, seg = params.block_size, params.segment_size
     if state.params is None:
@@ -125,6 +126,7 @@ def extend(state: PrefixState, q, k, v, params: PbsParams, scale):
     old = state.done
     done = (N // seg) * seg if params.permute else N - N % bs
     pos = state.positions
+    scores = None
     if params.permute and N - old >= seg:
         ks, vs = k[:, :, old:], v[:, :, old:]
         scores = last_block_key_scores(q, ks, block_size=bs, scale=scale)
@@ -148,16 +150,19 @@ def extend(state: PrefixState, q, k, v, params: PbsParams, scale):
     state.key_min[:, :, first_block:first_block + kmin.shape[-1]] = kmin
     state.key_max[:, :, first_block:first_block + kmax.shape[-1]] = kmax
     state.done, state.length = done, N
-    return k_perm, v_perm, pos[:, :, :N]
+    return k_perm, v_perm, pos[:, :, :N], (scores if old == 0 else None)
 
 
-def select(state: PrefixState, q, k_perm, positions, params: PbsParams, scale):
-    """Selection over all N keys, from the pooled keys and block bounds the state holds."""
+def select(state: PrefixState, q, k, k_perm, positions, params: PbsParams, scale, key_mass=None):
+    """Selection over all N keys, from the pooled keys and block bounds the state holds. The columns
+    follow this chunk's last query block over every key: `key_mass` where the chunk scored them all,
+    else scored from `k` (original order) by selection."""
     nb = -(-k_perm.shape[2] // params.block_size)
     return select_blocks(q, k_perm, positions, block_size=params.block_size, segment_size=params.segment_size,
                          threshold=params.threshold, scale=scale, estimator=params.estimator,
                          pooled_k=state.pooled[:, :, :nb],
-                         bounds=(state.key_min[:, :, :nb].contiguous(), state.key_max[:, :, :nb].contiguous()))
+                         bounds=(state.key_min[:, :, :nb].contiguous(), state.key_max[:, :, :nb].contiguous()),
+                         tail_blocks=params.tail_blocks, column_blocks=params.column_blocks, k=k, key_mass=key_mass)
 
 
 def pbs_attention_chunk(q, k, v, params: PbsParams | None = None, *, state: PrefixState | None = None,
@@ -184,8 +189,8 @@ def pbs_attention_chunk(q, k, v, params: PbsParams | None = None, *, state: Pref
                              f"or state=None to start over")
     scale = default_scale(q, scale)
     with torch.no_grad():
-        k_perm, v_perm, positions = extend(state, q, k, v, params, scale)
-        blocks = select(state, q, k_perm, positions, params, scale)
+        k_perm, v_perm, positions, key_mass = extend(state, q, k, v, params, scale)
+        blocks = select(state, q, k, k_perm, positions, params, scale, key_mass)
         out = attend_blocks(q, KeyPermutation(k_perm, v_perm, positions), blocks, launch=launch, scale=scale,
                             out=out, precision=params.precision)
     return (out, blocks, state) if return_blocks else (out, state)

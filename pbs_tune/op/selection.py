@@ -2,8 +2,9 @@
 
 Scores are mean-pooled queries against mean-pooled (permuted) keys. Per query block the
 smallest set of causal key blocks outside its own segment whose softmax mass reaches the
-threshold is kept, plus every block of its own (diagonal) segment and the block holding
-key 0 (the attention sink). The attend kernel reads only the kept indices.
+threshold is kept, plus every block of its own (diagonal) segment, the block holding
+key 0 (the attention sink) and the column blocks (op/columns.py); the last `tail_blocks` query
+blocks keep every causal block. The attend kernel reads only the kept indices.
 """
 import functools
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import torch
 from ..kernels.block_scores import block_lse
 from ..kernels.block_select import select_rows
 from ..profile.params import PbsParams
+from .columns import column_mask
+from .permutation import last_block_key_scores
 
 _FULL, _MASKED, _SKIP = 0, 1, 2
 
@@ -181,6 +184,12 @@ def _threshold_tensor(values: tuple, device: str) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
+@functools.lru_cache(maxsize=64)
+def _no_columns(B: int, Hkv: int, nb: int, device: str) -> torch.Tensor:
+    """No column blocks: a zero mask made once per shape (read-only)."""
+    return torch.zeros((B, Hkv, nb), dtype=torch.int8, device=device)
+
+
 BISECT_FROM = 1024  # blocks per row from which selection bisects instead of sorting (H100: see README)
 
 
@@ -190,7 +199,7 @@ def bisects(num_blocks: int) -> bool:
 
 
 def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale, estimator="mean",
-                  pooled_k=None, bounds=None):
+                  pooled_k=None, bounds=None, tail_blocks=0, column_blocks=0, k=None, key_mass=None):
     """Run PBS block selection on permuted keys. Returns a BlockList.
 
     `threshold` is one number or one per query head (a per-head budget). Block logits come
@@ -199,17 +208,30 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
     compaction run in one Triton kernel (kernels/block_select.py). q (B, Hq, M, D) may be the
     last M of the N key positions (chunked prefill): rows are then the key blocks holding queries.
     `pooled_k` (block means of k_perm) and `bounds` (block_position_bounds of positions) may come
-    precomputed: a chunk's prefix state keeps them (op/prefix.py).
+    precomputed: a chunk's prefix state keeps them (op/prefix.py). `tail_blocks` and `column_blocks`:
+    PbsParams' retrieval knobs; the columns follow `key_mass` (B, Hkv, N), the last query block's mass
+    per key in original order (the permutation's scores), computed from `k` (the keys in original
+    order) when not given.
     """
     B, Hq, M, D = q.shape
     Hkv, N = k_perm.shape[1], k_perm.shape[2]
     nb = -(-N // block_size)
     first_qb = (N - M) // block_size
     nqb = nb - first_qb
-    values = PbsParams(block_size, segment_size, threshold, estimator=estimator).per_head(Hq)  # checked there
+    values = PbsParams(block_size, segment_size, threshold, estimator=estimator, tail_blocks=tail_blocks,
+                       column_blocks=column_blocks).per_head(Hq)  # checked there
     sink = ((positions == 0).to(torch.int8).argmax(dim=-1) // block_size).to(torch.int32)
     logits = None
+    columns = _no_columns(B, Hkv, nb, str(q.device))
     if min(values) < 1.0:
+        if column_blocks and nb > segment_size // block_size:
+            if key_mass is None:
+                if k is None:
+                    raise ValueError("column_blocks > 0 needs key_mass (the permutation's scores) or k, the keys "
+                                     "in original order, to find the last query block's heaviest keys")
+                key_mass = last_block_key_scores(q, k, block_size=block_size, scale=scale)
+            columns = column_mask(key_mass, positions, block_size=block_size, segment_size=segment_size,
+                                  column_blocks=column_blocks, sink=sink)
         pooled_q = block_means(q, block_size, (N - M) % block_size).view(B, Hkv, (Hq // Hkv) * nqb, D)
         if estimator == "lse":
             logits = block_lse(pooled_q, k_perm, block_size=block_size, scale=scale)
@@ -221,9 +243,9 @@ def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, 
             pooled_k = block_means(k_perm, block_size) if pooled_k is None else pooled_k
             logits = torch.matmul(pooled_q, pooled_k.transpose(-1, -2)).mul_(scale).view(B, Hq, nqb, nb)
     kmin, kmax = block_position_bounds(positions, block_size) if bounds is None else bounds
-    count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), heads=Hq, seqlen=N,
+    count, full, index = select_rows(logits, kmin, kmax, sink.contiguous(), columns, heads=Hq, seqlen=N,
                                      block_size=block_size, segment_size=segment_size,
                                      threshold=_threshold_tensor(values, str(q.device)), bisect=bisects(nb),
-                                     query_blocks=nqb)
+                                     query_blocks=nqb, tail_blocks=tail_blocks)
     return BlockList(count=count, full=full, index=index, block_size=block_size, segment_size=segment_size,
                      key_min=kmin, seqlen=N, first_query_block=first_qb)

@@ -20,6 +20,13 @@ ESTIMATORS = ("mean", "lse")
 PRECISIONS = ("input", "int8", "int8+fp8")
 PRECISION_MIN_ARCH = {"input": 0, "int8": 80, "int8+fp8": 89}
 
+# Retrieval safety, on unless an entry says otherwise (op/columns.py, kernels/block_select.py): the
+# last query blocks keep every causal key block (the question's rows, whose logits a prefill returns)
+# and every query block keeps the key blocks holding the last block's heaviest keys. Values:
+# benchmarks/README.md, "Retrieval-safe PBS".
+DEFAULT_TAIL_BLOCKS = 1
+DEFAULT_COLUMN_BLOCKS = 8
+
 
 def precisions_on(arch: int | None) -> tuple:
     """The precisions a GPU of this arch (80, 90, ...) runs; None: Triton's interpreter, which runs all."""
@@ -60,7 +67,9 @@ class PbsParams:
     """block_size: tokens per block (a power of two >= 16); segment_size: tokens per permuted
     segment (a multiple of the block); threshold: the cumulative mass kept, one number or one per
     query head; permute: False for unpermuted selection; estimator: one of ESTIMATORS; precision:
-    the attend stage's arithmetic, one of PRECISIONS."""
+    the attend stage's arithmetic, one of PRECISIONS; tail_blocks: the last so many query blocks
+    attend to every causal key block; column_blocks: key blocks per KV head (those holding the last
+    query block's heaviest keys) that every query block keeps. 0 turns either off."""
 
     block_size: int
     segment_size: int
@@ -68,6 +77,8 @@ class PbsParams:
     permute: bool = True
     estimator: str = "mean"
     precision: str = "input"
+    tail_blocks: int = DEFAULT_TAIL_BLOCKS
+    column_blocks: int = DEFAULT_COLUMN_BLOCKS
 
     def __post_init__(self):
         bs, seg = self.block_size, self.segment_size
@@ -82,6 +93,10 @@ class PbsParams:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("tail_blocks", "column_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a whole number of blocks, 0 or more (0 turns it off), got {value!r}")
 
     def per_head(self, heads: int) -> tuple:
         """One threshold per query head; ValueError when a list does not match `heads`."""
@@ -103,7 +118,7 @@ class PbsParams:
         if isinstance(self.threshold, tuple):
             d["threshold"] = list(self.threshold)
         # Defaults stay implicit: files of earlier releases read the same.
-        for name in ("permute", "estimator", "precision"):
+        for name in ("permute", "estimator", "precision", "tail_blocks", "column_blocks"):
             if d[name] == PbsParams.__dataclass_fields__[name].default:
                 del d[name]
         return d
@@ -117,10 +132,16 @@ def describe_threshold(threshold) -> str:
     return f"τ{threshold:.3g}"
 
 
+def describe_knobs(params: PbsParams) -> str:
+    """' tail2 col16' where the retrieval knobs differ from their defaults ('' otherwise)."""
+    return (f"{'' if params.tail_blocks == DEFAULT_TAIL_BLOCKS else f' tail{params.tail_blocks}'}"
+            f"{'' if params.column_blocks == DEFAULT_COLUMN_BLOCKS else f' col{params.column_blocks}'}")
+
+
 def describe_config(params: PbsParams, launch) -> str:
-    """'b128 s256 τ0.9 128x128w8s3' (with 'unpermuted', the estimator and the precision where not the
-    default)."""
+    """'b128 s256 τ0.9 128x128w8s3' (with 'unpermuted', the estimator, the precision and the retrieval
+    knobs where not the default)."""
     return (f"b{params.block_size} s{params.segment_size} {describe_threshold(params.threshold)}"
             f"{'' if params.permute else ' unpermuted'}{'' if params.estimator == 'mean' else ' ' + params.estimator}"
-            f"{'' if params.precision == 'input' else ' ' + params.precision} "
+            f"{'' if params.precision == 'input' else ' ' + params.precision}{describe_knobs(params)} "
             f"{launch.label()}")

@@ -59,8 +59,11 @@ def run_select_buckets(entry, params, lengths: tuple, device="cuda", seed=None):
                                         if seed is None else
                                         torch.randn((1, group, nb, nb), device=device, generator=gen))
         threshold = torch.full((group,), 1.0 if seed is None else 0.9, device=device)
-        out.append(select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), heads=group, seqlen=nb * bs, block_size=bs,
-                               segment_size=params.segment_size, threshold=threshold, bisect=bisects(nb)))
+        columns = (torch.zeros((1, 1, nb), dtype=torch.int8, device=device) if seed is None else
+                   (torch.rand((1, 1, nb), device=device, generator=gen) < 0.05).to(torch.int8))
+        out.append(select_rows(logits, kb, kb, kb[:, :, 0].contiguous(), columns, heads=group, seqlen=nb * bs,
+                               block_size=bs, segment_size=params.segment_size, threshold=threshold,
+                               bisect=bisects(nb), tail_blocks=params.tail_blocks))
         if nb >= top:
             break
         nb *= 2

@@ -104,8 +104,9 @@ def test_bisection_and_sort_keep_the_same_blocks():
     sink = torch.zeros(B, 2, dtype=torch.int32)
     thr = torch.tensor([0.5, 0.8, 0.95, 0.99], dtype=torch.float32)
     args = dict(heads=H, seqlen=nb * bs, block_size=bs, segment_size=4 * bs, threshold=thr)
-    by_sort = block_select.select_rows(logits, kmin, kmax, sink, bisect=False, **args)
-    by_bisect = block_select.select_rows(logits, kmin, kmax, sink, bisect=True, **args)
+    columns = torch.zeros(B, 2, nb, dtype=torch.int8)
+    by_sort = block_select.select_rows(logits, kmin, kmax, sink, columns, bisect=False, **args)
+    by_bisect = block_select.select_rows(logits, kmin, kmax, sink, columns, bisect=True, **args)
     assert torch.equal(by_sort[0], by_bisect[0]) and torch.equal(by_sort[1], by_bisect[1])
     for row_sort, row_bisect, n in zip(by_sort[2].flatten(0, 2), by_bisect[2].flatten(0, 2), by_sort[0].flatten()):
         assert torch.equal(row_sort[:n], row_bisect[:n])
@@ -210,7 +211,7 @@ def test_the_lse_estimator_selects_from_those_logits_and_the_op_is_exact_on_its_
     from pbs_tune.op.pbs_attention import key_order
     q, k, v = torch.randn(1, 4, 96, 64), torch.randn(1, 2, 96, 64), torch.randn(1, 2, 96, 64)
     out, blocks = pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=0.7, estimator="lse",
-                                return_blocks=True)
+                                tail_blocks=0, column_blocks=0, return_blocks=True)
     perm = key_order(q, k, v, block_size=16, segment_size=32)
     assert torch.allclose(out.double(), reference_for(q, perm, blocks), atol=1e-4)
     mean = select_blocks(q, perm.k, perm.positions, block_size=16, segment_size=32, threshold=0.7, scale=0.125)
