@@ -4,7 +4,10 @@ The model (default: the packaged Qwen2.5-Coder-0.5B-Instruct, 32k context) runs 
 with each variant, at each --lengths, on text no variant was tuned on (Python sources of the
 *evaluation* split; `plan` calibrates and probes on the *calibration* split):
   dense    transformers' SDPA
-  default  PBS at the paper default (block 128, segment 256, threshold 0.9, mean estimator)
+  paper    PBS as the paper runs it: block 128, segment 256, threshold 0.9, mean estimator, the
+           retrieval knobs (PbsParams' tail_blocks, column_blocks) off
+  default  the same block, segment and threshold with the knobs at their defaults: what `apply`
+           runs for an entry that does not set them
   shipped  the profile pbs-tune ships (or --shipped) for this GPU; the entry it picks is recorded
   plan     a `pbs-tune plan` profile for this model (--plan), one plan per layer
 Parts:
@@ -12,16 +15,22 @@ Parts:
              difference to dense with a 95% confidence interval.
   retrieval  single needle, multi-key needle (the asked key among 4) and variable tracking (a
              chain of 4 assignments) hidden in code (models/retrieval.py), --prompts per task over
-             5 depths; a hit is a greedy answer that starts with the exact answer tokens
-             (`greedy_matches`: decided in one forward of the prompt and the answer, which PBS
-             prefills too, so the answer's own queries go through PBS).
+             5 depths, scored as a user's `generate` answers: the prompt prefilled alone through the
+             variant, the answer greedily decoded from the KV cache (decode steps run SDPA), a hit
+             when it is exactly the answer's tokens (`generated_matches`). Per PBS variant the
+             paired difference to dense on the same prompts, in points with a 95% interval (at 400
+             prompts about +-10 x sqrt(share of prompts the two disagree on): +-2 points at 4%).
+             --teacher-forced adds, at the first of --lengths only (a second forward per prompt and
+             variant), the teacher-forced score of earlier judges (`teacher_forced_matches`: prompt
+             and answer in one forward, the answer's own query rows through PBS too). Each variant
+             costs 3 x --prompts prefills per length: split a long run with --variants (dense runs
+             in each, so each pairs against it) or --lengths.
   prefill    whole-model prefill time: SDPA cuDNN and flash, and each PBS variant.
   layers     on one held-out sequence, per layer and variant: kept density and output rel-L2
              against exact attention; which layers a variant keeps dense.
---exact-tail N runs every PBS variant with the last N query rows of each call exact (apply's
-`exact_tail`): the rows whose logits a prefill returns.
 """
 import argparse
+import dataclasses
 import statistics
 
 import torch
@@ -30,7 +39,7 @@ from ..measure.metrics import config_point, dense_reference, mean_ci95
 from ..measure.prefill import dense_prefill_ms, prefill_ms
 from ..measure.timing import env_info, write_json
 from ..models.fixtures import attention_shape, head_dim_of, load_model, python_sources, token_sequences
-from ..models.retrieval import TASKS, greedy_matches, task_prompts
+from ..models.retrieval import TASKS, default_batch, generated_matches, task_prompts, teacher_forced_matches
 from ..profile import profiles
 from ..profile.launch import default_launch
 from ..profile.target import Target
@@ -39,18 +48,27 @@ from ..runtime.state import reset_stats, stats
 from ..seqlen import format_length, parse_length
 from ..tune.model_plan import model_entry, record_layers, use_entry
 
-VARIANTS = ("dense", "default", "shipped", "plan")
+VARIANTS = ("dense", "paper", "default", "shipped", "plan")
+PARTS = ("loss", "retrieval", "prefill", "layers")
+PAPER_KNOBS = dict(tail_blocks=0, column_blocks=0)  # the retrieval knobs the paper does not have
+
+
+def paper_entry(entry):
+    """`entry` with the retrieval knobs off: PBS as the paper describes it."""
+    return dataclasses.replace(entry, params=dataclasses.replace(entry.params, **PAPER_KNOBS))
 
 
 def variant_profiles(model, wanted=VARIANTS, *, shipped, plan, min_len) -> dict:
-    """{variant: Profile, or None for dense} of the `wanted` variants: the paper default as a
-    one-entry profile from `min_len` tokens, the shipped profile (a path, or None to look it up),
-    the plan file."""
+    """{variant: Profile, or None for dense} of the `wanted` variants: the paper's and the default
+    configuration as one-entry profiles from `min_len` tokens, the shipped profile (a path, or None
+    to look it up), the plan file."""
     cfg = model.config
     cap = Target.present().capability if next(model.parameters()).is_cuda else None
     default = model_entry(model, seqlen=min_len, block_size=128, segment_size=256, threshold=0.9,
                           launch=default_launch(128, head_dim_of(cfg), cap))
-    out = dict(dense=None, default=profiles.Profile(path="<paper default>", entries=[default], gpu=default.gpu))
+    paper = paper_entry(default)
+    out = dict(dense=None, paper=profiles.Profile(path="<paper>", entries=[paper], gpu=paper.gpu),
+               default=profiles.Profile(path="<default>", entries=[default], gpu=default.gpu))
     if "shipped" in wanted:
         out["shipped"] = load_profile(path=shipped) if shipped else load_profile()
     if "plan" in wanted:
@@ -104,7 +122,38 @@ def part_loss(model, use, seqs) -> dict:
     return out
 
 
-def part_retrieval(model, use, tokenizer, haystack, n, length) -> dict:
+def paired_points(hits, dense_hits) -> dict:
+    """Per prompt hit minus dense's hit on the same prompt, as percentage points: mean and 95%
+    interval. Pairing cancels the prompts both answer or both miss, which an unpaired difference
+    of two percentages counts as noise."""
+    return mean_ci95([100 * (int(a) - int(b)) for a, b in zip(hits, dense_hits)])
+
+
+def score(prompts, hits, dense=None) -> dict:
+    """Hits in all, by depth and per prompt; with `dense` (dense's score of the same prompts), the
+    paired difference to it."""
+    depth = {}
+    for p, hit in zip(prompts, hits):
+        depth.setdefault(str(p.depth), []).append(hit)
+    out = dict(correct=sum(hits), prompts=len(hits), percent=100 * sum(hits) / len(hits),
+               by_depth={d: sum(h) / len(h) for d, h in depth.items()}, hits=[int(h) for h in hits])
+    if dense is not None:
+        out["points_vs_dense"] = paired_points(out["hits"], dense["hits"])
+    return out
+
+
+def said(task, name, row) -> str:
+    """'multikey_needle paper: 180/400, -3.2 points vs dense (95% -5.1 to -1.3) {depths}'."""
+    text = f"  {task} {name}: {row['correct']}/{row['prompts']}"
+    if "points_vs_dense" in row:
+        mean, (lo, hi) = row["points_vs_dense"]["mean"], row["points_vs_dense"]["ci95"]
+        text += f", {mean:+.1f} points vs dense (95% {lo:+.1f} to {hi:+.1f})"
+    return text + f" {row['by_depth']}"
+
+
+def part_retrieval(model, use, tokenizer, haystack, n, length, batch=None, teacher_forced=False) -> dict:
+    """Per task and variant (dense first): the generate-way score and, for PBS variants, the paired
+    difference to dense; with `teacher_forced`, the teacher-forced score beside it."""
     out = {}
     for task in TASKS:
         prompts = task_prompts(task, tokenizer, haystack, n, length)
@@ -112,15 +161,14 @@ def part_retrieval(model, use, tokenizer, haystack, n, length) -> dict:
         for name in use.names:
             use(name)
             reset_stats()
-            hits = greedy_matches(model, prompts)
-            depth = {}
-            for p, hit in zip(prompts, hits):
-                depth.setdefault(str(p.depth), []).append(hit)
-            row[name] = dict(correct=sum(hits), prompts=len(hits), percent=100 * sum(hits) / len(hits),
-                             by_depth={d: sum(h) / len(h) for d, h in depth.items()}, stats=stats())
-            print(f"  {task} {name}: {sum(hits)}/{len(hits)} {row[name]['by_depth']} {stats()}", flush=True)
-        for name in use.names:
-            row[name]["points_vs_dense"] = row[name]["percent"] - row["dense"]["percent"]
+            dense = row.get("dense")
+            row[name] = score(prompts, generated_matches(model, prompts, batch), dense)
+            row[name]["stats"] = stats()
+            print(said(task, name, row[name]), row[name]["stats"], flush=True)
+            if teacher_forced:
+                forced = score(prompts, teacher_forced_matches(model, prompts), dense and dense["teacher_forced"])
+                row[name]["teacher_forced"] = forced
+                print(said(task, f"{name} teacher-forced", forced), flush=True)
         out[task] = row
     return out
 
@@ -161,11 +209,10 @@ def part_layers(model, profs, seq, length) -> list:
 
 
 class Variants:
-    """`use(name)` switches the model to that variant: dense SDPA, or `apply` with its profile
-    (and the rows that attend exactly, `exact_tail`)."""
+    """`use(name)` switches the model to that variant: dense SDPA, or `apply` with its profile."""
 
-    def __init__(self, model, profs, exact_tail=0):
-        self.model, self.profs, self.exact_tail, self.names = model, profs, exact_tail, list(profs)
+    def __init__(self, model, profs):
+        self.model, self.profs, self.names = model, profs, list(profs)
 
     def __call__(self, name):
         from ..runtime.transformers_attention import apply
@@ -173,21 +220,24 @@ class Variants:
         if prof is None:
             use_entry(self.model, None)
         else:
-            apply(self.model, prof, exact_tail=self.exact_tail)
+            apply(self.model, prof)
 
 
-def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts, exact_tail=0) -> dict:
+def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts, batch=None,
+                 teacher_forced=False) -> dict:
     device = next(model.parameters()).device
     evals = token_sequences(tokenizer, python_sources("evaluation"), length, sequences + 1 + 4)
-    res = dict(tokens=length, exact_tail=exact_tail,
-               entries={name: picked(p, model, length) for name, p in profs.items()})
+    res = dict(tokens=length, entries={name: picked(p, model, length) for name, p in profs.items()})
     print(f"== {format_length(length)}: {res['entries']}", flush=True)
-    use = Variants(model, profs, exact_tail)
+    use = Variants(model, profs)
     if "loss" in parts:
         res["loss"] = part_loss(model, use, [s.to(device) for s in evals[:sequences]])
     if "retrieval" in parts:
         haystack = [int(t) for s in evals[sequences + 1:] for t in s]
-        res["retrieval"] = part_retrieval(model, use, tokenizer, haystack, prompts, length)
+        res["retrieval_batch"] = batch or default_batch(model, length)
+        print(f"  retrieval: {prompts} prompts per task, {res['retrieval_batch']} per prefill", flush=True)
+        res["retrieval"] = part_retrieval(model, use, tokenizer, haystack, prompts, length,
+                                          batch=res["retrieval_batch"], teacher_forced=teacher_forced)
     if "prefill" in parts:
         res["prefill"] = part_prefill(model, use, evals[sequences].to(device))
     if "layers" in parts:
@@ -200,24 +250,44 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="a packaged model's name or a local folder")
     ap.add_argument("--gguf-file", default=None)
-    ap.add_argument("--lengths", default="16k,32k")
-    ap.add_argument("--parts", default="loss,retrieval,prefill,layers")
+    ap.add_argument("--lengths", default="16k,32k",
+                    help="comma-separated token counts to judge at, e.g. 16k,32k (k = 1024), each in turn")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="comma-separated, some of: loss (LM loss against dense), retrieval (the 3 needle tasks, "
+                         "scored as generate answers), prefill (whole-model prefill time), layers (per layer: "
+                         "kept density and output error); the module's docstring tells more")
     ap.add_argument("--sequences", type=int, default=8, help="held-out sequences for the LM loss")
-    ap.add_argument("--prompts", type=int, default=100, help="prompts per retrieval task (over 5 depths)")
+    ap.add_argument("--prompts", type=int, default=400, help="prompts per retrieval task (over 5 depths)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="retrieval prompts per prefill (default: as many as the KV cache and activations fit "
+                         "in 16 GiB, or half the GPU's free memory if less: 8 at 32k for Qwen2.5-Coder-0.5B in bf16)")
+    ap.add_argument("--teacher-forced", action="store_true",
+                    help="also score retrieval teacher-forced, at the first of --lengths (a second forward per "
+                         "prompt and variant)")
     ap.add_argument("--shipped", default=None, help="profile to judge as 'shipped' (default: looked up)")
     ap.add_argument("--plan", default=None, help="a `pbs-tune plan` profile for this model")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {', '.join(VARIANTS)} (dense always)")
-    ap.add_argument("--exact-tail", type=int, default=0, help="the last so many query rows of each PBS call "
-                                                                 "attend exactly (apply's exact_tail)")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True,
+                    help="the JSON result, rewritten after each length (a run stopped early keeps the lengths done)")
     args = ap.parse_args(argv)
     wanted = {"dense", *args.variants.split(",")}
     if not wanted <= set(VARIANTS):
         ap.error(f"--variants names {', '.join(sorted(wanted - set(VARIANTS)))}; choose among {', '.join(VARIANTS)}")
     if "plan" in wanted and not args.plan:
         ap.error("the plan variant needs --plan PROFILE (made by pbs-tune plan), or leave it out of --variants")
-    lengths = [parse_length(x) for x in args.lengths.split(",") if x]
+    parts = [p for p in args.parts.split(",") if p]
+    if not parts or not set(parts) <= set(PARTS):
+        ap.error(f"--parts {args.parts!r}: give some of {', '.join(PARTS)}, comma-separated")
+    for name in ("prompts", "batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name} must be 1 or more, got {getattr(args, name)}")
+    try:
+        lengths = [parse_length(x) for x in args.lengths.split(",") if x]
+    except ValueError as err:
+        ap.error(f"--lengths: {err}")
+    if not lengths:
+        ap.error("--lengths names no length: give e.g. 16k,32k")
     model, tokenizer = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype)
     profs = variant_profiles(model, [v for v in VARIANTS if v in wanted], shipped=args.shipped, plan=args.plan,
                              min_len=min(lengths))
@@ -225,8 +295,8 @@ def main(argv=None):
         name=args.model, layers=model.config.num_hidden_layers, **attention_shape(model)), lengths=[])
     for n in lengths:  # written after each length: a run stopped at its time limit keeps the ones done
         res["lengths"].append(judge_length(model, tokenizer, profs, n, sequences=args.sequences,
-                                           prompts=args.prompts, parts=args.parts.split(","),
-                                           exact_tail=args.exact_tail))
+                                           prompts=args.prompts, parts=parts, batch=args.batch,
+                                           teacher_forced=args.teacher_forced and n == lengths[0]))
         write_json(args.out, res)
 
 

@@ -4,8 +4,11 @@ SmolLM2 (and any model with a tokenizer): a passkey ('The secret key is 12345.')
 depth of code, asked for at the end. The byte-level fixture: its trained key-value needles with
 distractors (models/byte_llama.py). A prompt is (ids, answer, depth); a hit is a greedy
 continuation containing the answer. The judge's tasks (`task_prompts`): single needle, multi-key
-needle and variable tracking in code, scored by `greedy_matches`.
+needle and variable tracking in code, scored as a user's `generate` answers them
+(`generated_matches`: the prompt prefilled alone, the answer decoded from the KV cache) or, for
+comparison, teacher-forced (`teacher_forced_matches`: prompt and answer in one forward).
 """
+import inspect
 import random
 from typing import NamedTuple
 
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from .byte_llama import ByteTokenizer, needle_prompts
+from .fixtures import head_dim_of
 
 DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -56,8 +60,8 @@ def retrieval_hits(model, tokenizer, prompts) -> int:
 
 # Retrieval tasks in code haystacks, after RULER's single needle, multi-key needle and variable
 # tracking. The judge builds them on evaluation-split text; `plan` probes with the multi-key one on
-# calibration text. A task prompt holds the exact tokens of the answer, so a greedy answer is
-# scored in one forward (`greedy_matches`).
+# calibration text. A task prompt holds the exact tokens of the answer: a hit is greedy decoding
+# emitting exactly them.
 
 class TaskPrompt(NamedTuple):
     ids: torch.Tensor         # the prompt's tokens
@@ -100,7 +104,8 @@ def _needles(task, rng):
 
 def task_prompts(task, tokenizer, haystack_ids, n, length, seed=0, depths=DEPTHS) -> list:
     """`n` prompts of `task`, depths in turn, each exactly `length` tokens together with its answer
-    but the answer's last token (the tokens one scoring forward runs)."""
+    but the answer's last token (the tokens the teacher-forced forward runs): prompts whose answers
+    tokenize alike are equally long, and `generated_matches` batches them."""
     rng = random.Random(f"{task}:{seed}")
     prompts = []
     for i in range(n):
@@ -121,10 +126,12 @@ def task_prompts(task, tokenizer, haystack_ids, n, length, seed=0, depths=DEPTHS
     return prompts
 
 
-def greedy_matches(model, prompts) -> list:
-    """Per prompt: does greedy decoding start with the answer's tokens. One forward of prompt +
-    answer (but its last token) decides it exactly: greedy decoding emits the answer iff each of
-    its tokens is the most likely one after the prompt and the answer tokens before it."""
+def teacher_forced_matches(model, prompts) -> list:
+    """Per prompt: does greedy decoding start with the answer's tokens, decided in one forward of
+    prompt + answer (but its last token): greedy decoding emits the answer iff each of its tokens is
+    the most likely one after the prompt and the answer tokens before it. Not what a user gets
+    under PBS: the answer's own query rows go through PBS too and shift the last block's pooled
+    query (`generated_matches` is the user's score)."""
     device = next(model.parameters()).device
     hits = []
     for p in prompts:
@@ -132,6 +139,81 @@ def greedy_matches(model, prompts) -> list:
         with torch.no_grad():
             logits = model(ids, logits_to_keep=len(p.answer_ids)).logits[0]
         hits.append(bool((logits.argmax(-1).cpu() == p.answer_ids).all()))
+    return hits
+
+
+# What one batched prefill may hold beside the model: the KV cache of every prompt (kept for the
+# decode) and one layer's transient activations. 16 GiB (or half the GPU's free memory, if less)
+# is 8 prompts of 32k for Qwen2.5-Coder-0.5B in bf16 (12 KiB of cache, 57 KiB in all per token).
+PREFILL_BUDGET_BYTES = 16 << 30
+MAX_BATCH = 32  # short prompts: a larger batch saves little more time
+
+
+def prompts_per_prefill(config, length, dtype_bytes=2, budget_bytes=PREFILL_BUDGET_BYTES) -> int:
+    """How many prompts of `length` tokens one prefill runs within `budget_bytes`: per token its
+    K and V in every layer, and the most one layer holds at once (the MLP's gate, up and product;
+    the residual stream and its output; q before and after RoPE and the attention's output; k and v
+    twice, as projected and as rotated or permuted; the normed residual in float32)."""
+    head_dim = head_dim_of(config)
+    kv_dim, q_dim, hidden = config.num_key_value_heads * head_dim, config.num_attention_heads * head_dim, \
+        config.hidden_size
+    cache = config.num_hidden_layers * 2 * kv_dim * dtype_bytes
+    activations = (3 * config.intermediate_size + 2 * hidden + 3 * q_dim + 4 * kv_dim) * dtype_bytes + 2 * hidden * 4
+    return max(1, min(MAX_BATCH, budget_bytes // (length * (cache + activations))))
+
+
+def default_batch(model, length) -> int:
+    """`prompts_per_prefill` for this model's dtype, within half the GPU's free memory where that is
+    below PREFILL_BUDGET_BYTES (the caller may hold recorded tensors, as `plan` does)."""
+    weight = next(model.parameters())
+    budget = PREFILL_BUDGET_BYTES
+    if weight.is_cuda:
+        budget = min(budget, torch.cuda.mem_get_info(weight.device)[0] // 2)
+    return prompts_per_prefill(model.config, length, weight.element_size(), budget)
+
+
+def _cache_keyword(model) -> str:
+    """The forward's name for the KV cache: `cache` in recent transformers 5 releases (5.25 here;
+    `past_key_values` is still accepted, with a deprecation warning), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def greedy_decode(model, ids, steps) -> torch.Tensor:
+    """(B, steps) greedy tokens after the prompts `ids` (B, N), as `generate(do_sample=False)` makes
+    them without a generation config's logits processors: one forward prefills the prompts into a
+    DynamicCache (through whatever attention the model runs), then one forward per token decodes
+    against it (a one-row query: `apply` runs SDPA there)."""
+    from transformers import DynamicCache
+    cache = {_cache_keyword(model): DynamicCache(config=model.config)}
+    tokens = []
+    with torch.no_grad():
+        logits = model(ids, use_cache=True, logits_to_keep=1, **cache).logits[:, -1]
+        for step in range(steps):
+            tokens.append(logits.argmax(-1))
+            if step + 1 < steps:
+                logits = model(tokens[-1][:, None], use_cache=True, logits_to_keep=1, **cache).logits[:, -1]
+    return torch.stack(tokens, 1).cpu()
+
+
+def generated_matches(model, prompts, batch=None) -> list:
+    """Per prompt: does greedy generation answer exactly the answer's tokens, as a user's `generate`
+    gets it: the prompt prefilled alone, the answer decoded token by token from the KV cache.
+    Prompts of one token count run `batch` at a time (default: `default_batch`)."""
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch is a number of prompts per prefill (1 or more), got {batch}")
+    device = next(model.parameters()).device
+    by_length = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p.ids), []).append(i)
+    hits = [False] * len(prompts)
+    for length, members in by_length.items():
+        size = batch or default_batch(model, length)
+        for start in range(0, len(members), size):
+            group = [prompts[i] for i in members[start:start + size]]
+            decoded = greedy_decode(model, torch.stack([p.ids for p in group]).to(device),
+                                    max(len(p.answer_ids) for p in group))
+            for i, row, p in zip(members[start:start + size], decoded, group):
+                hits[i] = bool((row[:len(p.answer_ids)] == p.answer_ids).all())
     return hits
 
 
@@ -145,8 +227,9 @@ def probe_prompts(tokenizer, haystack_ids, n, length, seed=1) -> list:
 
 
 def probe_hits(model, tokenizer, prompts) -> int:
-    """Probes answered: task prompts scored in one forward each, the others by generation."""
+    """Probes answered: task prompts scored as the judge scores them (`generated_matches`), the
+    fixture's needles by generation."""
     if prompts and isinstance(prompts[0], TaskPrompt):
-        return sum(greedy_matches(model, prompts))
+        return sum(generated_matches(model, prompts))
     return retrieval_hits(model, tokenizer, prompts)
 

@@ -204,6 +204,9 @@ def _positive_int(value, what):
     return value
 
 
+PARAMS_REQUIRED = ("block_size", "segment_size", "threshold")
+
+
 def _layer_index(name, what):
     try:
         idx = int(name)
@@ -225,12 +228,11 @@ def _config(d, where, heads):
         if extra:
             raise ProfileError(f"{where}: {part} has unknown field(s) {', '.join(map(str, extra))}")
         lacking = [f for f in fields if f not in value
-                   and (f in LAUNCH_REQUIRED if part == "launch" else f not in ("permute", "estimator", "precision"))]
+                   and (f in LAUNCH_REQUIRED if part == "launch" else f in PARAMS_REQUIRED)]
         if lacking:
             raise ProfileError(f"{where}: {part} lacks {', '.join(lacking)}")
     try:
-        params = PbsParams(p["block_size"], p["segment_size"], p["threshold"], p.get("permute", True),
-                           p.get("estimator", "mean"), p.get("precision", "input"))
+        params = PbsParams(**p)  # a field left out takes its default (the retrieval knobs: on)
         params.per_head(heads)
     except ValueError as exc:
         raise ProfileError(f"{where}: params.{exc}") from None

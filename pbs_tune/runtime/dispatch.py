@@ -43,13 +43,12 @@ class Settings:
     measured chunk crossover (profiles.ProfileEntry.min_chunk_at), or the fewest chunk queries for
     PBS everywhere."""
 
-    def __init__(self, prof, min_seqlen, min_chunk=None, cuda_graphs=True, exact_tail=0, prefix_keys=False):
+    def __init__(self, prof, min_seqlen, min_chunk=None, cuda_graphs=True, prefix_keys=False):
         self.profile = prof
         self.prefix_keys = prefix_keys
         self.gpu = prof.gpu
         self.min_seqlen = min_seqlen
         self.min_chunk = min_chunk
-        self.exact_tail = exact_tail
         self.graphs = STATE.graphs if cuda_graphs and os.environ.get("PBS_TUNE_CUDA_GRAPHS", "1") != "0" else None
 
 
@@ -130,19 +129,8 @@ def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None, prefix=None):
         logger.debug("pbs_tune: %s at %d keys falls back to SDPA (%s)", tuple(q.shape), k.shape[2], cfg)
         return sdpa()
     STATE.count("pbs")
-    out = _pbs(q, k, v, cfg, scale, prefix=prefix, key=(layer_idx, None), graphs=settings.graphs,
-               keep_keys=settings.prefix_keys)
-    return exact_tail(out, q, k, v, scale, settings.exact_tail)
-
-
-def exact_tail(out, q, k, v, scale, rows):
-    """`out` with its last `rows` query rows replaced by exact attention over every key. Those rows
-    make the logits a prefill returns; one pooled query per block picks their keys poorly when
-    they ask about a few tokens far back (a needle), and exact rows cost rows / M of dense."""
-    rows = min(rows, q.shape[2])
-    if rows:
-        out[:, :, -rows:] = dense_causal(q[:, :, -rows:], k, v, scale)
-    return out
+    return _pbs(q, k, v, cfg, scale, prefix=prefix, key=(layer_idx, None), graphs=settings.graphs,
+                keep_keys=settings.prefix_keys)
 
 
 def _run_padded(settings, q, k, v, scale, layer_idx, padding, prefix=None):
@@ -169,9 +157,8 @@ def _run_padded(settings, q, k, v, scale, layer_idx, padding, prefix=None):
             rows.copy_(dense_causal(qs, ks, vs, scale))
         else:
             STATE.count("pbs")
-            pbs_rows = _pbs(qs, ks, vs, cfg, scale, out=rows, prefix=prefix, key=(layer_idx, b, start),
-                            keep_keys=settings.prefix_keys)
-            exact_tail(pbs_rows, qs, ks, vs, scale, settings.exact_tail)
+            _pbs(qs, ks, vs, cfg, scale, out=rows, prefix=prefix, key=(layer_idx, b, start),
+                 keep_keys=settings.prefix_keys)
     return out
 
 

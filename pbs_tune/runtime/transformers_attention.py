@@ -73,8 +73,7 @@ def _register():
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, flash_attention_mask)  # 2-D padding mask or None
 
 
-def apply(model, profile=None, min_seqlen=None, min_chunk=None, cuda_graphs=True, exact_tail=0,
-          prefix_keys=False):
+def apply(model, profile=None, min_seqlen=None, min_chunk=None, cuda_graphs=True, prefix_keys=False):
     """Switch a transformers model to PBS attention with a tuned profile; returns the model.
 
     min_seqlen: fewest keys (prefix + chunk) for PBS (default: the profile's smallest tuned
@@ -82,17 +81,16 @@ def apply(model, profile=None, min_seqlen=None, min_chunk=None, cuda_graphs=True
     entry's measured crossover by prefix length); chunks keep their prefix's permutation beside
     the cache they extend (op/prefix.py, prefix_cache.py); cuda_graphs:
     replay the op from a CUDA graph per shape up to 16k keys (graphs.py; PBS_TUNE_CUDA_GRAPHS=0
-    turns it off everywhere); exact_tail: the last so many query rows of each PBS call attend
-    to every key exactly (SDPA), as the rows whose logits a prefill returns; prefix_keys: chunks
+    turns it off everywhere); prefix_keys: chunks
     hold their prefix's permuted K and V (PrefixState(keep_keys=True): faster chunks, as much
     memory again as the prefix's K and V until the prefill ends) instead of gathering them anew.
+    The rows whose logits a prefill returns attend to every key by the entries' own parameters
+    (PbsParams.tail_blocks, on by default), inside the op.
     """
     prof = ready(profile if profile is not None else load_profile())
     min_seqlen = max(shortest_pbs_length(prof), min_seqlen or 0)
     _register()
-    if exact_tail < 0:
-        raise ValueError(f"exact_tail is a number of query rows (0 or more), got {exact_tail}")
-    settings = Settings(prof, min_seqlen, min_chunk, cuda_graphs, exact_tail, prefix_keys)
+    settings = Settings(prof, min_seqlen, min_chunk, cuda_graphs, prefix_keys)
     n_layers = 0
     for module in model.modules():
         if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups"):

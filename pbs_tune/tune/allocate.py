@@ -110,7 +110,7 @@ class HeadCurves:
 
 
 def head_curves(q, k, v, *, block_size, segment_size, permute=True, estimator="mean", grid=GRID, launch=None,
-                dense=None, top=None, precision="input") -> HeadCurves:
+                dense=None, top=None, precision="input", tail_blocks=0, column_blocks=0) -> HeadCurves:
     """Measure every head's error and kept blocks at each grid threshold; the batch holds the
     samples, whose curves are kept apart in `samples` (`dense`: the float32 dense output, `top`:
     heaviest_keys, where the caller has them)."""
@@ -127,7 +127,8 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, estimator="m
         low = None if precision == "input" else attend_inputs(q, perm.k, perm.v, precision)
         for g, thr in enumerate(grid):  # one permutation (and its 8-bit copy) serves every threshold
             blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size, segment_size=segment_size,
-                                   threshold=thr, scale=scale, estimator=estimator)
+                                   threshold=thr, scale=scale, estimator=estimator, tail_blocks=tail_blocks,
+                                   column_blocks=column_blocks, k=k, key_mass=perm.scores)
             out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, precision=precision, low=low)
             sq_err[..., g] = _squared_norms(out, dense)
             kept[..., g] = blocks.count.double().sum(dim=2).cpu()
@@ -298,14 +299,17 @@ class LayerPlan:
                    d.get("reference_rel_l2"), d.get("margin"), d.get("estimator", "mean"), d.get("precision", "input"))
 
 
-def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VARIANTS) -> dict:
+def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VARIANTS, tail_blocks=0,
+                 column_blocks=0) -> dict:
     """{Variant: HeadCurves} of one layer (batch = samples), always with the reference variant;
-    the dense output and the heaviest keys are computed once for all."""
+    the dense output and the heaviest keys are computed once for all. The retrieval knobs are the
+    entry's (PbsParams.tail_blocks, column_blocks): the thresholds are allocated around them."""
     dense = dense_reference(q, k, v)
     top = heaviest_keys(q, k, sampled_rows(q.shape[2], block_size))
     wanted = [REFERENCE] + [Variant(*x) for x in variants if Variant(*x) != REFERENCE]
     return {x: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=x.permute,
-                           estimator=x.estimator, launch=launch, dense=dense, top=top, precision=x.precision)
+                           estimator=x.estimator, launch=launch, dense=dense, top=top, precision=x.precision,
+                           tail_blocks=tail_blocks, column_blocks=column_blocks)
             for x in dict.fromkeys(wanted)}
 
 

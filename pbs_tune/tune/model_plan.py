@@ -15,7 +15,7 @@ import torch
 from .. import progress
 from ..profile import profiles
 from ..profile.launch import default_launch
-from ..profile.params import ESTIMATORS, PbsParams
+from ..profile.params import DEFAULT_COLUMN_BLOCKS, DEFAULT_TAIL_BLOCKS, ESTIMATORS, PbsParams
 from ..profile.provenance import Provenance
 from ..profile.target import Target, detect_gpu
 from .entry import make_entry
@@ -103,7 +103,8 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     curves = {}
     for idx, (q, k, v) in recorded:
         curves[idx] = layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch,
-                                   variants=variants_of(estimators, precisions))
+                                   variants=variants_of(estimators, precisions), tail_blocks=DEFAULT_TAIL_BLOCKS,
+                                   column_blocks=DEFAULT_COLUMN_BLOCKS)
         steps.step()
     haystack = [int(t) for s in probe_seqs for t in s]
     prompts = probe_prompts(tokenizer, haystack, probes, seqlen - min(512, seqlen // 4)) if probes else []

@@ -15,13 +15,15 @@ from ..profile.target import Target
 # kernel: the portable attend kernel or the Hopper one (TMA); programs_per_sm: the Hopper
 # kernel's persistent grid (0: a program per query tile).
 KERNELS = {"portable": dict(), "tma": dict(tma=True)}
+# tail_blocks / column_blocks: the retrieval knobs (PbsParams); the tail-rows error bound (tune/objective.py)
+# is what makes the search keep them where a workload asks for far keys at its end.
 GPU_SPACE = dict(block_size=(64, 128), blocks_per_segment=(2, 4, 8, 16), threshold=(0.6, 0.99), estimator=ESTIMATORS,
                  precision=PRECISIONS, split=(1, 2), num_warps=(4, 8), num_stages=(2, 3, 4), kernel=tuple(KERNELS),
-                 programs_per_sm=(0, 1, 2))
+                 programs_per_sm=(0, 1, 2), tail_blocks=(0, 1, 2), column_blocks=(0, 4, 8, 16, 32))
 # The interpreter runs tiny problems: small blocks, one launch shape (timing is meaningless).
 CPU_SPACE = dict(block_size=(16, 32), blocks_per_segment=(2, 4), threshold=(0.6, 0.99), estimator=ESTIMATORS,
                  precision=PRECISIONS, split=(1,), num_warps=(4,), num_stages=(1,), kernel=("portable", "tma"),
-                 programs_per_sm=(0, 1))
+                 programs_per_sm=(0, 1), tail_blocks=(0, 1), column_blocks=(0, 2, 4))
 
 
 def gpu_space(arch: int) -> dict:
@@ -57,12 +59,15 @@ class TrialConfig:
     def as_dict(self):
         p = self.params
         return dict(block_size=p.block_size, segment_size=p.segment_size, threshold=round(float(p.threshold), 4),
-                    estimator=p.estimator, precision=p.precision, launch=self.launch.as_dict())
+                    estimator=p.estimator, precision=p.precision, tail_blocks=p.tail_blocks,
+                    column_blocks=p.column_blocks, launch=self.launch.as_dict())
 
     @classmethod
     def from_dict(cls, d) -> "TrialConfig":
+        """A stored trial's config; one stored before the retrieval knobs existed ran without them."""
         return cls(PbsParams(d["block_size"], d["segment_size"], d["threshold"], estimator=d.get("estimator", "mean"),
-                             precision=d.get("precision", "input")), LaunchConfig(**d["launch"]))
+                             precision=d.get("precision", "input"), tail_blocks=d.get("tail_blocks", 0),
+                             column_blocks=d.get("column_blocks", 0)), LaunchConfig(**d["launch"]))
 
     @classmethod
     def of_trial(cls, trial) -> "TrialConfig":
@@ -85,11 +90,22 @@ def reference_config(head_dim, target: Target):
     return TrialConfig(PbsParams(bs, seg, REFERENCE["threshold"]), default_launch(bs, head_dim, target.capability))
 
 
+def default_knobs(space: dict) -> dict:
+    """The retrieval knobs at PbsParams' defaults, or the nearest value below them the space holds."""
+    out = {}
+    for name in ("tail_blocks", "column_blocks"):
+        default = PbsParams.__dataclass_fields__[name].default
+        out[name] = max(v for v in space[name] if v <= default)
+    return out
+
+
 def searched_default(target: Target) -> PbsParams:
-    """The published default as the search holds it (the study's first, enqueued trial): block
-    128, segment 256, threshold 0.9 on a GPU; in the interpreter its largest block, 2 per segment."""
-    bs = (GPU_SPACE if target.on_gpu else CPU_SPACE)["block_size"][-1]
-    return PbsParams(bs, 2 * bs, REFERENCE["threshold"])
+    """The untuned default as the search holds it (the study's first, enqueued trial): block
+    128, segment 256, threshold 0.9 on a GPU, in the interpreter its largest block, 2 per segment;
+    the retrieval knobs at their defaults."""
+    space = GPU_SPACE if target.on_gpu else CPU_SPACE
+    bs = space["block_size"][-1]
+    return PbsParams(bs, 2 * bs, REFERENCE["threshold"], **default_knobs(space))
 
 
 def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, target: Target) -> str | None:
@@ -121,6 +137,8 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
     # Per-head plans choose the estimator and precision per layer, with the thresholds (tune/allocate.py).
     estimator = "mean" if per_head else trial.suggest_categorical("estimator", list(space["estimator"]))
     precision = "input" if per_head else trial.suggest_categorical("precision", list(space["precision"]))
+    tail = trial.suggest_categorical("tail_blocks", list(space["tail_blocks"]))
+    columns = trial.suggest_categorical("column_blocks", list(space["column_blocks"]))
     m_split = trial.suggest_categorical("m_split", list(space["split"]))
     n_split = trial.suggest_categorical("n_split", list(space["split"]))
     kernel = trial.suggest_categorical("kernel", list(space["kernel"]))
@@ -130,6 +148,7 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
                           num_warps=trial.suggest_categorical("num_warps", list(space["num_warps"])),
                           num_stages=trial.suggest_categorical("num_stages", list(space["num_stages"])),
                           programs_per_sm=programs, **KERNELS[kernel])
-    cfg = TrialConfig(PbsParams(bs, bs * per_seg, threshold, estimator=estimator, precision=precision), launch)
+    cfg = TrialConfig(PbsParams(bs, bs * per_seg, threshold, estimator=estimator, precision=precision,
+                                tail_blocks=tail, column_blocks=columns), launch)
     trial.set_user_attr("config", cfg.as_dict())
     return cfg

@@ -246,22 +246,26 @@ def test_a_profile_not_tuned_on_its_gpu_runs_pbs_only_from_32k_and_says_why_once
     assert shown.output.count(f"NOT TUNED: {why}; the loader runs PBS from 32k tokens only") == 1
 
 
-def test_exact_tail_rows_attend_to_every_key_and_the_other_rows_stay_pbs(tmp_path):
+def test_the_tail_rows_attend_to_every_key_through_apply_also_in_chunks_and_padded_batches(tmp_path):
+    """An entry's tail_blocks: the last query blocks of each call (each sequence of a padded batch)
+    exact, the other rows PBS as without it."""
     from pbs_tune.runtime import dispatch
-    prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [tiny_entry(32, threshold=0.3)]))
+
+    def settings(tail):
+        entry = tiny_entry(32, threshold=0.3)
+        entry["params"].update(tail_blocks=tail, column_blocks=0)
+        prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [entry], name=f"tail{tail}.yaml"))
+        return dispatch.Settings(prof, 32, min_chunk=1, cuda_graphs=False)
     q, k, v = random_qkv(2, 2, 1, 96, 64, n_keys=160)  # a chunk of 96 queries after a 64-key prefix
     exact = dispatch.dense_causal(q, k, v, None)
-
-    def run(tail, padding=None):
-        settings = dispatch.Settings(prof, 32, min_chunk=1, cuda_graphs=False, exact_tail=tail)
-        return dispatch.run(settings, q, k, v, None, 0, sdpa=None, padding=padding)
-    pbs, tail = run(0), run(40)
-    assert torch.allclose(tail[:, :, -40:], exact[:, :, -40:], atol=1e-5)
-    assert torch.equal(tail[:, :, :-40], pbs[:, :, :-40])
-    assert not torch.allclose(pbs[:, :, -40:], exact[:, :, -40:], atol=1e-3)  # threshold 0.3 drops mass there
+    pbs = dispatch.run(settings(0), q, k, v, None, 0, sdpa=None)
+    tail = dispatch.run(settings(2), q, k, v, None, 0, sdpa=None)  # blocks of 16: the last 32 rows
+    assert torch.allclose(tail[:, :, -32:], exact[:, :, -32:], atol=1e-5)
+    assert not torch.allclose(pbs[:, :, -32:], exact[:, :, -32:], atol=1e-3)  # threshold 0.3 drops mass there
     padding = torch.ones(2, 160, dtype=torch.bool)
     padding[1, :70] = False  # the second sequence starts inside the chunk: its own rows only
-    tail = run(40, padding)
+    tail = dispatch.run(settings(2), q, k, v, None, 0, sdpa=None, padding=padding)
     own = dispatch.dense_causal(q[1:, :, 6:], k[1:, :, 70:], v[1:, :, 70:], None)
-    assert torch.allclose(tail[1:, :, -40:], own[:, :, -40:], atol=1e-5) and not tail[1:, :, :6].any()
-    assert torch.allclose(tail[:1, :, -40:], exact[:1, :, -40:], atol=1e-5)
+    # its 90 keys make 6 blocks of 16: the last two hold its last 26 rows
+    assert torch.allclose(tail[1:, :, -26:], own[:, :, -26:], atol=1e-5) and not tail[1:, :, :6].any()
+    assert torch.allclose(tail[:1, :, -32:], exact[:1, :, -32:], atol=1e-5)
