@@ -5,7 +5,8 @@
 #                                           # calibration and held-out text; sweeps for 14/2/64 at
 #                                           # 16k and 32k into the shipped profile (and its library)
 #   bash scripts/qwen_judge_gpu.sh plan     # per-layer plans at 16k and 32k (pbs-tune plan)
-#   LENGTHS=32k bash scripts/qwen_judge_gpu.sh judge    # python -m pbs_tune.bench.judge (default 16k,32k)
+#   LENGTHS=32k bash scripts/qwen_judge_gpu.sh judge    # python -m pbs_tune.bench.judge (default 16k,32k,
+#                                           # 400 prompts a task, VARIANTS default paper,default,shipped[,plan])
 #   bash scripts/qwen_judge_gpu.sh oracle   # python -m pbs_tune.bench.oracle on its layers, with the plan
 # Results land in $OUT; the machine keeps /tmp between the stages while it stays warm.
 source "$(dirname "$0")/gpu_common.sh"
@@ -57,11 +58,14 @@ EOF
           | tee -a "$OUT/plan.txt" | tail -30
     done
     cp /tmp/plan.yaml "$OUT/" ;;
-  judge)
+  judge)  # VARIANTS (dense always runs): the plan where a plan stage made one, shipped: the stage's
+           # sweep, else the checkout's profile
     L=${LENGTHS:-16k,32k}
-    $py -m pbs_tune.bench.judge --model $MODEL --plan /tmp/plan.yaml --shipped /tmp/shipped/configs/$GPU.yaml \
-        --lengths $L --prompts ${PROMPTS:-100} --out "$OUT/judge_${L/,/_}.json" 2>&1 | tee "$OUT/judge_${L/,/_}.txt" \
-        | grep -v "^pbs_tune" ;;
+    V=${VARIANTS:-paper,default,shipped$([ -f /tmp/plan.yaml ] && echo ,plan)}
+    extra=""; [ -f /tmp/plan.yaml ] && extra="--plan /tmp/plan.yaml"
+    [ -f /tmp/shipped/configs/$GPU.yaml ] && extra="$extra --shipped /tmp/shipped/configs/$GPU.yaml"
+    $py -m pbs_tune.bench.judge --model $MODEL $extra --variants $V --lengths $L --prompts ${PROMPTS:-400} \
+        --out "$OUT/judge_${L/,/_}.json" 2>&1 | tee "$OUT/judge_${L/,/_}.txt" | grep -v "^pbs_tune" ;;
   oracle)
     for n in 16k 32k; do
       $py -m pbs_tune.bench.oracle --model $MODEL --seqlen $n --plan /tmp/plan.yaml --out "$OUT/oracle_$n.json" \

@@ -12,6 +12,19 @@ def rel_l2(out, ref) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
+def tail_rel_l2(out, ref, rows: int) -> float:
+    """rel_l2 of the last `rows` query rows (dim -2) of every sequence and head: the rows whose logits
+    a prefill returns and generation reads (of a chunked call, its own last rows). The whole output's
+    error barely sees them (`rows` of N), and PBS picks their key blocks from one mean-pooled query
+    per block, so a config can lose the far key they ask for and keep rel_l2 low."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"tail rows must be a whole number of query rows, 1 or more, got {rows!r}")
+    if out.shape != ref.shape or out.dim() < 2:
+        raise ValueError(f"tail_rel_l2 needs two outputs of one shape (..., rows, D), got "
+                         f"{tuple(out.shape)} and {tuple(ref.shape)}")
+    return rel_l2(out[..., -rows:, :], ref[..., -rows:, :])
+
+
 def recall_from_lse(lse_sparse, lse_dense) -> float:
     """Mean share of the true softmax mass inside the kept blocks.
 
@@ -53,16 +66,17 @@ def dense_lse(q, k, v, block_size=None):
 
 
 def config_point(q, k, v, exact, cfg) -> dict:
-    """Kept density and output rel-L2 (against `exact`) of one (PbsParams, LaunchConfig) on these
-    inputs; `cfg` None is a layer kept dense."""
+    """Kept density, output rel-L2 and that of the last query block (`tail_rel_l2`, against `exact`)
+    of one (PbsParams, LaunchConfig) on these inputs; `cfg` None is a layer kept dense."""
     if cfg is None:
-        return dict(dense=True, density=1.0, rel_l2=0.0)
+        return dict(dense=True, density=1.0, rel_l2=0.0, tail_rel_l2=0.0)
     from ..op.pbs_attention import attend_blocks, permute_and_select
     params, launch = cfg
     with torch.no_grad():
         perm, blocks = permute_and_select(q, k, v, params)
         out = attend_blocks(q, perm, blocks, launch=launch)
-    return dict(dense=False, density=blocks.kept_blocks() / blocks.candidate_blocks(), rel_l2=rel_l2(out, exact))
+    return dict(dense=False, density=blocks.kept_blocks() / blocks.candidate_blocks(), rel_l2=rel_l2(out, exact),
+                tail_rel_l2=tail_rel_l2(out, exact, params.block_size))
 
 
 def mean_ci95(values) -> dict:

@@ -16,8 +16,17 @@ units of the scaled score q.k/sqrt(D)):
 
 The first half of the head dimension carries rotary position features, the second half
 carries content directions (sink, heavy hitters, topics) and noise. Generation is
-deterministic for a given seed and device. Real users calibrate on Q/K/V captured from
-their own model instead (``pbs-tune capture``).
+deterministic for a given seed and device.
+
+Every family ends with a *question* (``question=True``, the default): the last rows ask for a
+few far keys ("needles", 2-4 per KV head at depths of 5-90%), each row for one of them, so that
+most of that row's attention mass lands on its needle, while the mean-pooled query of the block
+(which averages the different questions) points at none in particular. Those rows are the ones a
+prefill returns logits for and generation reads; PBS picks their key blocks from that pooled
+query, so a config can drop a needle and barely move the whole output's error (see
+measure/metrics.py, `tail_rel_l2`). ``question=False`` makes the data of earlier releases, bit for
+bit (profiles and results recorded before the question were measured on it). Real users
+calibrate on Q/K/V captured from their own model instead (``pbs-tune capture``).
 
 The names below are plain data; torch is imported where Q/K/V are made, so that the CLI can
 offer the workloads without loading it.
@@ -45,6 +54,15 @@ HEAVY_FRACTION = 0.05
 SPAN = 32
 TOPICS = 48
 QUERY_CHUNK = 2048
+# The question: the last QUESTION_ROWS rows (the largest searched block; at most a quarter of a short
+# sequence) ask for NEEDLES keys per KV head at NEEDLE_DEPTH of the sequence. A row's logit at its
+# needle is NEEDLE_LOGIT + ln(N): what competes with it (heavy hitters, topic spans) grows as ln(N).
+QUESTION_ROWS = 128
+NEEDLES = (2, 4)
+NEEDLE_DEPTH = (0.05, 0.9)
+NEEDLE_LOGIT = 28.0
+# Rows sampled to size the needles' values (`_size_needle_values`).
+SAMPLE_ROWS = 16
 
 
 def family_of_heads(workload: str, kv_heads: int):
@@ -56,27 +74,48 @@ def family_of_heads(workload: str, kv_heads: int):
 
 
 def make_qkv(workload="mixed", *, seqlen, batch=1, heads=32, kv_heads=8, head_dim=128,
-             dtype=None, device="cpu", seed=0):
-    """Return q (B, heads, N, D), k and v (B, kv_heads, N, D), contiguous (dtype: bfloat16 by default)."""
+             dtype=None, device="cpu", seed=0, question: bool = True):
+    """Return q (B, heads, N, D), k and v (B, kv_heads, N, D), contiguous (dtype: bfloat16 by default).
+    `question`: the last rows ask for far needle keys (module docstring); False: the data of earlier
+    releases (the question draws from a generator of its own, so the rest is the same either way)."""
     import torch
     dtype = dtype or torch.bfloat16
     if heads % kv_heads:
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     if head_dim % 4:
         raise ValueError(f"head_dim must be a multiple of 4, got {head_dim}")
+    if question and head_dim < 8:
+        raise ValueError(f"head_dim {head_dim} leaves no room for the question's needle directions; "
+                         f"use head_dim >= 8 or question=False")
     families = family_of_heads(workload, kv_heads)
     gen = torch.Generator(device=device).manual_seed(seed)
+    ask = torch.Generator(device=device).manual_seed(question_seed(seed)) if question else None
     group = heads // kv_heads
     n, d = seqlen, head_dim
     q = torch.empty((batch, heads, n, d), dtype=dtype, device=device)
     k = torch.empty((batch, kv_heads, n, d), dtype=dtype, device=device)
+    needles = []
     for b in range(batch):
         for h, fam in enumerate(families):
-            qh, kh = _head_qk(FAMILIES[fam], group, n, d, gen, device)
+            qh, kh, where = _head_qk(FAMILIES[fam], group, n, d, gen, device, ask)
             q[b, h * group:(h + 1) * group] = qh.to(dtype)
             k[b, h] = kh.to(dtype)
+            needles.append((b, h, where))
     v = torch.randn((batch, kv_heads, n, d), generator=gen, device=device).to(dtype)
+    for b, h, where in needles:
+        if where is not None:
+            _size_needle_values(q[b, h * group:(h + 1) * group], k[b, h], v[b, h], where, ask)
     return q, k, v
+
+
+def question_seed(seed: int) -> int:
+    """The seed of the question's generator: a function of the workload's seed, apart from its stream."""
+    return (seed * 2654435761 + 0x9E3779B9) % (1 << 62)
+
+
+def question_rows(seqlen: int) -> int:
+    """How many last rows ask the question: QUESTION_ROWS, at most a quarter of the sequence."""
+    return min(QUESTION_ROWS, seqlen // 4)
 
 
 def _rotary(n, half, device):
@@ -98,8 +137,9 @@ def _rotate(vec, cos, sin):
     return out
 
 
-def _head_qk(fam, group, n, d, gen, device):
-    """Q for the `group` query heads of one KV head, and its K (float32)."""
+def _head_qk(fam, group, n, d, gen, device, ask=None):
+    """Q for the `group` query heads of one KV head, and its K (float32), and the needles' positions:
+    with `ask` (the question's generator), the question at the end (`_ask`), else None."""
     import torch
     half = d // 2
     root = math.sqrt(math.sqrt(d))  # q.k / sqrt(d) = L  when  |q| = |k| = sqrt(L) * d**0.25
@@ -142,4 +182,77 @@ def _head_qk(fam, group, n, d, gen, device):
     sigma = math.sqrt(fam["noise"]) * root / math.sqrt(d - half)
     k[:, half:] += sigma * torch.randn((n, d - half), generator=gen, device=device)
     q[:, :, half:] += sigma * torch.randn((group, n, d - half), generator=gen, device=device)
-    return q, k
+    if ask is None:
+        return q, k, None
+    where = _needle_positions(n, ask, device)
+    if where is None:
+        return q, k, None
+    # Needle directions avoid the sink's and the heavy hitters' and, where the family uses them, the
+    # topics': all of them where the head has room beside them, else those the question's rows look for
+    # and those of the needles' own spans (a needle must not ride on a topic its question shares).
+    used = 2 + (topics.shape[0] if fam["topic"] else 0)
+    avoid = basis[:, :used]
+    if basis.shape[1] - used < where.numel() and fam["topic"]:
+        asked = target[(n - question_rows(n)) // QUERY_CHUNK:]
+        avoid = torch.cat([basis[:, :2], topics[torch.cat([asked, span_topic[where // SPAN]])].T], dim=1)
+    if basis.shape[1] - avoid.shape[1] < where.numel():
+        avoid = basis[:, :2]
+    where = where[:basis.shape[1] - avoid.shape[1]]
+    _ask(q, k, where, _directions(avoid, where.numel(), ask))
+    return q, k, where
+
+
+def _needle_positions(n: int, gen: "torch.Generator", device) -> "torch.Tensor | None":
+    """NEEDLES distinct key positions at NEEDLE_DEPTH of the sequence, before the question's rows; None
+    when the sequence is too short to ask."""
+    import torch
+    rows = question_rows(n)
+    lo = max(SINK_TOKENS, int(NEEDLE_DEPTH[0] * n))
+    hi = min(int(NEEDLE_DEPTH[1] * n), n - rows)
+    count = int(torch.randint(NEEDLES[0], NEEDLES[1] + 1, (1,), generator=gen, device=device))
+    if rows < 1 or hi - lo < 1:
+        return None
+    return lo + torch.randperm(hi - lo, generator=gen, device=device)[:count]
+
+
+def _directions(avoid: "torch.Tensor", count: int, gen: "torch.Generator") -> "torch.Tensor":
+    """`count` orthonormal directions (rows) orthogonal to the columns of `avoid`."""
+    import torch
+    span, _ = torch.linalg.qr(avoid)
+    drawn = torch.randn((avoid.shape[0], count), generator=gen, device=avoid.device)
+    directions, _ = torch.linalg.qr(drawn - span @ (span.T @ drawn))
+    return directions.T
+
+
+def _ask(q: "torch.Tensor", k: "torch.Tensor", where: "torch.Tensor", directions: "torch.Tensor") -> None:
+    """Put the question in place (in place): the needle keys at `where` get a direction each; the last
+    `question_rows` rows of every query head ask for one needle each, in turn (the heads of the group
+    starting at different needles), at logit NEEDLE_LOGIT + ln(N)."""
+    import torch
+    group, n, d = q.shape
+    half, rows, count = d // 2, question_rows(n), where.numel()
+    a = math.sqrt(NEEDLE_LOGIT + math.log(n)) * math.sqrt(math.sqrt(d))
+    k[where, half:] += a * directions
+    asked = (torch.arange(rows, device=q.device)[None, :] + torch.arange(group, device=q.device)[:, None]) % count
+    q[:, n - rows:, half:] += a * directions[asked]
+
+
+def _size_needle_values(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", where: "torch.Tensor",
+                        gen: "torch.Generator") -> None:
+    """Scale the needles' values (in place) to the output size of a typical row of this head (the RMS
+    output norm of SAMPLE_ROWS rows of the second half, exact attention). A row that reads one value
+    is as large as that value; one that averages many random values is smaller. Sized so, the
+    question's rows weigh in the whole output's error by their number, as on a model, and do not
+    drown the other rows' error (on `diffuse` they would hold ~90% of the output's norm)."""
+    import torch
+    n, d = k.shape
+    lo, hi = n // 2, n - question_rows(n)
+    if hi <= lo:
+        return
+    rows = lo + torch.randperm(hi - lo, generator=gen, device=k.device)[:SAMPLE_ROWS]
+    scores = (q[:, rows].float() @ k.float().T) / math.sqrt(d)                   # (group, rows, n)
+    later = torch.arange(n, device=k.device)[None, :] > rows[:, None]
+    out = torch.softmax(scores.masked_fill(later, float("-inf")), dim=-1) @ v.float()
+    typical = out.pow(2).sum(-1).mean().sqrt()
+    values = v[where].float()
+    v[where] = (values * (typical / values.norm(dim=-1, keepdim=True))).to(v.dtype)

@@ -1,4 +1,5 @@
-"""Measure one PBS config on calibration data: latency, error, recall, density.
+"""Measure one PBS config on calibration data: latency, error (of the whole output and of its last
+query block, `tail_rel_l2`), recall, density.
 
 Dense attention (output and log-sum-exp) is computed once per calibration set and reused
 by every trial; the dense baselines (SDPA cuDNN and flash) are timed on the same data.
@@ -16,7 +17,7 @@ from ..profile.provenance import DataSource
 from ..profile.target import Target
 from ..measure.timing import dense_baselines as sdpa_baselines
 from ..measure.timing import median_ms
-from ..measure.metrics import dense_lse, dense_reference, recall_from_lse, rel_l2
+from ..measure.metrics import dense_lse, dense_reference, recall_from_lse, rel_l2, tail_rel_l2
 from ..measure.workloads import CALIBRATION_SETS, make_qkv
 
 
@@ -154,7 +155,7 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None,
     `estimators` and `precisions`: those a layer may use, each with and without the permutation."""
     from .allocate import choose_plan, layer_curves, variants_of
     p = cfg.params
-    key = (p.block_size, p.segment_size, tuple(estimators), tuple(precisions))
+    key = (p.block_size, p.segment_size, tuple(estimators), tuple(precisions), p.tail_blocks, p.column_blocks)
     cache = {} if cache is None else cache
     if key not in cache:
         steps = progress.Steps(f"per-head curves at block {p.block_size}, segment {p.segment_size}: layer",
@@ -163,7 +164,8 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None,
         for i in range(cal.layers):
             cache[key].append(layer_curves(cal.q[cal.layer(i)], cal.k[cal.layer(i)], cal.v[cal.layer(i)],
                                            block_size=p.block_size, segment_size=p.segment_size,
-                                           launch=cfg.launch, variants=variants_of(estimators, precisions)))
+                                           launch=cfg.launch, variants=variants_of(estimators, precisions),
+                                           tail_blocks=p.tail_blocks, column_blocks=p.column_blocks))
             steps.step()
     return [choose_plan(curves, margin=margin, reference=p.threshold) for curves in cache[key]]
 
@@ -175,7 +177,9 @@ def measure_layers(cal: Calibration, cfg, plans, *, target: Target, timed: bool 
 
 
 def _measure_parts(cal: Calibration, cfg, parts, *, target: Target, timed: bool = True) -> dict:
-    """Time the op over `parts` [(batch slice, PbsParams)] in turn; accuracy over all."""
+    """Time the op over `parts` [(batch slice, PbsParams)] in turn; accuracy over all: the whole
+    output's rel_l2 and the tail's (the last query block of every sequence, the rows a prefill
+    returns logits for), each also per workload of a calibration set."""
     scale = 1.0 / math.sqrt(cal.q.shape[-1])
     inputs = [(cal.q[cut], cal.k[cut], cal.v[cut], params) for cut, params in parts]
 
@@ -198,6 +202,10 @@ def _measure_parts(cal: Calibration, cfg, parts, *, target: Target, timed: bool 
     lse = torch.cat([r[0][1] for r in results])
     kept = sum(r[1].kept_blocks() for r in results)
     candidates = sum(r[1].candidate_blocks() for r in results)
+    tail = cfg.params.block_size
     by_source = {name: rel_l2(out[rows], cal.dense_out[rows]) for name, rows in cal.source_rows()}
-    return dict(latency_ms=latency, rel_l2=rel_l2(out, cal.dense_out), recall=recall_from_lse(lse, cal.dense_lse),
-                density=kept / candidates, **(dict(rel_l2_by_source=by_source) if by_source else {}))
+    tail_by_source = {name: tail_rel_l2(out[rows], cal.dense_out[rows], tail) for name, rows in cal.source_rows()}
+    return dict(latency_ms=latency, rel_l2=rel_l2(out, cal.dense_out),
+                tail_rel_l2=tail_rel_l2(out, cal.dense_out, tail), recall=recall_from_lse(lse, cal.dense_lse),
+                density=kept / candidates,
+                **(dict(rel_l2_by_source=by_source, tail_rel_l2_by_source=tail_by_source) if by_source else {}))

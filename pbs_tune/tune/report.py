@@ -15,13 +15,14 @@ from ..seqlen import format_length
 def front_lines(front, spec) -> list:
     from .objective import within_bound
     from .space import TrialConfig
-    lines = ["Pareto front (latency vs error):",
-             f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'recall':>7} {'density':>7}  block seg   thr  launch"]
+    lines = ["Pareto front (latency vs error; tail: the last query block's error):",
+             f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'tail':>8} {'recall':>7} {'density':>7}  block seg   thr  launch"]
     for t in front:
         cfg, u = TrialConfig.of_trial(t), t.user_attrs
         p, launch = cfg.params, cfg.launch
         flag = "" if within_bound(u, spec) else "  (over bound)"
-        lines.append(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {u['recall']:7.4f} {u['density']:7.3f}"
+        lines.append(f"  {t.number:>5} {t.values[0]:9.3f} {u['rel_l2']:8.4f} {_measured(u, 'tail_rel_l2', 8, 4)} "
+                     f"{u['recall']:7.4f} {u['density']:7.3f}"
                      f"  {p.block_size:>5} {p.segment_size:>4} {p.threshold:.3f}  {launch.label()}{flag}")
     return lines
 
@@ -29,14 +30,18 @@ def front_lines(front, spec) -> list:
 def entry_line(e) -> str:
     m = e.measured
     sp = " ".join(f"{k}={v}x" for k, v in e.provenance.speedup.items())
-    return (f"{e.describe()}: {m['latency_ms']} ms, err {m['rel_l2']}, recall {m['recall']}, "
+    tail = f", tail err {m['tail_rel_l2']}" if "tail_rel_l2" in m else ""
+    return (f"{e.describe()}: {m['latency_ms']} ms, err {m['rel_l2']}{tail}, recall {m['recall']}, "
             f"density {m['density']} {sp}")
 
 
-def held_out_line(held: HeldOutCheck, spec) -> str:
+def held_out_line(held: HeldOutCheck, spec, tail: dict | None = None) -> str:
+    """A held-out check, with its tail figures (objective.held_out_tail) where they were measured."""
     return (f"held out ({held.source}): rel_l2 {held.rel_l2:.4f} (calibration "
             f"{held.calibration_rel_l2:.4f}; default {held.reference_rel_l2}), "
-            f"{'within' if held.within_bound else 'OVER'} the bound "
+            + (f"tail rel_l2 {tail['tail_rel_l2']:.4f} (calibration {tail['calibration_tail_rel_l2']}; "
+               f"default {tail['reference_tail_rel_l2']}; bound {tail['tail_bound']:g}), " if tail else "")
+            + f"{'within' if held.within_bound else 'OVER'} the bound "
             f"({'the default there' if spec.bound_default else spec.max_error}"
             + (f" on each workload: {held.by_source()}" if held.rel_l2_by_source else "") + "); "
             + (f"{held.speedup_vs_reference}x the default's speed" if held.speedup_vs_reference
@@ -70,8 +75,9 @@ class TrialProgress:
 
 
 def _measured(m, key, width, digits):
-    """A measured figure, or '-' for an entry that was planned rather than timed."""
-    return f"{m[key]:{width}.{digits}f}" if key in m else f"{'-':>{width}}"
+    """A measured figure, or '-' for an entry that was planned rather than timed (or, for the tail
+    error, measured before it was)."""
+    return f"{m[key]:{width}.{digits}f}" if m.get(key) is not None else f"{'-':>{width}}"
 
 
 def gpu_of_file(prof, gpu, needed):
@@ -113,7 +119,7 @@ def profile_table(prof) -> list:
         lines.append(f"NOT TUNED: {why}; the loader runs PBS from "
                      f"{format_length(profiles.UNTUNED_MIN_SEQLEN)} tokens only")
     lines.append(f"{'len':>6} {'shape':>10} {'dtype':>8} {'block':>5} {'seg':>5} {'thr':>5} {'launch':>20} "
-                 f"{'ms':>9} {'rel_l2':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
+                 f"{'ms':>9} {'rel_l2':>7} {'tail':>7} {'recall':>7} {'dens':>5} {'x cudnn':>7} {'x ref':>6}")
     for e in prof.entries:
         # Interpreter times order trials on a CPU; beside anything else they mean nothing.
         p, m, s = e.params, e.measured, e.provenance.speedup if e.gpu != CPU else {}
@@ -121,15 +127,18 @@ def profile_table(prof) -> list:
         lines.append(f"{format_length(e.seqlen):>6} {shape:>10} {e.dtype:>8} "
                      f"{p.block_size:>5} {p.segment_size:>5} {describe_threshold(p.threshold)[1:]:>5} "
                      f"{e.launch.label():>20} {_measured(m, 'latency_ms', 9, 3)} {_measured(m, 'rel_l2', 7, 4)} "
-                     f"{_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
+                     f"{_measured(m, 'tail_rel_l2', 7, 4)} {_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
                      f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
         if e.failed_check:
             lines.append(f"{'':>6} NEVER RUN (failed its held-out check): {e.failed_check}")
         for check in e.provenance.held_out:
             speed = (f"{check.latency_ms} ms, {check.speedup_vs_reference}x the default"
                      if check.speedup_vs_reference else "not timed (interpreter)")
+            tail = (m.get("held_out_tail") or {}).get(check.source)
+            tail = (f"tail rel_l2 {tail['tail_rel_l2']:.4f} (default {tail['reference_tail_rel_l2']}), "
+                    if tail else "")
             lines.append(f"{'':>6} held out ({check.source}): rel_l2 {check.rel_l2:.4f}, "
-                         f"default {check.reference_rel_l2:.4f}, {speed}")
+                         f"default {check.reference_rel_l2:.4f}, {tail}{speed}")
             if check.by_source():
                 lines.append(f"{'':>8} by workload: {check.by_source()}")
         if e.provenance.launch_choice:
@@ -215,28 +224,37 @@ def write_study_report(storage_url: str, study_name: str, out_dir: str):
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED))
     lines = [f"# Study `{study_name}`", "",
              f"{len(done)} completed, {len(failed)} failed or pruned trials; error bound {max_error}.", "",
-             "| trial | ms | rel_l2 | recall | density | block | segment | threshold | launch | pareto |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "tail rel_l2: the error of the last query block, the rows a prefill returns logits for.", "",
+             "| trial | ms | rel_l2 | tail rel_l2 | recall | density | block | segment | threshold | launch | pareto |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     on_front = {t.number for t in front}
     for t in sorted(done, key=lambda t: t.values[0]):
         c, u, lc = t.user_attrs["config"], t.user_attrs, t.user_attrs["config"]["launch"]
-        lines.append(f"| {t.number} | {t.values[0]:.3f} | {u['rel_l2']:.4f} | {u['recall']:.4f} | {u['density']:.3f} "
+        lines.append(f"| {t.number} | {t.values[0]:.3f} | {u['rel_l2']:.4f} | {_measured(u, 'tail_rel_l2', 0, 4)} "
+                     f"| {u['recall']:.4f} | {u['density']:.3f} "
                      f"| {c['block_size']} | {c['segment_size']} | {c['threshold']:.3f} "
                      f"| {lc['block_m']}x{lc['block_n']} w{lc['num_warps']} s{lc['num_stages']} "
                      f"| {'yes' if t.number in on_front else ''} |")
     for t in failed:
         lines.append(f"| {t.number} | {t.state.name.lower()}: {t.user_attrs.get('fail_reason', '')} |"
-                     " | | | | | | | |")
+                     " | | | | | | | | |")
     held = sorted((HeldOutCheck.from_dict(v) for k, v in study.user_attrs.items() if k.startswith("held_out:")),
                   key=lambda h: h.trial)
     if held:
+        from .objective import held_out_tail, tail_by_source
+        tails = [held_out_tail(study, h) or {} for h in held]
         lines += ["", "Chosen trials checked on held-out data (not seen by the search):", "",
                   "| trial | held-out data | calibration rel_l2 | held-out rel_l2 | default's held-out rel_l2 "
-                  "| held-out ms | default's ms | x default | within bound |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| held-out tail rel_l2 | default's held-out tail rel_l2 "
+                  "| held-out ms | default's ms | x default | within bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {h.trial} | {h.source} | {h.calibration_rel_l2:.4f} | {h.rel_l2:.4f} "
-                  f"| {h.reference_rel_l2} | {h.latency_ms or '-'} | {h.reference_latency_ms or '-'} "
-                  f"| {h.speedup_vs_reference or '-'} | {'yes' if h.within_bound else 'no'} |" for h in held]
+                  f"| {h.reference_rel_l2} | {_measured(tail, 'tail_rel_l2', 0, 4)} "
+                  f"| {tail.get('reference_tail_rel_l2', '-')} | {h.latency_ms or '-'} | {h.reference_latency_ms or '-'} "
+                  f"| {h.speedup_vs_reference or '-'} | {'yes' if h.within_bound else 'no'} |"
+                  for h, tail in zip(held, tails)]
         lines += [f"\nTrial {h.trial} by workload: {h.by_source()}." for h in held if h.by_source()]
+        lines += [f"\nTrial {h.trial} tail by workload: {tail_by_source(tail)}."
+                  for h, tail in zip(held, tails) if tail.get("tail_rel_l2_by_source")]
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
     return png, md

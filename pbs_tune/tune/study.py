@@ -177,7 +177,8 @@ def enqueue_known_configs(study, spec: SweepSpec):
     known = [k for k in known if k[0] in space["blocks_per_segment"]][:spec.trials]
     for per_seg, thr, estimator, precision in known:
         chosen = {} if spec.per_head else dict(estimator=estimator, precision=precision)
-        study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr, **chosen, **launch))
+        study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr, **chosen, **launch,
+                                 **search_space.default_knobs(space)))
 
 
 def run_trials(study, objective, spec: SweepSpec, callbacks=()):

@@ -21,8 +21,8 @@ from ..seqlen import format_length
 from . import launch_choice, report, study as studies
 from .entry import make_entry
 from .evaluate import Calibration, dense_baselines, measure_layers
-from .objective import (bound_by_default, candidates, failed_check, held_out_check, objective_for,
-                        reference_measurement, trial_plans)
+from .objective import (bound_by_default, candidates, failed_check, held_out_check, held_out_tail, objective_for,
+                        reference_measurement, tail_bounds, trial_plans, whole_source_bounds)
 from .space import TrialConfig
 from .spec import SweepSpec, check_spec
 
@@ -85,9 +85,14 @@ def sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
     reference = reference_measurement(cal, spec)
     if spec.max_error is None:
         spec = bound_by_default(spec, reference)
-        say(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}")
-        if spec.source_bounds:
-            say("  and on each workload: " + ", ".join(f"{k} {v:.5f}" for k, v in spec.source_bounds.items()))
+        tail, tail_by_source = tail_bounds(spec)
+        say(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}"
+            + (f"; tail rel_l2 {tail:.5f} (the larger of the default's whole and tail errors)"
+               if reference.get("tail_rel_l2") is not None else ""))
+        if whole_source_bounds(spec):
+            say("  and on each workload: " + ", ".join(f"{k} {v:.5f}" for k, v in whole_source_bounds(spec).items()))
+        if tail_by_source:
+            say("  tail on each workload: " + ", ".join(f"{k} {v:.5f}" for k, v in tail_by_source.items()))
     study = studies.open_study(spec, name)
     baselines = dense_baselines(cal, target=spec.target)
     studies.recover_stale_trials(study, 3 * spec.heartbeat_s)
@@ -103,18 +108,19 @@ def sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
         chosen = choose_entry_launch(spec, best, cal, say)
         layer_ids, source = cal.layer_ids, cal.source
         cal = None  # freed before the held-out data is loaded
-        held = []
+        held, tails = [], []
         for load in spec.held_out_data():
             hold = load()
             held.append(held_out_check(hold, spec, best, study, chosen and chosen[0]))
+            tails.append(held_out_tail(study, held[-1]))
             del hold
-            say(report.held_out_line(held[-1], spec))
-        failed = failed_check(held, spec)
+            say(report.held_out_line(held[-1], spec, tails[-1]))
+        failed = failed_check(held, spec, tails)
         if failed is None or rank == len(tried) - 1:
             break
         say(f"trial {best.number} is over its bound on held-out data; checking the next candidate, trial "
             f"{tried[rank + 1].number}")
-    entry = trial_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen)
+    entry = trial_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen, tails)
     return replace(entry, failed_check=failed)
 
 
@@ -140,10 +146,12 @@ def choose_entry_launch(spec: SweepSpec, trial, cal: Calibration, say) -> tuple 
 
 
 def trial_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_name: str, source,
-                layer_ids=None, held_out=(), chosen: tuple | None = None) -> ProfileEntry:
+                layer_ids=None, held_out=(), chosen: tuple | None = None, tails=()) -> ProfileEntry:
     """The chosen trial as a profile entry. A per-head trial on captured layers gives each
     layer its plan (`layers:`); on a synthetic workload (one 'layer') the plan is the entry's.
-    `chosen`: the launch chosen over several sources (`choose_entry_launch`), re-measured."""
+    `chosen`: the launch chosen over several sources (`choose_entry_launch`), re-measured.
+    `tails`: the held-out checks' tail figures (`held_out_tail`), kept with the measured ones
+    (`tail_figures`)."""
     cfg = TrialConfig.of_trial(trial)
     m = dict(trial.user_attrs, latency_ms=trial.values[0])
     choice = None
@@ -161,17 +169,36 @@ def trial_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_
     provenance = Provenance(
         calibration=source, study=study_name, trial=trial.number, max_error=spec.max_error,
         samples=spec.samples if spec.samples > 1 else None, max_error_is_default=spec.bound_default or None,
-        max_error_by_source={k: round(v, 5) for k, v in spec.source_bounds.items()} if spec.source_bounds else None,
-        rel_l2_by_source={k: round(v, 5) for k, v in m["rel_l2_by_source"].items()} if spec.source_bounds else None,
+        max_error_by_source={k: round(v, 5) for k, v in whole_source_bounds(spec).items()}
+        if whole_source_bounds(spec) else None,
+        rel_l2_by_source={k: round(v, 5) for k, v in m["rel_l2_by_source"].items()}
+        if whole_source_bounds(spec) and m.get("rel_l2_by_source") else None,
         held_out=list(held_out), launch_choice=choice,
         per_head=dict(margin=spec.margin, reference_threshold=cfg.params.threshold,
                       margins_used=[p.margin for p in plans],
                       bound="per layer: output rel-L2 <= margin x the reference threshold's (with several captured "
                             "sequences also on each one left out of the fit), and per head no fewer sampled "
                             "queries' heaviest keys kept") if spec.per_head else None)
-    return make_entry(gpu=spec.gpu, shape=spec.entry_shape(), params=params, launch=cfg.launch, layers=layers,
-                      provenance=provenance, measured=m, baselines=baselines, reference=reference,
-                      on_gpu=spec.on_gpu, optuna=str(optuna.__version__))
+    entry = make_entry(gpu=spec.gpu, shape=spec.entry_shape(), params=params, launch=cfg.launch, layers=layers,
+                       provenance=provenance, measured=m, baselines=baselines, reference=reference,
+                       on_gpu=spec.on_gpu, optuna=str(optuna.__version__))
+    return replace(entry, measured=dict(entry.measured, **tail_figures(m, held_out, tails)))
+
+
+def tail_figures(m: dict, held_out=(), tails=()) -> dict:
+    """The tail errors an entry keeps beside its `measured` figures (rounded as they are): its own
+    (`tail_rel_l2`, and `tail_rel_l2_by_source` on a calibration set) and, under `held_out_tail`, each
+    held-out check's by its source. A profile's held-out checks (HeldOutCheck) have no field for them;
+    an entry without these keys (earlier releases) has an unknown tail error."""
+    out = {}
+    if m.get("tail_rel_l2") is not None:
+        out["tail_rel_l2"] = round(m["tail_rel_l2"], 5)
+    if m.get("tail_rel_l2_by_source"):
+        out["tail_rel_l2_by_source"] = {k: round(v, 5) for k, v in m["tail_rel_l2_by_source"].items()}
+    held = {h.source: tail for h, tail in zip(held_out, tails) if tail}
+    if held:
+        out["held_out_tail"] = held
+    return out
 
 
 def run_worker(spec: SweepSpec) -> None:

@@ -163,7 +163,7 @@ def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypa
     curves = {REFERENCE: _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]]),
               Variant(False): _two_heads([[0.01, 0.0, 0.0], [0.03, 0.01, 0.0]])}
 
-    def fake_curves(q, k, v, *, block_size, segment_size, launch=None, variants=None):
+    def fake_curves(q, k, v, *, block_size, segment_size, launch=None, variants=None, tail_blocks=0, column_blocks=0):
         measured.append((block_size, segment_size, q.shape[0]))
         return curves
     monkeypatch.setattr(allocate, "layer_curves", fake_curves)
@@ -174,8 +174,9 @@ def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypa
         assert plans == [allocate.choose_plan(curves, margin=0.95, reference=threshold)]
     assert measured == [(16, 32, 1)]  # measured once, one layer at a time
     evaluate.layer_plans(cal, TrialConfig(PbsParams(32, 64, 0.9), launch), 0.95, cache)
-    assert measured[-1] == (32, 64, 1) and set(cache) == {(16, 32, ("mean", "lse"), ("input",)),
-                                                          (32, 64, ("mean", "lse"), ("input",))}
+    knobs = (PbsParams(16, 32, 0.9).tail_blocks, PbsParams(16, 32, 0.9).column_blocks)  # the curves' too
+    assert measured[-1] == (32, 64, 1) and set(cache) == {(16, 32, ("mean", "lse"), ("input",), *knobs),
+                                                          (32, 64, ("mean", "lse"), ("input",), *knobs)}
     evaluate.layer_plans(cal, TrialConfig(PbsParams(16, 32, 0.9), launch), 0.95)  # no cache: measured again
     assert len(measured) == 3
 
