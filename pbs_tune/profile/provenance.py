@@ -83,6 +83,14 @@ class HeldOutCheck:
     speedup_vs_reference: float | None = None
     rel_l2_by_source: dict | None = None            # a calibration set: the error on each workload
     reference_rel_l2_by_source: dict | None = None
+    # The tail (the last query block's rows, tune/objective.py), bounded beside the whole output:
+    # None where it was not measured (files of earlier releases), and then not written.
+    tail_rel_l2: float | None = None
+    calibration_tail_rel_l2: float | None = None
+    reference_tail_rel_l2: float | None = None
+    tail_bound: float | None = None
+    tail_rel_l2_by_source: dict | None = None
+    reference_tail_rel_l2_by_source: dict | None = None
 
     @classmethod
     def from_dict(cls, d, where="held_out") -> "HeldOutCheck":
@@ -96,9 +104,18 @@ class HeldOutCheck:
 
     def by_source(self) -> str:
         """Its error on each workload of a calibration set beside the default's, or ''."""
-        ref = self.reference_rel_l2_by_source or {}
-        return ", ".join(f"{name} {err:.4f} (default {ref.get(name, float('nan')):.4f})"
-                         for name, err in (self.rel_l2_by_source or {}).items())
+        return _beside_default(self.rel_l2_by_source, self.reference_rel_l2_by_source)
+
+    def tail_by_source(self) -> str:
+        """Its tail error on each workload of a calibration set beside the default's, or ''."""
+        return _beside_default(self.tail_rel_l2_by_source, self.reference_tail_rel_l2_by_source)
+
+
+def _beside_default(errors: dict | None, reference: dict | None) -> str:
+    """'name err (default err), ...' of a held-out check's errors per workload."""
+    ref = reference or {}
+    return ", ".join(f"{name} {err:.4f} (default {ref.get(name, float('nan')):.4f})"
+                     for name, err in (errors or {}).items())
 
 
 @dataclass

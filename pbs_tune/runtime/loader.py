@@ -19,7 +19,7 @@ from ..profile import store as profile_store
 from ..profile.target import CPU, present_gpu, resolve_gpu, runs_here, variant_in
 from ..seqlen import format_length
 from . import library_bind
-from .exercise import prewarm_length, run_config_once
+from .exercise import prewarm_length, run_config_once, warm_columns
 from .state import STATE
 
 logger = logging.getLogger("pbs_tune")
@@ -103,6 +103,7 @@ def _prewarm(entries):
                 continue
             STATE.prewarmed.add(key)
             run_config_once(e, params, launch, prewarm_length(params))
+            warm_columns(e, params)
     torch.cuda.synchronize()
 
 

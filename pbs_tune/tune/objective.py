@@ -192,63 +192,59 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, launch=None
     default = search_space.reference_config(spec.head_dim, spec.target)
     ref = (dict(config=default.as_dict(), **mine) if not plans and cfg == default  # the default was chosen: measured above
            else reference_measurement(hold, spec, timed=timed))
-    # With --max-error default the bound is the default's error, on this sample too (on each
-    # workload of a calibration set).
-    # Judged on the figures it records (5 digits): two near-exact configs differ by summation order
-    # alone (1e-7 against 1e-7), which no bound should tell apart.
-    bound = replace(spec, max_error=round(ref.get("rel_l2", 0.0), 5), source_bounds=default_bounds(ref, 5)) \
-        if spec.bound_default else spec
-    figures = {name: _rounded(mine.get(name), 5) for name in ("rel_l2", "tail_rel_l2")}
-    figures.update({name: _rounded_all(mine.get(name)) for name in ("rel_l2_by_source", "tail_rel_l2_by_source")})
     check = HeldOutCheck(
         source=str(hold.source), trial=trial.number, calibration_rel_l2=round(trial.user_attrs["rel_l2"], 5),
         rel_l2=round(mine["rel_l2"], 5), reference_rel_l2=_rounded(ref.get("rel_l2"), 5),
-        within_bound=within_bound(figures, bound),
+        within_bound=False,  # judged below, on the figures it records
         latency_ms=_rounded(mine.get("latency_ms"), 4),
         reference_latency_ms=_rounded(ref.get("latency_ms"), 4),
         speedup_vs_reference=_rounded(ref["latency_ms"] / mine["latency_ms"], 3)
         if ref.get("latency_ms") and mine.get("latency_ms") else None)
     if mine.get("rel_l2_by_source"):
-        check.rel_l2_by_source = {k: round(v, 5) for k, v in mine["rel_l2_by_source"].items()}
-        check.reference_rel_l2_by_source = {k: round(v, 5) for k, v in ref.get("rel_l2_by_source", {}).items()}
+        check.rel_l2_by_source = _rounded_all(mine["rel_l2_by_source"])
+        check.reference_rel_l2_by_source = _rounded_all(ref.get("rel_l2_by_source", {}))
+    if mine.get("tail_rel_l2") is not None:
+        check.tail_rel_l2 = round(mine["tail_rel_l2"], 5)
+        check.calibration_tail_rel_l2 = _rounded(trial.user_attrs.get("tail_rel_l2"), 5)
+        check.reference_tail_rel_l2 = _rounded(ref.get("tail_rel_l2"), 5)
+        if mine.get("tail_rel_l2_by_source"):
+            check.tail_rel_l2_by_source = _rounded_all(mine["tail_rel_l2_by_source"])
+            check.reference_tail_rel_l2_by_source = _rounded_all(ref.get("tail_rel_l2_by_source"))
+        check.tail_bound = round(tail_bounds(held_out_bounds(check, spec))[0], 5)
+    check.within_bound = not any(over_bounds(check, spec))
     study.set_user_attr(f"held_out:{trial.number}:{hold.source}", check.to_dict())
-    if figures["tail_rel_l2"] is not None:
-        tail_bound, tail_source_bounds = tail_bounds(bound)
-        tail = dict(calibration_tail_rel_l2=_rounded(trial.user_attrs.get("tail_rel_l2"), 5),
-                    tail_rel_l2=figures["tail_rel_l2"], reference_tail_rel_l2=_rounded(ref.get("tail_rel_l2"), 5),
-                    tail_bound=round(tail_bound, 5),
-                    tail_within_bound=_excess(figures["tail_rel_l2"], figures["tail_rel_l2_by_source"],
-                                              tail_bound, tail_source_bounds) <= 0)
-        if figures["tail_rel_l2_by_source"]:
-            tail.update(tail_rel_l2_by_source=figures["tail_rel_l2_by_source"],
-                        reference_tail_rel_l2_by_source=_rounded_all(ref.get("tail_rel_l2_by_source")))
-        study.set_user_attr(held_out_tail_key(trial.number, hold.source), tail)
     return check
 
 
-def held_out_tail_key(trial: int, source) -> str:
-    """The study attribute holding a held-out check's tail figures (HeldOutCheck, a profile type,
-    has no field for them): calibration_tail_rel_l2, tail_rel_l2, reference_tail_rel_l2, tail_bound,
-    tail_within_bound, and per workload of a calibration set."""
-    return f"held_out_tail:{trial}:{source}"
+def held_out_bounds(h: HeldOutCheck, spec: SweepSpec) -> SweepSpec:
+    """The bounds a held-out check is judged by, rebuilt from its own figures so that none need
+    storing: with --max-error default the default's errors on its sample (on each workload of a
+    calibration set, and the tail's: module docstring), else the sweep's. The figures are those it
+    records (5 digits): two near-exact configs differ by summation order alone (1e-7 against 1e-7),
+    which no bound should tell apart."""
+    if not spec.bound_default:
+        return spec
+    ref = dict(rel_l2=h.reference_rel_l2, tail_rel_l2=h.reference_tail_rel_l2,
+               rel_l2_by_source=h.reference_rel_l2_by_source, tail_rel_l2_by_source=h.reference_tail_rel_l2_by_source)
+    return replace(spec, max_error=h.reference_rel_l2 or 0.0, source_bounds=default_bounds(ref))
 
 
-def held_out_tail(study, check: HeldOutCheck) -> dict | None:
-    """The tail figures `held_out_check` kept on the study for this check, or None (not measured)."""
-    return study.user_attrs.get(held_out_tail_key(check.trial, check.source))
+def over_bounds(h: HeldOutCheck, spec: SweepSpec) -> tuple[bool, bool]:
+    """(whole output over its bound, tail over its bound) of a held-out check, from its figures:
+    which of the two failed, for the message. A tail not measured is not over."""
+    bound = held_out_bounds(h, spec)
+    whole = _excess(h.rel_l2, h.rel_l2_by_source, bound.max_error, whole_source_bounds(bound)) > 0
+    tail = h.tail_rel_l2 is not None and _excess(h.tail_rel_l2, h.tail_rel_l2_by_source, *tail_bounds(bound)) > 0
+    return whole, tail
 
 
-def failed_check(held: list, spec: SweepSpec, tails: list | None = None) -> str | None:
-    """Why an entry must not run: its held-out checks over their bound, with the figures; else None.
-    `tails`: each check's tail figures (`held_out_tail`; None where not measured)."""
+def failed_check(held: list, spec: SweepSpec) -> str | None:
+    """Why an entry must not run: its held-out checks over their bound, with the figures; else None."""
     lines = []
-    for h, tail in zip(held, tails or [None] * len(held)):
+    for h in held:
         if h.within_bound:
             continue
-        bound = h.reference_rel_l2 if spec.bound_default else spec.max_error
-        bounds_by_source = h.reference_rel_l2_by_source if spec.bound_default else whole_source_bounds(spec)
-        tail_over = tail is not None and not tail["tail_within_bound"]
-        whole_over = _excess(h.rel_l2, h.rel_l2_by_source, bound if bound is not None else 0.0, bounds_by_source) > 0
+        whole_over, tail_over = over_bounds(h, spec)
         parts = []
         if whole_over or not tail_over:
             parts.append(f"rel_l2 {h.rel_l2:.4f} over the bound "
@@ -256,18 +252,11 @@ def failed_check(held: list, spec: SweepSpec, tails: list | None = None) -> str 
                             else f"{spec.max_error:g}")
                          + (f", by workload: {h.by_source()}" if h.rel_l2_by_source else ""))
         if tail_over:
-            parts.append(f"tail rel_l2 {tail['tail_rel_l2']:.4f} over the bound {tail['tail_bound']:g}"
+            parts.append(f"tail rel_l2 {h.tail_rel_l2:.4f} over the bound {h.tail_bound:g}"
                          + (" (the larger of the default's errors there)" if spec.bound_default else "")
-                         + (f", by workload: {tail_by_source(tail)}" if tail.get("tail_rel_l2_by_source") else ""))
+                         + (f", by workload: {h.tail_by_source()}" if h.tail_rel_l2_by_source else ""))
         lines.append(f"held out ({h.source}): " + ", ".join(parts))
     return "; ".join(lines) or None
-
-
-def tail_by_source(tail: dict) -> str:
-    """A held-out check's tail error on each workload of a calibration set beside the default's."""
-    ref = tail.get("reference_tail_rel_l2_by_source") or {}
-    return ", ".join(f"{name} {err:.4f} (default {ref.get(name, float('nan')):.4f})"
-                     for name, err in (tail.get("tail_rel_l2_by_source") or {}).items())
 
 
 def _rounded(x, digits):

@@ -35,12 +35,13 @@ def entry_line(e) -> str:
             f"density {m['density']} {sp}")
 
 
-def held_out_line(held: HeldOutCheck, spec, tail: dict | None = None) -> str:
-    """A held-out check, with its tail figures (objective.held_out_tail) where they were measured."""
+def held_out_line(held: HeldOutCheck, spec) -> str:
+    """A held-out check, with its tail figures where they were measured."""
     return (f"held out ({held.source}): rel_l2 {held.rel_l2:.4f} (calibration "
             f"{held.calibration_rel_l2:.4f}; default {held.reference_rel_l2}), "
-            + (f"tail rel_l2 {tail['tail_rel_l2']:.4f} (calibration {tail['calibration_tail_rel_l2']}; "
-               f"default {tail['reference_tail_rel_l2']}; bound {tail['tail_bound']:g}), " if tail else "")
+            + (f"tail rel_l2 {held.tail_rel_l2:.4f} (calibration {held.calibration_tail_rel_l2}; "
+               f"default {held.reference_tail_rel_l2}; bound {held.tail_bound:g}), "
+               if held.tail_rel_l2 is not None else "")
             + f"{'within' if held.within_bound else 'OVER'} the bound "
             f"({'the default there' if spec.bound_default else spec.max_error}"
             + (f" on each workload: {held.by_source()}" if held.rel_l2_by_source else "") + "); "
@@ -134,9 +135,8 @@ def profile_table(prof) -> list:
         for check in e.provenance.held_out:
             speed = (f"{check.latency_ms} ms, {check.speedup_vs_reference}x the default"
                      if check.speedup_vs_reference else "not timed (interpreter)")
-            tail = (m.get("held_out_tail") or {}).get(check.source)
-            tail = (f"tail rel_l2 {tail['tail_rel_l2']:.4f} (default {tail['reference_tail_rel_l2']}), "
-                    if tail else "")
+            tail = (f"tail rel_l2 {check.tail_rel_l2:.4f} (default {check.reference_tail_rel_l2}), "
+                    if check.tail_rel_l2 is not None else "")
             lines.append(f"{'':>6} held out ({check.source}): rel_l2 {check.rel_l2:.4f}, "
                          f"default {check.reference_rel_l2:.4f}, {tail}{speed}")
             if check.by_source():
@@ -241,20 +241,18 @@ def write_study_report(storage_url: str, study_name: str, out_dir: str):
     held = sorted((HeldOutCheck.from_dict(v) for k, v in study.user_attrs.items() if k.startswith("held_out:")),
                   key=lambda h: h.trial)
     if held:
-        from .objective import held_out_tail, tail_by_source
-        tails = [held_out_tail(study, h) or {} for h in held]
         lines += ["", "Chosen trials checked on held-out data (not seen by the search):", "",
                   "| trial | held-out data | calibration rel_l2 | held-out rel_l2 | default's held-out rel_l2 "
                   "| held-out tail rel_l2 | default's held-out tail rel_l2 "
                   "| held-out ms | default's ms | x default | within bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {h.trial} | {h.source} | {h.calibration_rel_l2:.4f} | {h.rel_l2:.4f} "
-                  f"| {h.reference_rel_l2} | {_measured(tail, 'tail_rel_l2', 0, 4)} "
-                  f"| {tail.get('reference_tail_rel_l2', '-')} | {h.latency_ms or '-'} | {h.reference_latency_ms or '-'} "
+                  f"| {h.reference_rel_l2} | {_measured(vars(h), 'tail_rel_l2', 0, 4)} "
+                  f"| {'-' if h.reference_tail_rel_l2 is None else h.reference_tail_rel_l2} "
+                  f"| {h.latency_ms or '-'} | {h.reference_latency_ms or '-'} "
                   f"| {h.speedup_vs_reference or '-'} | {'yes' if h.within_bound else 'no'} |"
-                  for h, tail in zip(held, tails)]
+                  for h in held]
         lines += [f"\nTrial {h.trial} by workload: {h.by_source()}." for h in held if h.by_source()]
-        lines += [f"\nTrial {h.trial} tail by workload: {tail_by_source(tail)}."
-                  for h, tail in zip(held, tails) if tail.get("tail_rel_l2_by_source")]
+        lines += [f"\nTrial {h.trial} tail by workload: {h.tail_by_source()}." for h in held if h.tail_by_source()]
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
     return png, md

@@ -63,7 +63,8 @@ class SweepSpec:
     launch_sources: tuple | None = None
     rewrite: bool = False  # a length whose study is finished and entry written is measured and written again
     bound_default: bool = False  # max_error was resolved from the default's error (--max-error default)
-    # With bound_default on a calibration set: the default's error on each of its workloads, each a bound.
+    # With bound_default: the default's error on each workload of a calibration set, each a bound, and
+    # the tail's bounds under "tail" and "tail:<workload>" (tune/objective.py default_bounds, tail_bounds).
     source_bounds: dict | None = None
     # "module:function" standing in for tune.evaluate.measure (same arguments and result): what the
     # trials, the default and the held-out checks measure. Tests of the study's bookkeeping use it.

@@ -21,7 +21,7 @@ from ..seqlen import format_length
 from . import launch_choice, report, study as studies
 from .entry import make_entry
 from .evaluate import Calibration, dense_baselines, measure_layers
-from .objective import (bound_by_default, candidates, failed_check, held_out_check, held_out_tail, objective_for,
+from .objective import (bound_by_default, candidates, failed_check, held_out_check, objective_for,
                         reference_measurement, tail_bounds, trial_plans, whole_source_bounds)
 from .space import TrialConfig
 from .spec import SweepSpec, check_spec
@@ -108,19 +108,18 @@ def sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
         chosen = choose_entry_launch(spec, best, cal, say)
         layer_ids, source = cal.layer_ids, cal.source
         cal = None  # freed before the held-out data is loaded
-        held, tails = [], []
+        held = []
         for load in spec.held_out_data():
             hold = load()
             held.append(held_out_check(hold, spec, best, study, chosen and chosen[0]))
-            tails.append(held_out_tail(study, held[-1]))
             del hold
-            say(report.held_out_line(held[-1], spec, tails[-1]))
-        failed = failed_check(held, spec, tails)
+            say(report.held_out_line(held[-1], spec))
+        failed = failed_check(held, spec)
         if failed is None or rank == len(tried) - 1:
             break
         say(f"trial {best.number} is over its bound on held-out data; checking the next candidate, trial "
             f"{tried[rank + 1].number}")
-    entry = trial_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen, tails)
+    entry = trial_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen)
     return replace(entry, failed_check=failed)
 
 
@@ -146,12 +145,11 @@ def choose_entry_launch(spec: SweepSpec, trial, cal: Calibration, say) -> tuple 
 
 
 def trial_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_name: str, source,
-                layer_ids=None, held_out=(), chosen: tuple | None = None, tails=()) -> ProfileEntry:
+                layer_ids=None, held_out=(), chosen: tuple | None = None) -> ProfileEntry:
     """The chosen trial as a profile entry. A per-head trial on captured layers gives each
     layer its plan (`layers:`); on a synthetic workload (one 'layer') the plan is the entry's.
     `chosen`: the launch chosen over several sources (`choose_entry_launch`), re-measured.
-    `tails`: the held-out checks' tail figures (`held_out_tail`), kept with the measured ones
-    (`tail_figures`)."""
+    The held-out checks, tail figures included, go into its provenance (`held_out`)."""
     cfg = TrialConfig.of_trial(trial)
     m = dict(trial.user_attrs, latency_ms=trial.values[0])
     choice = None
@@ -182,22 +180,18 @@ def trial_entry(spec: SweepSpec, trial, baselines: dict, reference: dict, study_
     entry = make_entry(gpu=spec.gpu, shape=spec.entry_shape(), params=params, launch=cfg.launch, layers=layers,
                        provenance=provenance, measured=m, baselines=baselines, reference=reference,
                        on_gpu=spec.on_gpu, optuna=str(optuna.__version__))
-    return replace(entry, measured=dict(entry.measured, **tail_figures(m, held_out, tails)))
+    return replace(entry, measured=dict(entry.measured, **tail_figures(m)))
 
 
-def tail_figures(m: dict, held_out=(), tails=()) -> dict:
-    """The tail errors an entry keeps beside its `measured` figures (rounded as they are): its own
-    (`tail_rel_l2`, and `tail_rel_l2_by_source` on a calibration set) and, under `held_out_tail`, each
-    held-out check's by its source. A profile's held-out checks (HeldOutCheck) have no field for them;
-    an entry without these keys (earlier releases) has an unknown tail error."""
+def tail_figures(m: dict) -> dict:
+    """The entry's own tail errors, kept beside its `measured` figures (rounded as they are):
+    `tail_rel_l2`, and `tail_rel_l2_by_source` on a calibration set. An entry without these keys
+    (earlier releases) has an unknown tail error."""
     out = {}
     if m.get("tail_rel_l2") is not None:
         out["tail_rel_l2"] = round(m["tail_rel_l2"], 5)
     if m.get("tail_rel_l2_by_source"):
         out["tail_rel_l2_by_source"] = {k: round(v, 5) for k, v in m["tail_rel_l2_by_source"].items()}
-    held = {h.source: tail for h, tail in zip(held_out, tails) if tail}
-    if held:
-        out["held_out_tail"] = held
     return out
 
 

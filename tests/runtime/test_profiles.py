@@ -219,6 +219,31 @@ def test_every_shipped_entry_reads_into_typed_provenance_and_writes_back_the_sam
             assert e.provenance.extra == {}, (path, e.provenance.extra)  # every key is a typed field
 
 
+def test_a_held_out_check_without_tail_figures_loads_and_one_with_them_round_trips(tmp_path):
+    path = tmp_path / "h100.yaml"
+    old = dict(source="workload:mixed@1", trial=3, calibration_rel_l2=0.05, rel_l2=0.06, reference_rel_l2=0.07,
+               within_bound=True, latency_ms=None, reference_latency_ms=None, speedup_vs_reference=None)
+
+    def write(check):
+        path.write_text(yaml.safe_dump(dict(schema_version=profiles.SCHEMA_VERSION,
+                                            entries=[dict(entry(8192), held_out=[check])])))
+    write(old)  # a file of an earlier release: no tail figures
+    (check,) = profiles.load(str(path)).entries[0].provenance.held_out
+    assert (check.tail_rel_l2, check.reference_tail_rel_l2, check.tail_bound, check.tail_rel_l2_by_source) == \
+        (None, None, None, None) and check.tail_by_source() == ""
+    assert check.to_dict() == old  # written back without tail keys
+    new = dict(old, tail_rel_l2=0.2, calibration_tail_rel_l2=0.1, reference_tail_rel_l2=0.6, tail_bound=0.6,
+               tail_rel_l2_by_source=dict(a=0.2, b=0.1), reference_tail_rel_l2_by_source=dict(a=0.6, b=0.3))
+    profiles.merge_entries(str(path), [dict(entry(8192), held_out=[new])])
+    (check,) = profiles.load(str(path)).entries[0].provenance.held_out
+    assert (check.tail_rel_l2, check.tail_bound, check.tail_rel_l2_by_source) == (0.2, 0.6, dict(a=0.2, b=0.1))
+    assert check.tail_by_source() == "a 0.2000 (default 0.6000), b 0.1000 (default 0.3000)"
+    assert yaml.safe_load(path.read_text())["entries"][0]["held_out"] == [new]
+    write(dict(new, tail_within_bound=True))  # unknown keys stay an error
+    with pytest.raises(profiles.ProfileError, match="held_out: unknown field.s. tail_within_bound"):
+        profiles.load(str(path))
+
+
 def test_a_target_is_resolved_once_with_its_arch_and_shared_memory():
     from pbs_tune.profile.target import Target
     a100 = Target.named("a100-sxm")  # not here: the arch table's figures

@@ -8,7 +8,7 @@ import pytest
 from helpers import stand_in_measure, stand_in_spec
 from pbs_tune.profile import profiles
 from pbs_tune.tune.objective import (TAIL, bound_by_default, bound_excess, default_bounds, failed_check,
-                                     tail_bounds, whole_source_bounds, within_bound)
+                                     over_bounds, tail_bounds, whole_source_bounds, within_bound)
 from pbs_tune.tune.spec import SweepSpec
 from pbs_tune.profile.provenance import HeldOutCheck
 from pbs_tune.tune.sweep import run_sweep
@@ -53,15 +53,29 @@ def test_under_the_default_bound_the_tail_is_bounded_by_the_larger_of_the_defaul
 def test_a_failed_held_out_check_says_which_error_is_over():
     spec = _spec()
     h = HeldOutCheck(source="workload:mixed", trial=3, calibration_rel_l2=0.05, rel_l2=0.06, reference_rel_l2=0.07,
-                     within_bound=False)
-    tail = dict(calibration_tail_rel_l2=0.05, tail_rel_l2=0.4, reference_tail_rel_l2=0.9, tail_bound=0.1,
-                tail_within_bound=False)
-    assert failed_check([h], spec, [tail]) == "held out (workload:mixed): tail rel_l2 0.4000 over the bound 0.1"
+                     within_bound=False, calibration_tail_rel_l2=0.05, tail_rel_l2=0.4, reference_tail_rel_l2=0.9,
+                     tail_bound=0.1)
+    assert over_bounds(h, spec) == (False, True)  # which one failed: from the figures, not a stored flag
+    assert failed_check([h], spec) == "held out (workload:mixed): tail rel_l2 0.4000 over the bound 0.1"
     over = HeldOutCheck(**dict(h.to_dict(), rel_l2=0.2))
-    assert failed_check([over], spec, [tail]) == ("held out (workload:mixed): rel_l2 0.2000 over the bound 0.1, "
-                                                  "tail rel_l2 0.4000 over the bound 0.1")
-    assert failed_check([over], spec) == "held out (workload:mixed): rel_l2 0.2000 over the bound 0.1"
-    assert failed_check([HeldOutCheck(**dict(h.to_dict(), within_bound=True))], spec, [tail]) is None
+    assert failed_check([over], spec) == ("held out (workload:mixed): rel_l2 0.2000 over the bound 0.1, "
+                                          "tail rel_l2 0.4000 over the bound 0.1")
+    unknown = HeldOutCheck(**dict(over.to_dict(), tail_rel_l2=None, tail_bound=None))  # tail not measured
+    assert failed_check([unknown], spec) == "held out (workload:mixed): rel_l2 0.2000 over the bound 0.1"
+    assert failed_check([HeldOutCheck(**dict(h.to_dict(), within_bound=True))], spec) is None
+    # --max-error default on a calibration set: each workload's tail bound is the larger of the default's two
+    # errors there, rebuilt from the check's own figures.
+    default = _spec(max_error=0.07, bound_default=True)
+    by = HeldOutCheck(**dict(h.to_dict(), rel_l2_by_source=dict(a=0.05, b=0.2),
+                             reference_rel_l2_by_source=dict(a=0.05, b=0.2), tail_rel_l2=0.5, tail_bound=0.9,
+                             tail_rel_l2_by_source=dict(a=0.3, b=0.9),
+                             reference_tail_rel_l2_by_source=dict(a=0.01, b=0.9)))
+    assert over_bounds(by, default) == (False, True)  # a: 0.3 over max(0.05, 0.01); b: 0.9 within max(0.2, 0.9)
+    assert failed_check([by], default) == (
+        "held out (workload:mixed): tail rel_l2 0.5000 over the bound 0.9 (the larger of the default's errors "
+        "there), by workload: a 0.3000 (default 0.0100), b 0.9000 (default 0.9000)")
+    assert over_bounds(HeldOutCheck(**dict(by.to_dict(), tail_rel_l2_by_source=dict(a=0.05, b=0.9))), default) \
+        == (False, False)
 
 
 def tail_stand_in(cal, cfg, *, target, timed=True):
@@ -81,11 +95,13 @@ def test_a_sweep_chooses_no_config_over_its_tail_bound_and_keeps_the_tails(tmp_p
     assert entry.measured["tail_rel_l2"] <= 0.1 and entry.params.threshold > 0.93
     (written,) = profiles.load(spec.profile).entries
     assert written.measured["tail_rel_l2"] == entry.measured["tail_rel_l2"]
+    assert "held_out_tail" not in written.measured  # the held-out checks carry their own tails
     for held in written.provenance.held_out:
-        tail = written.measured["held_out_tail"][held.source]
-        assert tail["tail_within_bound"] and tail["tail_bound"] == 0.1 and tail["tail_rel_l2"] <= 0.1
-        assert study.user_attrs[f"held_out_tail:{held.trial}:{held.source}"] == tail
-    assert any(f"tail rel_l2 {tail['tail_rel_l2']:.4f}" in line for line in lines)
+        assert held.within_bound and held.tail_bound == 0.1 and held.tail_rel_l2 <= 0.1
+        assert held.calibration_tail_rel_l2 == entry.measured["tail_rel_l2"] and held.reference_tail_rel_l2 is not None
+        assert study.user_attrs[f"held_out:{held.trial}:{held.source}"] == held.to_dict()
+        assert not any(k.startswith("held_out_tail") for k in study.user_attrs)
+    assert any(f"tail rel_l2 {held.tail_rel_l2:.4f}" in line for line in lines)
     assert any("tail" in line and "rel_l2" in line for line in lines if line.startswith("  trial"))
 
 
