@@ -42,6 +42,15 @@ def test_the_package_installs_no_top_level_module_but_pbs_tune():
     assert installed.split() == ["pbs_tune"]
 
 
+def test_every_shipped_kernel_library_is_a_package_with_its_files_as_data():
+    """A cache/sm_* folder not listed would ship only with a setuptools warning (or not at all)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        setup = tomllib.load(f)["tool"]["setuptools"]
+    shipped = sorted(d for d in os.listdir(os.path.join(ROOT, "cache")) if d.startswith("sm_"))
+    assert shipped and all(f"pbs_tune.cache.{d}" in setup["packages"] for d in shipped)
+    assert all(setup["package-data"][f"pbs_tune.cache.{d}"] == ["manifest.json", "*.cubin"] for d in shipped)
+
+
 # DESIGN.md: imports only run downwards (cli, bench -> tune -> runtime -> measure -> op -> kernels ->
 # profile; tune -> models); every part may use the leaf modules. A part may import parts of a lower
 # rank only. A bare `import pbs_tune` inside the package is the top (__init__) and never allowed.
