@@ -224,7 +224,11 @@ def show(gpu, profile_path, shape, seqlen, as_json):
                              "or a file: pbs-tune show --profile FILE") from None
         found = profile_store.find_profile(gpu)
         if found is None:
-            raise ValueError(f"no profile for {gpu} (searched {profile_store.searched_folders()})")
+            held = profile_store.profiles_held()
+            raise ValueError(f"no profile for {gpu} (searched {profile_store.searched_folders()}); "
+                             + (f"profiles here: {', '.join(held)} (pbs-tune show --gpu NAME), or make one on "
+                                f"that GPU: pbs-tune sweep --gpu {gpu}" if held else f"make one on that GPU: "
+                                f"pbs-tune sweep --gpu {gpu}"))
         prof = profiles.load(found.path)
         if found.other_variant:
             click.echo(f"note: no profile of {gpu} ({found.where}); showing {found.path}, tuned on another variant "

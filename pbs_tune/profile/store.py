@@ -99,6 +99,12 @@ def searched_folders() -> str:
     return ", ".join(folder for _, folder in stores())
 
 
+def profiles_held() -> list:
+    """The GPUs with a profile file in any store (the file names without .yaml), sorted."""
+    return sorted({name[:-5] for _, folder in stores() if os.path.isdir(folder)
+                   for name in os.listdir(folder) if name.endswith(".yaml")})
+
+
 def gpu_to_tune(requested: str) -> str:
     """The GPU a tuning command (sweep, plan) runs on. Without one, a single line with a command that
     runs on this CPU (the interpreter at the try-out's sizes), not one flag at a time."""

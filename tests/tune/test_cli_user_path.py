@@ -129,6 +129,10 @@ def test_show_says_when_it_shows_another_variant_and_refuses_an_ignored_flag():
     assert res.exit_code == 1 and "--seqlen picks the entry a model shape runs" in res.output
     res = run(["show", "--gpu", "a100", "--profile", os.path.join(ROOT, "configs", "h100-sxm.yaml")])
     assert res.exit_code == 1 and "has no entries for a100 (it holds h100-sxm)" in res.output
+    res = run(["show", "--gpu", "rtx4090"])  # a GPU without a profile: the ones there are, and how to make one
+    shipped = sorted(name[:-5] for name in os.listdir(os.path.join(ROOT, "configs")) if name.endswith(".yaml"))
+    assert res.exit_code == 1 and "profiles here: " in res.output and all(name in res.output for name in shipped)
+    assert "pbs-tune sweep --gpu rtx4090" in res.output and len(res.output.strip().splitlines()) == 1
 
 
 def test_a_finished_sweep_says_so_and_an_entry_failing_its_held_out_check_is_written_but_never_run(
