@@ -23,8 +23,8 @@ PRECISION_MIN_ARCH = {"input": 0, "int8": 80, "int8+fp8": 89}
 # Retrieval safety, on unless an entry says otherwise (op/columns.py, kernels/block_select.py): the
 # last query blocks keep every causal key block (the question's rows, whose logits a prefill returns)
 # and every query block keeps the key blocks holding the last block's heaviest keys. Values: the
-# most that cost <= 5% of the op on the held-out families at 32k (H100: 1 and 4 cost 4.7%, 1.1% at
-# 128k; 1 and 8 7.2%), each alone making the question's rows exact there (benchmarks/README.md,
+# most that cost <= 5% of the op on the held-out families at 32k (H100: 1 and 4 cost 4.9%, 0.9% at
+# 128k; 1 and 8 7.7%), each alone making the question's rows exact there (benchmarks/README.md,
 # "Retrieval-safe PBS").
 DEFAULT_TAIL_BLOCKS = 1
 DEFAULT_COLUMN_BLOCKS = 4
