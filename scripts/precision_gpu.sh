@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Issue 34 on one GPU: the 8-bit attend modes (python -m pbs_tune.bench.precision), from the checkout
 # installed as a read-only wheel and run from /tmp (nothing depends on the checkout's place).
+#   STEP=why     issue 45: the attend kernels' 8-bit modes against 16-bit, before (ab_head/, main at
+#                the start of the issue, carried) and after this checkout's changes: the kernel part of
+#                the bench (8k/32k/128k, densities 0.1-0.6) and Nsight Compute's instruction and warp
+#                sections where it reads counters (SASS opcode counts need no GPU: sass_mix.py)
 #   STEP=kernel  a smoke check of every mode on both kernels first (a bug costs seconds); the sm_90
 #                library rebuilt natively for the shipped H100/H200 profiles (the kernel sources
 #                changed), copied to $OUT as sm_90.tar.gz; then the attend kernel per mode
@@ -13,10 +17,30 @@ if [ -d .whl ]; then
   $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
-install_readonly_wheel
+[ "${STEP:-kernel}" = why ] || install_readonly_wheel
 cd /tmp
 run() { PYTHONPATH=/tmp/site-ro:${PYTHONPATH:-} $py "$@"; }
 case "${STEP:-kernel}" in
+  why)
+    deadline=${DEADLINE:-540}
+    for ver in new head; do
+      src=$root; [ $ver = head ] && src=$root/ab_head
+      [ -d "$src/pbs_tune" ] || { echo "no $src/pbs_tune"; continue; }
+      [ $SECONDS -lt $((deadline - 150)) ] || { echo "skip bench $ver: ${SECONDS}s"; continue; }
+      PYTHONPATH=$src timeout $((deadline - SECONDS - 60)) $py -m pbs_tune.bench.precision --parts kernel \
+        --lengths ${LENGTHS:-8k,32k,128k} --out "$OUT/precision_kernel_$ver.json" 2>&1 | grep -v FP_FUSION | tail -16
+      echo "bench $ver done: ${SECONDS}s"
+    done
+    for mode in input int8 int8+fp8; do
+      [ $SECONDS -lt $((deadline - 60)) ] || break
+      PRECISION=$mode PYTHONPATH=$root timeout 90 ncu --clock-control none --kernel-name regex:_attend_fwd \
+        --launch-skip 2 --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+        --section InstructionStats --section WarpStateStats --print-details all \
+        $py "$root/scripts/profile_attend.py" 32768 0.3 128x128w8s3 128x128w8s3-tma > "$OUT/ncu_${mode/+/_}.txt" 2>&1
+      grep -E "==ERROR==|LibraryNotLoaded|Duration|Issue Slots Busy|Executed Ipc A|Pipe|Stall" "$OUT/ncu_${mode/+/_}.txt" | head -20
+    done
+    echo "why done: ${SECONDS}s"
+    ;;
   kernel)
     run - <<'PY' || exit 1
 import torch
