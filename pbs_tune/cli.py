@@ -231,8 +231,9 @@ def show(gpu, profile_path, shape, seqlen, as_json):
                                 f"pbs-tune sweep --gpu {gpu}"))
         prof = profiles.load(found.path)
         if found.other_variant:
-            click.echo(f"note: no profile of {gpu} ({found.where}); showing {found.path}, tuned on another variant "
-                       f"of the family (other clocks and bandwidth: re-tune with pbs-tune sweep --gpu {gpu})", err=True)
+            made = "made" if any(e.not_tuned for e in prof.entries) else "tuned"
+            click.echo(f"note: no profile of {gpu} ({found.where}); showing {found.path}, {made} for another variant "
+                       f"of the family (other clocks and bandwidth: tune with pbs-tune sweep --gpu {gpu})", err=True)
     if not prof.entries:
         raise ValueError(f"{prof.path} holds no entries; make them with "
                          + profile_store.sweep_hint(gpu or "auto", prof.path))

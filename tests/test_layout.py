@@ -110,3 +110,11 @@ def test_the_command_and_the_package_import_without_torch(tmp_path):
     import pbs_tune
     assert all(callable(getattr(pbs_tune, name)) for name in pbs_tune.__all__)  # every public name resolves
     assert set(pbs_tune.__all__) <= set(dir(pbs_tune))
+
+
+def test_shipped_profiles_name_no_path_of_the_machine_that_made_them():
+    import re
+    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        if name.endswith(".yaml"):
+            text = open(os.path.join(ROOT, "configs", name)).read()
+            assert not re.search(r"(^|[\s:'\"])/(tmp|home|root|work|mnt|opt|data|Users)/", text, re.M), name

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from .attend_hopper import _attend_fwd_tma
 from .launch import run
-from .online_softmax import (LOG2_FP8_MAX, causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step,
+from .online_softmax import (causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step,
                              quantized_step, query_rows)
 
 
@@ -126,11 +126,9 @@ def _attend_fwd(
         else:
             acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
 
-    if PV_FP8:  # P was 448 times larger in the sums (see quantized_step); V's per-channel scales
-        out, lse = finish(acc, l_i, m_i - LOG2_FP8_MAX)
-        out = out * tl.load(VS + b * stride_vsb + hkv * stride_vsh + offs_d)[None, :]
-    else:
-        out, lse = finish(acc, l_i, m_i)
+    out, lse = finish(acc, l_i, m_i)
+    if PV_FP8:  # undo P's factor and V's per-channel scales
+        out = out * (tl.load(VS + b * stride_vsb + hkv * stride_vsh + offs_d) * (1.0 / 448.0))[None, :]
     o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
     if STORE_LSE:

@@ -22,7 +22,7 @@ JIT, and the kernel library's launcher allocates it itself (`launch.BoundKernel`
 import triton
 import triton.language as tl
 
-from .online_softmax import (LOG2_FP8_MAX, causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step,
+from .online_softmax import (causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step,
                              quantized_step, query_rows)
 
 
@@ -129,11 +129,10 @@ def _attend_fwd_tma(
             acc, l_i, m_i = _step(acc, l_i, m_i, q, qs, k, v, ks_base, start_n, offs_n, offs_m, pos, qk_scale,
                                   N, True, QK_INT8, PV_FP8)
 
-        if PV_FP8:  # P was 448 times larger in the sums (see quantized_step); V's per-channel scales
-            out, lse = finish(acc, l_i, m_i - LOG2_FP8_MAX)
-            out = out * tl.load(VS + b.to(tl.int64) * stride_vsb + hkv.to(tl.int64) * stride_vsh + offs_d)[None, :]
-        else:
-            out, lse = finish(acc, l_i, m_i)
+        out, lse = finish(acc, l_i, m_i)
+        if PV_FP8:  # undo P's factor and V's per-channel scales
+            out = out * (tl.load(VS + b.to(tl.int64) * stride_vsb + hkv.to(tl.int64) * stride_vsh + offs_d)
+                         * (1.0 / 448.0))[None, :]
         tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows[:, None] * stride_on
                  + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
         if STORE_LSE:

@@ -6,8 +6,6 @@ smoothed: each (batch, head)'s mean key is subtracted, which moves every score o
 the same amount (softmax is unchanged) and leaves the int8 grid for what differs between keys.
 An all-zero row or group gets scale 0 (its dequantised values are exactly 0). One program reads
 each row once: the tensors stay in their own strides, the outputs are contiguous.
-V's FP8 copy for the int8+fp8 mode is one pass too (`fp8_keys_inner`): scaled per channel and
-written keys-contiguous, the layout an 8-bit P.V product reads.
 """
 import torch
 import triton
@@ -56,30 +54,3 @@ def quantize_int8(x, *, group=1, mean=None, rows=64, num_warps=4):
         (x, mean if smooth else xs, xq, xs, *x.stride()[:3], N, H),
         dict(HEAD_DIM=D, ROWS=rows, GROUP=group, SMOOTH=smooth), num_warps=num_warps, num_stages=1)
     return xq, xs
-
-
-
-@triton.jit(do_not_specialize=["N", "H", "stride_od"])
-def _fp8_keys_inner(V, INV_SCALE, OUT, stride_vb, stride_vh, stride_vn, stride_od, N, H,
-                    HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_n = pid_n * ROWS + tl.arange(0, ROWS)
-    offs_d = tl.arange(0, HEAD_DIM)
-    ok = offs_n < N
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-                mask=ok[:, None], other=0.0).to(tl.float32)
-    y = v * tl.load(INV_SCALE + pid_bh * HEAD_DIM + offs_d)[None, :]
-    tl.store(OUT + pid_bh * HEAD_DIM * stride_od + offs_d[None, :] * stride_od + offs_n[:, None],
-             y.to(OUT.dtype.element_ty, fp_downcast_rounding="rtne"), mask=ok[:, None])
-
-
-def fp8_keys_inner(v, inv_scale, out, *, rows=64, num_warps=4):
-    """Write v (B, H, N, D), any strides with a unit last one, times `inv_scale` (B, H, D) float32,
-    as FP8 into `out` (B, H, D, >= N) contiguous: keys-contiguous, in one read of v."""
-    B, H, N, D = v.shape
-    run(_fp8_keys_inner, (triton.cdiv(N, rows), B * H), (v, inv_scale, out, *v.stride()[:3], out.stride(2), N, H),
-        dict(HEAD_DIM=D, ROWS=rows), num_warps=num_warps, num_stages=1)
-    return out

@@ -124,7 +124,10 @@ def test_show_of_a_shipped_profile_file_imports_no_torch():
 def test_show_says_when_it_shows_another_variant_and_refuses_an_ignored_flag():
     res = run(["show", "--gpu", "h100-pcie"])
     assert res.exit_code == 0 and "h100-sxm.yaml" in res.stdout
-    assert "note: no profile of h100-pcie" in res.stderr and "another variant" in res.stderr
+    assert "note: no profile of h100-pcie" in res.stderr and "tuned for another variant" in res.stderr
+    res = run(["show", "--gpu", "a100"])  # an untuned profile of another variant: never called tuned
+    assert res.exit_code == 0 and "made for another variant" in res.stderr and "NOT TUNED" in res.stdout
+    assert "tuned for another" not in res.stderr
     res = run(["show", "--gpu", "h100-sxm", "--seqlen", "4k"])
     assert res.exit_code == 1 and "--seqlen picks the entry a model shape runs" in res.output
     res = run(["show", "--gpu", "a100", "--profile", os.path.join(ROOT, "configs", "h100-sxm.yaml")])
