@@ -2,7 +2,7 @@
 # Issue 34 on one GPU: the 8-bit attend modes (python -m pbs_tune.bench.precision), from the checkout
 # installed as a read-only wheel and run from /tmp (nothing depends on the checkout's place).
 #   STEP=why     issue 45: the attend kernels' 8-bit modes against 16-bit, before (ab_head/, main at
-#                the start of the issue) and ab_new/ (the changes tried, a104843), both carried: the kernel part of
+#                the start of the issue) and ab_magic/ (the changes tried: a104843 plus the int32 conversion by bits), both carried: the kernel part of
 #                the bench (8k/32k/128k, densities 0.1-0.6) and Nsight Compute's instruction and warp
 #                sections where it reads counters (SASS opcode counts need no GPU: sass_mix.py)
 #   STEP=kernel  a smoke check of every mode on both kernels first (a bug costs seconds); the sm_90
@@ -24,7 +24,7 @@ case "${STEP:-kernel}" in
   why)
     deadline=${DEADLINE:-540}
     for ver in new head; do
-      src=$root/ab_new; [ $ver = head ] && src=$root/ab_head
+      src=$root/ab_magic; [ $ver = head ] && src=$root/ab_head
       [ -d "$src/pbs_tune" ] || { echo "no $src/pbs_tune"; continue; }
       [ $SECONDS -lt $((deadline - 150)) ] || { echo "skip bench $ver: ${SECONDS}s"; continue; }
       PYTHONPATH=$src timeout $((deadline - SECONDS - 60)) $py -m pbs_tune.bench.precision --parts kernel \
@@ -33,7 +33,7 @@ case "${STEP:-kernel}" in
     done
     for mode in input int8 int8+fp8; do
       [ $SECONDS -lt $((deadline - 60)) ] || break
-      PRECISION=$mode PYTHONPATH=$root/ab_new timeout 90 ncu --clock-control none --kernel-name regex:_attend_fwd \
+      PRECISION=$mode PYTHONPATH=$root/ab_magic timeout 90 ncu --clock-control none --kernel-name regex:_attend_fwd \
         --launch-skip 2 --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
         --section InstructionStats --section WarpStateStats --print-details all \
         $py "$root/scripts/profile_attend.py" 32768 0.3 128x128w8s3 128x128w8s3-tma > "$OUT/ncu_${mode/+/_}.txt" 2>&1
