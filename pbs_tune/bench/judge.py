@@ -249,7 +249,7 @@ def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts, 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="a packaged model's name or a local folder")
-    ap.add_argument("--gguf-file", default=None)
+    ap.add_argument("--gguf-file", default=None, help="with a GGUF repository or folder as --model: which .gguf file in it")
     ap.add_argument("--lengths", default="16k,32k",
                     help="comma-separated token counts to judge at, e.g. 16k,32k (k = 1024), each in turn")
     ap.add_argument("--parts", default=",".join(PARTS),
@@ -267,7 +267,7 @@ def main(argv=None):
     ap.add_argument("--shipped", default=None, help="profile to judge as 'shipped' (default: looked up)")
     ap.add_argument("--plan", default=None, help="a `pbs-tune plan` profile for this model")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {', '.join(VARIANTS)} (dense always)")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="bfloat16", help="the model's weights and activations: bfloat16 or float16")
     ap.add_argument("--out", required=True,
                     help="the JSON result, rewritten after each length (a run stopped early keeps the lengths done)")
     args = ap.parse_args(argv)
