@@ -73,7 +73,7 @@ def _find(gpu):
     found = profile_store.find_profile(gpu)
     if found is None:
         raise profiles.ProfileError(f"no tuned profile for {gpu} (searched {profile_store.searched_folders()}); "
-                                    f"make one on that GPU with: pbs-tune sweep --gpu {gpu} --seqlen 32k --seqlen 128k")
+                                    f"make one with: {profile_store.sweep_hint(gpu)}")
     return found.path
 
 

@@ -79,6 +79,17 @@ def test_missing_profile_says_how_to_make_one(tmp_path):
         pbs_tune.load_profile("auto", str(tmp_path / "nope.yaml"))
 
 
+def test_no_profile_for_the_cpu_suggests_a_sweep_the_interpreter_runs(tmp_path, monkeypatch):
+    from pbs_tune.profile.target import interpreter_size_error
+    from pbs_tune.profile import store
+    monkeypatch.setattr(store, "stores", lambda: [("an empty store", str(tmp_path))])
+    with pytest.raises(profiles.ProfileError) as err:
+        pbs_tune.load_profile()
+    hint = str(err.value).split("make one with: ")[1]
+    assert hint.startswith("pbs-tune sweep --gpu cpu --seqlen 256 --heads 2 ")
+    assert interpreter_size_error(256, 2) is None  # sizes the CLI accepts under the interpreter
+
+
 def test_malformed_profile_names_the_line(tmp_path):
     path = tmp_path / "cpu.yaml"
     path.write_text("schema_version: 1\nentries:\n  - gpu: cpu\n    seqlen: [1, 2\n")
