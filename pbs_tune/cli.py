@@ -343,7 +343,7 @@ def report(storage, study_name, out_dir):
       pbs-tune report --storage sqlite:///benchmarks/studies/h100.db --study h100-131072-32x8x128-bfloat16-mixed
     """
     from .tune.report import write_study_report
-    from .tune.study import check_storage, sqlite_path
+    from .tune.storage import check_storage, sqlite_path
     storage = storage or profile_store.default_storage_url()
     db = sqlite_path(storage)
     if db is not None and not os.path.isfile(db):  # opening it would create an empty database

@@ -104,7 +104,7 @@ def compiled_for_arch(profile_path: str, gpu: str, arch: int) -> list:
 def _compile(profile_path, gpu, library, arch):
     import triton
 
-    from .library_build import write
+    from .library_write import write
     write(library, compiled_for_arch(profile_path, gpu, arch),
                          dict(triton=triton.__version__, device=f"none (built for sm_{arch})"))
 

@@ -38,7 +38,7 @@ def _images(library, manifest, profile_paths, gpus, here_arch) -> tuple:
                 out[rec["file"]] = f.read()
         return out, "built for this arch and run against the JIT: bit-identical"
     from .cross_build import compiled_for_arch
-    from .library_build import record_of
+    from .library_write import record_of
     out = {}
     for path, gpu in zip(profile_paths, gpus):
         for compiled in compiled_for_arch(path, gpu, manifest["arch"]):

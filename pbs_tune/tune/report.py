@@ -191,7 +191,8 @@ def write_study_report(storage_url: str, study_name: str, out_dir: str):
     import optuna
     from optuna.trial import TrialState
 
-    from .study import open_storage, pareto_front
+    from .storage import open_storage
+    from .study import pareto_front
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

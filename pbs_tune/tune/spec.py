@@ -198,7 +198,7 @@ def check_spec(spec: SweepSpec) -> None:
             raise ValueError(f"--holdout-calib {spec.holdout_calib} holds layers {held_ids}; --calib holds "
                              f"{calib_ids}: capture the same --layers")
     # The user store's folder is made on first use; a folder the user named must exist.
-    from .study import check_storage
+    from .storage import check_storage
     check_storage(spec.storage, create_folder=spec.storage == profile_store.default_storage_url())
     if spec.on_gpu and spec.dtype == "float32":
         raise ValueError("--dtype float32 is only for the CPU interpreter; use bfloat16 or float16")

@@ -19,6 +19,7 @@ from ..profile.profiles import ProfileEntry
 from ..profile.provenance import Provenance
 from ..seqlen import format_length
 from . import launch_choice, report, study as studies
+from .storage import open_storage
 from .entry import make_entry
 from .evaluate import Calibration, dense_baselines, measure_layers
 from .objective import (bound_by_default, candidates, failed_check, held_out_check, objective_for,
@@ -71,7 +72,7 @@ def finished_entries(spec: SweepSpec) -> dict:
         if entry is None or entry.provenance.study != name:
             continue
         try:
-            study = optuna.load_study(study_name=name, storage=studies.open_storage(spec.storage, spec.heartbeat_s))
+            study = optuna.load_study(study_name=name, storage=open_storage(spec.storage, spec.heartbeat_s))
         except KeyError:  # the entry came from a study in another storage
             continue
         if studies.finished_count(study) >= spec.trials:

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from pbs_tune.kernels import launch
-from pbs_tune.runtime import exercise, library_bind, library_build, library_check
+from pbs_tune.runtime import exercise, library_bind, library_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,26 +23,26 @@ BUILD = """
 import json, os, sys
 from pbs_tune.kernels import launch
 from pbs_tune.kernels.aot import attend_call, compile_call
-from pbs_tune.runtime import exercise, library_bind, library_build, library_check
+from pbs_tune.runtime import exercise, library_bind, library_check, library_write
 calls = [attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
                      num_stages=2),
          attend_call(dtype="float16", head_dim=64, block_size=64, block_m=64, block_n=32, num_warps=4, num_stages=3),
          attend_call(dtype="bfloat16", head_dim=128, block_size=128, block_m=128, block_n=128, num_warps=8,
                      num_stages=3, tma=True)]
 compiled = [compile_call(c, arch=90) for c in calls]
-manifest = library_build.write(sys.argv[1], compiled, dict(triton="test"))
+manifest = library_write.write(sys.argv[1], compiled, dict(triton="test"))
 keys = [list(map(str, launch.call_key(c.fn, c.args, c.constexprs, c.num_warps, c.num_stages))) for c in calls]
 recs = [list(map(str, library_check.record_key(r))) for r in manifest["kernels"]]
 # One library per arch, shared: a second profile's kernels are added to the first's ...
 shared = sys.argv[1] + "-shared"
-library_build.write(shared, compiled[:2], dict(triton="test"))
-union = library_build.write(shared, compiled[1:], dict(triton="test"))
+library_write.write(shared, compiled[:2], dict(triton="test"))
+union = library_write.write(shared, compiled[1:], dict(triton="test"))
 # ... unless the library was built from other kernel sources: then it is replaced.
 with open(shared + "/manifest.json") as f:
     old = json.load(f)
 with open(shared + "/manifest.json", "w") as f:
     json.dump(dict(old, kernel_sources="0" * 64), f)
-fresh = library_build.write(shared, compiled[:1], dict(triton="test"))
+fresh = library_write.write(shared, compiled[:1], dict(triton="test"))
 print(json.dumps(dict(same_keys=sorted(keys) == sorted(recs), union=[r["file"] for r in union["kernels"]] == [r["file"] for r in manifest["kernels"]],
                       fresh=[r["file"] for r in fresh["kernels"]] == [r["file"] for r in library_bind.read(shared)["kernels"]],
                       fresh_count=len(fresh["kernels"]), files=sorted(os.listdir(shared)) == sorted(["manifest.json"] + list(fresh["files"])))))
