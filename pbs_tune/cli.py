@@ -10,7 +10,7 @@ from . import progress
 from .measure.workloads import CALIBRATION_SETS, WORKLOADS
 from .profile import profiles
 from .profile import store as profile_store
-from .profile.params import ESTIMATORS, PRECISIONS
+from .profile.params import ESTIMATORS
 from .profile.target import CPU, present_gpu, resolve_gpu, variant_in
 from .seqlen import parse_length
 from .tune.spec import MARGIN_RANGE, PlanSpec, SweepSpec, default, worker_count  # imports no torch: --help stays fast
@@ -47,21 +47,6 @@ def _estimators(ctx, param, value):
     if unknown or not names:
         raise click.BadParameter(f"expected some of {','.join(ESTIMATORS)} (comma-separated), got {value!r}")
     return names
-
-
-def _precisions(ctx, param, value):
-    """'auto' (None: every precision the GPU runs) or a comma-separated subset of PRECISIONS."""
-    if value == "auto":
-        return None
-    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    unknown = [n for n in names if n not in PRECISIONS]
-    if unknown or not names:
-        raise click.BadParameter(f"expected 'auto' or some of {','.join(PRECISIONS)} (comma-separated), got {value!r}")
-    return names
-
-
-PRECISIONS_HELP = ("Attend arithmetic searched: 'input' (the input dtype), 'int8' (INT8 Q.Kᵀ), 'int8+fp8' (also FP8 "
-                   "P.V, sm_89+); comma-separated, or 'auto': every one the GPU runs (on the CPU: input only).")
 
 
 ESTIMATORS_HELP = ("Block estimators a layer's plan may use, each with and without the permutation: 'mean' "
@@ -131,8 +116,6 @@ def main():
               help="--per-head: each layer's calibration error bound as a share of the reference's.")
 @click.option("--estimators", default=",".join(default("estimators")), show_default=True, callback=_estimators,
               help="--per-head: " + ESTIMATORS_HELP)
-@click.option("--precisions", default="auto", show_default=True, callback=_precisions,
-              help=PRECISIONS_HELP + " With --per-head, chosen per layer.")
 @click.option("--workers", default="1", show_default=True,
               help="Worker processes on the study: a number, or 'auto' (one per visible GPU; on a CPU, "
                    "one interpreter worker per core, up to 4). Each GPU worker sees one GPU.")
@@ -145,7 +128,7 @@ def main():
 @one_line_errors
 def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, timeout, workload, calib, samples,
           holdout_calib, storage, study_prefix, profile_path, library, seed, no_compile, rewrite, per_head, margin,
-          estimators, precisions, workers, heartbeat_s, quiet, as_json):
+          estimators, workers, heartbeat_s, quiet, as_json):
     """Search block size, segment size, threshold and launch config per length.
 
     \b
@@ -160,8 +143,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
         profile=profile_path or profile_store.default_profile_path(gpu), heads=heads, kv_heads=kv_heads,
         head_dim=int(head_dim), dtype=dtype, workload=workload, calib=calib, holdout_calib=holdout_calib,
         max_error=max_error, trials=trials, timeout=timeout, seed=seed, heartbeat_s=heartbeat_s, per_head=per_head,
-        margin=margin, estimators=estimators, precisions=precisions, samples=samples, study=study_prefix,
-        library=library,
+        margin=margin, estimators=estimators, samples=samples, study=study_prefix, library=library,
         workers=worker_count(workers, gpu != CPU), compile=not no_compile, quiet=quiet, rewrite=rewrite)
     if calib:
         spec = replace(spec, **_shape_of_capture(calib, heads, kv_heads, int(head_dim), dtype))
@@ -373,8 +355,6 @@ def report(storage, study_name, out_dir):
               help="Retrieval probe prompts (0: no probe).")
 @click.option("--estimators", default=",".join(default("estimators")), show_default=True, callback=_estimators,
               help=ESTIMATORS_HELP)
-@click.option("--precisions", default="auto", show_default=True, callback=_precisions,
-              help=PRECISIONS_HELP + " Chosen per layer.")
 @click.option("--block-size", default=default("block_size", PlanSpec), show_default=True, type=click.IntRange(min=16))
 @click.option("--segment-size", default=default("segment_size", PlanSpec), show_default=True,
               type=click.IntRange(min=32))
@@ -383,8 +363,8 @@ def report(storage, study_name, out_dir):
 @click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @one_line_errors
-def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, estimators, precisions, block_size,
-         segment_size, dtype, profile_path, no_compile, quiet):
+def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, estimators, block_size, segment_size,
+         dtype, profile_path, no_compile, quiet):
     """Per-layer plans for one model, judged by the model: permutation on/off and a threshold per
     head in every layer, within --margin x the reference's layer error, keeping each head's
     heaviest keys and the model's answers to retrieval probes (tune/model_plan.py).
@@ -399,8 +379,7 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, es
     gpu = profile_store.gpu_to_tune(gpu)
     spec = PlanSpec(model=model, seqlen=seqlen, profile=profile_path or profile_store.default_profile_path(gpu),
                     gguf_file=gguf_file, text_file=text_file, margin=margin, reference=float(reference), probes=probes,
-                    block_size=block_size, segment_size=segment_size, dtype=dtype, estimators=estimators,
-                    precisions=precisions)
+                    block_size=block_size, segment_size=segment_size, dtype=dtype, estimators=estimators)
     entry, report = plan_to_profile(spec, gpu)
     for line in reports.plan_lines(report):
         click.echo(line)

@@ -44,14 +44,13 @@ def _default(model, lc):
     return model_entry(model, seqlen=1024, block_size=BLOCK, segment_size=SEGMENT, threshold=DEFAULT, launch=lc)
 
 
-def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS, estimators=ESTIMATORS,
-               precisions=("input",)):
+def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE_PROMPTS, estimators=ESTIMATORS):
     model, tok = load_model(model_name, dtype="bfloat16", device="cuda")
     calib = token_sequences(tok, python_sources("calibration"), seqlen, 2 + PROBE_TEXTS)
     lc = default_launch(BLOCK, head_dim_of(model.config), Target.present().capability)  # what the untuned op runs
     planned, report = plan_model(model, tok, calib[:2], calib[2:], margin=margin, reference=DEFAULT, probes=n_probe,
                                  block_size=BLOCK, segment_size=SEGMENT, launch=lc, min_len=1024,
-                                 estimators=estimators, precisions=precisions)
+                                 estimators=estimators)
     alloc, probe, layers = report["allocation"], report["probe"], planned.layers
     variants = {"dense": None, "default": _default(model, lc), "per_head": planned}
     evals = token_sequences(tok, python_sources("evaluation"), seqlen, n_seqs + 8)
@@ -74,7 +73,7 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
         print(name, "retrieval", retrieval[name], "/", len(prompts), flush=True)
     per_layer = []  # the same measures on unseen text
     for a, (idx, (q, k, v)) in zip(alloc, sorted(record_layers(model, evals[:2]).items())):
-        chosen = Variant(a["permute"], a["estimator"], a["precision"])
+        chosen = Variant(a["permute"], a["estimator"])
         curves = layer_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, variants=(chosen,))
         ref, mine = curves[REFERENCE], curves[chosen]
         d = GRID.index(DEFAULT)
@@ -172,7 +171,6 @@ def main():
     ap.add_argument("--families", default="stripes,retrieval,sink_local,diffuse",
                     help="mixed: other workload families the plan is also reported on (none: '')")
     ap.add_argument("--estimators", default="mean,lse", help="block estimators a layer's plan may use")
-    ap.add_argument("--precisions", default="input", help="attend precisions a layer's plan may use (model part)")
     ap.add_argument("--sequences", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--probe-prompts", type=int, default=PROBE_PROMPTS,
@@ -187,8 +185,7 @@ def main():
                        tuple(f for f in args.families.split(",") if f), variants_of(args.estimators.split(",")))
         if "model" in args.parts:
             part_model(res, args.model, parse_length(args.seqlen), args.margin, args.sequences, args.prompts,
-                       n_probe=args.probe_prompts, estimators=tuple(args.estimators.split(",")),
-                       precisions=tuple(args.precisions.split(",")))
+                       n_probe=args.probe_prompts, estimators=tuple(args.estimators.split(",")))
     finally:
         write_json(args.out, res)
 

@@ -40,28 +40,21 @@ def compile_key(fn, key, *, arch: int):
 
 
 def attend_call(*, dtype: str, head_dim: int, block_size: int, block_m: int, block_n: int, num_warps: int,
-                num_stages: int, tma=False, programs_per_sm=0, heads=8, kv_heads=2, seqlen=None, precision="input"):
-    """The attend kernel's call for a small CPU problem of this config and precision (nothing runs)."""
+                num_stages: int, tma=False, programs_per_sm=0, heads=8, kv_heads=2, seqlen=None):
+    """The attend kernel's call for a small CPU problem of this config (nothing runs)."""
     from .attend import attend_launch
     dt = getattr(torch, dtype)
     n = seqlen or 2 * block_size
     nb = -(-n // block_size)
-    low = precision != "input"
-    q = torch.empty(1, heads, n, head_dim, dtype=torch.int8 if low else dt)
-    k = torch.empty(1, kv_heads, n, head_dim, dtype=torch.int8 if low else dt)
-    v = torch.empty(1, kv_heads, n, head_dim, dtype=dt)
-    if precision == "int8+fp8":  # keys-contiguous FP8 storage, as op/precision.py makes it
-        v = torch.empty(1, kv_heads, head_dim, -(-n // 16) * 16, dtype=torch.float8_e4m3fn)[..., :n].transpose(2, 3)
-    scales = (torch.empty(1, heads, n), torch.empty(1, kv_heads, n),
-              torch.empty(1, kv_heads, head_dim) if precision == "int8+fp8" else None)
+    q = torch.empty(1, heads, n, head_dim, dtype=dt)
+    k = torch.empty(1, kv_heads, n, head_dim, dtype=dt)
     pos = torch.arange(n, dtype=torch.int32).expand(1, kv_heads, n).contiguous()
     count = torch.zeros(1, heads, nb, dtype=torch.int32)
     index = torch.zeros(1, heads, nb, nb, dtype=torch.int32)
     with launch.recording() as calls:
-        attend_launch(q, k, v, pos, count, count, index, block_size=block_size, scale=head_dim ** -0.5,
+        attend_launch(q, k, k, pos, count, count, index, block_size=block_size, scale=head_dim ** -0.5,
                       block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages, tma=tma,
-                      programs_per_sm=programs_per_sm, out=torch.empty(1, heads, n, head_dim, dtype=dt),
-                      scales=scales if low else None)
+                      programs_per_sm=programs_per_sm)
     return calls[0]
 
 

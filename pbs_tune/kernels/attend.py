@@ -21,52 +21,34 @@ import triton.language as tl
 from .attend_hopper import _attend_fwd_tma
 from .launch import run
 from .online_softmax import (causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step,
-                             quantized_step, query_rows)
+                             query_rows)
 
 
 @triton.jit
-def _kv_tile(k_base, v_base, start_n, offs_n, offs_d, stride_kn, stride_vn, stride_vd, col_ok, MASKED: tl.constexpr):
-    """One key tile of K and V (V may be stored transposed: FP8 V has keys contiguous)."""
-    k_ptrs = k_base + (start_n + offs_n)[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = v_base + (start_n + offs_n)[:, None] * stride_vn + offs_d[None, :] * stride_vd
-    if MASKED:
-        return tl.load(k_ptrs, mask=col_ok[:, None], other=0.0), tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
-    return tl.load(k_ptrs), tl.load(v_ptrs)
-
-
-@triton.jit
-def _unmasked_step(acc, l_i, m_i, q, qs, k_base, v_base, ks_base, start_n, offs_n, offs_d, offs_m,
-                   stride_kn, stride_vn, stride_vd, qk_scale, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr):
+def _unmasked_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d, stride_kn, stride_vn, qk_scale):
     """Load one key block that needs no mask and fold it in."""
-    k, v = _kv_tile(k_base, v_base, start_n, offs_n, offs_d, stride_kn, stride_vn, stride_vd, offs_n, False)
-    if QK_INT8:
-        ks = tl.load(ks_base + start_n + offs_n)
-        return quantized_step(acc, l_i, m_i, q, k, v, qs, ks, offs_n, offs_m, False, PV_FP8)
+    k = tl.load(k_base + (start_n + offs_n)[:, None] * stride_kn + offs_d[None, :])
+    v = tl.load(v_base + (start_n + offs_n)[:, None] * stride_vn + offs_d[None, :])
     return online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale)
 
 
 # Lengths and head counts vary per call: not specialising on them lets one compiled kernel
 # (the tuner's ahead-of-time cache) serve every sequence length.
-@triton.jit(do_not_specialize=["N", "Q_OFF", "H", "GROUP", "NQB", "MAXK", "stride_pb", "stride_ph", "stride_ksb",
-                               "stride_ksh", "stride_vsb", "stride_vsh"])
+@triton.jit(do_not_specialize=["N", "Q_OFF", "H", "GROUP", "NQB", "MAXK", "stride_pb", "stride_ph"])
 def _attend_fwd(
     Q, K, V, POS, O, LSE, KV_COUNT, KV_FULL, KV_IDX,
-    QS, KS, VS,  # 8-bit modes: per-row Q and per-key K scales, V's per-channel scales (else unused)
     qk_scale,  # softmax scale * log2(e): the kernel works in base 2
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     stride_pb, stride_ph,
-    stride_ksb, stride_ksh, stride_vsb, stride_vsh,
     N, Q_OFF, H, GROUP, NQB, MAXK,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SEL_BLOCK: tl.constexpr,
     STORE_LSE: tl.constexpr,
-    QK_INT8: tl.constexpr,
-    PV_FP8: tl.constexpr,
 ):
     # Heaviest query tiles (late in the sequence) are launched first to shorten the tail.
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -82,12 +64,8 @@ def _attend_fwd(
 
     q_ptrs = Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :]
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-    qs = qk_scale
-    if QK_INT8:
-        qs = tl.load(QS + pid_bh.to(tl.int64) * (N - Q_OFF) + rows, mask=row_ok, other=0.0) * qk_scale
     k_base = K + b * stride_kb + hkv * stride_kh
     v_base = V + b * stride_vb + hkv * stride_vh
-    ks_base = KS + b * stride_ksb + hkv * stride_ksh
     pos_base = POS + b * stride_pb + hkv * stride_ph
 
     n_full, n_total, idx_base = kept_blocks(KV_COUNT, KV_FULL, KV_IDX, pid_bh, start_m, NQB, MAXK, BLOCK_M,
@@ -104,13 +82,13 @@ def _attend_fwd(
         for t in range(0, n_full):
             start_n = kb_next * SEL_BLOCK
             kb_next = tl.load(idx_base + t + 1, mask=t + 1 < n_full, other=0)
-            acc, l_i, m_i = _unmasked_step(acc, l_i, m_i, q, qs, k_base, v_base, ks_base, start_n, offs_n, offs_d,
-                                           offs_m, stride_kn, stride_vn, stride_vd, qk_scale, QK_INT8, PV_FP8)
+            acc, l_i, m_i = _unmasked_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                                           stride_kn, stride_vn, qk_scale)
     else:
         for t in range(0, n_full * SUB):
             start_n = tl.load(idx_base + t // SUB) * SEL_BLOCK + (t % SUB) * BLOCK_N
-            acc, l_i, m_i = _unmasked_step(acc, l_i, m_i, q, qs, k_base, v_base, ks_base, start_n, offs_n, offs_d,
-                                           offs_m, stride_kn, stride_vn, stride_vd, qk_scale, QK_INT8, PV_FP8)
+            acc, l_i, m_i = _unmasked_step(acc, l_i, m_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                                           stride_kn, stride_vn, qk_scale)
 
     # Blocks of the diagonal segment: causal by the keys' original positions. Keys past N
     # carry no position (loaded as a huge value) and are masked with the same compare.
@@ -118,17 +96,14 @@ def _attend_fwd(
         kb = tl.load(idx_base + t // SUB)
         start_n = kb * SEL_BLOCK + (t % SUB) * BLOCK_N
         col_ok = (start_n + offs_n) < N
-        k, v = _kv_tile(k_base, v_base, start_n, offs_n, offs_d, stride_kn, stride_vn, stride_vd, col_ok, True)
+        k = tl.load(k_base + (start_n + offs_n)[:, None] * stride_kn + offs_d[None, :],
+                    mask=col_ok[:, None], other=0.0)
+        v = tl.load(v_base + (start_n + offs_n)[:, None] * stride_vn + offs_d[None, :],
+                    mask=col_ok[:, None], other=0.0)
         pos = tl.load(pos_base + start_n + offs_n, mask=col_ok, other=2147483647)
-        if QK_INT8:
-            ks = tl.load(ks_base + start_n + offs_n, mask=col_ok, other=0.0)
-            acc, l_i, m_i = quantized_step(acc, l_i, m_i, q, k, v, qs, ks, pos, offs_m, True, PV_FP8)
-        else:
-            acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
+        acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
 
     out, lse = finish(acc, l_i, m_i)
-    if PV_FP8:  # undo P's factor and V's per-channel scales
-        out = out * (tl.load(VS + b * stride_vsb + hkv * stride_vsh + offs_d) * (1.0 / 448.0))[None, :]
     o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
     if STORE_LSE:
@@ -137,16 +112,13 @@ def _attend_fwd(
 
 def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size, scale,
                   block_m, block_n, num_warps, num_stages, tma=False, programs_per_sm=0, out=None,
-                  return_lse=False, scales=None):
+                  return_lse=False):
     """Launch the kernel. Inputs are assumed validated by the caller (see pbs_tune.op).
 
     q: (B, Hq, M, D), the last M <= N positions; k, v: (B, Hkv, N, D) in permuted key order;
     positions: (B, Hkv, N) int32 original key positions; kv_count/kv_full: (B, Hq, NQB) int32
     for the key blocks holding queries; kv_index: (B, Hq, NQB, MAXK) int32. `tma` runs the Hopper
     kernel (attend_hopper.py), on a persistent grid of `programs_per_sm` programs per SM if > 0.
-    8-bit modes (op/precision.py makes their inputs): int8 q and k with `scales` = (q's (B, Hq, M)
-    and k's (B, Hkv, N) float32 scales, V's (B, Hkv, D) per-channel scales or None); an FP8 v is
-    a view of keys-contiguous storage (stride 1 along N) and `out` is then required.
     Returns out (and the fp32 LSE (B, Hq, M) if asked).
     """
     B, H, M, D = q.shape
@@ -158,16 +130,10 @@ def attend_launch(q, k, v, positions, kv_count, kv_full, kv_index, *, block_size
     if out is None:
         out = torch.empty_like(q)
     lse = torch.empty((B, H, M), device=q.device, dtype=torch.float32) if return_lse else out
-    qk_int8 = q.dtype == torch.int8
-    pv_fp8 = v.element_size() == 1
-    q_scale, k_scale, v_scale = scales if qk_int8 else (out, out, None)
-    v_scale = v_scale if pv_fp8 else k_scale
-    args = (q, k, v, positions, out, lse, kv_count, kv_full, kv_index, q_scale, k_scale, v_scale,
+    args = (q, k, v, positions, out, lse, kv_count, kv_full, kv_index,
             scale * 1.4426950408889634,  # softmax scale * log2(e): the kernels work in base 2
-            *q.stride()[:3], *k.stride()[:3], *v.stride(), *out.stride()[:3], *positions.stride()[:2],
-            *(k_scale.stride()[:2] if qk_int8 else (0, 0)), *(v_scale.stride()[:2] if pv_fp8 else (0, 0)))
-    consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse,
-                  QK_INT8=qk_int8, PV_FP8=pv_fp8)
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *positions.stride()[:2])
+    consts = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, SEL_BLOCK=block_size, STORE_LSE=return_lse)
     m_tiles = triton.cdiv(N - first, block_m)
     if tma:
         tiles = m_tiles * B * H

@@ -23,62 +23,36 @@ import triton
 import triton.language as tl
 
 from .online_softmax import (causal_softmax_step, finish, initial_state, kept_blocks, online_softmax_step,
-                             quantized_step, query_rows)
+                             query_rows)
 
 
 @triton.jit
-def _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, V_KEYS_INNER: tl.constexpr):
+def _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     k = k_desc.load([b, hkv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-    if V_KEYS_INNER:  # FP8 V is stored keys-contiguous (the layout 8-bit wgmma reads for P.V)
-        v = tl.trans(v_desc.load([b, hkv, 0, start_n]).reshape(HEAD_DIM, BLOCK_N))
-    else:
-        v = v_desc.load([b, hkv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    v = v_desc.load([b, hkv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
     return k, v
 
 
-@triton.jit
-def _step(acc, l_i, m_i, q, qs, k, v, ks_base, start_n, offs_n, offs_m, pos, qk_scale, N, MASKED: tl.constexpr,
-          QK_INT8: tl.constexpr, PV_FP8: tl.constexpr):
-    if QK_INT8:
-        if MASKED:
-            ks = tl.load(ks_base + start_n + offs_n, mask=start_n + offs_n < N, other=0.0)
-        else:
-            ks = tl.load(ks_base + start_n + offs_n)
-        return quantized_step(acc, l_i, m_i, q, k, v, qs, ks, pos, offs_m, MASKED, PV_FP8)
-    if MASKED:
-        return causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
-    return online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale)
-
-
-@triton.jit(do_not_specialize=["B", "N", "Q_OFF", "H", "HKV", "GROUP", "NQB", "MAXK", "NUM_TILES", "stride_pb", "stride_ph",
-                               "stride_ksb", "stride_ksh", "stride_vsb", "stride_vsh"])
+@triton.jit(do_not_specialize=["B", "N", "Q_OFF", "H", "HKV", "GROUP", "NQB", "MAXK", "NUM_TILES", "stride_pb", "stride_ph"])
 def _attend_fwd_tma(
     Q, K, V, POS, O, LSE, KV_COUNT, KV_FULL, KV_IDX,
-    QS, KS, VS,
     qk_scale,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     stride_pb, stride_ph,
-    stride_ksb, stride_ksh, stride_vsb, stride_vsh,
     B, N, Q_OFF, H, HKV, GROUP, NQB, MAXK, NUM_TILES,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SEL_BLOCK: tl.constexpr,
     STORE_LSE: tl.constexpr,
-    QK_INT8: tl.constexpr,
-    PV_FP8: tl.constexpr,
 ):
     k_desc = tl.make_tensor_descriptor(K, shape=[B, HKV, N, HEAD_DIM], strides=[stride_kb, stride_kh, stride_kn, 1],
                                        block_shape=[1, 1, BLOCK_N, HEAD_DIM])
-    if PV_FP8:
-        v_desc = tl.make_tensor_descriptor(V, shape=[B, HKV, HEAD_DIM, N], strides=[stride_vb, stride_vh, stride_vd, 1],
-                                           block_shape=[1, 1, HEAD_DIM, BLOCK_N])
-    else:
-        v_desc = tl.make_tensor_descriptor(V, shape=[B, HKV, N, HEAD_DIM], strides=[stride_vb, stride_vh, stride_vn, 1],
-                                           block_shape=[1, 1, BLOCK_N, HEAD_DIM])
+    v_desc = tl.make_tensor_descriptor(V, shape=[B, HKV, N, HEAD_DIM], strides=[stride_vb, stride_vh, stride_vn, 1],
+                                       block_shape=[1, 1, BLOCK_N, HEAD_DIM])
     SUB: tl.constexpr = SEL_BLOCK // BLOCK_N
     num_m = tl.cdiv(N - (Q_OFF // SEL_BLOCK) * SEL_BLOCK, BLOCK_M)  # query tiles (see query_rows)
     offs_n = tl.arange(0, BLOCK_N)
@@ -94,10 +68,6 @@ def _attend_fwd_tma(
         offs_m, rows, row_ok = query_rows(start_m, N, Q_OFF, BLOCK_M, SEL_BLOCK)
         q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qn
                     + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        qs = qk_scale
-        if QK_INT8:
-            qs = tl.load(QS + pid_bh.to(tl.int64) * (N - Q_OFF) + rows, mask=row_ok, other=0.0) * qk_scale
-        ks_base = KS + b.to(tl.int64) * stride_ksb + hkv.to(tl.int64) * stride_ksh
 
         n_full, n_total, idx_base = kept_blocks(KV_COUNT, KV_FULL, KV_IDX, pid_bh, start_m, NQB, MAXK, BLOCK_M,
                                                 SEL_BLOCK)
@@ -109,30 +79,24 @@ def _attend_fwd_tma(
             for t in range(0, n_full):
                 start_n = kb_next * SEL_BLOCK
                 kb_next = tl.load(idx_base + t + 1, mask=t + 1 < n_full, other=0)
-                k, v = _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N, HEAD_DIM, PV_FP8)
-                acc, l_i, m_i = _step(acc, l_i, m_i, q, qs, k, v, ks_base, start_n, offs_n, offs_m, offs_n, qk_scale,
-                                      N, False, QK_INT8, PV_FP8)
+                k, v = _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N, HEAD_DIM)
+                acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale)
         else:
             for t in range(0, n_full * SUB):
                 start_n = tl.load(idx_base + t // SUB) * SEL_BLOCK + (t % SUB) * BLOCK_N
-                k, v = _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N, HEAD_DIM, PV_FP8)
-                acc, l_i, m_i = _step(acc, l_i, m_i, q, qs, k, v, ks_base, start_n, offs_n, offs_m, offs_n, qk_scale,
-                                      N, False, QK_INT8, PV_FP8)
+                k, v = _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N, HEAD_DIM)
+                acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale)
 
         # Blocks of the diagonal segment: causal by the keys' original positions; keys past N
         # read as zeros and carry no position (masked by the same compare).
         pos_base = POS + b.to(tl.int64) * stride_pb + hkv.to(tl.int64) * stride_ph
         for t in range(n_full * SUB, n_total * SUB):
             start_n = tl.load(idx_base + t // SUB) * SEL_BLOCK + (t % SUB) * BLOCK_N
-            k, v = _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N, HEAD_DIM, PV_FP8)
+            k, v = _kv_tiles(k_desc, v_desc, b, hkv, start_n, BLOCK_N, HEAD_DIM)
             pos = tl.load(pos_base + start_n + offs_n, mask=start_n + offs_n < N, other=2147483647)
-            acc, l_i, m_i = _step(acc, l_i, m_i, q, qs, k, v, ks_base, start_n, offs_n, offs_m, pos, qk_scale,
-                                  N, True, QK_INT8, PV_FP8)
+            acc, l_i, m_i = causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale)
 
         out, lse = finish(acc, l_i, m_i)
-        if PV_FP8:  # undo P's factor and V's per-channel scales
-            out = out * (tl.load(VS + b.to(tl.int64) * stride_vsb + hkv.to(tl.int64) * stride_vsh + offs_d)
-                         * (1.0 / 448.0))[None, :]
         tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows[:, None] * stride_on
                  + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
         if STORE_LSE:

@@ -29,8 +29,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     _patch_interpreter()
 
 POINTER_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
-                 torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1",
-                 torch.float8_e4m3fn: "fp8e4nv"}
+                 torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
 _CTYPES = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "u64": ctypes.c_uint64, "fp32": ctypes.c_float,
            "u1": ctypes.c_bool}
 

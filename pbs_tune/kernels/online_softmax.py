@@ -30,25 +30,6 @@ def causal_softmax_step(acc, l_i, m_i, q, k, v, pos, offs_m, qk_scale):
 
 
 @triton.jit
-def quantized_step(acc, l_i, m_i, q, k, v, qs, ks, pos, offs_m, MASKED: tl.constexpr, PV_FP8: tl.constexpr):
-    """The update with INT8 Q.Kᵀ: int32 sums times the query row's scale `qs` (which carries the
-    softmax scale in base 2) and each key's `ks`; causal by original position when MASKED. With
-    PV_FP8, P times 448 (e4m3's largest value, so small probabilities stay normal) and V in FP8."""
-    s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32) * qs[:, None] * ks[None, :]
-    if MASKED:
-        s = tl.where(pos[None, :] <= offs_m[:, None], s, float("-inf"))
-    m_ij = tl.maximum(m_i, tl.max(s, 1))
-    p = tl.math.exp2(s - m_ij[:, None])
-    alpha = tl.math.exp2(m_i - m_ij)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if PV_FP8:
-        acc = tl.dot((p * 448.0).to(v.dtype), v, acc * alpha[:, None])
-    else:
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return acc, l_i, m_ij
-
-
-@triton.jit
 def query_rows(start_m, N, Q_OFF, BLOCK_M: tl.constexpr, SEL_BLOCK: tl.constexpr):
     """Key positions of query tile `start_m`, their rows in q (position - Q_OFF) and which exist.
     Tiles start at the key block holding the first query, so they nest in selection blocks."""

@@ -9,9 +9,8 @@ import torch
 
 from ..kernels import attend_launch
 from ..profile.launch import LaunchConfig, default_launch
-from ..profile.params import PbsParams, check_precision_on
+from ..profile.params import PbsParams
 from .permutation import KeyPermutation, identity_permutation, permute_keys
-from .precision import FP8_MIN_KEYS, attend_inputs
 from .selection import BlockList, select_blocks
 
 logger = logging.getLogger("pbs_tune")
@@ -20,10 +19,10 @@ GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def as_params(params=None, *, block_size=None, segment_size=None, threshold=None, permute=None,
-              estimator=None, precision=None, tail_blocks=None, column_blocks=None) -> PbsParams:
+              estimator=None, tail_blocks=None, column_blocks=None) -> PbsParams:
     """The op's parameters, given as one `PbsParams` or in the keyword form (checked there)."""
     keywords = dict(block_size=block_size, segment_size=segment_size, threshold=threshold, permute=permute,
-                    estimator=estimator, precision=precision, tail_blocks=tail_blocks, column_blocks=column_blocks)
+                    estimator=estimator, tail_blocks=tail_blocks, column_blocks=column_blocks)
     given = {k: v for k, v in keywords.items() if v is not None}
     if params is not None:
         if not isinstance(params, PbsParams):
@@ -78,8 +77,6 @@ def check_inputs(q, k, v, params=None, *, launch=None, **keywords) -> PbsParams:
             raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
     params = as_params(params, **keywords)
     params.per_head(Hq)
-    if q.device.type == "cuda":
-        check_precision_on(params.precision, torch.cuda.get_device_capability(q.device))
     if launch is not None:
         if not isinstance(launch, LaunchConfig):
             raise TypeError(f"launch must be a LaunchConfig, got {type(launch).__name__}")
@@ -99,32 +96,20 @@ def default_scale(q, scale):
 
 
 def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=None, out=None,
-                  return_lse=False, precision="input", low=None):
-    """Stage 3: FlashAttention forward over the kept blocks only, in the arithmetic `precision` names
-    (PbsParams.precision; the 8-bit modes quantize q and the permuted keys here, op/precision.py, or
-    take `low`, what `attend_inputs` made of them: one quantization for many block lists)."""
+                  return_lse=False):
+    """Stage 3: FlashAttention forward over the kept blocks only."""
     scale = default_scale(q, scale)
     launch = launch or default_launch(blocks.block_size, q.shape[-1],
                                       torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
-    if precision == "int8+fp8" and launch.block_n < FP8_MIN_KEYS:
-        raise ValueError(f"precision 'int8+fp8' needs launch.block_n >= {FP8_MIN_KEYS} (FP8 products take "
-                         f"{FP8_MIN_KEYS} keys at a time), got {launch.block_n}: use a larger block_n or precision 'int8'")
     if launch.tma:
         if q.is_cuda:
             launch.check_device(torch.cuda.get_device_capability(q.device))
         if not tma_compatible(q, perm.k, perm.v, out):
             _note_portable()
             launch = portable(launch)
-    kernel = dict(block_size=blocks.block_size, scale=scale, return_lse=return_lse, **launch.as_dict())
-    if precision == "input":
-        return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index, out=out,
-                             **kernel)
-    low = low or attend_inputs(q, perm.k, perm.v, precision)
-    result = attend_launch(low.q, low.k, low.v, perm.positions, blocks.count, blocks.full, blocks.index,
-                           out=torch.empty_like(q) if out is None else out, scales=low.scales, **kernel)
-    if return_lse:
-        return result[0], result[1] + low.lse_shift(q, scale)
-    return result
+    return attend_launch(q, perm.k, perm.v, perm.positions, blocks.count, blocks.full, blocks.index,
+                         block_size=blocks.block_size, scale=scale, out=out, return_lse=return_lse,
+                         **launch.as_dict())
 
 
 def tma_compatible(*tensors) -> bool:
@@ -178,10 +163,9 @@ def pbs_attention(q, k, v, params: PbsParams | None = None, *, launch=None, scal
     threshold (one number in (0, 1], or one per query head; 1.0 keeps every causal block),
     permute (False: the unpermuted block-selection baseline) and estimator ("mean", the paper's
     mean query . mean key, or "lse", the mean query against every key of the block with the
-    threshold taken of the mass outside the sink block; op/selection.py), precision: "input"
-    (the input dtype), "int8" (INT8 Q.Kᵀ) or "int8+fp8" (also FP8 P.V, sm_89+; op/precision.py),
-    and the retrieval knobs tail_blocks (the last query blocks attend to every causal key block)
-    and column_blocks (key blocks every query block keeps; op/columns.py), on by default.
+    threshold taken of the mass outside the sink block; op/selection.py), and the retrieval knobs
+    tail_blocks (the last query blocks attend to every causal key block) and column_blocks (key
+    blocks every query block keeps; op/columns.py), on by default.
 
     M <= N: the queries are the last M key positions (M < N: a chunk of a prompt after its cached
     prefix; query i attends to keys 0 .. N - M + i). Permutation and selection cover all N keys.
@@ -193,5 +177,5 @@ def pbs_attention(q, k, v, params: PbsParams | None = None, *, launch=None, scal
     refuse_grad("pbs_attention", q, k, v)
     with torch.no_grad():
         perm, blocks = permute_and_select(q, k, v, params, scale=scale)
-        out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out, precision=params.precision)
+        out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, out=out)
     return (out, blocks) if return_blocks else out

@@ -192,5 +192,5 @@ def pbs_attention_chunk(q, k, v, params: PbsParams | None = None, *, state: Pref
         k_perm, v_perm, positions, key_mass = extend(state, q, k, v, params, scale)
         blocks = select(state, q, k, k_perm, positions, params, scale, key_mass)
         out = attend_blocks(q, KeyPermutation(k_perm, v_perm, positions), blocks, launch=launch, scale=scale,
-                            out=out, precision=params.precision)
+                            out=out)
     return (out, blocks, state) if return_blocks else (out, state)

@@ -13,13 +13,6 @@ from .launch import is_pow2
 # (logsumexp, kernels/block_scores.py), its threshold taken of the mass outside the sink block.
 ESTIMATORS = ("mean", "lse")
 
-# Arithmetic of the attend stage (selection always scores in 16/32-bit). input: Q.Kᵀ and P.V in the
-# input dtype. int8: Q.Kᵀ in INT8 (one scale per token, keys smoothed by the head's mean key; int32
-# sums), P.V in the input dtype. int8+fp8: P and V in FP8 e4m3 as well (V one scale per channel).
-# Hopper and Ada run 8-bit products at twice the 16-bit rate, A100 INT8 only (kernels/quantize.py).
-PRECISIONS = ("input", "int8", "int8+fp8")
-PRECISION_MIN_ARCH = {"input": 0, "int8": 80, "int8+fp8": 89}
-
 # Retrieval safety, on unless an entry says otherwise (op/columns.py, kernels/block_select.py): the
 # last query blocks keep every causal key block (the question's rows, whose logits a prefill returns)
 # and every query block keeps the key blocks holding the last block's heaviest keys. Values: the
@@ -28,28 +21,6 @@ PRECISION_MIN_ARCH = {"input": 0, "int8": 80, "int8+fp8": 89}
 # "Retrieval-safe PBS").
 DEFAULT_TAIL_BLOCKS = 1
 DEFAULT_COLUMN_BLOCKS = 4
-
-
-def precisions_on(arch: int | None) -> tuple:
-    """The precisions a GPU of this arch (80, 90, ...) runs; None: Triton's interpreter, which runs all."""
-    return PRECISIONS if arch is None else tuple(p for p in PRECISIONS if PRECISION_MIN_ARCH[p] <= arch)
-
-
-def precision_missing(precision: str, arch: int | None, gpu: str) -> str | None:
-    """What is wrong with running `precision` on `gpu` (words for it) of this arch, or None. One
-    sentence for the op, the profiles and the tuner; each adds what to do next."""
-    need = PRECISION_MIN_ARCH[precision]
-    if arch is None or arch >= need:
-        return None
-    return f"precision {precision!r} needs sm_{need}+ and {gpu} is sm_{arch}"
-
-
-def check_precision_on(precision: str, capability) -> None:
-    """Raise ValueError where a GPU of this (major, minor) capability lacks the 8-bit units."""
-    arch = capability[0] * 10 + capability[1]
-    missing = precision_missing(precision, arch, "this GPU")
-    if missing:
-        raise ValueError(f"{missing}: use precision {' or '.join(map(repr, reversed(precisions_on(arch))))}")
 
 
 def _checked_threshold(threshold):
@@ -68,17 +39,16 @@ def _checked_threshold(threshold):
 class PbsParams:
     """block_size: tokens per block (a power of two >= 16); segment_size: tokens per permuted
     segment (a multiple of the block); threshold: the cumulative mass kept, one number or one per
-    query head; permute: False for unpermuted selection; estimator: one of ESTIMATORS; precision:
-    the attend stage's arithmetic, one of PRECISIONS; tail_blocks: the last so many query blocks
-    attend to every causal key block; column_blocks: key blocks per KV head (those holding the last
-    query block's heaviest keys) that every query block keeps. 0 turns either off."""
+    query head; permute: False for unpermuted selection; estimator: one of ESTIMATORS; tail_blocks:
+    the last so many query blocks attend to every causal key block; column_blocks: key blocks per KV
+    head (those holding the last query block's heaviest keys) that every query block keeps. 0 turns
+    either off."""
 
     block_size: int
     segment_size: int
     threshold: float | tuple
     permute: bool = True
     estimator: str = "mean"
-    precision: str = "input"
     tail_blocks: int = DEFAULT_TAIL_BLOCKS
     column_blocks: int = DEFAULT_COLUMN_BLOCKS
 
@@ -93,8 +63,6 @@ class PbsParams:
             raise ValueError(f"permute must be true or false, got {self.permute!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("tail_blocks", "column_blocks"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -120,7 +88,7 @@ class PbsParams:
         if isinstance(self.threshold, tuple):
             d["threshold"] = list(self.threshold)
         # Defaults stay implicit: files of earlier releases read the same.
-        for name in ("permute", "estimator", "precision", "tail_blocks", "column_blocks"):
+        for name in ("permute", "estimator", "tail_blocks", "column_blocks"):
             if d[name] == PbsParams.__dataclass_fields__[name].default:
                 del d[name]
         return d
@@ -141,9 +109,9 @@ def describe_knobs(params: PbsParams) -> str:
 
 
 def describe_config(params: PbsParams, launch) -> str:
-    """'b128 s256 τ0.9 128x128w8s3' (with 'unpermuted', the estimator, the precision and the retrieval
-    knobs where not the default)."""
+    """'b128 s256 τ0.9 128x128w8s3' (with 'unpermuted', the estimator and the retrieval knobs where
+    not the default)."""
     return (f"b{params.block_size} s{params.segment_size} {describe_threshold(params.threshold)}"
             f"{'' if params.permute else ' unpermuted'}{'' if params.estimator == 'mean' else ' ' + params.estimator}"
-            f"{'' if params.precision == 'input' else ' ' + params.precision}{describe_knobs(params)} "
+            f"{describe_knobs(params)} "
             f"{launch.label()}")

@@ -22,8 +22,7 @@ from ..dtypes import NAMES as DTYPE_NAMES
 from ..seqlen import format_length
 from .launch import REQUIRED_FIELDS as LAUNCH_REQUIRED
 from .launch import LaunchConfig
-from .params import PbsParams, describe_config, precision_missing
-from .target import arch_of
+from .params import PbsParams, describe_config
 from .provenance import Provenance
 
 logger = logging.getLogger("pbs_tune")
@@ -59,13 +58,12 @@ class KernelKey:
     permute: bool      # unpermuted selection runs no segment sort
     estimator: str     # "lse" runs the block-scores kernel
     keep_all: bool
-    precision: str     # the 8-bit modes run the quantizer and the attend kernel's 8-bit variant
     launch: LaunchConfig
 
     @classmethod
     def of(cls, entry, params: PbsParams, launch: LaunchConfig) -> "KernelKey":
         return cls(entry.dtype, entry.head_dim, params.block_size, params.segment_size, params.permute,
-                   params.estimator, params.keeps_all, params.precision, launch)
+                   params.estimator, params.keeps_all, launch)
 
 
 @dataclass
@@ -169,10 +167,6 @@ class ProfileEntry:
         for name, value in raw_layers.items():
             idx = _layer_index(name, f"{where}: layers")
             layers[idx] = DENSE if value == DENSE else _config(value, f"{where}: layers.{name}", ints["heads"])
-        for p, _ in [(params, launch)] + [c for c in layers.values() if c != DENSE]:
-            missing = precision_missing(p.precision, arch_of(gpu), gpu)
-            if missing:
-                raise ProfileError(f"{where}: {missing}: tune this GPU again (pbs-tune sweep --gpu {gpu})")
         measured = d.get("measured") or {}
         if not isinstance(measured, dict):
             raise ProfileError(f"{where}: measured must be a mapping")
@@ -222,6 +216,9 @@ def _config(d, where, heads):
     if not isinstance(d, dict) or not isinstance(d.get("params"), dict) or not isinstance(d.get("launch"), dict):
         raise ProfileError(f"{where}: expected 'params' and 'launch' mappings (or 'dense' for a layer)")
     p, lc = d["params"], d["launch"]
+    if "precision" in p:
+        raise ProfileError(f"{where}: params.precision is no longer a parameter: the 8-bit attend modes were "
+                           f"removed (slower than 16-bit on Hopper); delete the `precision:` line")
     for part, value, fields in (("params", p, PbsParams.__dataclass_fields__),
                                 ("launch", lc, LaunchConfig.__dataclass_fields__)):
         extra = sorted(set(value) - set(fields))

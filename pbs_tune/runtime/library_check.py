@@ -71,10 +71,9 @@ def launched_kernels():
     from ..kernels.block_scores import _block_lse
     from ..kernels.block_select import _select_rows
     from ..kernels.key_scores import _key_scores_mean, _key_scores_stats
-    from ..kernels.quantize import _quantize_rows
     from ..kernels.segment_sort import _segment_permute
     return (_attend_fwd, _attend_fwd_tma, _key_scores_stats, _key_scores_mean, _select_rows, _segment_permute,
-            _block_lse, _quantize_rows)
+            _block_lse)
 
 
 def kernel_problems(rec: dict, image: bytes) -> list:

@@ -30,8 +30,7 @@ from typing import NamedTuple
 import torch
 
 from ..op.pbs_attention import attend_blocks, default_scale, key_order
-from ..op.precision import attend_inputs
-from ..profile.params import ESTIMATORS, PRECISIONS
+from ..profile.params import ESTIMATORS
 from ..op.selection import select_blocks
 from ..measure.metrics import dense_reference
 
@@ -40,34 +39,21 @@ SAMPLED_ROWS = 256
 
 
 class Variant(NamedTuple):
-    """How a layer selects and attends, besides its thresholds: permuted or not, which estimator,
-    which arithmetic (PbsParams.precision)."""
+    """How a layer selects blocks, besides its thresholds: permuted or not, and which estimator."""
 
     permute: bool
     estimator: str = "mean"
-    precision: str = "input"
-
-    @property
-    def block_cost(self) -> float:
-        return BLOCK_COST[self.precision]
 
 
 REFERENCE = Variant(True, "mean")  # the published method, what every plan is measured against
-# Attend time per kept block relative to 16-bit, what an allocation minimises (kept x cost): the
-# 8-bit products run at twice the rate, Q.Kᵀ and P.V are each half the FLOPs. A model, not a
-# measurement: the sweep times every plan, and benchmarks/README.md has the measured ratios.
-BLOCK_COST = {"input": 1.0, "int8": 0.75, "int8+fp8": 0.5}
 
 
-def variants_of(estimators=ESTIMATORS, precisions=("input",)) -> tuple:
-    """Every variant with one of `estimators` and one of `precisions`, permuted and not."""
+def variants_of(estimators=ESTIMATORS) -> tuple:
+    """Every variant with one of `estimators`, permuted and not."""
     unknown = set(estimators) - set(ESTIMATORS)
     if unknown:
         raise ValueError(f"unknown block estimator {sorted(unknown)[0]!r}; choose from {', '.join(ESTIMATORS)}")
-    unknown = set(precisions) - set(PRECISIONS)
-    if unknown:
-        raise ValueError(f"unknown precision {sorted(unknown)[0]!r}; choose from {', '.join(PRECISIONS)}")
-    return tuple(Variant(p, e, x) for x in precisions for e in estimators for p in (True, False))
+    return tuple(Variant(p, e) for e in estimators for p in (True, False))
 
 
 VARIANTS = variants_of()
@@ -110,7 +96,7 @@ class HeadCurves:
 
 
 def head_curves(q, k, v, *, block_size, segment_size, permute=True, estimator="mean", grid=GRID, launch=None,
-                dense=None, top=None, precision="input", tail_blocks=0, column_blocks=0) -> HeadCurves:
+                dense=None, top=None, tail_blocks=0, column_blocks=0) -> HeadCurves:
     """Measure every head's error and kept blocks at each grid threshold; the batch holds the
     samples, whose curves are kept apart in `samples` (`dense`: the float32 dense output, `top`:
     heaviest_keys, where the caller has them)."""
@@ -124,12 +110,11 @@ def head_curves(q, k, v, *, block_size, segment_size, permute=True, estimator="m
     scale = default_scale(q, None)
     with torch.no_grad():
         perm = key_order(q, k, v, block_size=block_size, segment_size=segment_size, scale=scale, permute=permute)
-        low = None if precision == "input" else attend_inputs(q, perm.k, perm.v, precision)
-        for g, thr in enumerate(grid):  # one permutation (and its 8-bit copy) serves every threshold
+        for g, thr in enumerate(grid):  # one permutation serves every threshold
             blocks = select_blocks(q, perm.k, perm.positions, block_size=block_size, segment_size=segment_size,
                                    threshold=thr, scale=scale, estimator=estimator, tail_blocks=tail_blocks,
                                    column_blocks=column_blocks, k=k, key_mass=perm.scores)
-            out = attend_blocks(q, perm, blocks, launch=launch, scale=scale, precision=precision, low=low)
+            out = attend_blocks(q, perm, blocks, launch=launch, scale=scale)
             sq_err[..., g] = _squared_norms(out, dense)
             kept[..., g] = blocks.count.double().sum(dim=2).cpu()
             hits[..., g] = heaviest_key_kept(top, rows, perm.positions, blocks).double().sum(dim=2).cpu()
@@ -274,21 +259,14 @@ class LayerPlan:
     reference_rel_l2: float
     margin: float = None  # the margin the allocation worked to (below the bound's after validation)
     estimator: str = "mean"
-    precision: str = "input"
 
     @property
     def variant(self) -> Variant:
-        return Variant(self.permute, self.estimator, self.precision)
-
-    @property
-    def cost(self) -> float:
-        """Attend work relative to the reference's: kept blocks x the precision's block cost."""
-        return self.kept_ratio * BLOCK_COST[self.precision]
+        return Variant(self.permute, self.estimator)
 
     def as_dict(self) -> dict:
         """As a trial stores it (JSON)."""
-        return dict(permute=self.permute, estimator=self.estimator, precision=self.precision,
-                    thresholds=list(self.thresholds),
+        return dict(permute=self.permute, estimator=self.estimator, thresholds=list(self.thresholds),
                     kept_ratio=round(self.kept_ratio, 4), rel_l2=round(self.rel_l2, 6),
                     reference_rel_l2=round(self.reference_rel_l2, 6),
                     margin=None if self.margin is None else round(self.margin, 4))
@@ -296,7 +274,7 @@ class LayerPlan:
     @classmethod
     def from_dict(cls, d) -> "LayerPlan":
         return cls(d["permute"], tuple(d["thresholds"]), d["kept_ratio"], d.get("rel_l2"),
-                   d.get("reference_rel_l2"), d.get("margin"), d.get("estimator", "mean"), d.get("precision", "input"))
+                   d.get("reference_rel_l2"), d.get("margin"), d.get("estimator", "mean"))
 
 
 def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VARIANTS, tail_blocks=0,
@@ -308,7 +286,7 @@ def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VAR
     top = heaviest_keys(q, k, sampled_rows(q.shape[2], block_size))
     wanted = [REFERENCE] + [Variant(*x) for x in variants if Variant(*x) != REFERENCE]
     return {x: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=x.permute,
-                           estimator=x.estimator, launch=launch, dense=dense, top=top, precision=x.precision,
+                           estimator=x.estimator, launch=launch, dense=dense, top=top,
                            tail_blocks=tail_blocks, column_blocks=column_blocks)
             for x in dict.fromkeys(wanted)}
 
@@ -325,15 +303,14 @@ def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:
         used = held_out_margin(curves, margin=margin, reference=reference, variants=(variant,))
         plan = _cheapest_plan(curves, used, reference, (variant,))
         plan.margin = used
-        if best is None or plan.cost < best.cost:
+        if best is None or plan.kept_ratio < best.kept_ratio:
             best = plan
     return best
 
 
 def _cheapest_plan(curves: dict, margin: float, reference: float, variants=None) -> LayerPlan:
-    """The reference, or the allocation on one of `variants` (default: all in `curves`) with the
-    least attend work (kept blocks x the variant's block cost) within `margin` x the reference's
-    error and the heaviest-key floor."""
+    """The reference, or the allocation on one of `variants` (default: all in `curves`) keeping
+    fewest blocks within `margin` x the reference's error and the heaviest-key floor."""
     ref = curves[REFERENCE]
     g = ref.grid.index(reference)
     ref_kept = float(ref.kept[:, g].sum())
@@ -348,9 +325,8 @@ def _cheapest_plan(curves: dict, margin: float, reference: float, variants=None)
         rows = torch.arange(len(thr))
         kept = float(c.kept[rows, choice].sum()) / ref_kept
         err = c.rel_l2(choice)
-        if err <= bound and bool((c.top_hits[rows, choice] >= need).all()) and kept * variant.block_cost < best.cost:
-            best = LayerPlan(variant.permute, thr, kept, err, ref_err, estimator=variant.estimator,
-                             precision=variant.precision)
+        if err <= bound and bool((c.top_hits[rows, choice] >= need).all()) and kept < best.kept_ratio:
+            best = LayerPlan(variant.permute, thr, kept, err, ref_err, estimator=variant.estimator)
     return best
 
 

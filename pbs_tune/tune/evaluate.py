@@ -145,17 +145,16 @@ def dense_baselines(cal: Calibration, *, target: Target) -> dict:
     return sdpa_baselines(cal.q, cal.k, cal.v, on_gpu=target.on_gpu)
 
 
-def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None, estimators=ESTIMATORS,
-                precisions=("input",)) -> list:
+def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None, estimators=ESTIMATORS) -> list:
     """Per calibration layer: permute or not, the estimator and per-head thresholds whose error is
     within `margin` x that of cfg.threshold, keeping as many heaviest keys (tune/allocate.py); with
     several sequences per layer, checked on each one left out.
     The curves depend on block, segment and estimators only (every launch keeps the same blocks, and the
     reference threshold is a point of the grid), so `cache` keeps them from trial to trial.
-    `estimators` and `precisions`: those a layer may use, each with and without the permutation."""
+    `estimators`: those a layer may use, each with and without the permutation."""
     from .allocate import choose_plan, layer_curves, variants_of
     p = cfg.params
-    key = (p.block_size, p.segment_size, tuple(estimators), tuple(precisions), p.tail_blocks, p.column_blocks)
+    key = (p.block_size, p.segment_size, tuple(estimators), p.tail_blocks, p.column_blocks)
     cache = {} if cache is None else cache
     if key not in cache:
         steps = progress.Steps(f"per-head curves at block {p.block_size}, segment {p.segment_size}: layer",
@@ -164,7 +163,7 @@ def layer_plans(cal: Calibration, cfg, margin: float, cache: dict | None = None,
         for i in range(cal.layers):
             cache[key].append(layer_curves(cal.q[cal.layer(i)], cal.k[cal.layer(i)], cal.v[cal.layer(i)],
                                            block_size=p.block_size, segment_size=p.segment_size,
-                                           launch=cfg.launch, variants=variants_of(estimators, precisions),
+                                           launch=cfg.launch, variants=variants_of(estimators),
                                            tail_blocks=p.tail_blocks, column_blocks=p.column_blocks))
             steps.step()
     return [choose_plan(curves, margin=margin, reference=p.threshold) for curves in cache[key]]
@@ -187,8 +186,7 @@ def _measure_parts(cal: Calibration, cfg, parts, *, target: Target, timed: bool 
         results = []
         for q, k, v, params in inputs:
             perm, blocks = permute_and_select(q, k, v, params, scale=scale)
-            results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse,
-                                          precision=params.precision),
+            results.append((attend_blocks(q, perm, blocks, launch=cfg.launch, scale=scale, return_lse=return_lse),
                             blocks))
         return results
 

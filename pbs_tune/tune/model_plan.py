@@ -75,12 +75,11 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
     for m in [margin] + [x for x in PROBE_MARGINS if x < margin]:
         progress.say(f"retrieval probe at margin {m}: {len(prompts)} prompts")
         plans = {idx: choose_plan(c, margin=m, reference=reference) for idx, c in curves.items()}
-        layers = {idx: (PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator, p.precision), launch)
+        layers = {idx: (PbsParams(block_size, segment_size, p.thresholds, p.permute, p.estimator), launch)
                   for idx, p in plans.items()}
         use_entry(model, entry(layers))
         hits = probe_hits(model, tokenizer, prompts) if prompts else need
-        log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values()),
-                        mean_cost=statistics.fmean(p.cost for p in plans.values())))
+        log.append(dict(margin=m, hits=hits, mean_kept_ratio=statistics.fmean(p.kept_ratio for p in plans.values())))
         if hits >= need:
             break
     planned = entry(layers, seqlen=min_len)
@@ -89,8 +88,7 @@ def probed_plans(model, tokenizer, curves, prompts, *, margin, reference, block_
 
 
 def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, reference=0.9, probes=40,
-               block_size=128, segment_size=256, launch=None, min_len=None, estimators=ESTIMATORS,
-               precisions=("input",)):
+               block_size=128, segment_size=256, launch=None, min_len=None, estimators=ESTIMATORS):
     """Plans for every layer of `model` from 2+ calibration sequences and a retrieval probe on
     `probe_seqs` (their text as haystack). Returns (profile entry, report dict)."""
     seqlen = len(calib_seqs[0])
@@ -103,7 +101,7 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
     curves = {}
     for idx, (q, k, v) in recorded:
         curves[idx] = layer_curves(q, k, v, block_size=block_size, segment_size=segment_size, launch=launch,
-                                   variants=variants_of(estimators, precisions), tail_blocks=DEFAULT_TAIL_BLOCKS,
+                                   variants=variants_of(estimators), tail_blocks=DEFAULT_TAIL_BLOCKS,
                                    column_blocks=DEFAULT_COLUMN_BLOCKS)
         steps.step()
     haystack = [int(t) for s in probe_seqs for t in s]
@@ -117,8 +115,7 @@ def plan_model(model, tokenizer, calib_seqs, probe_seqs, *, margin=0.95, referen
                                         "each calibration sequence left out of the fit), per head no fewer sampled "
                                         "queries' heaviest keys kept, and no fewer retrieval probes answered than "
                                         "with the reference"))
-    report = [dict(layer=idx, permute=p.permute, estimator=p.estimator, precision=p.precision,
-                   thresholds=list(p.thresholds), margin=used,
+    report = [dict(layer=idx, permute=p.permute, estimator=p.estimator, thresholds=list(p.thresholds), margin=used,
                    allocation_margin=p.margin,
                    calib_default_rel_l2=p.reference_rel_l2, calib_per_head_rel_l2=p.rel_l2,
                    calib_kept_ratio=p.kept_ratio) for idx, p in sorted(plans.items())]
@@ -146,6 +143,6 @@ def plan_to_profile(spec, gpu: str):
     seqs = token_sequences(tokenizer, texts, spec.seqlen, 6)
     entry, report = plan_model(net, tokenizer, seqs[:2], seqs[2:], margin=spec.margin, reference=spec.reference,
                                probes=spec.probes, block_size=spec.block_size, segment_size=spec.segment_size,
-                               estimators=spec.estimators, precisions=spec.precisions_on(gpu))
+                               estimators=spec.estimators)
     profiles.merge_entries(spec.profile, [entry])
     return entry, report

@@ -35,7 +35,7 @@ from .spec import SweepSpec
 
 def objective_for(cal: Calibration, spec: SweepSpec):
     target = spec.target
-    space = search_space.space_for(target, spec.precisions_on(spec.gpu))
+    space = search_space.gpu_space(target.arch) if target.on_gpu else search_space.CPU_SPACE
     measure = spec.measurement()
     curves = {}  # per-head curves by (block, segment), shared by the trials of this process
 
@@ -44,7 +44,7 @@ def objective_for(cal: Calibration, spec: SweepSpec):
         cfg = search_space.suggest(trial, space, per_head=spec.per_head)
         p = cfg.params
         progress.say(f"trial {trial.number}: block {p.block_size}, segment {p.segment_size}, threshold "
-                     f"{p.threshold:.3g}, estimator {p.estimator}, precision {p.precision}, launch {cfg.launch.label()}")
+                     f"{p.threshold:.3g}, estimator {p.estimator}, launch {cfg.launch.label()}")
         problem = search_space.launch_problem(cfg, head_dim=spec.head_dim, dtype=spec.dtype, target=target) \
             if target.on_gpu else None
         if problem:
@@ -53,7 +53,7 @@ def objective_for(cal: Calibration, spec: SweepSpec):
         try:
             if spec.per_head:
                 from .evaluate import layer_plans
-                plans = layer_plans(cal, cfg, spec.margin, curves, spec.estimators, spec.precisions_on(spec.gpu))
+                plans = layer_plans(cal, cfg, spec.margin, curves, spec.estimators)
                 trial.set_user_attr("plans", [plan.as_dict() for plan in plans])
                 m = measure_layers(cal, cfg, plans, target=target)
             else:

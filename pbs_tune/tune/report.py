@@ -146,7 +146,7 @@ def profile_table(prof) -> list:
         for idx, c in sorted(e.layers.items()):
             what = "dense" if c == profiles.DENSE else (
                 f"{'permuted' if c[0].permute else 'unpermuted'} {c[0].estimator} "
-                f"{'' if c[0].precision == 'input' else c[0].precision + ' '}{describe_threshold(c[0].threshold)[1:]}")
+                f"{describe_threshold(c[0].threshold)[1:]}")
             lines.append(f"{'':>6} layer {idx}: {what}")
     return lines
 
@@ -176,9 +176,9 @@ def shape_lines(prof, gpu, shape: str, heads, kv_heads, head_dim, dtype, seqlen=
 
 def plan_lines(report: dict) -> list:
     """`pbs-tune plan`: each layer's allocation and the retrieval probe."""
-    lines = ["layer  permute  estimator  precision  kept vs reference  error vs reference  thresholds per head"]
+    lines = ["layer  permute  estimator  kept vs reference  error vs reference  thresholds per head"]
     for row in report["allocation"]:
-        lines.append(f"{row['layer']:>5}  {str(row['permute']):>7}  {row['estimator']:>9}  {row['precision']:>9}  "
+        lines.append(f"{row['layer']:>5}  {str(row['permute']):>7}  {row['estimator']:>9}  "
                      f"{row['calib_kept_ratio']:>17.3f}  {row['calib_per_head_rel_l2']:.4f} / "
                      f"{row['calib_default_rel_l2']:.4f}    {' '.join(f'{t:g}' for t in row['thresholds'])}")
     lines.append("retrieval probe: " + ", ".join(f"{r.get('margin', 'reference')}: {r['hits']}"

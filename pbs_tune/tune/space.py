@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import optuna
 
 from ..profile.launch import LaunchConfig, default_launch
-from ..profile.params import ESTIMATORS, PRECISIONS, PbsParams, precisions_on
+from ..profile.params import ESTIMATORS, PbsParams
 from ..profile.target import Target
 
 # kernel: the portable attend kernel or the Hopper one (TMA); programs_per_sm: the Hopper
@@ -18,29 +18,19 @@ KERNELS = {"portable": dict(), "tma": dict(tma=True)}
 # tail_blocks / column_blocks: the retrieval knobs (PbsParams); the tail-rows error bound (tune/objective.py)
 # is what makes the search keep them where a workload asks for far keys at its end.
 GPU_SPACE = dict(block_size=(64, 128), blocks_per_segment=(2, 4, 8, 16), threshold=(0.6, 0.99), estimator=ESTIMATORS,
-                 precision=PRECISIONS, split=(1, 2), num_warps=(4, 8), num_stages=(2, 3, 4), kernel=tuple(KERNELS),
-                 programs_per_sm=(0, 1, 2), tail_blocks=(0, 1, 2), column_blocks=(0, 4, 8, 16, 32))
+                 split=(1, 2), num_warps=(4, 8), num_stages=(2, 3, 4), kernel=tuple(KERNELS), programs_per_sm=(0, 1, 2),
+                 tail_blocks=(0, 1, 2), column_blocks=(0, 4, 8, 16, 32))
 # The interpreter runs tiny problems: small blocks, one launch shape (timing is meaningless).
 CPU_SPACE = dict(block_size=(16, 32), blocks_per_segment=(2, 4), threshold=(0.6, 0.99), estimator=ESTIMATORS,
-                 precision=PRECISIONS, split=(1,), num_warps=(4,), num_stages=(1,), kernel=("portable", "tma"),
-                 programs_per_sm=(0, 1), tail_blocks=(0, 1), column_blocks=(0, 2, 4))
+                 split=(1,), num_warps=(4,), num_stages=(1,), kernel=("portable", "tma"), programs_per_sm=(0, 1),
+                 tail_blocks=(0, 1), column_blocks=(0, 2, 4))
 
 
 def gpu_space(arch: int) -> dict:
-    """The GPU space for a compute capability: the Hopper kernel only where TMA exists (sm_90+), the
-    8-bit modes only where the GPU has their units (FP8 from sm_89)."""
-    space = dict(GPU_SPACE, precision=precisions_on(arch))
+    """The GPU space for a compute capability: the Hopper kernel only where TMA exists (sm_90+)."""
     if arch >= 90:
-        return space
-    return dict(space, kernel=("portable",), programs_per_sm=(0,))
-
-
-def space_for(target: Target, precisions=None) -> dict:
-    """The search space of a sweep on `target`, its precisions narrowed to `precisions` if given."""
-    space = gpu_space(target.arch) if target.on_gpu else CPU_SPACE
-    if precisions is not None:
-        space = dict(space, precision=tuple(p for p in space["precision"] if p in precisions))
-    return space
+        return GPU_SPACE
+    return dict(GPU_SPACE, kernel=("portable",), programs_per_sm=(0,))
 
 REFERENCE = dict(block_size=128, segment_size=256, threshold=0.9)  # published default
 # Per-head mode: the trial's threshold is the reference each layer's allocation must match
@@ -59,25 +49,24 @@ class TrialConfig:
     def as_dict(self):
         p = self.params
         return dict(block_size=p.block_size, segment_size=p.segment_size, threshold=round(float(p.threshold), 4),
-                    estimator=p.estimator, precision=p.precision, tail_blocks=p.tail_blocks,
+                    estimator=p.estimator, tail_blocks=p.tail_blocks,
                     column_blocks=p.column_blocks, launch=self.launch.as_dict())
 
     @classmethod
     def from_dict(cls, d) -> "TrialConfig":
         """A stored trial's config; one stored before the retrieval knobs existed ran without them."""
         return cls(PbsParams(d["block_size"], d["segment_size"], d["threshold"], estimator=d.get("estimator", "mean"),
-                             precision=d.get("precision", "input"), tail_blocks=d.get("tail_blocks", 0),
-                             column_blocks=d.get("column_blocks", 0)), LaunchConfig(**d["launch"]))
+                             tail_blocks=d.get("tail_blocks", 0), column_blocks=d.get("column_blocks", 0)),
+                   LaunchConfig(**d["launch"]))
 
     @classmethod
     def of_trial(cls, trial) -> "TrialConfig":
         return cls.from_dict(trial.user_attrs["config"])
 
     def planned(self, plan) -> PbsParams:
-        """This trial's parameters with a layer plan's per-head thresholds, permutation, estimator and
-        precision."""
+        """This trial's parameters with a layer plan's per-head thresholds, permutation and estimator."""
         return replace(self.params, threshold=tuple(plan.thresholds), permute=plan.permute,
-                       estimator=plan.estimator, precision=plan.precision)
+                       estimator=plan.estimator)
 
 
 def reference_config(head_dim, target: Target):
@@ -120,7 +109,7 @@ def launch_problem(cfg: TrialConfig, *, head_dim: int, dtype: str, target: Targe
         return str(exc)
     try:
         kernel = compile_call(attend_call(dtype=dtype, head_dim=head_dim, block_size=cfg.params.block_size,
-                                          precision=cfg.params.precision, **lc.as_dict()), arch=arch)
+                                          **lc.as_dict()), arch=arch)
     except Exception as exc:  # the compiler's own refusal, reported in one line
         return f"attend kernel does not compile for sm_{arch}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if kernel.metadata.shared > smem_limit:
@@ -134,9 +123,8 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
     lo, hi = space["threshold"]
     threshold = trial.suggest_categorical("threshold", list(PER_HEAD_REFERENCES)) if per_head \
         else trial.suggest_float("threshold", lo, hi)
-    # Per-head plans choose the estimator and precision per layer, with the thresholds (tune/allocate.py).
+    # Per-head plans choose the estimator per layer, with the thresholds (tune/allocate.py).
     estimator = "mean" if per_head else trial.suggest_categorical("estimator", list(space["estimator"]))
-    precision = "input" if per_head else trial.suggest_categorical("precision", list(space["precision"]))
     tail = trial.suggest_categorical("tail_blocks", list(space["tail_blocks"]))
     columns = trial.suggest_categorical("column_blocks", list(space["column_blocks"]))
     m_split = trial.suggest_categorical("m_split", list(space["split"]))
@@ -148,7 +136,7 @@ def suggest(trial: optuna.Trial, space: dict, per_head: bool = False) -> TrialCo
                           num_warps=trial.suggest_categorical("num_warps", list(space["num_warps"])),
                           num_stages=trial.suggest_categorical("num_stages", list(space["num_stages"])),
                           programs_per_sm=programs, **KERNELS[kernel])
-    cfg = TrialConfig(PbsParams(bs, bs * per_seg, threshold, estimator=estimator, precision=precision,
-                                tail_blocks=tail, column_blocks=columns), launch)
+    cfg = TrialConfig(PbsParams(bs, bs * per_seg, threshold, estimator=estimator, tail_blocks=tail,
+                                column_blocks=columns), launch)
     trial.set_user_attr("config", cfg.as_dict())
     return cfg

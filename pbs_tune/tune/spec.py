@@ -15,7 +15,7 @@ from ..dtypes import torch_dtype
 from ..measure.workloads import CALIBRATION_SETS
 from ..profile import profiles
 from ..profile import store as profile_store
-from ..profile.params import ESTIMATORS, precision_missing, precisions_on
+from ..profile.params import ESTIMATORS
 from ..profile.target import CPU, Target, interpreter_size_error
 
 DEFAULT_MAX_ERROR = 0.10  # relative L2 of the output against dense attention
@@ -50,8 +50,6 @@ class SweepSpec:
     per_head: bool = False  # per-layer plans (tune/allocate.py) around each trial's global knobs
     margin: float = DEFAULT_MARGIN
     estimators: tuple = ESTIMATORS  # per_head: the block estimators a layer's plan may use
-    # The attend precisions searched (per_head: those a layer's plan may use); None: all the GPU runs.
-    precisions: tuple | None = None
     samples: int | None = None  # workload samples calibrated on (None: 4 with per_head, else 1; a capture brings its own)
     study: str | None = None  # the study's name (one length) or names' prefix
     library: str | None = None  # kernel library folder (default: the profile's)
@@ -112,16 +110,12 @@ class SweepSpec:
         source = "capture" if self.calib else self.workload
         base = (f"{self.gpu}-{self.seqlen}-{self.heads}x{self.kv_heads}x{self.head_dim}-{self.dtype}-"
                 f"{source}" + (f"-x{self.samples}" if self.samples > 1 else "")
-                + (self._per_head_suffix() if self.per_head else "")
-                + ("" if self.precisions is None else "-" + "-".join(self.precisions)))
+                + (self._per_head_suffix() if self.per_head else ""))
         return f"{prefix}-{base}" if prefix else base
 
     def _per_head_suffix(self) -> str:
         """Studies of plans over other estimators are other studies (mean alone: the earlier name)."""
         return "-per-head" + ("" if self.estimators == ("mean",) else "-" + "-".join(self.estimators))
-
-    def precisions_on(self, gpu) -> tuple:
-        return chosen_precisions(self.precisions, gpu)
 
     def calibration(self, held_out: bool = False, workload: str | None = None):
         """This length's calibration data, or the held-out data: the workload's next seed, or
@@ -165,22 +159,7 @@ class SweepSpec:
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
         d = json.loads(text)
-        return cls(**dict(d, seqlens=tuple(d["seqlens"]), estimators=tuple(d["estimators"]),
-                          precisions=None if d.get("precisions") is None else tuple(d["precisions"])))
-
-
-def chosen_precisions(precisions, gpu: str) -> tuple:
-    """The precisions a sweep or plan on `gpu` searches: those named, each checked against the GPU,
-    or (None) every one the GPU runs. The interpreter's timings cannot show what 8-bit arithmetic
-    saves, so on the CPU the 8-bit modes are searched only when named."""
-    arch = None if gpu == CPU else (Target.named(gpu).arch or 80)  # a GPU this table lacks: sm_80's
-    if precisions is None:
-        return ("input",) if arch is None else precisions_on(arch)
-    for p in precisions:
-        missing = precision_missing(p, arch, gpu)
-        if missing:
-            raise ValueError(f"{missing}: choose --precisions from {','.join(precisions_on(arch))}")
-    return tuple(precisions)
+        return cls(**dict(d, seqlens=tuple(d["seqlens"]), estimators=tuple(d["estimators"])))
 
 
 def check_spec(spec: SweepSpec) -> None:
@@ -207,7 +186,6 @@ def check_spec(spec: SweepSpec) -> None:
         if too_big or spec.dtype == "bfloat16":
             why = too_big or "the CPU interpreter cannot run bfloat16"
             raise ValueError(f"{why}; on this CPU try: {profile_store.sweep_hint(CPU)}")
-    spec.precisions_on(spec.gpu)  # a precision this GPU lacks: said now
     if os.path.exists(spec.profile):
         profiles.load(spec.profile)  # fail now, not after an hour of tuning
 
@@ -229,10 +207,6 @@ class PlanSpec:
     segment_size: int = 256
     dtype: str = "bfloat16"
     estimators: tuple = ESTIMATORS
-    precisions: tuple | None = None  # those a layer's plan may use; None: every one the GPU runs
-
-    def precisions_on(self, gpu) -> tuple:
-        return chosen_precisions(self.precisions, gpu)
 
     def __post_init__(self):
         if self.segment_size % self.block_size:

@@ -102,8 +102,7 @@ class _StopAtTarget:
 def enqueue_known_configs(study, spec: SweepSpec):
     """Start a new study from the published default (with the untuned op's launch) and two
     neighbours, so the search never reports worse than the reference merely for lack of trials;
-    then the default's tiles in every 8-bit precision searched and with every other estimator, at
-    its threshold and a safer one."""
+    then the default's tiles with every other estimator, at its threshold and a safer one."""
     if study.get_trials(deepcopy=False):
         return
     space = search_space.GPU_SPACE if spec.on_gpu else search_space.CPU_SPACE
@@ -113,15 +112,13 @@ def enqueue_known_configs(study, spec: SweepSpec):
     warps = stock.num_warps if stock.num_warps in space["num_warps"] else max(space["num_warps"])
     launch = dict(m_split=1, n_split=1, num_warps=warps, num_stages=stages, kernel="tma" if stock.tma else "portable",
                   **(dict(programs_per_sm=0) if stock.tma else {}))
-    known = [(2, 0.9, "mean", "input"), (4, 0.9, "mean", "input"), (2, 0.85, "mean", "input")]
-    precisions = spec.precisions_on(spec.gpu)
-    if not spec.per_head:  # per-head plans choose the estimator and precision per layer
-        known += [(2, thr, "mean", p) for p in precisions if p != "input" for thr in (0.9, 0.95)]
-        known += [(2, thr, e, "input") for e in space["estimator"] if e != "mean" for thr in (0.9, 0.95)]
+    known = [(2, 0.9, "mean"), (4, 0.9, "mean"), (2, 0.85, "mean")]
+    if not spec.per_head:  # per-head plans choose the estimator per layer
+        known += [(2, thr, e) for e in space["estimator"] if e != "mean" for thr in (0.9, 0.95)]
     # No more than the study will run: an enqueued trial beyond --trials would wait for ever.
     known = [k for k in known if k[0] in space["blocks_per_segment"]][:spec.trials]
-    for per_seg, thr, estimator, precision in known:
-        chosen = {} if spec.per_head else dict(estimator=estimator, precision=precision)
+    for per_seg, thr, estimator in known:
+        chosen = {} if spec.per_head else dict(estimator=estimator)
         study.enqueue_trial(dict(block_size=bs, blocks_per_segment=per_seg, threshold=thr, **chosen, **launch,
                                  **search_space.default_knobs(space)))
 

@@ -166,29 +166,35 @@ def test_per_head_thresholds_round_trip_and_are_checked(tmp_path):
         profiles.load(str(path))
 
 
-@pytest.mark.parametrize("field,value,default,bad,match", [
-    ("estimator", "lse", "mean", dict(estimator="max"), "params.estimator must be one of mean, lse, got 'max'"),
-    ("precision", "int8", "input", dict(precision="int8+fp8", gpu="a100-sxm"),
-     "precision 'int8\\+fp8' needs sm_89\\+ and a100-sxm is sm_80: tune this GPU again"),
-])
-def test_estimator_and_precision_are_profile_parameters_with_implicit_defaults(tmp_path, field, value, default, bad,
-                                                                                match):
-    """The block estimator (the paper's by default) and the attend precision (the input dtype by
-    default; an 8-bit mode the entry's GPU lacks is refused at load)."""
+def test_the_block_estimator_is_a_profile_parameter_with_the_papers_as_default(tmp_path):
     path = tmp_path / "h100.yaml"
-    chosen = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, **{field: value}))
-    profiles.merge_entries(str(path), [chosen, entry(16384)])
+    lse = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, estimator="lse"))
+    profiles.merge_entries(str(path), [lse, entry(16384)])
     a, b = profiles.load(str(path)).entries
-    assert getattr(a.params, field) == value and getattr(b.params, field) == default
-    assert field not in yaml.safe_load(path.read_text())["entries"][1]["params"]  # the default stays implicit
+    assert a.params.estimator == "lse" and b.params.estimator == "mean"
+    assert "estimator" not in yaml.safe_load(path.read_text())["entries"][1]["params"]  # the default stays implicit
     assert a.kernel_keys() != profiles.ProfileEntry.from_dict(entry(8192, thr=0.8)).kernel_keys()
-    assert value in a.describe()
-    bad = dict(bad)
-    gpu = bad.pop("gpu", "h100")
-    wrong = dict(entry(8192, gpu=gpu), params=dict(block_size=128, segment_size=256, threshold=0.8, **bad))
-    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[wrong])))
-    with pytest.raises(profiles.ProfileError, match=match):
+    assert "lse" in a.describe() and a.params.estimator == "lse"
+    bad = dict(entry(8192), params=dict(block_size=128, segment_size=256, threshold=0.8, estimator="max"))
+    path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[bad])))
+    with pytest.raises(profiles.ProfileError, match="params.estimator must be one of mean, lse, got 'max'"):
         profiles.load(str(path))
+
+
+@pytest.mark.parametrize("value", ["input", "int8", "int8+fp8"])
+def test_a_precision_key_left_in_a_profile_is_one_line_saying_to_delete_it(tmp_path, value):
+    """The 8-bit attend modes are gone; a file that still names a precision, even the 16-bit one, is
+    told so at load in one line, for the entry and for a layer."""
+    path = tmp_path / "h100.yaml"
+    params = dict(block_size=128, segment_size=256, threshold=0.9, precision=value)
+    launch = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
+    for bad, where in ((dict(entry(8192), params=params), "entry 0: "),
+                       (dict(entry(8192), layers={"2": dict(params=params, launch=launch)}), "entry 0: layers.2: ")):
+        path.write_text(yaml.safe_dump(dict(schema_version=1, entries=[bad])))
+        with pytest.raises(profiles.ProfileError) as info:
+            profiles.load(str(path))
+        assert str(info.value) == (f"{path}: {where}params.precision is no longer a parameter: the 8-bit attend "
+                                   "modes were removed (slower than 16-bit on Hopper); delete the `precision:` line")
 
 
 @pytest.mark.parametrize("text", ["workload:mixed", "workload:mixed x4", "workload:stripes@1", "workload:families@3 x2",
