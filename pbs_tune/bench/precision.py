@@ -73,7 +73,7 @@ def part_kernel(res, lengths, densities, precisions):
         tried[p] = times
     res["kernel_launch"] = dict(chosen={p: c.label() for p, c in chosen.items()}, tried=tried)
     print(json.dumps(res["kernel_launch"]), flush=True)
-    del q, k, v, perm, blocks
+    q = k = v = perm = blocks = None  # free the GPU memory now
     rows = []
     for n in lengths:
         q, k, v = (torch.randn(1, h, n, 128, device="cuda", dtype=torch.bfloat16) for h in (32, 8, 8))
@@ -92,8 +92,8 @@ def part_kernel(res, lengths, densities, precisions):
                 row["int8_block_scales_ms"] = _kernel_ms(q, perm, blocks, "int8", chosen["int8"], key_group=128)
             rows.append(row)
             print(json.dumps(rounded(row)), flush=True)
-            del blocks
-        del q, k, v, perm
+            blocks = None  # free the GPU memory now
+        q = k = v = perm = None  # free the GPU memory now
         torch.cuda.empty_cache()
     res["kernel"] = rows
     res["kernel_error"] = _errors_by_granularity(precisions)
@@ -138,7 +138,7 @@ def part_op(res, lengths, families, precisions, seed):
                     if err <= bound:
                         tried.append((median_ms(lambda: pbs_attention(q, k, v, params)), p, thr, err))
             best = min(tried)
-            del q, k, v, dense
+            q = k = v = dense = None  # free the GPU memory now
             # Judge on the next seed.
             q, k, v = make_qkv(fam, seqlen=n, device="cuda", seed=seed + 1, **SHAPE)
             dense = dense_reference(q, k, v)
@@ -156,7 +156,7 @@ def part_op(res, lengths, families, precisions, seed):
             row["chosen_vs_default"] = row["default_ms"] / row["chosen_ms"]
             rows.append(row)
             print(json.dumps(rounded({k_: v_ for k_, v_ in row.items() if k_ != "tried"})), flush=True)
-            del q, k, v, dense
+            q = k = v = dense = None  # free the GPU memory now
             torch.cuda.empty_cache()
     res["op"] = rows
     summary = {}
