@@ -59,7 +59,8 @@ def part_checks(res, launches):
                 o = attend_blocks(q, perm, blocks, launch=cfg)
                 out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = rel_l2(o, ref)
             except Exception as exc:
-                out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+                out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = (
+                    f"error: {type(exc).__name__}: {str(exc)[:200]}")
     # Model layout: (B, N, H, D) storage viewed as (B, H, N, D).
     qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     perm, blocks = permute_and_select(qt, kt, vt, block_size=128, segment_size=256, threshold=1.0, permute=False)
@@ -299,7 +300,8 @@ def main():
         write_json(args.out, res)
     if "masks" in res:
         nan = float("nan")
-        print("\n     N density    cudnn    flash    floor portable x_floor      tma x_floor     flex x_floor  tma best")
+        print("\n     N density    cudnn    flash    floor portable x_floor      tma x_floor"
+              "     flex x_floor  tma best")
         for r in res["masks"]:
             print(f"{r['n']:>6} {r['density']:7.3f} {r['cudnn_ms']:8.3f} {r['flash_ms']:8.3f} {r['floor_ms']:8.3f}"
                   f" {r.get('portable_best_ms', nan):8.3f} {r.get('portable_over_floor', nan):7.2f}"

@@ -111,7 +111,8 @@ def _errors_by_granularity(precisions):
             out[f"tau{thr}_{p}"] = rel_l2(attend_blocks(q, perm, blocks, precision=p), dense)
         if "int8" in precisions:
             low = attend_inputs(q, perm.k, perm.v, "int8", key_group=128)
-            out[f"tau{thr}_int8_block_scales"] = rel_l2(attend_blocks(q, perm, blocks, precision="int8", low=low), dense)
+            out[f"tau{thr}_int8_block_scales"] = rel_l2(
+                attend_blocks(q, perm, blocks, precision="int8", low=low), dense)
     print(json.dumps(rounded(out)), flush=True)
     return out
 

@@ -108,7 +108,8 @@ def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, sc
                                       torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
     if precision == "int8+fp8" and launch.block_n < FP8_MIN_KEYS:
         raise ValueError(f"precision 'int8+fp8' needs launch.block_n >= {FP8_MIN_KEYS} (FP8 products take "
-                         f"{FP8_MIN_KEYS} keys at a time), got {launch.block_n}: use a larger block_n or precision 'int8'")
+                         f"{FP8_MIN_KEYS} keys at a time), got {launch.block_n}: use a larger block_n or "
+                         "precision 'int8'")
     if launch.tma:
         if q.is_cuda:
             launch.check_device(torch.cuda.get_device_capability(q.device))

@@ -44,7 +44,8 @@ def objective_for(cal: Calibration, spec: SweepSpec):
         cfg = search_space.suggest(trial, space, per_head=spec.per_head)
         p = cfg.params
         progress.say(f"trial {trial.number}: block {p.block_size}, segment {p.segment_size}, threshold "
-                     f"{p.threshold:.3g}, estimator {p.estimator}, precision {p.precision}, launch {cfg.launch.label()}")
+                     f"{p.threshold:.3g}, estimator {p.estimator}, precision {p.precision}, "
+                     f"launch {cfg.launch.label()}")
         problem = search_space.launch_problem(cfg, head_dim=spec.head_dim, dtype=spec.dtype, target=target) \
             if target.on_gpu else None
         if problem:
@@ -190,8 +191,8 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, launch=None
         mine = (measure_layers(hold, cfg, plans, target=spec.target, timed=timed) if plans
                 else spec.measurement()(hold, cfg, target=spec.target, timed=timed))
     default = search_space.reference_config(spec.head_dim, spec.target)
-    ref = (dict(config=default.as_dict(), **mine) if not plans and cfg == default  # the default was chosen: measured above
-           else reference_measurement(hold, spec, timed=timed))
+    ref = (dict(config=default.as_dict(), **mine)  # the default was chosen: measured above
+           if not plans and cfg == default else reference_measurement(hold, spec, timed=timed))
     check = HeldOutCheck(
         source=str(hold.source), trial=trial.number, calibration_rel_l2=round(trial.user_attrs["rel_l2"], 5),
         rel_l2=round(mine["rel_l2"], 5), reference_rel_l2=_rounded(ref.get("rel_l2"), 5),

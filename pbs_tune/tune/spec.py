@@ -52,7 +52,8 @@ class SweepSpec:
     estimators: tuple = ESTIMATORS  # per_head: the block estimators a layer's plan may use
     # The attend precisions searched (per_head: those a layer's plan may use); None: all the GPU runs.
     precisions: tuple | None = None
-    samples: int | None = None  # workload samples calibrated on (None: 4 with per_head, else 1; a capture brings its own)
+    # Workload samples calibrated on (None: 4 with per_head, else 1; a capture brings its own).
+    samples: int | None = None
     study: str | None = None  # the study's name (one length) or names' prefix
     library: str | None = None  # kernel library folder (default: the profile's)
     workers: int = 1

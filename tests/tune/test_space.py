@@ -34,7 +34,8 @@ def test_a_launch_config_is_judged_by_its_compiled_shared_memory():
     assert eight_bit == ["90 s8 e4m3 wgmma", "89 s8 e4m3 mma", "80 s8 - mma"]
     assert fits == "None" and hopper_on_h100 == "None"
     assert hopper_on_a100.startswith("launch.tma needs a Hopper GPU or newer (sm_90+); this GPU is sm_80")
-    assert too_big.startswith("attend kernel needs ") and too_big.endswith("bytes of shared memory; the GPU allows 49152")
+    assert (too_big.startswith("attend kernel needs ")
+            and too_big.endswith("bytes of shared memory; the GPU allows 49152"))
     assert int(too_big.split()[3]) > 49152
 
 
