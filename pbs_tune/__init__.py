@@ -1,7 +1,8 @@
 """pbs-tune: ahead-of-time tuned Permuted Block-Sparse Attention (PBS-Attn) prefill.
 
-`pbs_attention` is the raw op (its parameters one `PbsParams`, or keywords) (`pbs_attention_varlen` for packed batches, `pbs_attention_chunk` for chunked prefill that keeps
-its prefix's permutation in a `PrefixState`), in three public stages:
+`pbs_attention` is the raw op (its parameters one `PbsParams`, or keywords) (`pbs_attention_varlen` for packed
+batches, `pbs_attention_chunk` for chunked prefill that keeps its prefix's permutation in a
+`PrefixState`), in three public stages:
 `permute_keys`, `select_blocks` (or both: `permute_and_select`) and `attend_blocks`.
 `load_profile` returns this GPU's tuned `Profile`; `tuned_attention` and `apply` run the op with it.
 

@@ -119,7 +119,8 @@ def main():
 @click.option("--workers", default="1", show_default=True,
               help="Worker processes on the study: a number, or 'auto' (one per visible GPU; on a CPU, "
                    "one interpreter worker per core, up to 4). Each GPU worker sees one GPU.")
-@click.option("--heartbeat", "heartbeat_s", default=default("heartbeat_s"), show_default=True, type=click.IntRange(min=1),
+@click.option("--heartbeat", "heartbeat_s", default=default("heartbeat_s"), show_default=True,
+              type=click.IntRange(min=1),
               help="Seconds between worker heartbeats; a worker silent for 3x this long is presumed dead "
                    "and its trial is run again.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr (stages, trials, time left).")
@@ -345,11 +346,13 @@ def report(storage, study_name, out_dir):
 @click.option("--seqlen", required=True, callback=lambda c, p, v: parse_length(v),
               help="Calibration length in tokens (e.g. 8k); the entry applies from this length up.")
 @click.option("--text", "text_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Calibration text (6 x --seqlen tokens); default: installed Python sources of the calibration split.")
+              help="Calibration text (6 x --seqlen tokens); default: installed Python sources of the "
+                   "calibration split.")
 @click.option("--margin", default=default("margin", PlanSpec), show_default=True, type=click.FloatRange(*MARGIN_RANGE),
               help="Each layer's error bound as a share of the reference threshold's (the probe may shrink it "
                    "down to 0: every layer the reference).")
-@click.option("--reference", default=str(default("reference", PlanSpec)), show_default=True, type=click.Choice([str(t) for t in (0.8, 0.85, 0.9, 0.95)]),
+@click.option("--reference", default=str(default("reference", PlanSpec)), show_default=True,
+              type=click.Choice([str(t) for t in (0.8, 0.85, 0.9, 0.95)]),
               help="The uniform threshold the plans must match (error, heaviest keys, retrieval probes).")
 @click.option("--probes", default=default("probes", PlanSpec), show_default=True, type=click.IntRange(min=0),
               help="Retrieval probe prompts (0: no probe).")

@@ -31,10 +31,11 @@ for n in (32768, 131072):
                 out, blocks = pbs_tune.pbs_attention(q, k, v, params, launch=launch, return_blocks=True)
                 ms = median_ms(lambda: pbs_tune.pbs_attention(q, k, v, params, launch=launch))
                 row = dict(n=n, workload=workload, seed=7, tail_blocks=tail, column_blocks=cols, ms=round(ms, 4),
-                           cudnn_ms=round(cudnn_ms, 4), x_cudnn=round(cudnn_ms / ms, 3), density=round(blocks.density(), 4))
+                           cudnn_ms=round(cudnn_ms, 4), x_cudnn=round(cudnn_ms / ms, 3),
+                           density=round(blocks.density(), 4))
                 if ref is not None:
                     row.update(rel_l2=round(float(rel_l2(out.float(), ref.float())), 5),
                                tail_rel_l2=round(float(rel_l2(out[:, :, -128:].float(), ref[:, :, -128:].float())), 5))
                 print(json.dumps(dict(row, device=env["device"], torch=env["torch"], triton=env["triton"],
                                       date=env["date"])), flush=True)
-        del q, k, v, ref
+        q = k = v = ref = None  # free the GPU memory now

@@ -35,9 +35,11 @@ def table(entries):
         b, r, m, s = e.provenance.baselines.to_dict(), e.provenance.reference, e.measured, e.provenance.speedup
         note = " (dense faster: loader uses SDPA)" if e.dense_faster else ""
         lines.append(
-            f"| {format_length(e.seqlen)} | {b.get('cudnn_ms', float('nan')):.2f} | {b.get('flash_ms', float('nan')):.2f} "
+            f"| {format_length(e.seqlen)} | {b.get('cudnn_ms', float('nan')):.2f} "
+            f"| {b.get('flash_ms', float('nan')):.2f} "
             f"| {r['latency_ms']:.2f} ({r['rel_l2']:.3f}, {r['density']:.2f}) "
-            f"| {m['latency_ms']:.2f} ({m['rel_l2']:.3f}, {m['density']:.2f}) | {describe_config(e.params, e.launch)}{note} "
+            f"| {m['latency_ms']:.2f} ({m['rel_l2']:.3f}, {m['density']:.2f}) "
+            f"| {describe_config(e.params, e.launch)}{note} "
             f"| {s.get('vs_cudnn', float('nan')):.2f} | {s.get('vs_flash', float('nan')):.2f} "
             f"| {s.get('vs_reference', float('nan')):.2f} |")
     return "\n".join(lines)

@@ -46,7 +46,8 @@ def main():
                    for h, kv, d in SHAPES for n in LENGTHS]
         path = os.path.join(ROOT, "configs", f"{gpu}.yaml")
         profiles.merge_entries(path, entries)
-        print(f"{path}: {len(entries)} entries, launches " + ", ".join(f"d{d} {lc.label()}" for d, lc in launches.items()))
+        print(f"{path}: {len(entries)} entries, launches "
+              + ", ".join(f"d{d} {lc.label()}" for d, lc in launches.items()))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ def capture_tiny_llama(tmp_path, text, *extra):
     transformers.LlamaForCausalLM(tiny_llama_config(vocab_size=300)).save_pretrained(tmp_path / "model")
     (tmp_path / "book.txt").write_text(text)
     calib = tmp_path / "calib.safetensors"
-    return CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "book.txt"),
+    return CliRunner().invoke(main, ["capture", "--model", str(tmp_path / "model"),
+                                     "--text", str(tmp_path / "book.txt"),
                                      "--seqlen", "128", "--out", str(calib), "--dtype", "float32", *extra]), calib
 
 

@@ -139,8 +139,8 @@ def part_families(res, prefix, sizes, heads, kv_heads, families, breakdown=False
             whole = pbs_attention(q, k, v, DEFAULT)  # whole-prompt PBS (rows of the largest prompt)
         for size in sizes:
             with torch.no_grad():
-                whole_n = whole if prefix + size == n else pbs_attention(q[:, :, :prefix + size], k[:, :, :prefix + size],
-                                                                         v[:, :, :prefix + size], DEFAULT)
+                whole_n = whole if prefix + size == n else pbs_attention(
+                    q[:, :, :prefix + size], k[:, :, :prefix + size], v[:, :, :prefix + size], DEFAULT)
             row = dict(family=fam, **chunk_row(q, k, v, prefix, size, state_at(q, k, v, DEFAULT, prefix, size),
                                                whole_n))
             if breakdown:  # the held keys' variant, and the stages
@@ -192,7 +192,8 @@ def part_crossover(res, prof, update):
                 row = dict(seqlen=e.seqlen, shape=f"{e.heads}/{e.kv_heads}/{e.head_dim}", prefix=prefix, chunk=size)
                 if GraphCache().usable(qc, kc):  # the loader replays a graph of the stateless op here
                     graphs = GraphCache(max_work=1 << 62)
-                    row["graph_ms"] = row["loader_ms"] = median_ms(lambda: graphs.run(qc, kc, vc, e.params, e.launch, None))
+                    row["graph_ms"] = row["loader_ms"] = median_ms(
+                        lambda: graphs.run(qc, kc, vc, e.params, e.launch, None))
                 else:
                     state = state_at(q, k, v, e.params, prefix, size, e.launch)
                     row["loader_ms"] = median_ms(chunk_call(qc, kc, vc, e.params, state, e.launch))

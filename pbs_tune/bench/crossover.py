@@ -5,8 +5,8 @@ For every entry of this GPU's profile up to 16k tokens: the entry's config on th
 at its own shape and length, from a CUDA graph (with its input copies) and eagerly, and SDPA
 cuDNN / flash in the same process. `--update` rewrites each entry's `dense_faster` from the time
 of what the loader runs (the graph below runtime/graphs.py's work limit, else eager) against
-cuDNN and records the figures under `crossover`. `--fixture DIR` adds the trained fixture's whole-model prefill at `--fixture-seqlen`:
-SDPA against the profile applied, with and without graphs.
+cuDNN and records the figures under `crossover`. `--fixture DIR` adds the trained fixture's
+whole-model prefill at `--fixture-seqlen`: SDPA against the profile applied, with and without graphs.
 """
 import argparse
 import dataclasses

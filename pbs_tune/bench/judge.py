@@ -249,7 +249,8 @@ def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts, 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="a packaged model's name or a local folder")
-    ap.add_argument("--gguf-file", default=None, help="with a GGUF repository or folder as --model: which .gguf file in it")
+    ap.add_argument("--gguf-file", default=None,
+                    help="with a GGUF repository or folder as --model: which .gguf file in it")
     ap.add_argument("--lengths", default="16k,32k",
                     help="comma-separated token counts to judge at, e.g. 16k,32k (k = 1024), each in turn")
     ap.add_argument("--parts", default=",".join(PARTS),

@@ -59,13 +59,14 @@ def part_checks(res, launches):
                 o = attend_blocks(q, perm, blocks, launch=cfg)
                 out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = rel_l2(o, ref)
             except Exception as exc:
-                out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+                out[f"dense_vs_fp32_ref_permute={permute}_{cfg.label()}"] = (
+                    f"error: {type(exc).__name__}: {str(exc)[:200]}")
     # Model layout: (B, N, H, D) storage viewed as (B, H, N, D).
     qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     perm, blocks = permute_and_select(qt, kt, vt, block_size=128, segment_size=256, threshold=1.0, permute=False)
     for cfg in [c for c in launches if c.tma][:2]:
         out[f"dense_model_layout_vs_fp32_ref_{cfg.label()}"] = rel_l2(attend_blocks(qt, perm, blocks, launch=cfg), ref)
-    del qt, kt, vt
+    qt = kt = vt = None  # free the GPU memory now
     sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     out["sdpa_bf16_vs_fp32_ref"] = rel_l2(sdpa, dense_reference(q, k, v))
     # Sparse: reference = dense attention with an additive mask of the kept key slots.
@@ -164,7 +165,7 @@ def part_masks(res, lengths, densities, with_flex, launches):
                     row["flex_first_call_s"] = time.perf_counter() - t0
                     row["flex_ms"] = median_ms(lambda: flex(q, k, v, block_mask=bm, enable_gqa=True))
                     row["flex_vs_attend_rel_l2"] = rel_l2(o_flex, attend_blocks(q, perm, blocks, out=out))
-                    del bm
+                    bm = None  # free the GPU memory now
                 except Exception as exc:
                     row["flex_error"] = str(exc)[:300]
             row["attend_over_floor"] = row["attend_best_ms"] / row["floor_ms"]
@@ -172,8 +173,8 @@ def part_masks(res, lengths, densities, with_flex, launches):
                 row["flex_over_floor"] = row["flex_ms"] / row["floor_ms"]
             rows.append(row)
             print(json.dumps(rounded(row)), flush=True)
-            del blocks, keep
-        del q, k, v, perm, out
+            blocks = keep = None  # free the GPU memory now
+        q = k = v = perm = out = None  # free the GPU memory now
         torch.cuda.empty_cache()
     res["masks"] = rows
 
@@ -187,7 +188,7 @@ def part_op(res, lengths, configs, threshold):
         q, k, v = make_qkv("mixed", seqlen=n, heads=32, kv_heads=8, device="cuda", seed=0)
         dense_perm = identity_permutation(k, v)
         dense_blocks = causal_block_list(32, dense_perm.positions, 128)
-        dense_out, dense_lse = attend_blocks(q, dense_perm, dense_blocks, return_lse=True)
+        _, dense_lse = attend_blocks(q, dense_perm, dense_blocks, return_lse=True)
         cudnn, flash = dense_sdpa_ms(q, k, v, "cudnn"), dense_sdpa_ms(q, k, v, "flash")
         sdpa_out = dense_reference(q, k, v)  # the output SDPA approximates, in float32
         dense_attend = median_ms(lambda: attend_blocks(q, dense_perm, dense_blocks))
@@ -215,8 +216,8 @@ def part_op(res, lengths, configs, threshold):
                 row["speedup_vs_cudnn"] = cudnn / row["total_ms"]
                 rows.append(row)
                 print(json.dumps(rounded(row)), flush=True)
-                del perm, blocks, out, lse
-        del q, k, v, dense_out, dense_lse, sdpa_out
+                perm = blocks = out = lse = None  # free the GPU memory now
+        q = k = v = dense_lse = sdpa_out = None  # free the GPU memory now
         torch.cuda.empty_cache()
     res["op"] = rows
 
@@ -260,8 +261,8 @@ def part_select(res, lengths, threshold):
             row["rel_l2"] = rel_l2(attend_blocks(q, perm, a, launch=LaunchConfig.parse(best[1][7:-3])), dense)
             rows.append(row)
             print(json.dumps(rounded(row)), flush=True)
-            del perm, kept, a, b
-        del q, k, v, dense
+            perm = kept = a = b = None  # free the GPU memory now
+        q = k = v = dense = None  # free the GPU memory now
         torch.cuda.empty_cache()
     res["select"] = rows
 
@@ -299,7 +300,8 @@ def main():
         write_json(args.out, res)
     if "masks" in res:
         nan = float("nan")
-        print("\n     N density    cudnn    flash    floor portable x_floor      tma x_floor     flex x_floor  tma best")
+        print("\n     N density    cudnn    flash    floor portable x_floor      tma x_floor"
+              "     flex x_floor  tma best")
         for r in res["masks"]:
             print(f"{r['n']:>6} {r['density']:7.3f} {r['cudnn_ms']:8.3f} {r['flash_ms']:8.3f} {r['floor_ms']:8.3f}"
                   f" {r.get('portable_best_ms', nan):8.3f} {r.get('portable_over_floor', nan):7.2f}"

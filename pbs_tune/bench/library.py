@@ -53,7 +53,7 @@ def part_identity(res, lengths, profile_path):
         row["library_over_jit"] = row["library_ms"] / row["jit_ms"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del q, k, v, out_lib, out_jit
+        q = k = v = out_lib = out_jit = None  # free the GPU memory now
         torch.cuda.empty_cache()
     res["identity"] = dict(profile=prof.path, library=prof.library, bound_kernels=bound, rows=rows)
 
@@ -85,7 +85,7 @@ def part_speed(res, lengths, profile_path, seed=7):
                    default_x_flash=row["flash_ms"] / row["default_ms"])
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del q, k, v
+        q = k = v = None  # free the GPU memory now
         torch.cuda.empty_cache()
     res["speed"] = dict(profile=prof.path, library=prof.library, bound_kernels=launch.library_size(), rows=rows)
 

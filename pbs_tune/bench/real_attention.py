@@ -121,7 +121,8 @@ def part_layers(res, model, seqs):
     for idx in layers:
         mine = [r for r in rows if r["layer"] == idx]
         summary.append(dict(layer=idx, **{f"{name}_{key}": statistics.fmean(r[name][key] for r in mine)
-                                          for name in ("permuted", "unpermuted") for key in ("density", "layer_rel_l2")}))
+                                          for name in ("permuted", "unpermuted")
+                                          for key in ("density", "layer_rel_l2")}))
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary[-1].items()}), flush=True)
     res["layers"] = dict(sequences=len(seqs), params="block 128, segment 256, threshold 0.9", summary=summary,
                          per_sequence=rows)

@@ -147,7 +147,8 @@ def main(argv=None):
                 with torch.no_grad():
                     rows = measure(q, k, v)
                 base = rows[0]
-                print(f"{n} {w} seed {seed}: default density {base['density']:.3f} err {base['rel_l2']:.4f}", flush=True)
+                print(f"{n} {w} seed {seed}: default density {base['density']:.3f} "
+                      f"err {base['rel_l2']:.4f}", flush=True)
                 for r in rows[1:]:
                     ok = "ok" if r["rel_l2"] <= base["rel_l2"] else "  "
                     print(f"   {ok} {r['rule']:>16} {r['threshold']:<6} density {r['density']:.3f} "

@@ -172,7 +172,8 @@ def part_chunked(res, n, chunk, heads, kv_heads, sizes_at=32768, sizes=(512, 102
         sizes_rows = []
         for size in sizes:  # the last chunk of a `sizes_at` prompt
             qc, kc, vc = q[:, :, sizes_at - size:sizes_at], k[:, :, :sizes_at], v[:, :, :sizes_at]
-            row = dict(prefix=sizes_at - size, chunk=size, pbs_ms=median_ms(lambda: pbs_attention(qc, kc, vc, **DEFAULT)))
+            row = dict(prefix=sizes_at - size, chunk=size,
+                       pbs_ms=median_ms(lambda: pbs_attention(qc, kc, vc, **DEFAULT)))
             for backend in ("cudnn", "flash"):
                 timed_dense(row, f"dense_{backend}", dense_chunk(qc, kc, vc, backend))
             timed_dense(row, "dense_cudnn_split", cudnn_split_chunk(qc, kc, vc))

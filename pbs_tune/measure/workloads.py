@@ -32,6 +32,10 @@ The names below are plain data; torch is imported where Q/K/V are made, so that 
 offer the workloads without loading it.
 """
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported where Q/K/V are made
+    import torch
 
 FAMILIES = {
     # local: logit at distance 0; sink: logit of the first tokens; hh: heavy-hitter logit;

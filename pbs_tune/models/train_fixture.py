@@ -105,7 +105,8 @@ def train(out_dir, phases, *, tokens_per_step=65536, lr=2e-3, warmup=200, needle
                 log.flush()
                 print(json.dumps(row), flush=True)
         model.eval()
-        probe = dict(phase_end=seqlen, step=step, needle_probe=needle_probe(model, rng, probe_text, seqlen, probe_count),
+        probe = dict(phase_end=seqlen, step=step,
+                     needle_probe=needle_probe(model, rng, probe_text, seqlen, probe_count),
                      seconds=round(time.perf_counter() - start, 1))
         model.train()
         log.write(json.dumps(probe) + "\n")
@@ -119,7 +120,8 @@ def train(out_dir, phases, *, tokens_per_step=65536, lr=2e-3, warmup=200, needle
     facts = dict(tokenizer="utf-8 bytes (vocabulary 256)", trained_lengths=[p[0] for p in phases],
                  phases=[dict(length=n, steps=s, rows=max(1, tokens_per_step // n)) for n, s in phases],
                  tokens_per_step=tokens_per_step, lr=lr, warmup=warmup, needle_share=needle_share, seed=seed,
-                 steps_done=step, training_seconds=round(seconds, 1), parameters=sum(p.numel() for p in model.parameters()),
+                 steps_done=step, training_seconds=round(seconds, 1),
+                 parameters=sum(p.numel() for p in model.parameters()),
                  device=torch.cuda.get_device_name() if device == "cuda" else device, torch=torch.__version__,
                  needle="'# <6 letters> = <5 digits>' lines; 4 per sequence; all asked at the end")
     with open(os.path.join(out_dir, MARKER), "w", encoding="utf-8") as f:

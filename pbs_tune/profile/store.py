@@ -4,8 +4,8 @@ A *store* is a folder with `configs/<gpu>.yaml` (profiles) and `cache/sm_<arch>/
 compiled kernels, one library per GPU arch). Profiles are looked up in this order: an explicit
 path, the store named by the environment variable PBS_TUNE_HOME, the user's store
 ($XDG_DATA_HOME/pbs-tune, by default ~/.local/share/pbs-tune), and last the profiles shipped
-inside the installed package. In each, the GPU's own variant ('h100-sxm') wins; another variant of the same family is used
-only when no store has the exact one, and the loader says so once.
+inside the installed package. In each, the GPU's own variant ('h100-sxm') wins; another variant of
+the same family is used only when no store has the exact one, and the loader says so once.
 """
 import glob
 import importlib.util

@@ -6,9 +6,9 @@ tuned one (same head_dim and dtype, closest GQA ratio; said once). Padded batche
 sequence on its unpadded rows; chunked prefill runs the chunk's queries against the whole
 prefix, keeping the prefix's permutation beside the model's cache (prefix_cache.py) so that each
 chunk scores and permutes only its own keys; whether a chunk runs PBS is the entry's measured
-crossover (chunk size by prefix length). Everything PBS cannot do exactly (decode steps, masks other than contiguous padding,
-dropout, non-causal modules, autograd, other dtypes, shapes with no entry of their head_dim)
-falls back to SDPA and is counted in `stats()`.
+crossover (chunk size by prefix length). Everything PBS cannot do exactly (decode steps, masks
+other than contiguous padding, dropout, non-causal modules, autograd, other dtypes, shapes with no
+entry of their head_dim) falls back to SDPA and is counted in `stats()`.
 """
 import logging
 import os

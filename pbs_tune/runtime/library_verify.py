@@ -122,8 +122,9 @@ def verify(profile_paths, library=None, say=print, device="cuda") -> dict:
                         for f in files:
                             failed.setdefault(f, []).append(f"{what}: {note}")
                         say(f"mismatch: {what}: {note}")
-    stamp = dict(how=how, device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else here.name, arch=here.arch, triton=_triton_version(),
-                 torch=torch.__version__, date=datetime.date.today().isoformat(), launcher=launcher_hash())
+    stamp = dict(how=how, device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else here.name,
+                 arch=here.arch, triton=_triton_version(), torch=torch.__version__,
+                 date=datetime.date.today().isoformat(), launcher=launcher_hash())
     good = sorted(launched_ok - set(failed))
     _stamp(library, good, stamp)
     say(f"verified {len(good)} of {len(records)} kernels of {library} on {stamp['device']} ({how})"

@@ -29,9 +29,9 @@ def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: boo
     """The tuned profile for `gpu` ('auto': the GPU present), with its kernels bound.
 
     `path` (or a path in place of `gpu`: load_profile("my.yaml")) names the file; else it is looked
-    up in $PBS_TUNE_HOME, the user's store and the profiles shipped with pbs-tune (profile_store.py). A profile of a GPU that is not present loads as data only;
-    running it needs that GPU. `use_library=False` (or PBS_TUNE_KERNELS=jit in the
-    environment) leaves every kernel to Triton's JIT.
+    up in $PBS_TUNE_HOME, the user's store and the profiles shipped with pbs-tune (profile_store.py).
+    A profile of a GPU that is not present loads as data only; running it needs that GPU.
+    `use_library=False` (or PBS_TUNE_KERNELS=jit in the environment) leaves every kernel to Triton's JIT.
     """
     use_library = use_library and os.environ.get("PBS_TUNE_KERNELS", "library") != "jit"
     if path is None and (os.sep in gpu or gpu.endswith((".yaml", ".yml"))):  # load_profile("my.yaml")
@@ -43,7 +43,8 @@ def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: boo
         wanted = resolve_gpu(gpu, must_be_present=False)
     except RuntimeError:
         raise profiles.ProfileError("no GPU here (set TRITON_INTERPRET=1 for the CPU interpreter); "
-                                    "name the profile's GPU to read it as data, e.g. load_profile('h100-sxm')") from None
+                                    "name the profile's GPU to read it as data, "
+                                    "e.g. load_profile('h100-sxm')") from None
     t0 = time.perf_counter()
     prof = profiles.load(path or _find(wanted))
     variant = variant_in((e.gpu for e in prof.entries), wanted)
@@ -65,7 +66,8 @@ def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: boo
     prof = dataclasses.replace(prof, gpu=variant, runnable=runnable, load_times=dict(read_s=time.perf_counter() - t0))
     if runnable and variant != CPU:
         prof.load_times.update(_bind_kernels(prof, use_library))
-    logger.info("pbs_tune: loaded %s: %s", prof.path, ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in prof.load_times.items()))
+    logger.info("pbs_tune: loaded %s: %s", prof.path,
+                ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in prof.load_times.items()))
     return prof
 
 

@@ -190,8 +190,8 @@ def held_out_check(hold: Calibration, spec: SweepSpec, trial, study, launch=None
         mine = (measure_layers(hold, cfg, plans, target=spec.target, timed=timed) if plans
                 else spec.measurement()(hold, cfg, target=spec.target, timed=timed))
     default = search_space.reference_config(spec.head_dim, spec.target)
-    ref = (dict(config=default.as_dict(), **mine) if not plans and cfg == default  # the default was chosen: measured above
-           else reference_measurement(hold, spec, timed=timed))
+    ref = (dict(config=default.as_dict(), **mine)  # the default was chosen: measured above
+           if not plans and cfg == default else reference_measurement(hold, spec, timed=timed))
     check = HeldOutCheck(
         source=str(hold.source), trial=trial.number, calibration_rel_l2=round(trial.user_attrs["rel_l2"], 5),
         rel_l2=round(mine["rel_l2"], 5), reference_rel_l2=_rounded(ref.get("rel_l2"), 5),

@@ -16,7 +16,8 @@ def front_lines(front, spec) -> list:
     from .objective import within_bound
     from .space import TrialConfig
     lines = ["Pareto front (latency vs error; tail: the last query block's error):",
-             f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'tail':>8} {'recall':>7} {'density':>7}  block seg   thr  launch"]
+             f"  {'trial':>5} {'ms':>9} {'rel_l2':>8} {'tail':>8} {'recall':>7} {'density':>7}"
+             "  block seg   thr  launch"]
     for t in front:
         cfg, u = TrialConfig.of_trial(t), t.user_attrs
         p, launch = cfg.params, cfg.launch
@@ -128,7 +129,8 @@ def profile_table(prof) -> list:
         lines.append(f"{format_length(e.seqlen):>6} {shape:>10} {e.dtype:>8} "
                      f"{p.block_size:>5} {p.segment_size:>5} {describe_threshold(p.threshold)[1:]:>5} "
                      f"{e.launch.label():>20} {_measured(m, 'latency_ms', 9, 3)} {_measured(m, 'rel_l2', 7, 4)} "
-                     f"{_measured(m, 'tail_rel_l2', 7, 4)} {_measured(m, 'recall', 7, 4)} {_measured(m, 'density', 5, 3)} "
+                     f"{_measured(m, 'tail_rel_l2', 7, 4)} {_measured(m, 'recall', 7, 4)} "
+                     f"{_measured(m, 'density', 5, 3)} "
                      f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
         if e.failed_check:
             lines.append(f"{'':>6} NEVER RUN (failed its held-out check): {e.failed_check}")
@@ -245,7 +247,8 @@ def write_study_report(storage_url: str, study_name: str, out_dir: str):
         lines += ["", "Chosen trials checked on held-out data (not seen by the search):", "",
                   "| trial | held-out data | calibration rel_l2 | held-out rel_l2 | default's held-out rel_l2 "
                   "| held-out tail rel_l2 | default's held-out tail rel_l2 "
-                  "| held-out ms | default's ms | x default | within bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| held-out ms | default's ms | x default | within bound |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {h.trial} | {h.source} | {h.calibration_rel_l2:.4f} | {h.rel_l2:.4f} "
                   f"| {h.reference_rel_l2} | {_measured(vars(h), 'tail_rel_l2', 0, 4)} "
                   f"| {'-' if h.reference_tail_rel_l2 is None else h.reference_tail_rel_l2} "

@@ -50,7 +50,8 @@ class SweepSpec:
     per_head: bool = False  # per-layer plans (tune/allocate.py) around each trial's global knobs
     margin: float = DEFAULT_MARGIN
     estimators: tuple = ESTIMATORS  # per_head: the block estimators a layer's plan may use
-    samples: int | None = None  # workload samples calibrated on (None: 4 with per_head, else 1; a capture brings its own)
+    # Workload samples calibrated on (None: 4 with per_head, else 1; a capture brings its own).
+    samples: int | None = None
     study: str | None = None  # the study's name (one length) or names' prefix
     library: str | None = None  # kernel library folder (default: the profile's)
     workers: int = 1

@@ -118,7 +118,8 @@ def test_per_head_thresholds_stay_exact_on_kept_blocks():
     perm, blocks = permute_and_select(q, k, v, block_size=16, segment_size=32, threshold=(0.2, 0.95, 0.5, 1.0))
     out = attend_blocks(q, perm, blocks, launch=LaunchConfig(16, 16, 4, 1))
     assert rel_l2(out, reference_for(q, perm, blocks)) < 1e-5
-    dense_head = pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=1.0, launch=LaunchConfig(16, 16, 4, 1))
+    dense_head = pbs_attention(q, k, v, block_size=16, segment_size=32, threshold=1.0,
+                               launch=LaunchConfig(16, 16, 4, 1))
     assert rel_l2(out[:, 3], dense_head[:, 3]) < 1e-5  # the head at 1.0 is dense attention
 
 

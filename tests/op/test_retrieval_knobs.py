@@ -71,7 +71,8 @@ def test_columns_are_not_the_sink_nor_the_last_segment_and_respect_the_budget():
     scores[..., 0] = 10.0                 # the sink: heaviest, kept anyway
     scores[..., 150] = 9.0                # in the last segment (blocks 8, 9 of 16 keys, segments of 32)
     pos = torch.arange(160, dtype=torch.int32).view(1, 1, 160)
-    mask = column_mask(scores, pos, block_size=16, segment_size=32, column_blocks=100, sink=torch.zeros(1, 1, dtype=torch.int32))
+    mask = column_mask(scores, pos, block_size=16, segment_size=32, column_blocks=100,
+                       sink=torch.zeros(1, 1, dtype=torch.int32))
     assert mask[0, 0].tolist() == [0] + [1] * 7 + [0, 0]
     assert column_mask(scores, pos, block_size=16, segment_size=32, column_blocks=0,
                        sink=torch.zeros(1, 1, dtype=torch.int32)).sum() == 0

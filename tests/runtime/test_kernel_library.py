@@ -43,9 +43,12 @@ with open(shared + "/manifest.json") as f:
 with open(shared + "/manifest.json", "w") as f:
     json.dump(dict(old, kernel_sources="0" * 64), f)
 fresh = library_write.write(shared, compiled[:1], dict(triton="test"))
-print(json.dumps(dict(same_keys=sorted(keys) == sorted(recs), union=[r["file"] for r in union["kernels"]] == [r["file"] for r in manifest["kernels"]],
-                      fresh=[r["file"] for r in fresh["kernels"]] == [r["file"] for r in library_bind.read(shared)["kernels"]],
-                      fresh_count=len(fresh["kernels"]), files=sorted(os.listdir(shared)) == sorted(["manifest.json"] + list(fresh["files"])))))
+print(json.dumps(dict(same_keys=sorted(keys) == sorted(recs),
+                      union=[r["file"] for r in union["kernels"]] == [r["file"] for r in manifest["kernels"]],
+                      fresh=[r["file"] for r in fresh["kernels"]]
+                      == [r["file"] for r in library_bind.read(shared)["kernels"]],
+                      fresh_count=len(fresh["kernels"]),
+                      files=sorted(os.listdir(shared)) == sorted(["manifest.json"] + list(fresh["files"])))))
 """
 
 
@@ -84,7 +87,8 @@ def test_manifest_records_what_a_launch_needs_and_no_ir(library):
 def test_a_library_is_shared_by_profiles_of_one_arch_and_replaced_when_stale(library):
     _, result = library
     assert result["union"]  # two writes with overlapping kernels hold each once
-    assert result["fresh"] and result["fresh_count"] == 1 and result["files"]  # stale: only the new kernel, no leftovers
+    # stale: only the new kernel, no leftovers
+    assert result["fresh"] and result["fresh_count"] == 1 and result["files"]
 
 
 def test_the_shipped_h100_and_h200_profiles_share_one_sm_90_library():

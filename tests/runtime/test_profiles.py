@@ -212,8 +212,8 @@ def test_every_shipped_entry_reads_into_typed_provenance_and_writes_back_the_sam
     import glob
     import os
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for path in glob.glob(os.path.join(root, "configs", "*.yaml")) + glob.glob(os.path.join(root, "benchmarks", "profiles",
-                                                                                             "*.yaml")):
+    for path in (glob.glob(os.path.join(root, "configs", "*.yaml"))
+                 + glob.glob(os.path.join(root, "benchmarks", "profiles", "*.yaml"))):
         raw = yaml.safe_load(open(path))["entries"]
         for d, e in zip(raw, profiles.load(path).entries):
             again = e.to_dict()

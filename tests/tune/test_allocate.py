@@ -190,7 +190,8 @@ def test_each_layer_takes_the_estimator_whose_curves_keep_fewest_blocks_within_t
     plan = choose_plan({REFERENCE: mean, Variant(True, "lse"): worse}, margin=1.0, reference=0.9)
     assert plan.variant == REFERENCE and plan.thresholds == (0.5, 0.9)
     # Stored with its estimator; plans of earlier releases (no estimator) read back as "mean".
-    assert LayerPlan.from_dict(LayerPlan(True, (0.5, 0.5), 0.25, 0.0, 0.1, estimator="lse").as_dict()).estimator == "lse"
+    assert LayerPlan.from_dict(
+        LayerPlan(True, (0.5, 0.5), 0.25, 0.0, 0.1, estimator="lse").as_dict()).estimator == "lse"
     old = dict(permute=False, thresholds=[0.9, 0.8], kept_ratio=0.9, rel_l2=0.01, reference_rel_l2=0.02, margin=0.95)
     assert LayerPlan.from_dict(old).variant == Variant(False, "mean")
 

@@ -171,7 +171,8 @@ def test_capture_records_qkv_that_sweep_can_tune_on(tmp_path):
     ("postgresql+psycopg://u:secret@127.0.0.1:1/db", "--storage"),
 ])
 def test_bad_storage_is_one_line_before_any_work(tmp_path, url, msg):
-    res = CliRunner().invoke(main, sweep_args(tmp_path)[:-4] + ["--storage", url, "--profile", str(tmp_path / "p.yaml")])
+    res = CliRunner().invoke(main, sweep_args(tmp_path)[:-4]
+                             + ["--storage", url, "--profile", str(tmp_path / "p.yaml")])
     assert res.exit_code == 1, res.output
     assert msg in res.output and "Traceback" not in res.output and "secret" not in res.output
     assert len(res.output.strip().splitlines()) == 1  # before the first length's header: no work done
@@ -238,14 +239,15 @@ def test_on_every_family_the_default_bounds_each_family_not_their_average(tmp_pa
     assert "and on each workload: sink_local" in res.output
     (held,) = e.provenance.held_out  # the next seed of every family
     assert held.source == "workload:families"
-    tail_bounds = {k: max(held.reference_rel_l2_by_source[k], v) for k, v in held.reference_tail_rel_l2_by_source.items()}
+    tail_bounds = {k: max(held.reference_rel_l2_by_source[k], v)
+                   for k, v in held.reference_tail_rel_l2_by_source.items()}
     assert held.within_bound == all(held.rel_l2_by_source[k] <= held.reference_rel_l2_by_source[k]
                                     and held.tail_rel_l2_by_source[k] <= tail_bounds[k] for k in bounds)
     line = f"sink_local {held.rel_l2_by_source['sink_local']:.4f} (default "
     shown = CliRunner().invoke(main, ["show", "--gpu", "cpu", "--profile", str(tmp_path / "cpu.yaml")])
     assert "by workload: " + line in shown.output, shown.output
-    res = CliRunner().invoke(main, ["report", "--storage", f"sqlite:///{tmp_path}/study.db", "--study", e.provenance.study,
-                                    "--out", str(tmp_path / "rep")])
+    res = CliRunner().invoke(main, ["report", "--storage", f"sqlite:///{tmp_path}/study.db",
+                                    "--study", e.provenance.study, "--out", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
     assert line in (tmp_path / "rep" / f"{e.provenance.study}.md").read_text()
     from pbs_tune.tune.relaunch import calibration_for

@@ -24,7 +24,8 @@ def test_a_launch_config_is_judged_by_its_compiled_shared_memory():
     fits, too_big, hopper_on_h100, hopper_on_a100 = out.stdout.strip().splitlines()[-4:]
     assert fits == "None" and hopper_on_h100 == "None"
     assert hopper_on_a100.startswith("launch.tma needs a Hopper GPU or newer (sm_90+); this GPU is sm_80")
-    assert too_big.startswith("attend kernel needs ") and too_big.endswith("bytes of shared memory; the GPU allows 49152")
+    assert (too_big.startswith("attend kernel needs ")
+            and too_big.endswith("bytes of shared memory; the GPU allows 49152"))
     assert int(too_big.split()[3]) > 49152
 
 

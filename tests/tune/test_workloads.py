@@ -80,7 +80,8 @@ def test_the_question_costs_little_and_needs_room_for_its_needles():
     q, k, v = make_qkv("mixed", seqlen=64, heads=2, kv_heads=1, head_dim=4, question=False)
     assert q.shape == (1, 2, 64, 4)
     short = dict(seqlen=3, heads=2, kv_heads=1, head_dim=64, dtype=torch.float32)  # too short to ask
-    assert all(torch.equal(a, b) for a, b in zip(make_qkv("stripes", **short), make_qkv("stripes", **short, question=False)))
+    assert all(torch.equal(a, b)
+               for a, b in zip(make_qkv("stripes", **short), make_qkv("stripes", **short, question=False)))
     for d in (8, 16):  # small heads: fewer needles, still orthogonal to the sink's and heavy hitters' directions
         q, k, v = make_qkv("retrieval", seqlen=256, heads=2, kv_heads=1, head_dim=d, dtype=torch.float32)
         assert torch.isfinite(q).all() and torch.isfinite(k).all() and torch.isfinite(v).all()
