@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED=1
 py=python3
 
 install_readonly_wheel() {  # the checkout as a wheel, installed read-only in /tmp/site-ro
-  rm -rf /tmp/site-ro /tmp/wheel
+  rm -rf /tmp/site-ro /tmp/wheel build  # an earlier wheel's build/ keeps files the sources no longer have
   $py -m pip wheel -q --no-deps --no-build-isolation -w /tmp/wheel . 2>&1 | tail -2
   $py -m pip install -q --no-deps --target /tmp/site-ro /tmp/wheel/*.whl && chmod -R a-w /tmp/site-ro
 }
