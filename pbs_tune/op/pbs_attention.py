@@ -4,6 +4,7 @@ import functools
 import logging
 import math
 import os
+from typing import Any
 
 import torch
 
@@ -95,9 +96,24 @@ def default_scale(q, scale):
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
 
-def attend_blocks(q, perm: KeyPermutation, blocks: BlockList, *, launch=None, scale=None, out=None,
-                  return_lse=False):
-    """Stage 3: FlashAttention forward over the kept blocks only."""
+def attend_blocks(q: torch.Tensor, perm: KeyPermutation, blocks: BlockList, *, launch: LaunchConfig | None = None,
+                  scale: float | None = None, out: torch.Tensor | None = None,
+                  return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3: FlashAttention forward over the kept blocks only. Inputs are not checked here (`check_inputs`).
+
+    Args:
+        q: (B, Hq, M, D) queries, the last M <= N key positions, as given to the stages before.
+        perm: stage 1's `KeyPermutation`: k, v (B, Hkv, N, D) in permuted order, positions (B, Hkv, N) int32.
+        blocks: stage 2's `BlockList` for these q and perm.
+        launch: tiles and kernel; None: the default for this block size, head_dim and GPU. Inputs the
+            Hopper kernel cannot address (not 16-byte aligned) run on the portable kernel.
+        scale: softmax scale; None: 1 / sqrt(D).
+        out: a (B, Hq, M, D) tensor (or view) to write into; None: a new one like q.
+        return_lse: also return each query row's natural-log log-sum-exp over its kept keys.
+
+    Returns:
+        out (B, Hq, M, D) in original token order; with return_lse, (out, lse (B, Hq, M) float32).
+    """
     scale = default_scale(q, scale)
     launch = launch or default_launch(blocks.block_size, q.shape[-1],
                                       torch.cuda.get_device_capability(q.device) if q.is_cuda else None)
@@ -141,9 +157,22 @@ def key_order(q, k, v, *, block_size, segment_size, scale=None, permute=True):
     return identity_permutation(k, v)
 
 
-def permute_and_select(q, k, v, params: PbsParams | None = None, *, scale=None, **keywords):
-    """Stages 1 and 2: the key permutation and the kept-block list (no attention yet). The
-    parameters as one `PbsParams` or as keywords (block_size, segment_size, threshold, ...)."""
+def permute_and_select(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: PbsParams | None = None, *,
+                       scale: float | None = None, **keywords: Any) -> tuple[KeyPermutation, BlockList]:
+    """Stages 1 and 2: the key permutation and the kept-block list, no attention yet (`attend_blocks` does it).
+
+    Args:
+        q: (B, Hq, M, D) queries, the last M <= N key positions; not checked here (`check_inputs` does it).
+        k: (B, Hkv, N, D) keys in original order, Hq % Hkv == 0.
+        v: (B, Hkv, N, D) values.
+        params: one `PbsParams`; None: its fields as keywords.
+        scale: softmax scale of the scoring; None: 1 / sqrt(D).
+        **keywords: PbsParams' fields (block_size, segment_size, threshold, ...), in place of params.
+
+    Returns:
+        (KeyPermutation, BlockList): k, v and positions (B, Hkv, N) int32 in permuted order (the identity
+        with permute=False), and the kept key blocks per (batch, query head, query block).
+    """
     params = as_params(params, **keywords)
     scale = default_scale(q, scale)
     perm = key_order(q, k, v, block_size=params.block_size, segment_size=params.segment_size, scale=scale,
@@ -155,23 +184,28 @@ def permute_and_select(q, k, v, params: PbsParams | None = None, *, scale=None, 
     return perm, blocks
 
 
-def pbs_attention(q, k, v, params: PbsParams | None = None, *, launch=None, scale=None, return_blocks=False,
-                  out=None, **keywords):
-    """Causal PBS-Attn prefill, forward only. q (B, Hq, M, D), k/v (B, Hkv, N, D), Hq % Hkv == 0.
+def pbs_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: PbsParams | None = None, *,
+                  launch: LaunchConfig | None = None, scale: float | None = None, return_blocks: bool = False,
+                  out: torch.Tensor | None = None, **keywords: Any) -> torch.Tensor | tuple[torch.Tensor, BlockList]:
+    """Causal PBS-Attn prefill, forward only: permute the keys, select key blocks, attend to the kept ones.
 
-    The parameters: one `PbsParams`, or its fields as keywords: block_size, segment_size,
-    threshold (one number in (0, 1], or one per query head; 1.0 keeps every causal block),
-    permute (False: the unpermuted block-selection baseline) and estimator ("mean", the paper's
-    mean query . mean key, or "lse", the mean query against every key of the block with the
-    threshold taken of the mass outside the sink block; op/selection.py), and the retrieval knobs
-    tail_blocks (the last query blocks attend to every causal key block) and column_blocks (key
-    blocks every query block keeps; op/columns.py), on by default.
+    Permutation and selection cover all N keys; the output is in the original token order.
 
-    M <= N: the queries are the last M key positions (M < N: a chunk of a prompt after its cached
-    prefix; query i attends to keys 0 .. N - M + i). Permutation and selection cover all N keys.
-    Output is in the original token order.
-    With return_blocks=True, returns (out, BlockList) so callers can read the density.
-    `out`: a (B, Hq, M, D) tensor (or view) to write into.
+    Args:
+        q: (B, Hq, M, D), the last M <= N key positions (M < N: a chunk after its cached prefix; query i
+            attends to keys 0 .. N - M + i). float16/bfloat16 on CUDA, float32/float16 on CPU (TRITON_INTERPRET=1).
+        k: (B, Hkv, N, D) keys of the whole prompt, Hq % Hkv == 0, D 64 or 128; q's dtype and device.
+        v: (B, Hkv, N, D) values, as k. q, k and v need a contiguous last dimension (stride 1).
+        params: one `PbsParams`; None: its fields as keywords.
+        launch: tiles and kernel (`LaunchConfig`); None: the default for this GPU.
+        scale: softmax scale; None: 1 / sqrt(D).
+        return_blocks: also return the `BlockList` (its density(): kept over causal blocks).
+        out: a (B, Hq, M, D) tensor (or view) to write into; None: a new one like q.
+        **keywords: PbsParams' fields in place of params: block_size, segment_size, threshold (required),
+            permute, estimator, tail_blocks, column_blocks.
+
+    Returns:
+        (B, Hq, M, D) in q's dtype; with return_blocks, (out, BlockList).
     """
     params = check_inputs(q, k, v, params, launch=launch, **keywords)
     refuse_grad("pbs_attention", q, k, v)

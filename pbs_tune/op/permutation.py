@@ -38,11 +38,24 @@ def identity_permutation(k, v):
     return KeyPermutation(k=k, v=v, positions=pos)
 
 
-def permute_keys(q, k, v, *, block_size, segment_size, scale):
-    """Sort keys of every complete segment by descending importance; the tail stays put.
+def permute_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int, segment_size: int,
+                 scale: float) -> KeyPermutation:
+    """Stage 1: sort the keys of every complete segment by descending importance; the tail stays put.
 
     The permutation never crosses a segment boundary, so keys of earlier segments still
     precede every query of later segments and causality between segments is untouched.
+
+    Args:
+        q: (B, Hq, M, D), the last M <= N key positions; its last min(block_size, M) rows score the keys.
+        k: (B, Hkv, N, D) keys in original order, Hq % Hkv == 0 (one order per KV head, over its query heads).
+        v: (B, Hkv, N, D) values; they move with their keys.
+        block_size: tokens per block (the scoring rows).
+        segment_size: tokens per permuted segment; with N < segment_size nothing moves.
+        scale: softmax scale of the scoring (1 / sqrt(D) in the op).
+
+    Returns:
+        KeyPermutation: k, v (B, Hkv, N, D) permuted, positions (B, Hkv, N) int32 (each slot's original
+        index) and scores (B, Hkv, N) float32 in original order; with N < segment_size, k and v as given, no scores.
     """
     if k.shape[2] < segment_size:
         return identity_permutation(k, v)

@@ -19,20 +19,29 @@ the stored order from the caller's (cached) K and V, one pass over the prefix. `
 holds the permuted keys and values instead (as much memory again as the prefix's K and V) and
 saves that gather.
 """
+from typing import Any
+
 import torch
 
 from ..kernels.segment_sort import segment_permute
+from ..profile.launch import LaunchConfig
 from ..profile.params import PbsParams
 from .pbs_attention import attend_blocks, check_inputs, default_scale, refuse_grad
 from .permutation import KeyPermutation, last_block_key_scores
-from .selection import block_means, block_position_bounds, select_blocks
+from .selection import BlockList, block_means, block_position_bounds, select_blocks
 
 
 class PrefixState:
-    """What PBS keeps of one batch's prefix between chunks (one per attention layer).
+    """What PBS keeps of one batch's prefix between chunks (one per attention layer), so that each chunk
+    scores and permutes only its own keys. Buffers grow by half again when full: extending is amortised O(chunk).
 
-    `length`: keys seen (the prefix of the next chunk); `done`: keys in completed segments, whose
-    order is final. Buffers grow by half again when full, so extending is amortised O(chunk).
+    Args:
+        keep_keys: also hold the permuted K and V (as much memory again as the prefix's K and V) instead of
+            gathering them from the caller's K and V on every chunk.
+
+    Attributes:
+        length: keys seen (the prefix of the next chunk, N - M of it).
+        done: keys in completed segments, whose order is final.
     """
 
     def __init__(self, keep_keys: bool = False):
@@ -47,7 +56,7 @@ class PrefixState:
         self.key_max = None
         self.k = self.v = None   # (B, Hkv, cap, D) permuted keys and values (keep_keys only)
 
-    def mismatch(self, q, k, params: PbsParams) -> str | None:
+    def mismatch(self, q: torch.Tensor, k: torch.Tensor, params: PbsParams) -> str | None:
         """Why this state cannot continue with these inputs, or None when it can."""
         if self.params is None:  # a new state starts on any prefix
             return None
@@ -165,16 +174,28 @@ def select(state: PrefixState, q, k, k_perm, positions, params: PbsParams, scale
                          tail_blocks=params.tail_blocks, column_blocks=params.column_blocks, k=k, key_mass=key_mass)
 
 
-def pbs_attention_chunk(q, k, v, params: PbsParams | None = None, *, state: PrefixState | None = None,
-                        launch=None, scale=None, return_blocks=False, out=None, **keywords):
-    """One chunk of a chunked causal prefill: q (B, Hq, M, D) are the last M of the N positions of
-    k/v (B, Hkv, N, D), which hold the whole prefix. Returns (out, state), or (out, blocks, state)
-    with return_blocks=True; pass the returned state with the sequence's next chunk.
+def pbs_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: PbsParams | None = None, *,
+                        state: PrefixState | None = None, launch: LaunchConfig | None = None,
+                        scale: float | None = None, return_blocks: bool = False, out: torch.Tensor | None = None,
+                        **keywords: Any) -> (tuple[torch.Tensor, PrefixState]
+                                             | tuple[torch.Tensor, BlockList, PrefixState]):
+    """One chunk of a chunked causal prefill, the prefix's permutation kept in `state` between chunks.
 
-    `state`: None for a prompt's first chunk (or to start over on a prefix the state has not seen:
-    the whole prefix is then scored and permuted once, by this chunk), else the state the
-    previous chunk of these sequences returned. It is extended in place. The parameters as
-    `pbs_attention` takes them; their threshold may change between chunks, nothing else.
+    Args:
+        q: (B, Hq, M, D), the chunk's queries: the last M of the N key positions; dtypes and D as `pbs_attention`.
+        k: (B, Hkv, N, D) keys of the whole prefix and the chunk (the cache), original order, Hq % Hkv == 0.
+        v: (B, Hkv, N, D) values, as k.
+        params: one `PbsParams` (None: its fields as keywords); only the threshold may change between chunks.
+        state: None for a prompt's first chunk (or to start over: this chunk scores and permutes the whole
+            prefix), else the state the previous chunk of these sequences returned; extended in place.
+        launch: tiles and kernel (`LaunchConfig`); None: the default for this GPU.
+        scale: softmax scale; None: 1 / sqrt(D).
+        return_blocks: also return this chunk's `BlockList`.
+        out: a (B, Hq, M, D) tensor (or view) to write into; None: a new one like q.
+        **keywords: PbsParams' fields in place of params, as `pbs_attention` takes them.
+
+    Returns:
+        (out (B, Hq, M, D), state), or (out, BlockList, state) with return_blocks; pass state with the next chunk.
     """
     params = check_inputs(q, k, v, params, launch=launch, **keywords)
     refuse_grad("pbs_attention_chunk", q, k, v)

@@ -7,6 +7,7 @@ key 0 (the attention sink) and the column blocks (op/columns.py); the last `tail
 blocks keep every causal block. The attend kernel reads only the kept indices.
 """
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -198,20 +199,36 @@ def bisects(num_blocks: int) -> bool:
     return 1 << max(0, num_blocks - 1).bit_length() >= BISECT_FROM  # the kernel's power-of-two row width
 
 
-def select_blocks(q, k_perm, positions, *, block_size, segment_size, threshold, scale, estimator="mean",
-                  pooled_k=None, bounds=None, tail_blocks=0, column_blocks=0, k=None, key_mass=None):
-    """Run PBS block selection on permuted keys. Returns a BlockList.
+def select_blocks(q: torch.Tensor, k_perm: torch.Tensor, positions: torch.Tensor, *, block_size: int,
+                  segment_size: int, threshold: float | Sequence[float], scale: float, estimator: str = "mean",
+                  pooled_k: torch.Tensor | None = None, bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  tail_blocks: int = 0, column_blocks: int = 0, k: torch.Tensor | None = None,
+                  key_mass: torch.Tensor | None = None) -> BlockList:
+    """Stage 2: PBS block selection on permuted keys, as a compact list of the kept key blocks.
 
-    `threshold` is one number or one per query head (a per-head budget). Block logits come
-    from one batched matmul of pooled queries and keys (estimator "mean"), or from pooled
-    queries against every key of each block ("lse"); the per-row softmax, threshold, and
-    compaction run in one Triton kernel (kernels/block_select.py). q (B, Hq, M, D) may be the
-    last M of the N key positions (chunked prefill): rows are then the key blocks holding queries.
-    `pooled_k` (block means of k_perm) and `bounds` (block_position_bounds of positions) may come
-    precomputed: a chunk's prefix state keeps them (op/prefix.py). `tail_blocks` and `column_blocks`:
-    PbsParams' retrieval knobs; the columns follow `key_mass` (B, Hkv, N), the last query block's mass
-    per key in original order (the permutation's scores), computed from `k` (the keys in original
-    order) when not given.
+    Block logits come from one batched matmul of pooled queries and keys (estimator "mean"), or from
+    pooled queries against every key of each block ("lse"); the per-row softmax, threshold, and
+    compaction run in one Triton kernel (kernels/block_select.py).
+
+    Args:
+        q: (B, Hq, M, D), the last M <= N key positions; its rows are the key blocks holding queries.
+        k_perm: (B, Hkv, N, D) keys in permuted order (`KeyPermutation.k`).
+        positions: (B, Hkv, N) int32, each slot's original position (`KeyPermutation.positions`).
+        block_size: tokens per block (PbsParams.block_size).
+        segment_size: tokens per permuted segment, a multiple of block_size.
+        threshold: softmax mass each query block keeps, in (0, 1]: one number, or one per query head (Hq).
+        scale: softmax scale of the block logits (1 / sqrt(D) in the op).
+        estimator: "mean" or "lse" (PbsParams.estimator).
+        pooled_k: (B, Hkv, NKB, D) float32 block means of k_perm, NKB = ceil(N / block_size); None: computed.
+        bounds: (smallest, largest) original position per key block, each (B, Hkv, NKB) int32; None: computed.
+        tail_blocks: PbsParams' retrieval knob; 0 (here the default): off.
+        column_blocks: PbsParams' retrieval knob; 0 (here the default): off.
+        k: (B, Hkv, N, D) keys in original order; scores the columns where column_blocks > 0 and key_mass is None.
+        key_mass: (B, Hkv, N) float32, the last query block's mass per key, original order (`KeyPermutation.scores`).
+
+    Returns:
+        BlockList: count, full (B, Hq, NQB) int32 and index (B, Hq, NQB, MAXK) int32, with NQB the key blocks
+        holding queries, ceil(N / block_size) - (N - M) // block_size.
     """
     B, Hq, M, D = q.shape
     Hkv, N = k_perm.shape[1], k_perm.shape[2]

@@ -6,9 +6,14 @@ into its rows of one packed output. The loop over sequences is on the host: per 
 the op's launches, which the GPU hides at prefill lengths (H200, 4 prompts of 16k-64k: 1.01x the
 sum of single-sequence runs; benchmarks/README.md, "Serving traffic").
 """
+from typing import Any
+
 import torch
 
+from ..profile.launch import LaunchConfig
+from ..profile.params import PbsParams
 from .pbs_attention import as_params, pbs_attention
+from .selection import BlockList
 
 
 def check_cu_seqlens(cu_q, cu_k, total_q, total_k, max_q, max_k, device):
@@ -45,16 +50,31 @@ def sequence_view(x, start, end):
     return x[start:end].transpose(0, 1).unsqueeze(0)
 
 
-def pbs_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params=None, *,
-                         launch=None, scale=None, return_blocks=False, **keywords):
-    """Causal PBS-Attn prefill over packed sequences. q (total_q, Hq, D), k/v (total_k, Hkv, D);
-    The parameters as for `pbs_attention`: one PbsParams or its fields as keywords.
-    cu_seqlens_*: int32 (batch + 1,) starts, as FlashAttention's varlen functions take them; on the
-    CPU they cost no device synchronisation (the lengths are read on the host either way).
+def pbs_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                         params: PbsParams | None = None, *, launch: LaunchConfig | None = None,
+                         scale: float | None = None, return_blocks: bool = False,
+                         **keywords: Any) -> torch.Tensor | tuple[torch.Tensor, list[BlockList]]:
+    """Causal PBS-Attn prefill over packed sequences of unequal length; no sequence reads another's keys.
 
-    Sequence i's queries are the last q_len of its k_len keys (q_len < k_len: a chunk after a
-    cached prefix). No sequence reads another's keys. Returns (total_q, Hq, D) (and the
-    BlockList of every sequence with return_blocks=True).
+    Args:
+        q: (total_q, Hq, D), the sequences' queries one after another; dtypes and D as `pbs_attention`.
+        k: (total_k, Hkv, D), the sequences' keys one after another; sequence i's q_len queries are the last
+            q_len of its k_len >= q_len keys (q_len < k_len: a chunk after a cached prefix).
+        v: (total_k, Hkv, D) values, as k.
+        cu_seqlens_q: (batch + 1,) int32 starts of the sequences in q, 0 .. total_q; on q's device or the
+            CPU (no device synchronisation; the lengths are read on the host either way).
+        cu_seqlens_k: (batch + 1,) int32 starts of the sequences in k and v, 0 .. total_k.
+        max_seqlen_q: at least the longest sequence's q_len (checked).
+        max_seqlen_k: at least the longest sequence's k_len (checked).
+        params: one `PbsParams`; None: its fields as keywords.
+        launch: tiles and kernel (`LaunchConfig`); None: the default for this GPU.
+        scale: softmax scale; None: 1 / sqrt(D).
+        return_blocks: also return the `BlockList` of every sequence that has queries.
+        **keywords: PbsParams' fields in place of params, as `pbs_attention` takes them.
+
+    Returns:
+        (total_q, Hq, D) like q; with return_blocks, (out, [BlockList, ...]).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:

@@ -37,16 +37,24 @@ def _checked_threshold(threshold):
 
 @dataclass(frozen=True)
 class PbsParams:
-    """block_size: tokens per block (a power of two >= 16); segment_size: tokens per permuted
-    segment (a multiple of the block); threshold: the cumulative mass kept, one number or one per
-    query head; permute: False for unpermuted selection; estimator: one of ESTIMATORS; tail_blocks:
-    the last so many query blocks attend to every causal key block; column_blocks: key blocks per KV
-    head (those holding the last query block's heaviest keys) that every query block keeps. 0 turns
-    either off."""
+    """The PBS-Attn parameters of one call, layer or profile entry; ValueError when made with a bad value.
+
+    Args:
+        block_size: tokens per block, of queries and keys alike: a power of two >= 16.
+        segment_size: tokens per permuted segment (keys never leave theirs), a multiple of block_size.
+        threshold: the cumulative softmax mass each query block keeps, in (0, 1]: one number, or one per query
+            head (a sequence or tensor, kept as a tuple); 1.0 keeps every causal block.
+        permute: False selects blocks of the keys in original order (the unpermuted baseline).
+        estimator: how key blocks are scored, one of ESTIMATORS: "mean" (the paper's mean query . mean key)
+            or "lse" (each block's mean query against all its keys; the threshold is of the mass outside the sink).
+        tail_blocks: the last so many query blocks attend to every causal key block; 0 turns it off.
+        column_blocks: key blocks per KV head, those holding the last query block's heaviest keys, that every
+            query block keeps; 0 turns it off.
+    """
 
     block_size: int
     segment_size: int
-    threshold: float | tuple
+    threshold: float | tuple[float, ...]
     permute: bool = True
     estimator: str = "mean"
     tail_blocks: int = DEFAULT_TAIL_BLOCKS

@@ -187,12 +187,21 @@ def dense_causal(q, k, v, scale):
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
-def tuned_attention(q, k, v, profile=None, scale=None):
-    """PBS causal prefill with the tuned entry for this length; SDPA where PBS does not apply.
+def tuned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, profile: profiles.Profile | None = None,
+                    scale: float | None = None) -> torch.Tensor:
+    """Causal prefill by the tuned entry for this length, without transformers; SDPA where PBS does not apply.
 
-    Usable without transformers: q (B, Hq, M, D), k/v (B, Hkv, N, D), M <= N (the queries are
-    the last M positions); returns (B, Hq, M, D). Without `profile`, this GPU's profile is loaded
-    once per process.
+    Which of the two ran (and why SDPA did) is counted in `stats()`.
+
+    Args:
+        q: (B, Hq, M, D), the last M <= N key positions (M < N: a chunk after its cached prefix).
+        k: (B, Hkv, N, D) keys of the whole prompt, Hq % Hkv == 0.
+        v: (B, Hkv, N, D) values.
+        profile: a tuned `Profile` (load_profile()); None: this GPU's, loaded once per process.
+        scale: softmax scale; None: 1 / sqrt(D).
+
+    Returns:
+        (B, Hq, M, D) in q's dtype.
     """
     if profile is None:
         STATE.default_profile = STATE.default_profile or load_profile()

@@ -26,12 +26,17 @@ logger = logging.getLogger("pbs_tune")
 
 
 def load_profile(gpu: str = "auto", path: str | None = None, *, use_library: bool = True) -> profiles.Profile:
-    """The tuned profile for `gpu` ('auto': the GPU present), with its kernels bound.
+    """The tuned profile for a GPU, with its kernels bound and warmed up so that no call compiles or tunes.
 
-    `path` (or a path in place of `gpu`: load_profile("my.yaml")) names the file; else it is looked
-    up in $PBS_TUNE_HOME, the user's store and the profiles shipped with pbs-tune (profile_store.py).
-    A profile of a GPU that is not present loads as data only; running it needs that GPU.
-    `use_library=False` (or PBS_TUNE_KERNELS=jit in the environment) leaves every kernel to Triton's JIT.
+    Args:
+        gpu: 'auto' (the GPU present) or a GPU's name ('h100-sxm', or a family: 'h100'); a path in its
+            place (load_profile("my.yaml")) is taken as `path`.
+        path: the profile file; None: looked up in $PBS_TUNE_HOME, the user's store and the shipped profiles.
+        use_library: False (or PBS_TUNE_KERNELS=jit) leaves every kernel to Triton's JIT, not the profile's library.
+
+    Returns:
+        The `Profile` for that GPU (or its family's nearest variant, said once); one of a GPU not present
+        loads as data only (runnable False). ProfileError where there is none.
     """
     use_library = use_library and os.environ.get("PBS_TUNE_KERNELS", "library") != "jit"
     if path is None and (os.sep in gpu or gpu.endswith((".yaml", ".yml"))):  # load_profile("my.yaml")

@@ -9,6 +9,7 @@ import logging
 
 import torch
 
+from ..profile.profiles import Profile
 from ..seqlen import format_length
 from .dispatch import Settings, fallback_reason, run, shortest_pbs_length
 from .graphs import CAPACITY
@@ -73,19 +74,25 @@ def _register():
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, flash_attention_mask)  # 2-D padding mask or None
 
 
-def apply(model, profile=None, min_seqlen=None, min_chunk=None, cuda_graphs=True, prefix_keys=False):
-    """Switch a transformers model to PBS attention with a tuned profile; returns the model.
+def apply(model: torch.nn.Module, profile: Profile | None = None, min_seqlen: int | None = None,
+          min_chunk: int | None = None, cuda_graphs: bool = True, prefix_keys: bool = False) -> torch.nn.Module:
+    """Switch a transformers model to PBS attention ("pbs") with a tuned profile; SDPA runs where PBS cannot.
 
-    min_seqlen: fewest keys (prefix + chunk) for PBS (default: the profile's smallest tuned
-    length); min_chunk: fewest queries of a chunk after a cached prefix for PBS (default: each
-    entry's measured crossover by prefix length); chunks keep their prefix's permutation beside
-    the cache they extend (op/prefix.py, prefix_cache.py); cuda_graphs:
-    replay the op from a CUDA graph per shape up to 16k keys (graphs.py; PBS_TUNE_CUDA_GRAPHS=0
-    turns it off everywhere); prefix_keys: chunks
-    hold their prefix's permuted K and V (PrefixState(keep_keys=True): faster chunks, as much
-    memory again as the prefix's K and V until the prefill ends) instead of gathering them anew.
-    The rows whose logits a prefill returns attend to every key by the entries' own parameters
-    (PbsParams.tail_blocks, on by default), inside the op.
+    Chunks keep their prefix's permutation beside the cache they extend (op/prefix.py, prefix_cache.py);
+    the rows whose logits a prefill returns attend to every key (PbsParams.tail_blocks, on by default).
+
+    Args:
+        model: a transformers model whose attention modules have layer_idx and num_key_value_groups;
+            changed in place. ValueError where it has none.
+        profile: a tuned `Profile`; None: this GPU's (load_profile()).
+        min_seqlen: fewest keys (prefix + chunk) for PBS; None, or fewer: the profile's smallest tuned length.
+        min_chunk: fewest queries of a chunk after a cached prefix for PBS; None: each entry's measured crossover.
+        cuda_graphs: replay short calls from a CUDA graph per shape (graphs.py); PBS_TUNE_CUDA_GRAPHS=0: never.
+        prefix_keys: chunks hold their prefix's permuted K and V (PrefixState(keep_keys=True): faster chunks,
+            as much memory again as the prefix's K and V until the prefill ends) instead of gathering them.
+
+    Returns:
+        The same model.
     """
     prof = ready(profile if profile is not None else load_profile())
     min_seqlen = max(shortest_pbs_length(prof), min_seqlen or 0)
