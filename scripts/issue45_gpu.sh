@@ -5,6 +5,8 @@
 # JIT, bit-identical), then in the time left the 8-bit modes' last A/B: the attend kernel per mode
 # against 16-bit from carried versions that still have them, ab_magic/ (the fixes tried) and
 # ab_head/ (before them), and Nsight Compute on ab_magic's kernels where the runtime reads counters.
+# Make them as benchmarks/results/h100_precision_fixes_tried_2026-12-07.patch says (main at 39d5d70, and it
+# with the patch); LIBRARIES=0 skips the rebuild where the checkout's libraries are current.
 source "$(dirname "$0")/gpu_common.sh"
 date; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 STEP=all timeout 300 bash scripts/libraries_gpu.sh 2>&1 | grep -v FP_FUSION | tee "$OUT/libraries.log" | tail -12
