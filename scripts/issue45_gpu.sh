@@ -9,8 +9,10 @@
 # with the patch); LIBRARIES=0 skips the rebuild where the checkout's libraries are current.
 source "$(dirname "$0")/gpu_common.sh"
 date; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-STEP=all timeout 300 bash scripts/libraries_gpu.sh 2>&1 | grep -v FP_FUSION | tee "$OUT/libraries.log" | tail -12
-$py -m pip uninstall -q -y pbs-tune 2>/dev/null
+if [ "${LIBRARIES:-1}" = 1 ]; then  # LIBRARIES=0: the checkout's libraries are current, keep them
+  STEP=all timeout 300 bash scripts/libraries_gpu.sh 2>&1 | grep -v FP_FUSION | tee "$OUT/libraries.log" | tail -12
+  $py -m pip uninstall -q -y pbs-tune 2>/dev/null
+fi
 RUNS=1 timeout 170 bash scripts/smoke_library_gpu.sh 2>&1 | grep -v FP_FUSION | tee "$OUT/smoke.log" | tail -14
 echo "8-bit A/B from ${SECONDS}s"
 for ver in ab_magic ab_head; do
