@@ -1,4 +1,4 @@
-"""Which entry and config a call runs, or why it falls back to dense SDPA, and running it.
+"""Which entry and config a call runs (a `Choice`: PBS with its config, or SDPA with the reason), and running it.
 
 Prefill whose keys (cached prefix + chunk) reach the profile's smallest tuned length runs PBS
 with the entry tuned for the largest length <= the keys, for the model's shape or the nearest
@@ -13,6 +13,7 @@ entry of their head_dim) falls back to SDPA and is counted in `stats()`.
 import logging
 import os
 import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ from ..dtypes import name_of
 from ..op.pbs_attention import pbs_attention
 from ..op.prefix import PrefixState, pbs_attention_chunk
 from ..profile import profiles
+from ..profile.launch import LaunchConfig
+from ..profile.params import PbsParams
 from ..profile.target import CPU
 from .loader import load_profile, ready
 from .state import STATE
@@ -83,26 +86,37 @@ def _pick(settings, q, k, seqlen):
                                  head_dim=q.shape[3], dtype=name_of(q.dtype), nearest=True)
 
 
-def _config(settings, q, k, layer_idx):
-    """(PbsParams, LaunchConfig) for keys of this length, or the fallback reason."""
+@dataclass(frozen=True)
+class Choice:
+    """What one call (or one sequence of a padded batch) runs: PBS with `params` and `launch`, or, when
+    `fallback` names why, dense SDPA."""
+
+    params: PbsParams | None = None
+    launch: LaunchConfig | None = None
+    fallback: str | None = None
+
+
+def choose(settings, q, k, layer_idx) -> Choice:
+    """The entry's config for keys of this length and this layer, or the reason to run SDPA."""
     if k.shape[2] < settings.min_seqlen:
-        return "short"
+        return Choice(fallback="short")
     entry = _pick(settings, q, k, k.shape[2])
     if entry is None:
-        return "untuned_shape"
+        return Choice(fallback="untuned_shape")
     if entry.dense_faster:
-        return "dense_faster"
+        return Choice(fallback="dense_faster")
     m, prefix = q.shape[2], k.shape[2] - q.shape[2]
     if prefix and settings.min_chunk is None and m < entry.min_chunk_at(prefix):
-        return "short_chunk"
-    return entry.config_for_layer(layer_idx) or "dense_layer"
+        return Choice(fallback="short_chunk")
+    config = entry.config_for_layer(layer_idx)
+    return Choice(*config) if config is not None else Choice(fallback="dense_layer")
 
 
-def _pbs(q, k, v, cfg, scale, out=None, prefix=None, key=None, graphs=None, keep_keys=False):
+def _pbs(q, k, v, choice: Choice, scale, out=None, prefix=None, key=None, graphs=None, keep_keys=False):
     """The op; with `prefix` (the cache and the states taken from beside it), as a chunk that extends
     its prefix state and puts it back, except where a CUDA graph serves the call (short calls, whose
     prefix costs little to permute)."""
-    params, launch = cfg
+    params, launch = choice.params, choice.launch
     out_graph = graphs.run(q, k, v, params, launch, scale) if graphs is not None and out is None else None
     if out_graph is not None:
         return out_graph
@@ -117,19 +131,19 @@ def _pbs(q, k, v, cfg, scale, out=None, prefix=None, key=None, graphs=None, keep
     return out
 
 
-def run(settings, q, k, v, scale, layer_idx, sdpa, padding=None, prefix=None):
-    """PBS output (B, H, M, D), or SDPA's when PBS does not apply; counts which ran.
+def run(settings, q, k, v, scale, layer_idx, padding=None, prefix=None) -> torch.Tensor | None:
+    """PBS output (B, H, M, D), or None where the caller runs SDPA instead; counts which ran.
     `padding` (B, N) bool marks real tokens: each sequence then runs on its own rows. `prefix`:
     (the transformers cache holding these keys, the layer's prefix states taken from beside it)."""
     if padding is not None:
         return _run_padded(settings, q, k, v, scale, layer_idx, padding, prefix)
-    cfg = _config(settings, q, k, layer_idx)
-    if isinstance(cfg, str):
-        STATE.count(f"fallback:{cfg}")
-        logger.debug("pbs_tune: %s at %d keys falls back to SDPA (%s)", tuple(q.shape), k.shape[2], cfg)
-        return sdpa()
+    choice = choose(settings, q, k, layer_idx)
+    if choice.fallback:
+        STATE.count(f"fallback:{choice.fallback}")
+        logger.debug("pbs_tune: %s at %d keys falls back to SDPA (%s)", tuple(q.shape), k.shape[2], choice.fallback)
+        return None
     STATE.count("pbs")
-    return _pbs(q, k, v, cfg, scale, prefix=prefix, key=(layer_idx, None), graphs=settings.graphs,
+    return _pbs(q, k, v, choice, scale, prefix=prefix, key=(layer_idx, None), graphs=settings.graphs,
                 keep_keys=settings.prefix_keys)
 
 
@@ -151,13 +165,13 @@ def _run_padded(settings, q, k, v, scale, layer_idx, padding, prefix=None):
         qs = q[b:b + 1, :, first_query - offset:end - offset]
         ks, vs = k[b:b + 1, :, start:end], v[b:b + 1, :, start:end]
         rows = out[b:b + 1, :, first_query - offset:end - offset]
-        cfg = _config(settings, qs, ks, layer_idx)
-        if isinstance(cfg, str):
-            STATE.count(f"fallback:{cfg}")
+        choice = choose(settings, qs, ks, layer_idx)
+        if choice.fallback:
+            STATE.count(f"fallback:{choice.fallback}")
             rows.copy_(dense_causal(qs, ks, vs, scale))
         else:
             STATE.count("pbs")
-            _pbs(qs, ks, vs, cfg, scale, out=rows, prefix=prefix, key=(layer_idx, b, start),
+            _pbs(qs, ks, vs, choice, scale, out=rows, prefix=prefix, key=(layer_idx, b, start),
                  keep_keys=settings.prefix_keys)
     return out
 
@@ -209,11 +223,9 @@ def tuned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, profile: 
     shortest = shortest_pbs_length(prof)
     settings = Settings(prof, shortest if shortest is not None else float("inf"))
 
-    def sdpa():
-        return dense_causal(q, k, v, scale)
-
     reason = fallback_reason(settings, q, k, None, 0.0, {})
     if reason is not None:
         STATE.count(f"fallback:{reason}")
-        return sdpa()
-    return run(settings, q, k, v, scale, None, sdpa)
+        return dense_causal(q, k, v, scale)
+    out = run(settings, q, k, v, scale, None)
+    return out if out is not None else dense_causal(q, k, v, scale)

@@ -58,12 +58,9 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
         STATE.count(f"fallback:{reason}")
         logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", layer, reason)
         return sdpa()
-    out = run(settings, query, key, value, scaling, layer, sdpa, padding,
-              prefix=(cache, held) if cache is not None else None)
+    out = run(settings, query, key, value, scaling, layer, padding, prefix=(cache, held) if cache is not None else None)
     if out is None:
         return sdpa()
-    if isinstance(out, tuple):  # SDPA fallback already returns (B, N, H, D), None
-        return out
     return out.transpose(1, 2).contiguous(), None
 
 

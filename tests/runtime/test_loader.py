@@ -268,13 +268,13 @@ def test_the_tail_rows_attend_to_every_key_through_apply_also_in_chunks_and_padd
         return dispatch.Settings(prof, 32, min_chunk=1, cuda_graphs=False)
     q, k, v = random_qkv(2, 2, 1, 96, 64, n_keys=160)  # a chunk of 96 queries after a 64-key prefix
     exact = dispatch.dense_causal(q, k, v, None)
-    pbs = dispatch.run(settings(0), q, k, v, None, 0, sdpa=None)
-    tail = dispatch.run(settings(2), q, k, v, None, 0, sdpa=None)  # blocks of 16: the last 32 rows
+    pbs = dispatch.run(settings(0), q, k, v, None, 0)
+    tail = dispatch.run(settings(2), q, k, v, None, 0)  # blocks of 16: the last 32 rows
     assert torch.allclose(tail[:, :, -32:], exact[:, :, -32:], atol=1e-5)
     assert not torch.allclose(pbs[:, :, -32:], exact[:, :, -32:], atol=1e-3)  # threshold 0.3 drops mass there
     padding = torch.ones(2, 160, dtype=torch.bool)
     padding[1, :70] = False  # the second sequence starts inside the chunk: its own rows only
-    tail = dispatch.run(settings(2), q, k, v, None, 0, sdpa=None, padding=padding)
+    tail = dispatch.run(settings(2), q, k, v, None, 0, padding=padding)
     own = dispatch.dense_causal(q[1:, :, 6:], k[1:, :, 70:], v[1:, :, 70:], None)
     # its 90 keys make 6 blocks of 16: the last two hold its last 26 rows
     assert torch.allclose(tail[1:, :, -26:], own[:, :, -26:], atol=1e-5) and not tail[1:, :, :6].any()
