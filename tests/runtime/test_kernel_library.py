@@ -218,7 +218,7 @@ import torch
 from pbs_tune.kernels import launch
 from pbs_tune.kernels.aot import compile_call
 from pbs_tune.kernels.attend import attend_launch
-from pbs_tune.runtime import library_build, library_check
+from pbs_tune.runtime import library_check, library_write
 
 
 def positional(kernel, named):
@@ -241,7 +241,7 @@ for arch, tma in ((80, False), (90, True)):
                       num_warps=4, num_stages=2, tma=tma, out=torch.empty(1, 1, n, d, dtype=torch.bfloat16))
     call = calls[0]
     folder = os.path.join(sys.argv[1], f"sm_{arch}")
-    (rec,) = library_build.write(folder, [compile_call(call, arch=arch)], dict(triton="test"))["kernels"]
+    (rec,) = library_write.write(folder, [compile_call(call, arch=arch)], dict(triton="test"))["kernels"]
     with open(os.path.join(folder, rec["file"]), "rb") as f:
         image = f.read()
     bad = dict(rec, signature=[s for s in rec["signature"] if s[0] != "N"])
