@@ -113,11 +113,12 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
             study = study or optuna.load_study(study_name="shared", storage=url)
         except KeyError:
             continue
-        # A trial of the victim's that began under half a second ago: a stand-in trial lasts a second,
+        assert parent.poll() is None, "the sweep ended before a trial of the victim's was seen running"
+        # A trial of the victim's that began under a second ago: a stand-in trial lasts two seconds,
         # so the signal lands in its middle, not as it ends.
         running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                    if f":{victim}:" in t.user_attrs.get("worker", "")
-                   and (datetime.datetime.now() - t.datetime_start).total_seconds() < 0.5]
+                   and (datetime.datetime.now() - t.datetime_start).total_seconds() < 1.0]
         if running and len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) >= 2:
             break
     os.kill(victim, signal.SIGKILL)  # in the middle of its trial
