@@ -150,11 +150,15 @@ def stand_in_measure(cal, cfg, *, target, timed=True, seconds=0.4):
                 rel_l2=0.5 * (1.0 - p.threshold), recall=p.threshold, density=p.threshold)
 
 
-def slow_stand_in_measure(cal, cfg, *, target, timed=True):
-    """`stand_in_measure` at 2 s a timed call (a trial): a worker seen running a trial is still in it
-    when killed, also on a loaded 2-core machine where one poll of the study can take half a second.
-    The held-out checks, untimed in the interpreter, take no longer than the others."""
-    return stand_in_measure(cal, cfg, target=target, timed=timed, seconds=2.0 if timed else 0.4)
+def held_stand_in_measure(cal, cfg, *, target, timed=True):
+    """`stand_in_measure`, except that a worker whose pid the test has named (a file `hold-<pid>` in
+    $PBS_TUNE_TEST_HOLD) stops inside its next trial, says so (`in-trial-<pid>`) and waits there to be
+    killed: the signal lands in the middle of a trial on any machine, however loaded."""
+    hold = os.environ.get("PBS_TUNE_TEST_HOLD")
+    if timed and hold and os.path.exists(os.path.join(hold, f"hold-{os.getpid()}")):
+        open(os.path.join(hold, f"in-trial-{os.getpid()}"), "w").close()
+        time.sleep(600)
+    return stand_in_measure(cal, cfg, target=target, timed=timed)
 
 
 def stand_in_spec(tmp_path, **fields):
@@ -167,12 +171,12 @@ def stand_in_spec(tmp_path, **fields):
                                  heartbeat_s=1, measure="helpers:stand_in_measure"), **fields))
 
 
-def sweep_process(spec) -> subprocess.Popen:
-    """`run_sweep(spec)` in a process of its own (its workers find `helpers` through PYTHONPATH),
-    stdout and stderr together."""
+def sweep_process(spec, **env_vars) -> subprocess.Popen:
+    """`run_sweep(spec)` in a process of its own (its workers find `helpers` through PYTHONPATH, and
+    env_vars), stdout and stderr together."""
     code = ("import sys; from pbs_tune.tune.spec import SweepSpec; from pbs_tune.tune.sweep import run_sweep; "
             "run_sweep(SweepSpec.from_json(sys.argv[1]))")
-    env = dict(os.environ, TRITON_INTERPRET="1",
+    env = dict(os.environ, TRITON_INTERPRET="1", **env_vars,
                PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
     return subprocess.Popen([sys.executable, "-c", code, spec.to_json()], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -2,7 +2,6 @@
 instead of kernels: a killed sweep resumes without losing trials, workers share one study in SQLite
 and PostgreSQL, a killed worker's trial is failed for its stale heartbeat and run again, and a
 failing trial is recorded with its reason."""
-import datetime
 import os
 import signal
 import time
@@ -99,27 +98,25 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
     else:
         url = _postgres_url(request.getfixturevalue("postgres_server"), f"kill_{os.getpid()}")
     parent = sweep_process(stand_in_spec(tmp_path, storage=url, study="shared", workers=2, trials=12,
-                                         measure="helpers:slow_stand_in_measure"))
+                                         measure="helpers:held_stand_in_measure"),
+                           PBS_TUNE_TEST_HOLD=str(tmp_path))
     started = ""
     while "started 2 workers" not in started:
         started = parent.stdout.readline()
         assert started, "the sweep ended before starting its workers"
     victim = int(started.split("pids")[1].split()[0])
-    study = None
+    (tmp_path / f"hold-{victim}").touch()  # the victim stops inside its next trial and waits there
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(0.1)
+        assert parent.poll() is None, "the sweep ended before a trial of the victim's was seen running"
+        if not (tmp_path / f"in-trial-{victim}").exists():
+            continue
         try:
-            study = study or optuna.load_study(study_name="shared", storage=url)
+            study = optuna.load_study(study_name="shared", storage=url)
         except KeyError:
             continue
-        assert parent.poll() is None, "the sweep ended before a trial of the victim's was seen running"
-        # A trial of the victim's that began under a second ago: a stand-in trial lasts two seconds,
-        # so the signal lands in its middle, not as it ends.
-        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                   if f":{victim}:" in t.user_attrs.get("worker", "")
-                   and (datetime.datetime.now() - t.datetime_start).total_seconds() < 1.0]
-        if running and len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) >= 2:
+        if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) >= 2:
             break
     os.kill(victim, signal.SIGKILL)  # in the middle of its trial
     out = started + parent.communicate(timeout=600)[0]
