@@ -22,7 +22,7 @@ _WHERE = {
     ".op.varlen": ["pbs_attention_varlen"],
     ".profile.params": ["PbsParams"],
     ".profile.profiles": ["Profile", "ProfileError"],
-    ".runtime.dispatch": ["tuned_attention"],
+    ".runtime.serving": ["PbsServing", "tuned_attention"],
     ".runtime.loader": ["load_profile"],
     ".runtime.state": ["reset_stats", "stats"],
     ".runtime.transformers_attention": ["apply"],

@@ -30,7 +30,7 @@ from ..measure.metrics import rel_l2
 from ..measure.prefill import prefill, prefill_ms
 from ..measure.workloads import make_qkv
 from ..measure.timing import env_info, median_ms, rounded, sdpa_backend, write_json
-from ..runtime.dispatch import tuned_attention
+from ..runtime.serving import tuned_attention
 from ..runtime.loader import load_profile
 from ..runtime.state import reset_stats, stats
 from ..runtime.transformers_attention import apply

@@ -1,1 +1,2 @@
-"""Run time: GPU names, tuned profiles, the compiled-kernel library and the model loader."""
+"""Run time: a tuned profile loaded with its kernel library, each call's entry chosen and run
+(serving.PbsServing), and the transformers hook."""

@@ -2,14 +2,13 @@
 
 Counters of what ran (`stats`), the profile `tuned_attention` loads on first use, the kernel
 libraries bound and the configs warmed up (each once per process), the CUDA graphs (shared by
-every layer and model), the copies of profiles resolved for this GPU, and the padding mask read
-last (read once per forward, not once per layer), and the prefix states of chunked prefills.
+every layer and model), the copies of profiles resolved for this GPU and the serving object of each
+profile `tuned_attention` runs. What one applied model holds is its own (serving.PbsServing).
 """
 import collections
 import threading
 
 from .graphs import GraphCache
-from .prefix_cache import PrefixStates
 
 
 class RuntimeState:
@@ -21,8 +20,7 @@ class RuntimeState:
         self.prewarmed = set()     # KernelKey
         self.graphs = GraphCache()
         self.resolved = {}         # id of a profile read with profiles.load() -> (weak ref to it, its copy)
-        self.last_spans = (lambda: None, None, None)  # (weak ref to a padding mask, its version, its spans)
-        self.prefixes = PrefixStates()  # chunked prefill: prefix states beside each live cache
+        self.servings = {}         # id of a profile tuned_attention ran -> (weak ref to it, its PbsServing)
 
     def count(self, key: str) -> None:
         with self._stats_lock:

@@ -2,8 +2,9 @@
 transformers' `AttentionInterface`, and `apply`, which switches a model to it.
 
 The mask builder registered for "pbs" hands over transformers' 2-D padding mask (or None), as
-for flash attention; what runs is decided per call in dispatch.py, and every fallback is
-transformers' own SDPA attention with the 4-D mask made only then.
+for flash attention; what runs is the model's `PbsServing` (serving.py), held by each of its
+attention modules, and every fallback is transformers' own SDPA attention with the 4-D mask made
+only then.
 """
 import logging
 
@@ -11,10 +12,10 @@ import torch
 
 from ..profile.profiles import Profile
 from ..seqlen import format_length
-from .dispatch import Settings, fallback_reason, run, shortest_pbs_length
 from .graphs import CAPACITY
 from .loader import load_profile, ready
 from .prefix_cache import cache_of, remember_cache
+from .serving import PbsServing
 from .state import STATE
 
 logger = logging.getLogger("pbs_tune")
@@ -48,20 +49,26 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
 
-    settings = getattr(module, "pbs_settings", None)
+    serving = getattr(module, "pbs_serving", None)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    reason = "not_applied" if settings is None else fallback_reason(settings, query, key, attention_mask,
-                                                                     dropout, kwargs, causal)
+    reason = "not_applied" if serving is None else serving.call_fallback(query, key, attention_mask, dropout,
+                                                                         kwargs, causal)
     layer, cache = getattr(module, "layer_idx", None), cache_of(module)
-    held = STATE.prefixes.take_layer(cache, layer) if cache is not None else {}  # back only if extended
+    # This layer's prefix states leave the cache's side here, back only if this call extends them.
+    held = serving.prefixes.take_layer(cache, layer) if serving is not None and cache is not None else {}
     if reason is not None:
         STATE.count(f"fallback:{reason}")
         logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", layer, reason)
         return sdpa()
-    out = run(settings, query, key, value, scaling, layer, padding, prefix=(cache, held) if cache is not None else None)
-    if out is None:
-        return sdpa()
-    return out.transpose(1, 2).contiguous(), None
+    out = serving.run(query, key, value, scale=scaling, layer_idx=layer, padding=padding, cache=cache, held=held,
+                      dense=lambda: sdpa()[0].transpose(1, 2))
+    return out.transpose(1, 2).contiguous(), None  # no copy where SDPA ran: its own layout comes back
+
+
+def serving_of(model: torch.nn.Module) -> PbsServing | None:
+    """The `PbsServing` that `apply` gave this model's attention modules (its plans, prefix states and
+    graphs), or None if it was not applied."""
+    return next((m.pbs_serving for m in model.modules() if getattr(m, "pbs_serving", None) is not None), None)
 
 
 def _register():
@@ -92,21 +99,20 @@ def apply(model: torch.nn.Module, profile: Profile | None = None, min_seqlen: in
         The same model.
     """
     prof = ready(profile if profile is not None else load_profile())
-    min_seqlen = max(shortest_pbs_length(prof), min_seqlen or 0)
     _register()
-    settings = Settings(prof, min_seqlen, min_chunk, cuda_graphs, prefix_keys)
+    serving = PbsServing(prof, min_seqlen, min_chunk, cuda_graphs, prefix_keys)
     n_layers = 0
     for module in model.modules():
         if hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups"):
-            module.pbs_settings = settings
+            module.pbs_serving = serving
             if getattr(module, "pbs_cache_hook", None) is None:
                 module.pbs_cache_hook = module.register_forward_pre_hook(remember_cache, with_kwargs=True)
             n_layers += 1
     if n_layers == 0:
         raise ValueError(f"{type(model).__name__} has no attention modules that pbs-tune recognises")
-    if settings.graphs is not None and any(e.layers for e in prof.for_gpu(prof.gpu)):
-        settings.graphs.hold(n_layers + CAPACITY)  # per-layer plans: a graph per layer, and room for shapes
+    if serving.graphs is not None and any(e.layers for e in prof.for_gpu(prof.gpu)):
+        serving.graphs.hold(n_layers + CAPACITY)  # per-layer plans: a graph per layer, and room for shapes
     model.set_attn_implementation(ATTN_NAME)
     logger.info("pbs_tune: PBS on %d attention layers from %s tokens (%s)", n_layers,
-                format_length(min_seqlen), prof.path)
+                format_length(serving.min_seqlen), prof.path)
     return model

@@ -236,7 +236,7 @@ def test_a_path_in_place_of_the_gpu_is_read_as_a_path(tmp_path):
 
 
 def test_a_profile_not_tuned_on_its_gpu_runs_pbs_only_from_32k_and_says_why_once(tmp_path, caplog):
-    from pbs_tune.runtime.dispatch import shortest_pbs_length
+    from pbs_tune.runtime.entry_choice import shortest_pbs_length
     why = "not tuned on cpu: no such GPU was available"
     path = write_profile(tmp_path, [dict(entry(64), not_tuned=why), dict(entry(128), not_tuned=why)])
     with caplog.at_level(logging.WARNING, logger="pbs_tune"):
@@ -259,23 +259,26 @@ def test_a_profile_not_tuned_on_its_gpu_runs_pbs_only_from_32k_and_says_why_once
 def test_the_tail_rows_attend_to_every_key_through_apply_also_in_chunks_and_padded_batches(tmp_path):
     """An entry's tail_blocks: the last query blocks of each call (each sequence of a padded batch)
     exact, the other rows PBS as without it."""
-    from pbs_tune.runtime import dispatch
+    from pbs_tune.runtime.serving import PbsServing, dense_causal
 
-    def settings(tail):
+    def serving(tail):
         entry = tiny_entry(32, threshold=0.3)
         entry["params"].update(tail_blocks=tail, column_blocks=0)
         prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [entry], name=f"tail{tail}.yaml"))
-        return dispatch.Settings(prof, 32, min_chunk=1, cuda_graphs=False)
+        return PbsServing(prof, 32, min_chunk=1, cuda_graphs=False)
+
+    def run_tail(tail, padding=None):
+        return serving(tail).run(q, k, v, layer_idx=0, padding=padding, dense=lambda: pytest.fail("PBS did not run"))
     q, k, v = random_qkv(2, 2, 1, 96, 64, n_keys=160)  # a chunk of 96 queries after a 64-key prefix
-    exact = dispatch.dense_causal(q, k, v, None)
-    pbs = dispatch.run(settings(0), q, k, v, None, 0)
-    tail = dispatch.run(settings(2), q, k, v, None, 0)  # blocks of 16: the last 32 rows
+    exact = dense_causal(q, k, v, None)
+    pbs = run_tail(0)
+    tail = run_tail(2)  # blocks of 16: the last 32 rows
     assert torch.allclose(tail[:, :, -32:], exact[:, :, -32:], atol=1e-5)
     assert not torch.allclose(pbs[:, :, -32:], exact[:, :, -32:], atol=1e-3)  # threshold 0.3 drops mass there
     padding = torch.ones(2, 160, dtype=torch.bool)
     padding[1, :70] = False  # the second sequence starts inside the chunk: its own rows only
-    tail = dispatch.run(settings(2), q, k, v, None, 0, padding=padding)
-    own = dispatch.dense_causal(q[1:, :, 6:], k[1:, :, 70:], v[1:, :, 70:], None)
+    tail = run_tail(2, padding)
+    own = dense_causal(q[1:, :, 6:], k[1:, :, 70:], v[1:, :, 70:], None)
     # its 90 keys make 6 blocks of 16: the last two hold its last 26 rows
     assert torch.allclose(tail[1:, :, -26:], own[:, :, -26:], atol=1e-5) and not tail[1:, :, :6].any()
     assert torch.allclose(tail[:1, :, -32:], exact[:1, :, -32:], atol=1e-5)

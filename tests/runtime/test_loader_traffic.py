@@ -59,13 +59,14 @@ def test_padded_generate_gives_the_dense_tokens(tmp_path):
 def test_chunked_prefill_keeps_a_prefix_state_per_layer_beside_the_cache_and_matches_dense(tmp_path):
     import gc
 
-    from pbs_tune.runtime.state import STATE
+    from pbs_tune.runtime.transformers_attention import serving_of
     dense, model = applied(tmp_path, [entry(32)], min_chunk=16)
+    held = serving_of(model).prefixes
     ids = torch.randint(0, 97, (1, 151))
     cache = transformers.DynamicCache()
 
     def lengths():
-        return [getattr(STATE.prefixes.get(cache, (layer, None)), "length", None) for layer in (0, 1)]
+        return [getattr(held.get(cache, (layer, None)), "length", None) for layer in (0, 1)]
     with torch.no_grad():
         want = dense(ids).logits
         parts = [model(ids[:, a:b], past_key_values=cache, use_cache=True).logits for a, b in ((0, 40), (40, 100))]
@@ -76,20 +77,21 @@ def test_chunked_prefill_keeps_a_prefix_state_per_layer_beside_the_cache_and_mat
         assert lengths() == [150, 150]
         other = transformers.DynamicCache()  # a second conversation through the same model
         model(ids[:, :40], cache=other, use_cache=True)
-        assert STATE.prefixes.held() == 4
+        assert held.held() == 4
         parts.append(model(ids[:, 150:], past_key_values=cache, use_cache=True).logits)  # a decode step
     assert torch.allclose(torch.cat(parts, 1), want, atol=1e-4, rtol=1e-4)
     # chunk 1 (40 keys), chunk 2 (100 keys), chunk 4 (150 keys) and the other prompt in PBS
     assert pbs_tune.stats() == {"pbs": 8, "fallback:short_chunk": 2, "fallback:decode": 2}
-    assert STATE.prefixes.held() == 2 and lengths() == [None, None]
+    assert held.held() == 2 and lengths() == [None, None]
     del other
     gc.collect()
-    assert STATE.prefixes.held() == 0  # freed with the cache
+    assert held.held() == 0  # freed with the cache
 
 
 def test_a_padded_batch_keeps_one_state_per_sequence_holding_its_keys_if_asked(tmp_path):
-    from pbs_tune.runtime.state import STATE
+    from pbs_tune.runtime.transformers_attention import serving_of
     dense, model = applied(tmp_path, [entry(32)], min_chunk=16, prefix_keys=True)
+    held = serving_of(model).prefixes
     ids = torch.randint(0, 97, (2, 90))
     mask = torch.ones(2, 90, dtype=torch.long)
     mask[0, :6] = 0  # left padding
@@ -100,8 +102,8 @@ def test_a_padded_batch_keeps_one_state_per_sequence_holding_its_keys_if_asked(t
                  for a, b in ((0, 50), (50, 90))]
     got = torch.cat(parts, 1)
     assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-4, rtol=1e-4)
-    assert STATE.prefixes.held() == 4  # 2 layers x 2 sequences
-    first, second = STATE.prefixes.get(cache, (0, 0, 6)), STATE.prefixes.get(cache, (0, 1, 0))
+    assert held.held() == 4  # 2 layers x 2 sequences
+    first, second = held.get(cache, (0, 0, 6)), held.get(cache, (0, 1, 0))
     assert (first.length, second.length) == (84, 90) and first.k is not None and first.k.shape[0] == 1
 
 
@@ -140,7 +142,7 @@ def test_a_shape_without_entries_uses_the_nearest_gqa_ratio_once_said(tmp_path, 
 def test_tuned_attention_takes_a_chunk_after_a_prefix(tmp_path):
     prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(32, 1.0)]))
     q, k, v = torch.randn(1, 2, 40, 64), torch.randn(1, 1, 100, 64), torch.randn(1, 1, 100, 64)
-    from pbs_tune.runtime.dispatch import dense_causal
+    from pbs_tune.runtime.serving import dense_causal
     got = pbs_tune.tuned_attention(q, k, v, profile=prof)
     assert pbs_tune.stats() == {"fallback:short_chunk": 1}  # 40 < the default min_chunk
     assert torch.allclose(got, dense_causal(q, k, v, None), atol=1e-5)
@@ -160,9 +162,9 @@ def test_generate_with_chunked_prefill_gives_the_dense_tokens(tmp_path):
     assert s["pbs"] == 6 and s["fallback:decode"] == 4  # chunks of 48, 48, 34 queries x 2 layers
     import gc
 
-    from pbs_tune.runtime.state import STATE
+    from pbs_tune.runtime.transformers_attention import serving_of
     gc.collect()
-    assert STATE.prefixes.held() == 0  # generate's cache is gone, and the states with it
+    assert serving_of(model).prefixes.held() == 0  # generate's cache is gone, and the states with it
 
 
 @pytest.mark.parametrize("args,says", [
@@ -190,8 +192,9 @@ def test_show_refuses_a_malformed_shape_in_one_line():
     assert out.exit_code != 0 and out.output.count("\n") == 1 and "multiple of KV_HEADS" in out.output
 
 
-def test_padding_spans_are_read_once_per_mask_object_and_again_for_a_new_or_changed_one():
-    from pbs_tune.runtime.dispatch import padded_spans
+def test_padding_spans_are_read_once_per_mask_object_and_again_for_a_new_or_changed_one(tmp_path):
+    from pbs_tune.runtime.serving import PbsServing
+    padded_spans = PbsServing(pbs_tune.load_profile("auto", write_profile(tmp_path, [entry(32)]))).padded_spans
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[0, :3] = 0
     assert padded_spans(mask) == [(3, 10), (0, 10)]
