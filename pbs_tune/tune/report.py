@@ -36,6 +36,19 @@ def entry_line(e) -> str:
             f"density {m['density']} {sp}")
 
 
+def say_default_bounds(spec, reference: dict, say) -> None:
+    """The error bounds --max-error default set from the default's errors (objective.bound_by_default)."""
+    from .objective import tail_bounds, whole_source_bounds  # here: `pbs-tune show` imports no torch
+    tail, tail_by_source = tail_bounds(spec)
+    say(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}"
+        + (f"; tail rel_l2 {tail:.5f} (the larger of the default's whole and tail errors)"
+           if reference.get("tail_rel_l2") is not None else ""))
+    if whole_source_bounds(spec):
+        say("  and on each workload: " + ", ".join(f"{k} {v:.5f}" for k, v in whole_source_bounds(spec).items()))
+    if tail_by_source:
+        say("  tail on each workload: " + ", ".join(f"{k} {v:.5f}" for k, v in tail_by_source.items()))
+
+
 def held_out_line(held: HeldOutCheck, spec) -> str:
     """A held-out check, with its tail figures where they were measured."""
     return (f"held out ({held.source}): rel_l2 {held.rel_l2:.4f} (calibration "

@@ -1,18 +1,16 @@
 """What one `pbs-tune sweep` tunes, on which data, and where its study, profile and library go.
 
-`SweepSpec` holds every choice with its default (the CLI only turns flags into one), and
-worker processes are handed it as JSON. `check_spec` says in one line what cannot work,
+`SweepSpec` holds every choice with its default (the CLI only turns flags into one), as plain
+data: what it reads is resolved from it in one step (sweep_data.py), and worker processes are
+handed it as JSON. `check_spec` says in one line what cannot work,
 before any GPU work.
 """
 import dataclasses
-import importlib
 import json
 import os
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from ..dtypes import torch_dtype
-from ..measure.workloads import CALIBRATION_SETS
 from ..profile import profiles
 from ..profile import store as profile_store
 from ..profile.params import ESTIMATORS
@@ -66,7 +64,8 @@ class SweepSpec:
     # the tail's bounds under "tail" and "tail:<workload>" (tune/objective.py default_bounds, tail_bounds).
     source_bounds: dict | None = None
     # "module:function" standing in for tune.evaluate.measure (same arguments and result): what the
-    # trials, the default and the held-out checks measure. Tests of the study's bookkeeping use it.
+    # trials, the default and the held-out checks measure (sweep_data.measurement). Tests of the
+    # study's bookkeeping use it.
     measure: str | None = None
 
     def __post_init__(self):
@@ -83,14 +82,6 @@ class SweepSpec:
     @property
     def on_gpu(self) -> bool:
         return self.gpu != CPU
-
-    def measurement(self):
-        """The function that measures a config on calibration data (`measure`'s stand-in, else evaluate's)."""
-        if self.measure is None:
-            from .evaluate import measure
-            return measure
-        module, _, name = self.measure.partition(":")
-        return getattr(importlib.import_module(module), name)
 
     @property
     def seqlen(self) -> int:
@@ -117,37 +108,6 @@ class SweepSpec:
     def _per_head_suffix(self) -> str:
         """Studies of plans over other estimators are other studies (mean alone: the earlier name)."""
         return "-per-head" + ("" if self.estimators == ("mean",) else "-" + "-".join(self.estimators))
-
-    def calibration(self, held_out: bool = False, workload: str | None = None):
-        """This length's calibration data, or the held-out data: the workload's next seed, or
-        the capture of other text; with `workload`, that workload family's next seed."""
-        from .evaluate import load_calibration
-        return load_calibration(seqlen=self.seqlen, heads=self.heads, kv_heads=self.kv_heads,
-                                head_dim=self.head_dim, dtype=torch_dtype(self.dtype), device=self.target.device,
-                                workload=workload or self.workload,
-                                calib_file=None if workload else self.holdout_calib if held_out else self.calib,
-                                seed=self.seed + (1 if held_out else 0), samples=self.samples)
-
-    def held_out_data(self) -> list:
-        """What the chosen config is checked on afterwards: the workload's next seed and the next
-        seed of another workload family (never calibrated on), or the capture of other text. A
-        calibration set (every family) is checked on its next seed."""
-        if self.calib:
-            return [lambda: self.calibration(held_out=True)] if self.holdout_calib else []
-        if self.workload in CALIBRATION_SETS:
-            return [lambda: self.calibration(held_out=True)]
-        return [lambda: self.calibration(held_out=True),
-                lambda: self.calibration(held_out=True, workload=OTHER_FAMILY[self.workload])]
-
-    def launch_source_names(self) -> tuple:
-        from . import launch_choice
-        if self.launch_sources is not None:
-            return tuple(self.launch_sources)
-        return tuple(launch_choice.source_names(self.workload, self.seed, self.calib)) if self.on_gpu else ()
-
-    def shape(self) -> dict:
-        return dict(seqlen=self.seqlen, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
-                    dtype=torch_dtype(self.dtype), device=self.target.device)
 
     def entry_shape(self) -> dict:
         """What keys this length's profile entry besides its GPU."""

@@ -8,7 +8,7 @@ The stages live in their own modules: the spec (spec.py), the study (study.py), 
 and checks (objective.py), the entry (entry.py) and what is printed (report.py).
 """
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import optuna
 import torch
@@ -16,16 +16,17 @@ import torch
 from .. import progress
 from ..profile import profiles
 from ..profile.profiles import ProfileEntry
-from ..profile.provenance import Provenance
+from ..profile.provenance import DataSource, HeldOutCheck, Provenance
 from ..seqlen import format_length
 from . import launch_choice, report, study as studies
 from .storage import open_storage
 from .entry import make_entry
-from .evaluate import Calibration, dense_baselines, measure_layers
+from .evaluate import dense_baselines, measure_layers
 from .objective import (bound_by_default, candidates, failed_check, held_out_check, objective_for,
-                        reference_measurement, tail_bounds, trial_plans, whole_source_bounds)
+                        reference_measurement, trial_plans, whole_source_bounds)
 from .space import TrialConfig
 from .spec import SweepSpec, check_spec
+from .sweep_data import LengthData, resolve_length
 
 
 def run_sweep(spec: SweepSpec, say=progress.say) -> list:
@@ -82,66 +83,78 @@ def finished_entries(spec: SweepSpec) -> dict:
 
 def sweep_length(spec: SweepSpec, name: str, say) -> ProfileEntry:
     """One length: the trials, the choice, its checks, and its entry."""
-    cal = spec.calibration()
-    reference = reference_measurement(cal, spec)
-    if spec.max_error is None:
-        spec = bound_by_default(spec, reference)
-        tail, tail_by_source = tail_bounds(spec)
-        say(f"error bound: the default's on this data, rel_l2 {spec.max_error:.5f}"
-            + (f"; tail rel_l2 {tail:.5f} (the larger of the default's whole and tail errors)"
-               if reference.get("tail_rel_l2") is not None else ""))
-        if whole_source_bounds(spec):
-            say("  and on each workload: " + ", ".join(f"{k} {v:.5f}" for k, v in whole_source_bounds(spec).items()))
-        if tail_by_source:
-            say("  tail on each workload: " + ", ".join(f"{k} {v:.5f}" for k, v in tail_by_source.items()))
-    study = studies.open_study(spec, name)
-    baselines = dense_baselines(cal, target=spec.target)
-    studies.recover_stale_trials(study, 3 * spec.heartbeat_s)
-    studies.run_trials(study, objective_for(cal, spec), spec, callbacks=[report.TrialProgress(spec)])
-    for line in report.front_lines(studies.pareto_front(study), spec):
-        say(line)
-    tried = candidates(study, spec)
+    done = run_length_trials(resolve_length(spec), name, say)
+    tried = candidates(done.study, done.run.spec)
     if not tried:
-        raise RuntimeError(f"no trial at {format_length(spec.seqlen)} met --max-error {spec.max_error}; "
+        raise RuntimeError(f"no trial at {format_length(spec.seqlen)} met --max-error {done.run.spec.max_error}; "
                            f"raise --trials or --max-error")
     for rank, best in enumerate(tried):  # the fastest that passes on held-out data
-        cal = cal or spec.calibration()
-        chosen = choose_entry_launch(spec, best, cal, say)
-        layer_ids, source = cal.layer_ids, cal.source
-        cal = None  # freed before the held-out data is loaded
-        held = []
-        for load in spec.held_out_data():
-            hold = load()
-            held.append(held_out_check(hold, spec, best, study, chosen and chosen[0]))
-            del hold
-            say(report.held_out_line(held[-1], spec))
-        failed = failed_check(held, spec)
+        chosen = choose_entry_launch(done.run, best, say)
+        held = [check_held_out(done, request, best, chosen and chosen[0], say) for request in done.run.held_out]
+        failed = failed_check(held, done.run.spec)
         if failed is None or rank == len(tried) - 1:
             break
         say(f"trial {best.number} is over its bound on held-out data; checking the next candidate, trial "
             f"{tried[rank + 1].number}")
-    entry = trial_entry(spec, best, baselines, reference, name, source, layer_ids, held, chosen)
+    entry = trial_entry(done.run.spec, best, done.baselines, done.reference, name, done.source, done.layer_ids,
+                        held, chosen)
     return replace(entry, failed_check=failed)
 
 
-def choose_entry_launch(spec: SweepSpec, trial, cal: Calibration, say) -> tuple | None:
+@dataclass(frozen=True)
+class LengthTrials:
+    """A length's trials, run: its data (the spec with its error bound resolved), its study, and what
+    its entry keeps of the calibration data, which is freed by then."""
+
+    run: LengthData
+    study: optuna.Study
+    reference: dict
+    baselines: dict
+    source: DataSource
+    layer_ids: tuple | None
+
+
+def run_length_trials(run: LengthData, name: str, say) -> LengthTrials:
+    """On the calibration data (read here, freed on return): the published default, the error bound
+    it sets under --max-error default, the dense baselines, then the trials."""
+    cal = run.load(run.calibration)
+    spec = run.spec
+    reference = reference_measurement(cal, spec, run.measure)
+    if spec.max_error is None:
+        spec = bound_by_default(spec, reference)
+        report.say_default_bounds(spec, reference, say)
+    study = studies.open_study(spec, name)
+    baselines = dense_baselines(cal, target=spec.target)
+    studies.recover_stale_trials(study, 3 * spec.heartbeat_s)
+    studies.run_trials(study, objective_for(cal, spec, run.measure), spec, callbacks=[report.TrialProgress(spec)])
+    for line in report.front_lines(studies.pareto_front(study), spec):
+        say(line)
+    return LengthTrials(replace(run, spec=spec), study, reference, baselines, cal.source, cal.layer_ids)
+
+
+def check_held_out(done: LengthTrials, request, trial, launch, say) -> HeldOutCheck:
+    """The chosen trial on one held-out data set, read here and freed on return."""
+    check = held_out_check(done.run.load(request), done.run.spec, done.run.measure, trial, done.study, launch)
+    say(report.held_out_line(check, done.run.spec))
+    return check
+
+
+def choose_entry_launch(run: LengthData, trial, say) -> tuple | None:
     """(launch, LaunchChoice, measurement): the chosen trial's launch judged over several sources
     (tune/launch_choice.py); when it differs from the trial's, the config is measured again on the
-    calibration data with it (else the measurement is empty)."""
-    sources = spec.launch_source_names()
-    if not sources:
+    calibration data (read again here) with it, else the measurement is empty."""
+    if not run.launch_sources:
         return None
-    cfg = TrialConfig.of_trial(trial)
-    launch, choice = launch_choice.choose_launch(cfg.params, cfg.launch, sources, shape=spec.shape(),
+    spec, cfg = run.spec, TrialConfig.of_trial(trial)
+    launch, choice = launch_choice.choose_launch(cfg.params, cfg.launch, run.launch_sources, shape=run.shape(),
                                                  target=spec.target)
-    say(report.launch_choice_line(choice, len(sources)))
+    say(report.launch_choice_line(choice, len(run.launch_sources)))
     measured = {}
     if launch != cfg.launch:
-        again = replace(cfg, launch=launch)
-        plans = trial_plans(trial)
+        again, plans, cal = replace(cfg, launch=launch), trial_plans(trial), run.load(run.calibration)
         with torch.no_grad():
             measured = (measure_layers(cal, again, plans, target=spec.target) if plans
-                        else spec.measurement()(cal, again, target=spec.target))
+                        else run.measure(cal, again, target=spec.target))
     return launch, choice, measured
 
 
@@ -201,9 +214,12 @@ def run_worker(spec: SweepSpec) -> None:
     It measures the default only to resolve --max-error default, and untimed."""
     progress.set_quiet(spec.quiet)
     for n, name in spec.study_names().items():
-        one = spec.at(n)
-        cal = one.calibration()
-        if one.max_error is None:
-            one = bound_by_default(one, reference_measurement(cal, one, timed=False))
-        studies.run_trials(studies.open_study(one, name), objective_for(cal, one), one)
-        del cal
+        _worker_trials(resolve_length(spec.at(n)), name)
+
+
+def _worker_trials(run: LengthData, name: str) -> None:
+    cal = run.load(run.calibration)  # freed on return, before the next length's
+    spec = run.spec
+    if spec.max_error is None:
+        spec = bound_by_default(spec, reference_measurement(cal, spec, run.measure, timed=False))
+    studies.run_trials(studies.open_study(spec, name), objective_for(cal, spec, run.measure), spec)

@@ -147,8 +147,8 @@ def test_a_finished_sweep_says_so_and_an_entry_failing_its_held_out_check_is_wri
     from pbs_tune.tune import sweep as sweep_module
     real_check = sweep_module.held_out_check
 
-    def over_the_bound(hold, spec, trial, study, launch=None):
-        return dataclasses.replace(real_check(hold, spec, trial, study, launch), rel_l2=0.95, within_bound=False)
+    def over_the_bound(*args, **kwargs):
+        return dataclasses.replace(real_check(*args, **kwargs), rel_l2=0.95, within_bound=False)
     monkeypatch.setattr(sweep_module, "held_out_check", over_the_bound)
     args = sweep_args(tmp_path, seqlen="64", trials="2")
     first = run(args)
