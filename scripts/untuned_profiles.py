@@ -1,4 +1,6 @@
-"""Write the shipped profiles of GPUs no one here could tune on (A100, L40S, B200): the paper default's
+"""Kept for developers: it rewrites the untuned profiles when the space or the default changes.
+
+Write the shipped profiles of GPUs no one here could tune on (A100, L40S, B200): the paper default's
 parameters for the common shapes at 16k-128k, with the attend launch chosen for each arch's shared
 memory (the largest tiles whose compiled kernel fits, tried in the order below), every entry marked
 not tuned. Then `pbs-tune compile --profile configs/<gpu>.yaml` builds their libraries on any machine.

@@ -1,4 +1,4 @@
-"""GPU benchmark of the PBS kernels (DESIGN.md protocol): `python scripts/bench_kernels.py`.
+"""GPU benchmark of the PBS kernels (DESIGN.md protocol): `python -m pbs_tune.bench.kernels`.
 
 Parts (--parts, comma-separated):
   checks   bf16 correctness on the GPU (dense vs SDPA, sparse vs a masked reference) and

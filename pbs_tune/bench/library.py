@@ -10,6 +10,12 @@ Parts (--parts):
              `import pbs_tune` time (torch excluded), load_profile() time, first and steady
              call times, kernels run through the JIT, files written to an empty Triton cache.
              PBS_BENCH_WARM_TORCH=1 first runs a matmul and a sort, as a serving process has.
+  cprofile   where load_profile()'s time goes: cProfile in one fresh process, the top 25 calls.
+  manifests  per library under --cache (default the checkout's cache/): what built it and how many of
+             its kernels a GPU verified (stamped by `pbs-tune compile` / `pbs-tune verify`).
+  smoke      the library smoke test's verdict over the parts already in --out (firstcall and
+             identity): loaded with the library, no JIT call, no warning, bit-identical, the
+             slowest load_profile() and first call at 32k. Run it after every change to kernels/.
 """
 import argparse
 import json
@@ -153,6 +159,51 @@ def part_firstcall(res, lengths, label, runs, cwd):
             print(json.dumps(row), flush=True)
 
 
+CPROFILE = r"""
+import cProfile, pstats, time, torch
+torch.cuda.init(); torch.randn(8, device="cuda").sum().item()
+from pbs_tune import load_profile
+t0 = time.perf_counter()
+prof = cProfile.Profile(); prof.enable(); p = load_profile(); prof.disable()
+print("load_profile_s", round(time.perf_counter() - t0, 4), p.load_times)
+pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+"""
+
+
+def part_cprofile(res, cwd):
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", CPROFILE], cwd=cwd, capture_output=True, text=True, timeout=600)
+    res["cprofile"] = out.stdout[-20000:] or out.stderr[-2000:]
+    print(res["cprofile"], flush=True)
+
+
+def part_manifests(res, cache):
+    import glob
+    rows = []
+    for path in sorted(glob.glob(os.path.join(cache, "sm_*", "manifest.json"))):
+        with open(path) as f:
+            man = json.load(f)
+        stamped = [r for r in man["kernels"] if r.get("verified")]
+        rows.append(dict(library=os.path.dirname(path), built_with=man.get("built_with"), kernels=len(man["kernels"]),
+                         verified=len(stamped), how=sorted({r["verified"]["how"] for r in stamped})))
+        print(json.dumps(rows[-1]), flush=True)
+    res["manifests"] = rows
+
+
+def part_smoke(res):
+    fc, ident = res.get("firstcall", []), res.get("identity", {}).get("rows", [])
+    ok = dict(loaded_with_library=bool(fc) and all(r.get("bound_kernels", 0) > 0 for r in fc),
+              no_jit_calls=all(r.get("jit_calls", 1) == 0 for r in fc) and
+              all(r["jit_calls_with_library"] == 0 for r in ident),
+              no_warnings=all(not r.get("warnings") for r in fc),
+              bit_identical=bool(ident) and all(r["bit_identical"] for r in ident),
+              load_profile_s=max((r.get("load_profile_s", 99) for r in fc), default=None),
+              first_call_32k_ms=max((r.get("first_s", 9) * 1e3 for r in fc if r.get("n") == 32768), default=None),
+              pbs_tune_at=sorted({r.get("pbs_tune_at", "?") for r in fc}))
+    res["smoke"] = ok
+    print("smoke:", json.dumps(ok), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="identity")
@@ -161,6 +212,7 @@ def main():
     ap.add_argument("--label", default="")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cwd", default="/")
+    ap.add_argument("--cache", default="cache", help="manifests: the folder holding the sm_* libraries")
     ap.add_argument("--out", default=None, help="JSON file (appended to when it exists)")
     args = ap.parse_args()
     from ..seqlen import parse_length
@@ -177,6 +229,12 @@ def main():
             part_speed(res, lengths, args.profile)
         if "firstcall" in args.parts:
             part_firstcall(res, lengths, args.label, args.runs, args.cwd)
+        if "cprofile" in args.parts:
+            part_cprofile(res, args.cwd)
+        if "manifests" in args.parts:
+            part_manifests(res, args.cache)
+        if "smoke" in args.parts:
+            part_smoke(res)
     finally:
         if args.out:
             write_json(args.out, res)

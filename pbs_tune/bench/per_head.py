@@ -26,7 +26,8 @@ from ..op.pbs_attention import pbs_attention
 from ..profile.params import ESTIMATORS
 from ..profile import profiles
 from ..seqlen import parse_length
-from ..tune.allocate import GRID, REFERENCE, VARIANTS, Variant, layer_curves, plan_layer, uniform_error, variants_of
+from ..tune.allocate import (GRID, REFERENCE_VARIANT, VARIANTS, Variant, layer_curves, plan_layer, uniform_error,
+                             variants_of)
 from ..models.fixtures import head_dim_of, load_model, python_sources, token_sequences
 from ..measure.metrics import dense_reference, mean_ci95, rel_l2
 from ..measure.prefill import dense, prefill_ms
@@ -75,7 +76,7 @@ def part_model(res, model_name, seqlen, margin, n_seqs, n_prompts, n_probe=PROBE
     for a, (idx, (q, k, v)) in zip(alloc, sorted(record_layers(model, evals[:2]).items())):
         chosen = Variant(a["permute"], a["estimator"])
         curves = layer_curves(q, k, v, block_size=BLOCK, segment_size=SEGMENT, launch=lc, variants=(chosen,))
-        ref, mine = curves[REFERENCE], curves[chosen]
+        ref, mine = curves[REFERENCE_VARIANT], curves[chosen]
         d = GRID.index(DEFAULT)
         index = torch.tensor([GRID.index(t) for t in a["thresholds"]])
         rows = torch.arange(len(index))
@@ -124,7 +125,7 @@ def _compare(q, k, v, plan, lc) -> dict:
     """Error, kept blocks and op time of the default and of `plan` on one input."""
     dense = dense_reference(q, k, v)
     row = {}
-    for name, t, x in (("default", DEFAULT, REFERENCE), ("per_head", plan.thresholds, plan.variant)):
+    for name, t, x in (("default", DEFAULT, REFERENCE_VARIANT), ("per_head", plan.thresholds, plan.variant)):
         args = dict(block_size=BLOCK, segment_size=SEGMENT, threshold=t, launch=lc, permute=x.permute,
                     estimator=x.estimator)
         with torch.no_grad():

@@ -6,7 +6,8 @@ import pytest
 
 
 @pytest.mark.parametrize("name", ["kernels", "loader", "library", "real_attention", "per_head", "traffic", "stages",
-                                  "crossover", "chunked", "oracle", "transfer", "selection_rules"])
+                                  "crossover", "chunked", "oracle", "transfer", "selection_rules", "op",
+                                  "attend_launches"])
 def test_benchmark_parses_its_arguments(name, monkeypatch, capsys):
     module = importlib.import_module(f"pbs_tune.bench.{name}")
     monkeypatch.setattr(sys, "argv", [name, "--help"])
