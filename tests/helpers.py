@@ -141,7 +141,7 @@ def finished_trials(tmp_path):
 # ---- the study's bookkeeping without kernels
 
 def stand_in_measure(cal, cfg, *, target, timed=True, seconds=0.4):
-    """What SweepSpec.measure names in the tests of resume, retry, heartbeats and shared workers: a
+    """What SweepSpec.stand_in names in the tests of resume, retry, heartbeats and shared workers: a
     measurement that runs no kernel, a fixed function of the config (the threshold buys accuracy with
     time), taking long enough (0.4 s) for a sweep to be killed in the middle of a trial."""
     time.sleep(seconds)
@@ -168,7 +168,7 @@ def stand_in_spec(tmp_path, **fields):
     return SweepSpec(**dict(dict(gpu="cpu", seqlens=(64,), storage=f"sqlite:///{tmp_path}/study.db",
                                  profile=str(tmp_path / "cpu.yaml"), heads=2, kv_heads=1, head_dim=64,
                                  dtype="float32", workload="diffuse", max_error=0.9, trials=8,
-                                 heartbeat_s=1, measure="helpers:stand_in_measure"), **fields))
+                                 heartbeat_s=1, stand_in="helpers:stand_in_measure"), **fields))
 
 
 def sweep_process(spec, **env_vars) -> subprocess.Popen:

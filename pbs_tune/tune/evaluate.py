@@ -133,7 +133,7 @@ def _dense(q, k, v):
     return dense_reference(q, k, v), dense_lse(q, k, v)
 
 
-def measure(cal: Calibration, cfg, *, target: Target, timed: bool = True) -> dict:
+def measure_config(cal: Calibration, cfg, *, target: Target, timed: bool = True) -> dict:
     """Latency of the whole op (permute + select + attend) and its accuracy (`timed=False`:
     accuracy only, latency None)."""
     check_inputs(cal.q, cal.k, cal.v, cfg.params, launch=cfg.launch)

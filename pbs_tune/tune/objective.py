@@ -2,7 +2,7 @@
 chosen trial against the published default and on data the search never saw.
 
 Trials minimise (latency, error); a trial whose error exceeds the bound is infeasible (Optuna's
-constraint). The measurement itself is `measure` (tune/evaluate.py's, or a stand-in: sweep_data.py).
+constraint). The measurement itself is `measure_config` (tune/evaluate.py's, or a stand-in: sweep_data.py).
 
 Two errors are bounded: the whole output's rel_l2 and the tail's (`tail_rel_l2`: the last query
 block, the rows a prefill returns logits for; generation reads them, and the whole output's error
@@ -33,8 +33,8 @@ from .space import TrialConfig
 from .spec import SweepSpec
 
 
-def objective_for(cal: Calibration, spec: SweepSpec, measure):
-    """The trials' objective on `cal`: (latency, error) of the config a trial draws, measured by `measure`."""
+def objective_for(cal: Calibration, spec: SweepSpec, measure_config):
+    """The trials' objective on `cal`: (latency, error) of the config a trial draws, measured by `measure_config`."""
     target = spec.target
     space = search_space.gpu_space(target.arch) if target.on_gpu else search_space.CPU_SPACE
     curves = {}  # per-head curves by (block, segment), shared by the trials of this process
@@ -57,7 +57,7 @@ def objective_for(cal: Calibration, spec: SweepSpec, measure):
                 trial.set_user_attr("plans", [plan.as_dict() for plan in plans])
                 m = measure_layers(cal, cfg, plans, target=target)
             else:
-                m = measure(cal, cfg, target=target)
+                m = measure_config(cal, cfg, target=target)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             if target.on_gpu:
@@ -153,7 +153,7 @@ def candidates(study, spec: SweepSpec) -> list:
     return first + ([fallback] if fallback is not None and fallback not in first else [])
 
 
-def reference_measurement(cal: Calibration, spec: SweepSpec, measure, timed: bool = True) -> dict:
+def reference_measurement(cal: Calibration, spec: SweepSpec, measure_config, timed: bool = True) -> dict:
     """The published default config on the same data, for every profile entry."""
     cfg = search_space.reference_config(spec.head_dim, spec.target)
     try:
@@ -162,7 +162,7 @@ def reference_measurement(cal: Calibration, spec: SweepSpec, measure, timed: boo
             heads = cal.q.shape[1]
             plans = [LayerPlan(True, (cfg.params.threshold,) * heads, 1.0, 0.0, 0.0)] * cal.layers
             return dict(config=cfg.as_dict(), **measure_layers(cal, cfg, plans, target=spec.target, timed=timed))
-        return dict(config=cfg.as_dict(), **measure(cal, cfg, target=spec.target, timed=timed))
+        return dict(config=cfg.as_dict(), **measure_config(cal, cfg, target=spec.target, timed=timed))
     except Exception as exc:
         return dict(config=cfg.as_dict(), error=f"{type(exc).__name__}: {exc}"[:300])
 
@@ -175,7 +175,7 @@ def bound_by_default(spec: SweepSpec, reference: dict) -> SweepSpec:
     return replace(spec, max_error=reference["rel_l2"], bound_default=True, source_bounds=default_bounds(reference))
 
 
-def held_out_check(hold: Calibration, spec: SweepSpec, measure, trial, study, launch=None) -> HeldOutCheck:
+def held_out_check(hold: Calibration, spec: SweepSpec, measure_config, trial, study, launch=None) -> HeldOutCheck:
     """The chosen trial and the published default on a sample the search never saw (another
     seed of the workload, or a capture of other text): a calibration error that does not carry
     over is the tuner fitting its own sample. Kept on the study and in the entry. Timed on a GPU
@@ -188,10 +188,10 @@ def held_out_check(hold: Calibration, spec: SweepSpec, measure, trial, study, la
         raise ValueError(f"held-out data {hold.source} has {hold.layers} layers; the calibration had {len(plans)}")
     with torch.no_grad():
         mine = (measure_layers(hold, cfg, plans, target=spec.target, timed=timed) if plans
-                else measure(hold, cfg, target=spec.target, timed=timed))
+                else measure_config(hold, cfg, target=spec.target, timed=timed))
     default = search_space.reference_config(spec.head_dim, spec.target)
     ref = (dict(config=default.as_dict(), **mine)  # the default was chosen: measured above
-           if not plans and cfg == default else reference_measurement(hold, spec, measure, timed=timed))
+           if not plans and cfg == default else reference_measurement(hold, spec, measure_config, timed=timed))
     check = HeldOutCheck(
         source=str(hold.source), trial=trial.number, calibration_rel_l2=round(trial.user_attrs["rel_l2"], 5),
         rel_l2=round(mine["rel_l2"], 5), reference_rel_l2=_rounded(ref.get("rel_l2"), 5),

@@ -18,7 +18,7 @@ from ..seqlen import format_length
 from . import launch_choice
 from . import space as search_space
 from .entry import make_entry
-from .evaluate import Calibration, dense_baselines, load_calibration, measure
+from .evaluate import Calibration, dense_baselines, load_calibration, measure_config
 
 
 def calibration_for(entry: ProfileEntry, device: str, seed: int = 0) -> Calibration:
@@ -49,17 +49,17 @@ def relaunch_entry(entry: ProfileEntry, cal: Calibration, *, target: Target, sou
     if sources:
         shape = dict(entry.shape(), dtype=cal.q.dtype, device=cal.q.device)
         best, choice = launch_choice.choose_launch(entry.params, entry.launch, sources, shape=shape, target=target)
-        got = measure(cal, search_space.TrialConfig(entry.params, best), target=target)
+        got = measure_config(cal, search_space.TrialConfig(entry.params, best), target=target)
         times = choice.latency_ms
     else:
         stock = launch_choice.stock_launch(entry.params.block_size, entry.head_dim, target)
-        results = {lc: measure(cal, search_space.TrialConfig(entry.params, lc), target=target)
+        results = {lc: measure_config(cal, search_space.TrialConfig(entry.params, lc), target=target)
                    for lc in launch_choice.candidates(entry.launch, stock, target.arch)}
         times = {lc.label(): round(r["latency_ms"], 4) for lc, r in results.items()}
         best = min(results, key=lambda lc: results[lc]["latency_ms"])
         got = results[best]
     ref_cfg = search_space.reference_config(entry.head_dim, target)
-    reference = dict(config=ref_cfg.as_dict(), **measure(cal, ref_cfg, target=target))
+    reference = dict(config=ref_cfg.as_dict(), **measure_config(cal, ref_cfg, target=target))
     provenance = dataclasses.replace(entry.provenance, relaunch=dict(
         latency_ms=times, chosen=best.label(), date=_dt.date.today().isoformat(),
         **({"rule": choice.rule, "summary": choice.summary} if choice else {})))

@@ -63,10 +63,10 @@ class SweepSpec:
     # With bound_default: the default's error on each workload of a calibration set, each a bound, and
     # the tail's bounds under "tail" and "tail:<workload>" (tune/objective.py default_bounds, tail_bounds).
     source_bounds: dict | None = None
-    # "module:function" standing in for tune.evaluate.measure (same arguments and result): what the
+    # "module:function" standing in for tune.evaluate.measure_config (same arguments and result): what the
     # trials, the default and the held-out checks measure (sweep_data.measurement). Tests of the
     # study's bookkeeping use it.
-    measure: str | None = None
+    stand_in: str | None = None
 
     def __post_init__(self):
         if self.samples is not None and self.samples > 1 and self.calib:

@@ -119,14 +119,15 @@ def run_length_trials(run: LengthData, name: str, say) -> LengthTrials:
     it sets under --max-error default, the dense baselines, then the trials."""
     cal = run.load(run.calibration)
     spec = run.spec
-    reference = reference_measurement(cal, spec, run.measure)
+    reference = reference_measurement(cal, spec, run.measure_config)
     if spec.max_error is None:
         spec = bound_by_default(spec, reference)
         report.say_default_bounds(spec, reference, say)
     study = studies.open_study(spec, name)
     baselines = dense_baselines(cal, target=spec.target)
     studies.recover_stale_trials(study, 3 * spec.heartbeat_s)
-    studies.run_trials(study, objective_for(cal, spec, run.measure), spec, callbacks=[report.TrialProgress(spec)])
+    studies.run_trials(study, objective_for(cal, spec, run.measure_config), spec,
+                       callbacks=[report.TrialProgress(spec)])
     for line in report.front_lines(studies.pareto_front(study), spec):
         say(line)
     return LengthTrials(replace(run, spec=spec), study, reference, baselines, cal.source, cal.layer_ids)
@@ -134,7 +135,7 @@ def run_length_trials(run: LengthData, name: str, say) -> LengthTrials:
 
 def check_held_out(done: LengthTrials, request, trial, launch, say) -> HeldOutCheck:
     """The chosen trial on one held-out data set, read here and freed on return."""
-    check = held_out_check(done.run.load(request), done.run.spec, done.run.measure, trial, done.study, launch)
+    check = held_out_check(done.run.load(request), done.run.spec, done.run.measure_config, trial, done.study, launch)
     say(report.held_out_line(check, done.run.spec))
     return check
 
@@ -154,7 +155,7 @@ def choose_entry_launch(run: LengthData, trial, say) -> tuple | None:
         again, plans, cal = replace(cfg, launch=launch), trial_plans(trial), run.load(run.calibration)
         with torch.no_grad():
             measured = (measure_layers(cal, again, plans, target=spec.target) if plans
-                        else run.measure(cal, again, target=spec.target))
+                        else run.measure_config(cal, again, target=spec.target))
     return launch, choice, measured
 
 
@@ -221,5 +222,5 @@ def _worker_trials(run: LengthData, name: str) -> None:
     cal = run.load(run.calibration)  # freed on return, before the next length's
     spec = run.spec
     if spec.max_error is None:
-        spec = bound_by_default(spec, reference_measurement(cal, spec, run.measure, timed=False))
-    studies.run_trials(studies.open_study(spec, name), objective_for(cal, spec, run.measure), spec)
+        spec = bound_by_default(spec, reference_measurement(cal, spec, run.measure_config, timed=False))
+    studies.run_trials(studies.open_study(spec, name), objective_for(cal, spec, run.measure_config), spec)

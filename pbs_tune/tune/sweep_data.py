@@ -32,7 +32,7 @@ class LengthData:
     launch is judged on."""
 
     spec: SweepSpec
-    measure: Callable
+    measure_config: Callable
     calibration: DataRequest
     held_out: tuple
     launch_sources: tuple
@@ -58,12 +58,12 @@ def resolve_length(spec: SweepSpec) -> LengthData:
 
 
 def measurement(spec: SweepSpec) -> Callable:
-    """The function that measures a config on calibration data: `spec.measure`'s stand-in
-    ("module:function", tests of the study's bookkeeping), else evaluate.measure."""
-    if spec.measure is None:
-        from .evaluate import measure
-        return measure
-    module, _, name = spec.measure.partition(":")
+    """The function that measures a config on calibration data: `spec.stand_in`
+    ("module:function", tests of the study's bookkeeping), else evaluate.measure_config."""
+    if spec.stand_in is None:
+        from .evaluate import measure_config
+        return measure_config
+    module, _, name = spec.stand_in.partition(":")
     return getattr(importlib.import_module(module), name)
 
 

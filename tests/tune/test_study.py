@@ -52,7 +52,7 @@ def test_two_sweeps_share_one_sqlite_study(tmp_path):
 
 
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_sweep_goes_on(tmp_path):
-    spec = stand_in_spec(tmp_path, trials=4, measure="test_study:fails_at_second_call")
+    spec = stand_in_spec(tmp_path, trials=4, stand_in="test_study:fails_at_second_call")
     (entry,) = run_sweep(spec, say=lambda line: None)
     study = optuna.load_study(study_name="cpu-64-2x1x64-float32-diffuse", storage=spec.storage)
     states = [t.state.name for t in study.trials]
@@ -98,7 +98,7 @@ def test_workers_share_a_study_and_survive_a_sigkill(tmp_path, request, backend)
     else:
         url = _postgres_url(request.getfixturevalue("postgres_server"), f"kill_{os.getpid()}")
     parent = sweep_process(stand_in_spec(tmp_path, storage=url, study="shared", workers=2, trials=12,
-                                         measure="helpers:held_stand_in_measure"),
+                                         stand_in="helpers:held_stand_in_measure"),
                            PBS_TUNE_TEST_HOLD=str(tmp_path))
     started = ""
     while "started 2 workers" not in started:
@@ -154,7 +154,7 @@ def test_a_choice_over_its_bound_on_held_out_data_gives_way_to_the_next_candidat
     from pbs_tune.tune.objective import HELD_OUT_RETRIES, candidates
     from pbs_tune.tune.space import searched_default
     lines = []
-    spec = stand_in_spec(tmp_path, trials=10, measure="test_study:fits_its_sample_only", max_error=0.5)
+    spec = stand_in_spec(tmp_path, trials=10, stand_in="test_study:fits_its_sample_only", max_error=0.5)
     (entry,) = run_sweep(spec, say=lines.append)
     default = searched_default(spec.target)
     assert entry.failed_check is None and entry.params == default

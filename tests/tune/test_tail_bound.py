@@ -87,7 +87,7 @@ def tail_stand_in(cal, cfg, *, target, timed=True):
 
 def test_a_sweep_chooses_no_config_over_its_tail_bound_and_keeps_the_tails(tmp_path):
     lines = []
-    spec = stand_in_spec(tmp_path, trials=8, max_error=0.1, measure="test_tail_bound:tail_stand_in")
+    spec = stand_in_spec(tmp_path, trials=8, max_error=0.1, stand_in="test_tail_bound:tail_stand_in")
     (entry,) = run_sweep(spec, say=lines.append)
     study = optuna.load_study(study_name=entry.provenance.study, storage=spec.storage)
     fast = [t for t in study.get_trials() if t.user_attrs.get("rel_l2", 1) <= 0.1 and t.user_attrs["tail_rel_l2"] > 0.1]
@@ -107,7 +107,7 @@ def test_a_sweep_chooses_no_config_over_its_tail_bound_and_keeps_the_tails(tmp_p
 
 def test_under_the_default_bound_the_default_stays_a_choice_whose_tail_nothing_worse_beats(tmp_path):
     lines = []
-    spec = stand_in_spec(tmp_path, trials=6, max_error=None, measure="test_tail_bound:tail_stand_in")
+    spec = stand_in_spec(tmp_path, trials=6, max_error=None, stand_in="test_tail_bound:tail_stand_in")
     (entry,) = run_sweep(spec, say=lines.append)
     ref = entry.provenance.reference
     assert ref["tail_rel_l2"] == pytest.approx(3 * ref["rel_l2"])
