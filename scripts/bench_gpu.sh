@@ -44,24 +44,25 @@ update=()
 [ "${UPDATE:-0}" = 1 ] && update=(--update)
 
 STEPS=(op kernels tuning traffic chunks models libraries)
-declare -A WHAT=(  # the README's tables each step reproduces
-  [op]="the op per workload family vs SDPA cuDNN / flash at 32k and 128k; what the retrieval knobs cost"
-  [kernels]="the attend kernel alone on random block masks vs cuDNN, flash, FlexAttention; its builds"
-  [tuning]="shipped entries vs the untuned default, held out; one lse threshold; per-head sweeps, plans"
-  [traffic]="packed and padded batches, other head shapes, short prompts (their stages, crossovers)"
-  [chunks]="chunked prefill with a prefix state after a 127k prefix, the 128k prompt, chunk crossovers"
-  [models]="the fixture and SmolLM2 vs dense, their plans and oracle; Qwen as the judge (QWEN_MODEL)"
-  [libraries]="rebuild and verify the shipped kernel libraries; smoke test and first calls from a wheel"
-)
-declare -A PARTS_OF=(  # a part marked * runs only when PARTS names it (op's ab also when AB_DIR is set)
-  [op]="knobs ab*"
-  [kernels]="builds grid ncu*"
-  [tuning]="check lse per_head per_head_mixed relaunch* retune* retune_check*"
-  [traffic]="traffic shapes stages crossover"
-  [chunks]="smoke families breakdown prompt crossover fixture"
-  [models]="fixture fixture_plans smollm2 smollm2_plans qwen_sweep qwen_plan qwen_judge qwen_oracle"
-  [libraries]="build smoke firstcall"
-)
+declare -A WHAT PARTS_OF
+step_is() {  # step_is STEP "PARTS" "what of the README it reproduces"; a part marked * runs only when PARTS
+  PARTS_OF[$1]=$2                                 # names it (op's ab also when AB_DIR is set)
+  WHAT[$1]=$3
+}
+step_is op "knobs ab*" \
+  "the op per workload family vs SDPA cuDNN / flash at 32k and 128k; what the retrieval knobs cost"
+step_is kernels "builds grid ncu*" \
+  "the attend kernel alone on random block masks vs cuDNN, flash, FlexAttention; its builds"
+step_is tuning "check lse per_head per_head_mixed relaunch* retune* retune_check*" \
+  "shipped entries vs the untuned default, held out; one lse threshold; per-head sweeps, plans"
+step_is traffic "traffic shapes stages crossover" \
+  "packed and padded batches, other head shapes, short prompts (their stages, crossovers)"
+step_is chunks "smoke families breakdown prompt crossover fixture" \
+  "chunked prefill with a prefix state after a 127k prefix, the 128k prompt, chunk crossovers"
+step_is models "fixture fixture_plans smollm2 smollm2_plans qwen_sweep qwen_plan qwen_judge qwen_oracle" \
+  "the fixture and SmolLM2 vs dense, their plans and oracle; Qwen as the judge (QWEN_MODEL)"
+step_is libraries "build smoke firstcall" \
+  "rebuild and verify the shipped kernel libraries; smoke test and first calls from a wheel"
 
 usage() {
   echo "usage: bash scripts/bench_gpu.sh STEP [STEP...]   (env: OUT PARTS LENGTHS DRY_RUN ...; see the header)"
