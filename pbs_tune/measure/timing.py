@@ -4,7 +4,6 @@ and the JSON writer that keeps every number with the device and versions it came
 import json
 import os
 import platform
-import statistics
 import time
 
 import torch
@@ -14,8 +13,9 @@ DENSE_BACKENDS = ("cudnn", "flash")
 
 
 def median_ms(fn, on_gpu: bool = True) -> float:
-    """Median latency: do_bench on the GPU (warm-up sized to the call); a few wall-clock
-    runs in the interpreter, where the number only orders configs."""
+    """Median latency: do_bench on the GPU (warm-up sized to the call); one wall-clock run in
+    the interpreter, where the number only orders configs and each run takes seconds (most of a
+    CPU sweep's time)."""
     if on_gpu:
         import triton
         fn()
@@ -26,12 +26,9 @@ def median_ms(fn, on_gpu: bool = True) -> float:
         est = (time.perf_counter() - t0) * 1e3
         return float(triton.testing.do_bench(fn, warmup=max(25, 2 * est), rep=max(100, 6 * est),
                                              return_mode="median"))
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def sdpa_backend(name):

@@ -53,7 +53,7 @@ def default_profile_path(gpu: str) -> str:
 
 def sweep_hint(gpu: str, profile: str | None = None) -> str:
     """The sweep command that makes a profile for `gpu`; for the CPU interpreter, at sizes it can run."""
-    sizes = ("--seqlen 256 --heads 2 --kv-heads 1 --head-dim 64 --dtype float32" if gpu == CPU
+    sizes = ("--seqlen 384 --heads 1 --kv-heads 1 --head-dim 64 --dtype float32" if gpu == CPU
              else "--seqlen 32k --seqlen 128k")
     prefix = "TRITON_INTERPRET=1 " if gpu == CPU and os.environ.get("TRITON_INTERPRET") != "1" else ""
     return f"{prefix}pbs-tune sweep --gpu {gpu} {sizes}" + (f" --profile {profile}" if profile else "")

@@ -45,7 +45,7 @@ class Variant(NamedTuple):
     estimator: str = "mean"
 
 
-REFERENCE = Variant(True, "mean")  # the published method, what every plan is measured against
+REFERENCE_VARIANT = Variant(True, "mean")  # the published method, what every plan is measured against
 
 
 def variants_of(estimators=ESTIMATORS) -> tuple:
@@ -284,7 +284,7 @@ def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VAR
     entry's (PbsParams.tail_blocks, column_blocks): the thresholds are allocated around them."""
     dense = dense_reference(q, k, v)
     top = heaviest_keys(q, k, sampled_rows(q.shape[2], block_size))
-    wanted = [REFERENCE] + [Variant(*x) for x in variants if Variant(*x) != REFERENCE]
+    wanted = [REFERENCE_VARIANT] + [Variant(*x) for x in variants if Variant(*x) != REFERENCE_VARIANT]
     return {x: head_curves(q, k, v, block_size=block_size, segment_size=segment_size, permute=x.permute,
                            estimator=x.estimator, launch=launch, dense=dense, top=top,
                            tail_blocks=tail_blocks, column_blocks=column_blocks)
@@ -293,7 +293,7 @@ def layer_curves(q, k, v, *, block_size, segment_size, launch=None, variants=VAR
 
 def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:
     """Per-head thresholds with output rel-L2 at most `margin` x the reference threshold's
-    (the REFERENCE variant's), each head keeping at least as many sampled queries' heaviest keys
+    (REFERENCE_VARIANT's), each head keeping at least as many sampled queries' heaviest keys
     as the reference does; of the variants in `curves`, whichever keeps fewest blocks (the
     reference always qualifies).
     With several calibration samples the bound is validated out of sample (`held_out_margin`),
@@ -311,7 +311,7 @@ def choose_plan(curves: dict, *, margin=0.95, reference=0.9) -> LayerPlan:
 def _cheapest_plan(curves: dict, margin: float, reference: float, variants=None) -> LayerPlan:
     """The reference, or the allocation on one of `variants` (default: all in `curves`) keeping
     fewest blocks within `margin` x the reference's error and the heaviest-key floor."""
-    ref = curves[REFERENCE]
+    ref = curves[REFERENCE_VARIANT]
     g = ref.grid.index(reference)
     ref_kept = float(ref.kept[:, g].sum())
     need = ref.top_hits[:, g]
@@ -339,14 +339,14 @@ def held_out_margin(curves: dict, *, margin: float, reference: float, variants=N
     sample's layer rel-L2 within `margin` x the reference's there (the reference plan itself
     always passes); 0 (every head at the reference) if none does. One sample: `margin`."""
     parts = {p: c.parts for p, c in curves.items()}
-    n = len(parts[REFERENCE])
+    n = len(parts[REFERENCE_VARIANT])
     if n < 2:
         return margin
 
     # Per fold i: the curves of the other samples, and the bound on sample i.
     fitted = [{p: functools.reduce(operator.add, [s for j, s in enumerate(ps) if j != i]) for p, ps in parts.items()}
               for i in range(n)]
-    bounds = [margin * uniform_error(parts[REFERENCE][i], reference) for i in range(n)]
+    bounds = [margin * uniform_error(parts[REFERENCE_VARIANT][i], reference) for i in range(n)]
 
     def holds(m, i):
         plan = _cheapest_plan(fitted[i], m, reference, variants)

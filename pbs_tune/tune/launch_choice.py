@@ -24,7 +24,7 @@ from ..profile.provenance import DataSource, LaunchChoice
 from ..profile.target import Target
 from ..op.pbs_attention import pbs_attention
 from ..measure.timing import median_ms
-from .space import GPU_SPACE
+from . import space
 from ..measure.workloads import CALIBRATION_SETS, FAMILIES, make_qkv
 
 NOISE = 0.03  # run-to-run spread of do_bench medians of one config on the H200 is ~1-2%
@@ -38,12 +38,14 @@ def stock_launch(block_size: int, head_dim: int, target: Target) -> LaunchConfig
 
 
 def candidates(launch: LaunchConfig, stock: LaunchConfig, arch: int | None) -> list:
-    """The searched launch, the stock one, and the same tiles on the portable kernel and (from
-    sm_90 on, or in the interpreter: arch None) on the Hopper kernel with each persistent grid."""
+    """The searched launch, the stock one, and the same tiles on the portable kernel and, where the
+    Hopper kernel exists (sm_90+) or is asked for (a searched launch on it, or the interpreter's
+    space holding it: space.CPU_SPACE), on it with each persistent grid."""
     base = dataclasses.replace(launch, tma=False, programs_per_sm=0)
     out = [stock, launch, base]
-    if arch is None or arch >= 90:
-        out += [dataclasses.replace(base, tma=True, programs_per_sm=p) for p in GPU_SPACE["programs_per_sm"]]
+    hopper = arch >= 90 if arch is not None else "tma" in space.CPU_SPACE["kernel"]
+    if hopper or launch.tma:
+        out += [dataclasses.replace(base, tma=True, programs_per_sm=p) for p in space.GPU_SPACE["programs_per_sm"]]
     return list(dict.fromkeys(out))
 
 

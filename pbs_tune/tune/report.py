@@ -32,8 +32,20 @@ def entry_line(e) -> str:
     m = e.measured
     sp = " ".join(f"{k}={v}x" for k, v in e.provenance.speedup.items())
     tail = f", tail err {m['tail_rel_l2']}" if "tail_rel_l2" in m else ""
+    ref = f"; {default_on_calibration(e)}" if "rel_l2" in e.provenance.reference else ""
     return (f"{e.describe()}: {m['latency_ms']} ms, err {m['rel_l2']}{tail}, recall {m['recall']}, "
-            f"density {m['density']} {sp}")
+            f"density {m['density']} {sp}".rstrip() + ref)
+
+
+def default_on_calibration(e) -> str:
+    """The published default's error on the entry's calibration data (its `reference` in the YAML),
+    named so that it is not read as the default's error on held-out data."""
+    return f"the default on the calibration data: rel_l2 {_err(e.provenance.reference['rel_l2'])}"
+
+
+def _err(x) -> str:
+    """An error as every line prints it (the console and `show` agree), '-' where not measured."""
+    return "-" if x is None else f"{x:.4f}"
 
 
 def say_default_bounds(spec, reference: dict, say) -> None:
@@ -52,9 +64,9 @@ def say_default_bounds(spec, reference: dict, say) -> None:
 def held_out_line(held: HeldOutCheck, spec) -> str:
     """A held-out check, with its tail figures where they were measured."""
     return (f"held out ({held.source}): rel_l2 {held.rel_l2:.4f} (calibration "
-            f"{held.calibration_rel_l2:.4f}; default {held.reference_rel_l2}), "
-            + (f"tail rel_l2 {held.tail_rel_l2:.4f} (calibration {held.calibration_tail_rel_l2}; "
-               f"default {held.reference_tail_rel_l2}; bound {held.tail_bound:g}), "
+            f"{held.calibration_rel_l2:.4f}; the default there {_err(held.reference_rel_l2)}), "
+            + (f"tail rel_l2 {held.tail_rel_l2:.4f} (calibration {_err(held.calibration_tail_rel_l2)}; "
+               f"the default there {_err(held.reference_tail_rel_l2)}; bound {held.tail_bound:g}), "
                if held.tail_rel_l2 is not None else "")
             + f"{'within' if held.within_bound else 'OVER'} the bound "
             f"({'the default there' if spec.bound_default else spec.max_error}"
@@ -145,15 +157,17 @@ def profile_table(prof) -> list:
                      f"{_measured(m, 'tail_rel_l2', 7, 4)} {_measured(m, 'recall', 7, 4)} "
                      f"{_measured(m, 'density', 5, 3)} "
                      f"{s.get('vs_cudnn', '-'):>7} {s.get('vs_reference', '-'):>6}")
+        if "rel_l2" in e.provenance.reference:
+            lines.append(f"{'':>6} {default_on_calibration(e)}")
         if e.failed_check:
             lines.append(f"{'':>6} NEVER RUN (failed its held-out check): {e.failed_check}")
         for check in e.provenance.held_out:
             speed = (f"{check.latency_ms} ms, {check.speedup_vs_reference}x the default"
                      if check.speedup_vs_reference else "not timed (interpreter)")
-            tail = (f"tail rel_l2 {check.tail_rel_l2:.4f} (default {check.reference_tail_rel_l2}), "
+            tail = (f"tail rel_l2 {check.tail_rel_l2:.4f} (the default there {_err(check.reference_tail_rel_l2)}), "
                     if check.tail_rel_l2 is not None else "")
             lines.append(f"{'':>6} held out ({check.source}): rel_l2 {check.rel_l2:.4f}, "
-                         f"default {check.reference_rel_l2:.4f}, {tail}{speed}")
+                         f"the default there {_err(check.reference_rel_l2)}, {tail}{speed}")
             if check.by_source():
                 lines.append(f"{'':>8} by workload: {check.by_source()}")
         if e.provenance.launch_choice:

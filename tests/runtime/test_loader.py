@@ -86,8 +86,8 @@ def test_no_profile_for_the_cpu_suggests_a_sweep_the_interpreter_runs(tmp_path, 
     with pytest.raises(profiles.ProfileError) as err:
         pbs_tune.load_profile()
     hint = str(err.value).split("make one with: ")[1]
-    assert hint.startswith("pbs-tune sweep --gpu cpu --seqlen 256 --heads 2 ")
-    assert interpreter_size_error(256, 2) is None  # sizes the CLI accepts under the interpreter
+    assert hint.startswith("pbs-tune sweep --gpu cpu --seqlen 384 --heads 1 ")
+    assert interpreter_size_error(384, 1) is None  # sizes the CLI accepts under the interpreter
 
 
 def test_malformed_profile_names_the_line(tmp_path):
@@ -227,7 +227,7 @@ def test_an_unpermuted_entry_runs_unpermuted_selection(tmp_path):
 
 def test_a_path_in_place_of_the_gpu_is_read_as_a_path(tmp_path):
     with pytest.raises(profiles.ProfileError, match=r"no tuned profile at /nonexistent: check the path, or make one "
-                                                    r"here with: pbs-tune sweep --gpu cpu --seqlen 256"):
+                                                    r"here with: pbs-tune sweep --gpu cpu --seqlen 384"):
         pbs_tune.load_profile("/nonexistent")
     shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "configs", "h100-sxm.yaml")

@@ -1,7 +1,8 @@
 """Per-head thresholds under one layer error bound."""
 import torch
 
-from pbs_tune.tune.allocate import GRID, REFERENCE, HeadCurves, LayerPlan, Variant, allocate, head_curves, uniform_error
+from pbs_tune.tune.allocate import (GRID, REFERENCE_VARIANT, HeadCurves, LayerPlan, Variant, allocate, head_curves,
+                                    uniform_error)
 
 
 def test_allocation_spends_the_budget_on_the_heads_that_need_it():
@@ -96,13 +97,14 @@ def test_a_layer_plan_meets_its_bound_and_recall_or_is_the_reference():
     q, k, v = torch.randn(1, 4, 128, 32) * 2, torch.randn(1, 2, 128, 32) * 2, torch.randn(1, 2, 128, 32)
     q[:, :2] *= 0.1
     plan = plan_layer(q, k, v, block_size=32, segment_size=64, margin=0.95,
-                      variants=(REFERENCE, Variant(False, "lse")))  # two of the four, 4 blocks: interpreter time
+                      variants=(REFERENCE_VARIANT, Variant(False, "lse")))  # two of four, 4 blocks: interpreter time
     assert len(plan.thresholds) == 4 and all(t in GRID for t in plan.thresholds)
     assert plan.kept_ratio <= 1.0
     if plan.kept_ratio < 1.0:
         assert plan.rel_l2 <= 0.95 * plan.reference_rel_l2 + 1e-12
     else:
-        assert plan.variant == REFERENCE and plan.thresholds == (0.9,) * 4 and plan.rel_l2 == plan.reference_rel_l2
+        assert plan.variant == REFERENCE_VARIANT and plan.thresholds == (0.9,) * 4
+        assert plan.rel_l2 == plan.reference_rel_l2
 
 
 def test_curves_of_a_batch_keep_each_sample_apart():
@@ -130,25 +132,25 @@ def test_the_margin_shrinks_until_a_plan_fitted_on_other_samples_holds_on_each()
     from pbs_tune.tune.allocate import _cheapest_plan, choose_plan, held_out_margin
     a = _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]])    # head 0 looks free at 0.5 here...
     b = _two_heads([[0.004, 0.0, 0.0], [0.02, 0.01, 0.0]])  # ...but is not on the other sample
-    fitted_on_a = _cheapest_plan({REFERENCE: a}, 1.0, 0.9)
+    fitted_on_a = _cheapest_plan({REFERENCE_VARIANT: a}, 1.0, 0.9)
     assert fitted_on_a.thresholds == (0.5, 0.9)
     on_b = b.rel_l2(torch.tensor([0, 1]))
     assert on_b > uniform_error(b, 0.9)  # over the bound out of sample
-    assert held_out_margin({REFERENCE: a + b}, margin=1.0, reference=0.9) == 0.95
-    plan = choose_plan({REFERENCE: a + b}, margin=1.0, reference=0.9)
+    assert held_out_margin({REFERENCE_VARIANT: a + b}, margin=1.0, reference=0.9) == 0.95
+    plan = choose_plan({REFERENCE_VARIANT: a + b}, margin=1.0, reference=0.9)
     assert plan.margin == 0.95 and plan.thresholds == (0.5, 1.0)
     for left_out in (a, b):  # what the step above failed: each sample's error within the bound
         assert left_out.rel_l2(torch.tensor([0, 2])) <= uniform_error(left_out, 0.9)
     # Samples that agree leave the margin alone; one sample cannot be validated.
-    assert held_out_margin({REFERENCE: a + a}, margin=0.9, reference=0.9) == 0.9
-    assert held_out_margin({REFERENCE: b}, margin=0.9, reference=0.9) == 0.9
+    assert held_out_margin({REFERENCE_VARIANT: a + a}, margin=0.9, reference=0.9) == 0.9
+    assert held_out_margin({REFERENCE_VARIANT: b}, margin=0.9, reference=0.9) == 0.9
 
 
 def test_without_any_margin_that_holds_out_of_sample_the_plan_is_the_reference():
     from pbs_tune.tune.allocate import choose_plan
     a = _two_heads([[0.0, 0.0, 0.0], [0.01, 0.01, 0.0]])
     b = _two_heads([[1.0, 0.0, 0.0], [0.01, 0.01, 0.0]])  # head 0 at 0.5 is fine on a, ruinous on b
-    plan = choose_plan({REFERENCE: a + b}, margin=1.0, reference=0.9)
+    plan = choose_plan({REFERENCE_VARIANT: a + b}, margin=1.0, reference=0.9)
     assert plan.margin == 0.0 and plan.kept_ratio == 1.0 and plan.thresholds == (0.9, 0.9)
 
 
@@ -159,7 +161,7 @@ def test_sweep_trials_of_one_block_and_segment_share_their_layer_curves(monkeypa
     from pbs_tune.tune.space import TrialConfig
     cal = evaluate.load_calibration(seqlen=64, heads=2, kv_heads=1, head_dim=32, dtype=torch.float32, device="cpu")
     measured = []
-    curves = {REFERENCE: _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]]),
+    curves = {REFERENCE_VARIANT: _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]]),
               Variant(False): _two_heads([[0.01, 0.0, 0.0], [0.03, 0.01, 0.0]])}
 
     def fake_curves(q, k, v, *, block_size, segment_size, launch=None, variants=None, tail_blocks=0, column_blocks=0):
@@ -184,11 +186,11 @@ def test_each_layer_takes_the_estimator_whose_curves_keep_fewest_blocks_within_t
     from pbs_tune.tune.allocate import choose_plan
     mean = _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]])
     lse = _two_heads([[0.0, 0.0, 0.0], [0.004, 0.0, 0.0]])  # head 1 can drop to 0.5 under lse, not under mean
-    plan = choose_plan({REFERENCE: mean, Variant(True, "lse"): lse}, margin=1.0, reference=0.9)
+    plan = choose_plan({REFERENCE_VARIANT: mean, Variant(True, "lse"): lse}, margin=1.0, reference=0.9)
     assert plan.variant == Variant(True, "lse") and plan.thresholds == (0.5, 0.5) and plan.kept_ratio == 0.25
     worse = _two_heads([[0.05, 0.05, 0.0], [0.05, 0.05, 0.0]])  # lse over the bound everywhere: the mean plan
-    plan = choose_plan({REFERENCE: mean, Variant(True, "lse"): worse}, margin=1.0, reference=0.9)
-    assert plan.variant == REFERENCE and plan.thresholds == (0.5, 0.9)
+    plan = choose_plan({REFERENCE_VARIANT: mean, Variant(True, "lse"): worse}, margin=1.0, reference=0.9)
+    assert plan.variant == REFERENCE_VARIANT and plan.thresholds == (0.5, 0.9)
     # Stored with its estimator; plans of earlier releases (no estimator) read back as "mean".
     assert LayerPlan.from_dict(
         LayerPlan(True, (0.5, 0.5), 0.25, 0.0, 0.1, estimator="lse").as_dict()).estimator == "lse"
@@ -211,8 +213,8 @@ def test_a_variant_that_fails_out_of_sample_leaves_the_others_margin_alone():
     mean_b = _two_heads([[0.0, 0.0, 0.0], [0.02, 0.01, 0.0]])   # mean: head 0 free at 0.5 on both samples
     lse_a = _two_heads([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])      # lse: everything free on sample a...
     lse_b = _two_heads([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])      # ...ruinous on sample b
-    curves = {REFERENCE: mean_a + mean_b, Variant(True, "lse"): lse_a + lse_b}
+    curves = {REFERENCE_VARIANT: mean_a + mean_b, Variant(True, "lse"): lse_a + lse_b}
     plan = choose_plan(curves, margin=1.0, reference=0.9)
     # Judged together, every fold would pick lse (cheapest in sample) and fail, leaving the reference.
-    assert plan.variant == REFERENCE and plan.thresholds == (0.5, 0.9) and plan.margin == 1.0
+    assert plan.variant == REFERENCE_VARIANT and plan.thresholds == (0.5, 0.9) and plan.margin == 1.0
 

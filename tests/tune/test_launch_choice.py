@@ -56,9 +56,22 @@ def test_source_names_cover_every_family_and_the_next_seed():
     assert launch_choice.source_names("mixed", 0, "c.safetensors")[0] == "capture:c.safetensors"
 
 
+def test_on_the_cpu_the_hopper_kernel_is_a_candidate_only_when_asked_for(monkeypatch):
+    from pbs_tune.tune import space
+    portable, stock = LaunchConfig(16, 16, 4, 1), LaunchConfig(16, 16, 4, 3)
+    assert not any(lc.tma for lc in launch_choice.candidates(portable, stock, None))
+    assert any(lc.tma for lc in launch_choice.candidates(portable, stock, 90))
+    assert any(lc.programs_per_sm for lc in launch_choice.candidates(LaunchConfig(16, 16, 4, 1, tma=True), stock, None))
+    monkeypatch.setattr(space, "CPU_SPACE", dict(space.CPU_SPACE, kernel=("portable", "tma")))
+    assert any(lc.tma for lc in launch_choice.candidates(portable, stock, None))
+
+
 def test_a_sweep_keeps_the_launch_chosen_over_its_sources(tmp_path, monkeypatch):
+    from pbs_tune.tune import space
     from pbs_tune.tune.spec import SweepSpec
     from pbs_tune.tune.sweep import run_sweep
+    # The interpreter's emulation of the Hopper kernel, asked for: a CPU sweep searches the portable kernel only.
+    monkeypatch.setattr(space, "CPU_SPACE", dict(space.CPU_SPACE, kernel=("portable", "tma"), programs_per_sm=(0, 1)))
     monkeypatch.setattr(launch_choice, "median_ms",
                         lambda run, on_gpu: 3.0 if run.keywords["launch"].programs_per_sm == 2 else 9.0)
     spec = SweepSpec(gpu="cpu", seqlens=(96,), storage=f"sqlite:///{tmp_path}/s.db", profile=str(tmp_path / "p.yaml"),

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from pbs_tune.profile.launch import LaunchConfig
 from pbs_tune.profile import profiles
 from pbs_tune.tune import model_plan
-from pbs_tune.tune.allocate import GRID, REFERENCE, HeadCurves, Variant
+from pbs_tune.tune.allocate import GRID, REFERENCE_VARIANT, HeadCurves, Variant
 
 
 def _curves():
@@ -17,7 +17,7 @@ def _curves():
     kept = torch.linspace(10, 100, g, dtype=torch.float64).expand(2, g).clone()
     hits = torch.full((2, g), 8.0, dtype=torch.float64)
     c = HeadCurves(GRID, err, kept, torch.ones(2, dtype=torch.float64), hits)
-    return {0: {REFERENCE: c, Variant(False): c}}
+    return {0: {REFERENCE_VARIANT: c, Variant(False): c}}
 
 
 def test_the_margin_shrinks_until_the_plans_answer_as_many_probes(monkeypatch):

@@ -35,6 +35,7 @@ def test_the_hopper_kernel_is_drawn_only_where_tma_exists():
     from pbs_tune.tune import space
     assert space.gpu_space(80)["kernel"] == ("portable",) and space.gpu_space(80)["programs_per_sm"] == (0,)
     assert "tma" in space.gpu_space(90)["kernel"]
+    assert space.CPU_SPACE["kernel"] == ("portable",) and space.CPU_SPACE["programs_per_sm"] == (0,)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     drawn = set()
     for _ in range(40):

@@ -1,74 +1,22 @@
-"""`pbs-tune`: tune PBS-Attn for this GPU, inspect profiles, build their kernel libraries."""
+"""The commands that measure and write profile entries: sweep, plan, capture."""
 import functools
 import json
 from dataclasses import replace
-import os
 
 import click
 
-from . import progress
-from .measure.workloads import CALIBRATION_SETS, WORKLOADS
-from .profile import profiles
-from .profile import store as profile_store
-from .profile.params import ESTIMATORS
-from .profile.target import CPU, present_gpu, resolve_gpu, variant_in
-from .seqlen import parse_length
-from .tune.spec import MARGIN_RANGE, PlanSpec, SweepSpec, default, worker_count  # imports no torch: --help stays fast
+from .. import progress
+from ..measure.workloads import CALIBRATION_SETS, WORKLOADS
+from ..profile import store as profile_store
+from ..profile.target import CPU
+from ..seqlen import parse_length
+from ..tune.spec import MARGIN_RANGE, PlanSpec, SweepSpec, default, worker_count  # imports no torch: --help stays fast
+from .options import ESTIMATORS_HELP, one_line_errors, parse_estimators, parse_lengths, parse_max_error
 
 
-def one_line_errors(fn):
-    """Expected failures print one line ('Error: ...') and exit 1, without a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, RuntimeError, OSError, profiles.ProfileError) as exc:
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    return wrapper
-
-
-def _max_error(ctx, param, value):
-    """A number in (0, 1], or None for 'default' (resolved on the calibration data)."""
-    if value.strip().lower() == "default":
-        return None
-    try:
-        bound = float(value)
-    except ValueError:
-        bound = -1.0
-    if not 0.0 < bound <= 1.0:
-        raise click.BadParameter(f"expected a number in (0, 1] or 'default', got {value!r}")
-    return bound
-
-
-def _estimators(ctx, param, value):
-    """A comma-separated subset of the block estimators, as a tuple."""
-    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    unknown = [n for n in names if n not in ESTIMATORS]
-    if unknown or not names:
-        raise click.BadParameter(f"expected some of {','.join(ESTIMATORS)} (comma-separated), got {value!r}")
-    return names
-
-
-ESTIMATORS_HELP = ("Block estimators a layer's plan may use, each with and without the permutation: 'mean' "
-                   "(the paper's), 'lse' (each block's mean query against every key); comma-separated.")
-
-
-def _lengths(ctx, param, values):
-    try:
-        return sorted({parse_length(v) for v in values})
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-@click.group(context_settings=dict(help_option_names=["-h", "--help"]))
-@click.version_option(package_name="pbs-tune")
-def main():
-    """Ahead-of-time tuning of Permuted Block-Sparse Attention for your GPU."""
-
-
-@main.command()
+@click.command()
 @click.option("--gpu", required=True, help="Short GPU name (h100, a100, ...) or 'auto'; must match the GPU present.")
-@click.option("--seqlen", "seqlens", multiple=True, required=True, callback=_lengths,
+@click.option("--seqlen", "seqlens", multiple=True, required=True, callback=parse_lengths,
               help="Sequence length to tune, e.g. 32k, 131072, 1M. Repeat for several.")
 @click.option("--heads", default=default("heads"), show_default=True, help="Query heads.")
 @click.option("--kv-heads", default=default("kv_heads"), show_default=True, help="Key/value heads (GQA).")
@@ -76,7 +24,7 @@ def main():
               help="Head dimension.")
 @click.option("--dtype", default=default("dtype"), show_default=True,
               type=click.Choice(["bfloat16", "float16", "float32"]), help="float32 only in the CPU interpreter.")
-@click.option("--max-error", default=str(default("max_error")), show_default=True, callback=_max_error,
+@click.option("--max-error", default=str(default("max_error")), show_default=True, callback=parse_max_error,
               help="Largest relative L2 error of the output vs dense attention a config may have, or 'default': "
                    "no more than the published default config's error on the calibration data (and the held-out "
                    "check then compares with the default's there).")
@@ -114,7 +62,7 @@ def main():
                    "with --calib every captured layer gets its own plan.")
 @click.option("--margin", default=default("margin"), show_default=True, type=click.FloatRange(*MARGIN_RANGE),
               help="--per-head: each layer's calibration error bound as a share of the reference's.")
-@click.option("--estimators", default=",".join(default("estimators")), show_default=True, callback=_estimators,
+@click.option("--estimators", default=",".join(default("estimators")), show_default=True, callback=parse_estimators,
               help="--per-head: " + ESTIMATORS_HELP)
 @click.option("--workers", default="1", show_default=True,
               help="Worker processes on the study: a number, or 'auto' (one per visible GPU; on a CPU, "
@@ -136,7 +84,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
     Example:
       pbs-tune sweep --gpu h100 --seqlen 32k --seqlen 128k --trials 60 --workers auto
     """
-    from .tune.sweep import run_sweep
+    from ..tune.sweep import run_sweep
     progress.set_quiet(quiet)
     gpu = profile_store.gpu_to_tune(gpu)
     spec = SweepSpec(
@@ -156,7 +104,7 @@ def sweep(gpu, seqlens, heads, kv_heads, head_dim, dtype, max_error, trials, tim
 def _shape_of_capture(calib, heads, kv_heads, head_dim, dtype):
     """heads, kv_heads, head_dim and dtype from the capture's header; a flag given on the command line
     must agree with it (dtype may differ: the capture is converted)."""
-    from .tune.evaluate import captured_shape
+    from ..tune.evaluate import captured_shape
     got = captured_shape(calib)
     ctx = click.get_current_context()
     given = dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype)
@@ -170,174 +118,7 @@ def _shape_of_capture(calib, heads, kv_heads, head_dim, dtype):
     return dict(heads=got["heads"], kv_heads=got["kv_heads"], head_dim=got["head_dim"], dtype=dtype)
 
 
-@main.command()
-@click.option("--gpu", default="auto", show_default=True,
-              help="Whose profile: 'auto' (the GPU present) or a name such as h100-sxm (no GPU needed).")
-@click.option("--profile", "profile_path", default=None, help="Profile YAML (default: looked up, see below).")
-@click.option("--shape", default=None, metavar="HEADS/KV_HEADS/HEAD_DIM[/DTYPE]",
-              help="Say which entries a model of this shape would run, e.g. 28/4/128 (dtype: bfloat16).")
-@click.option("--seqlen", default=None, callback=lambda c, p, v: v and parse_length(v),
-              help="With --shape: the prompt length (prefix + chunk) to pick the entry for, e.g. 32k.")
-@click.option("--json", "as_json", is_flag=True, help="The profile's entries as JSON.")
-@one_line_errors
-def show(gpu, profile_path, shape, seqlen, as_json):
-    """Print a tuned profile as a table.
-
-    Without --profile the profile is looked up, from any directory: $PBS_TUNE_HOME/configs,
-    the user store (~/.local/share/pbs-tune/configs), then the profiles shipped with pbs-tune.
-
-    \b
-    Examples:
-      pbs-tune show --gpu h100-sxm
-      pbs-tune show --gpu h100-sxm --shape 28/4/128 --seqlen 32k
-    """
-    if seqlen is not None and shape is None:
-        raise ValueError("--seqlen picks the entry a model shape runs at that length: give --shape too, "
-                         "e.g. pbs-tune show --shape 32/8/128 --seqlen 32k")
-    from .tune import report
-    gpu_named = click.get_current_context().get_parameter_source("gpu") != click.core.ParameterSource.DEFAULT
-    if profile_path is not None:  # the named file first; no GPU needed to read it
-        prof = profiles.load(profile_path)
-        gpu = report.gpu_of_file(prof, gpu if gpu_named else None, shape is not None)
-    else:
-        try:
-            gpu = resolve_gpu(gpu, must_be_present=False)
-        except RuntimeError:
-            raise ValueError("no GPU here: name one, e.g. pbs-tune show --gpu h100-sxm, "
-                             "or a file: pbs-tune show --profile FILE") from None
-        found = profile_store.find_profile(gpu)
-        if found is None:
-            held = profile_store.profiles_held()
-            raise ValueError(f"no profile for {gpu} (searched {profile_store.searched_folders()}); "
-                             + (f"profiles here: {', '.join(held)} (pbs-tune show --gpu NAME), or make one on "
-                                f"that GPU: pbs-tune sweep --gpu {gpu}" if held else f"make one on that GPU: "
-                                f"pbs-tune sweep --gpu {gpu}"))
-        prof = profiles.load(found.path)
-        if found.other_variant:
-            made = "made" if any(e.not_tuned for e in prof.entries) else "tuned"
-            click.echo(f"note: no profile of {gpu} ({found.where}); showing {found.path}, {made} for another variant "
-                       f"of the family (other clocks and bandwidth: tune with pbs-tune sweep --gpu {gpu})", err=True)
-    if not prof.entries:
-        raise ValueError(f"{prof.path} holds no entries; make them with "
-                         + profile_store.sweep_hint(gpu or "auto", prof.path))
-    if as_json:
-        click.echo(json.dumps(dict(profile=prof.path, entries=[e.to_dict() for e in prof.entries]), default=str))
-        return
-    if shape is not None:
-        for line in report.shape_lines(prof, gpu, shape, *report.parse_shape(shape), seqlen=seqlen):
-            click.echo(line)
-        return
-    if profile_path and gpu and variant_in((e.gpu for e in prof.entries), gpu) not in (gpu, None):
-        click.echo(f"note: {prof.path} has no entries of {gpu}; those of "
-                   f"{variant_in((e.gpu for e in prof.entries), gpu)} serve it (same family, other clocks)", err=True)
-    for line in report.profile_table(prof):
-        click.echo(line)
-
-
-@main.command(name="compile")
-@click.option("--profile", "profile_path", default=None,
-              help="Profile YAML (default: <user store>/configs/<this GPU>.yaml).")
-@click.option("--arch", "archs", default=None, metavar="80,89,90,100",
-              help="Compute capabilities to build for, comma-separated; an arch other than this GPU's is built "
-                   "without a GPU. [default: that of the profile's GPU, else this GPU's]")
-@click.option("--kernels", "library", default=None,
-              help="Library folder to add the kernels to (default: the profile's own, else cache/sm_<arch>/ "
-                   "of its store, shared by the profiles of every GPU of this arch).")
-@one_line_errors
-def compile_cmd(profile_path, archs, library):
-    """Build the compiled-kernel library of a profile, for this GPU's arch or a named one.
-
-    \b
-    Examples:
-      pbs-tune compile --profile configs/h100-sxm.yaml
-      pbs-tune compile --profile configs/a100-sxm.yaml --arch 80     # on any machine
-    """
-    from .runtime.library_build import compile_profile, parse_archs
-    compile_profile(profile_path, parse_archs(archs) if archs else None, library, say=click.echo)
-
-
-@main.command()
-@click.option("--profile", "profile_paths", multiple=True,
-              help="Profile YAML whose calls are run (repeat for profiles sharing one library; default: "
-                   "<user store>/configs/<this GPU>.yaml).")
-@click.option("--kernels", "library", default=None, help="Library folder (default: the first profile's).")
-@one_line_errors
-def verify(profile_paths, library):
-    """Run a kernel library's kernels on this GPU against Triton's JIT and stamp those that match.
-
-    The loader binds only stamped kernels; `compile` runs this itself after a build for this GPU.
-    A library of another arch is checked through its PTX (same build), which this GPU can run.
-
-    \b
-    Examples:
-      pbs-tune verify --profile configs/h100-sxm.yaml --profile configs/h200-sxm.yaml
-      pbs-tune verify --profile configs/a100-sxm.yaml      # on an H100: the sm_80 build's PTX
-    """
-    from .runtime.library_verify import verify as run_verify
-    if not profile_paths:
-        gpu = present_gpu()
-        if gpu in (None, CPU):
-            raise click.ClickException("verifying a kernel library needs a CUDA GPU")
-        profile_paths = (profile_store.default_profile_path(gpu),)
-    res = run_verify(list(profile_paths), library, say=click.echo)
-    if res["failed"]:
-        raise click.ClickException(f"{len(res['failed'])} kernels did not match the JIT: they stay unverified")
-
-
-@main.command()
-@click.option("--profile", "profile_path", required=True, help="Profile YAML whose entries for this GPU are re-timed.")
-@click.option("--out", "out_path", default=None,
-              help="Profile YAML to write (default: <user store>/configs/<gpu>.yaml; may equal --profile).")
-@click.option("--kernels", "library", default=None, help="Folder of the written profile's kernel library.")
-@click.option("--no-compile", is_flag=True, help="Skip building the kernel library afterwards.")
-@click.option("--sources", default="all", show_default=True, type=click.Choice(["all", "own"]),
-              help="Judge each launch on every workload family and the next seed (all: never slower than the "
-                   "stock launch anywhere beyond noise, then the best geometric mean), or on the entry's own "
-                   "calibration data only (own: the fastest there).")
-@one_line_errors
-def relaunch(profile_path, out_path, library, no_compile, sources):
-    """Re-choose each entry's launch (portable and Hopper attend kernels, persistent grids) on this
-    GPU; block, segment, threshold and their error stay as tuned.
-
-    \b
-    Example (after an upgrade that adds a kernel):
-      pbs-tune relaunch --profile configs/h100-sxm.yaml --out configs/h100-sxm.yaml
-    """
-
-    from .tune.relaunch import relaunch_profile
-    out_path = out_path or profile_store.default_profile_path(present_gpu() or CPU)
-    relaunch_profile(profile_path, out_path, sources=sources, say=click.echo)
-    if present_gpu() not in (None, CPU) and not no_compile:
-        from .runtime.library_build import build_in_fresh_process
-        build_in_fresh_process(out_path, library)
-
-
-@main.command()
-@click.option("--storage", default=None, help="Optuna RDB storage URL (default: the sweep's default).")
-@click.option("--study", "study_name", required=True, help="Study to report (see `optuna studies`).")
-@click.option("--out", "out_dir", default=None,
-              help="Folder for PNG and markdown (default: the folder of a SQLite study, else the current one).")
-@one_line_errors
-def report(storage, study_name, out_dir):
-    """Pareto plot (PNG) and a markdown table of a study's trials.
-
-    \b
-    Example:
-      pbs-tune report --storage sqlite:///benchmarks/studies/h100.db --study h100-131072-32x8x128-bfloat16-mixed
-    """
-    from .tune.report import write_study_report
-    from .tune.storage import check_storage, sqlite_path
-    storage = storage or profile_store.default_storage_url()
-    db = sqlite_path(storage)
-    if db is not None and not os.path.isfile(db):  # opening it would create an empty database
-        raise ValueError(f"no study database at {db}: run pbs-tune sweep first, or name one with --storage")
-    check_storage(storage)
-    out_dir = out_dir or (os.path.dirname(os.path.abspath(db)) if db else os.getcwd())
-    png, md = write_study_report(storage, study_name, out_dir)
-    click.echo(f"wrote {png} and {md}")
-
-
-@main.command()
+@click.command()
 @click.option("--model", required=True,
               help="Local transformers model folder (the trained fixture too), or a packaged model: 'smollm2', "
                    "'qwen2.5-coder-0.5b' (pip install 'pbs-tune[qwen]').")
@@ -356,7 +137,7 @@ def report(storage, study_name, out_dir):
               help="The uniform threshold the plans must match (error, heaviest keys, retrieval probes).")
 @click.option("--probes", default=default("probes", PlanSpec), show_default=True, type=click.IntRange(min=0),
               help="Retrieval probe prompts (0: no probe).")
-@click.option("--estimators", default=",".join(default("estimators")), show_default=True, callback=_estimators,
+@click.option("--estimators", default=",".join(default("estimators")), show_default=True, callback=parse_estimators,
               help=ESTIMATORS_HELP)
 @click.option("--block-size", default=default("block_size", PlanSpec), show_default=True, type=click.IntRange(min=16))
 @click.option("--segment-size", default=default("segment_size", PlanSpec), show_default=True,
@@ -376,8 +157,8 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, es
     Example:
       pbs-tune plan --model smollm2 --seqlen 8k
     """
-    from .tune import report as reports
-    from .tune.model_plan import plan_to_profile
+    from ..tune import report as reports
+    from ..tune.model_plan import plan_to_profile
     progress.set_quiet(quiet)
     gpu = profile_store.gpu_to_tune(gpu)
     spec = PlanSpec(model=model, seqlen=seqlen, profile=profile_path or profile_store.default_profile_path(gpu),
@@ -388,11 +169,11 @@ def plan(model, gguf_file, gpu, seqlen, text_file, margin, reference, probes, es
         click.echo(line)
     click.echo(f"wrote a plan for {len(entry.layers)} layers to {spec.profile} (margin used {report['margin_used']})")
     if gpu != CPU and not no_compile:
-        from .runtime.library_build import build_in_fresh_process
+        from ..runtime.library_build import build_in_fresh_process
         build_in_fresh_process(spec.profile, None)
 
 
-@main.command()
+@click.command()
 @click.option("--model", required=True,
               help="Local transformers model folder (config + weights), or a packaged model: 'smollm2' (SmolLM2-135M), "
                    "'qwen2.5-coder-0.5b' (Qwen2.5-Coder-0.5B-Instruct, 32k context).")
@@ -417,13 +198,9 @@ def capture(model, gguf_file, text_file, seqlen, sequences, layers, out_file, dt
       pbs-tune sweep --gpu h100 --seqlen 32k --calib calib.safetensors
       pbs-tune capture --model smollm2 --text code.py --seqlen 8k --sequences 3 --out smol.safetensors
     """
-    from .tune.capture import capture_qkv
+    from ..tune.capture import capture_qkv
     progress.set_quiet(quiet)
     layer_ids = [int(x) for x in layers.split(",")] if layers else None
     n = capture_qkv(model, text_file, seqlen, out_file, layers=layer_ids, dtype=dtype, gguf_file=gguf_file,
                     sequences=sequences)
     click.echo(f"wrote {n} layers of Q/K/V ({sequences} sequence{'s' if sequences > 1 else ''}) to {out_file}")
-
-
-if __name__ == "__main__":
-    main(prog_name="pbs-tune")
