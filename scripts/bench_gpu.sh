@@ -29,12 +29,14 @@
 # so in one line and skip. Wheels carried in .whl/ (a machine without a package index) go on PYTHONPATH.
 # On the CPU with TRITON_INTERPRET=1, `op` runs a tiny case (256 tokens, 2/1/64); the other steps skip.
 set -uo pipefail
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }  # from the caller's folder
+PY=${PYTHON:-python3}
+case $PY in */*) PY=$(absolute "$PY") ;; esac  # parts run in other folders
+[ -z "${OUT:-}" ] || OUT=$(absolute "$OUT")
+[ -z "${AB_DIR:-}" ] || AB_DIR=$(absolute "$AB_DIR")
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 root=$PWD
-PY=${PYTHON:-python3}
-case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac  # absolute: parts run elsewhere
 OUT=${OUT:-$root/out}
-case $OUT in /*) ;; *) OUT=$root/$OUT ;; esac
 DRY=${DRY_RUN:-}
 [ "$DRY" = 0 ] && DRY=
 export PYTHONUNBUFFERED=1
@@ -57,8 +59,8 @@ step_is tuning "check lse per_head per_head_mixed relaunch* retune* retune_check
   "shipped entries vs the untuned default, held out; one lse threshold; per-head sweeps, plans"
 step_is traffic "traffic shapes stages crossover" \
   "packed and padded batches, other head shapes, short prompts (their stages, crossovers)"
-step_is chunks "smoke families breakdown prompt crossover fixture" \
-  "chunked prefill with a prefix state after a 127k prefix, the 128k prompt, chunk crossovers"
+step_is chunks "smoke families breakdown prompt launches crossover fixture" \
+  "chunked prefill with a prefix state after a 127k prefix, the 128k prompt, launches, crossovers"
 step_is models "fixture fixture_plans smollm2 smollm2_plans qwen_sweep qwen_plan qwen_judge qwen_oracle" \
   "the fixture and SmolLM2 vs dense, their plans and oracle; Qwen as the judge (QWEN_MODEL)"
 step_is libraries "build smoke firstcall" \
@@ -106,7 +108,8 @@ has_profile() { [ -f "configs/$gpu.yaml" ] || skip "$1" "pbs-tune ships no profi
 has_fixture() { [ -f "$fixture/config.json" ] || skip "$1" "the trained fixture ($fixture) is not in this checkout"; }
 
 readonly_wheel() {  # the checkout as a wheel, installed read-only in $work/site-ro
-  rm -rf build "$work/wheel" "$work/site-ro"  # an earlier build/ keeps files the sources no longer have
+  # an earlier build/ keeps files the sources no longer have
+  [ -n "$DRY" ] || rm -rf build "$work/wheel" "$work/site-ro"
   run wheel "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$work/wheel" . &&
     run wheel "$PY" -m pip install -q --no-deps --target "$work/site-ro" "$work"/wheel/*.whl &&
     run wheel chmod -R a-w "$work/site-ro"
@@ -114,7 +117,7 @@ readonly_wheel() {  # the checkout as a wheel, installed read-only in $work/site
 
 step_op() {
   local cpu_try=()
-  [ "$cuda" = 1 ] || cpu_try=(--lengths "${LENGTHS:-256}" --shape "${SHAPE:-2/1/64}" --workloads "${WORKLOADS:-mixed}"
+  [ "$cuda" = 1 ] || cpu_try=(--lengths "$(lengths 256)" --shape "${SHAPE:-2/1/64}" --workloads "${WORKLOADS:-mixed}"
                               --knobs "${KNOBS:-default}")
   if want knobs; then
     run knobs "$PY" -m pbs_tune.bench.op --lengths "$(lengths 32k,128k)" --shape "${SHAPE:-32/8/128}" \
@@ -149,8 +152,8 @@ step_kernels() {
       [ -n "$DRY" ] || dest=$(out "ncu$k" txt)
       run ncu ncu --clock-control none --kernel-name "$k" --launch-skip 2 --launch-count 1 --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
-        --section SchedulerStats "$PY" -m pbs_tune.bench.attend_launches --parts profile --seqlen "${N:-8k}" \
-        --density "${DENSITY:-0.2}" --launches 128x128w8s3,128x128w8s3-tma > "$dest"
+        --section SchedulerStats --log-file "$dest" "$PY" -m pbs_tune.bench.attend_launches --parts profile \
+        --seqlen "${N:-8k}" --density "${DENSITY:-0.2}" --launches 128x128w8s3,128x128w8s3-tma
     done
   fi
 }
@@ -243,6 +246,8 @@ step_chunks() {
   want breakdown && run breakdown "$PY" -m pbs_tune.bench.chunked --parts families --families mixed --breakdown \
     --out "$(out breakdown json)"
   want prompt && run prompt "$PY" -m pbs_tune.bench.chunked --parts prompt --out "$(out prompt json)"
+  want launches && run launches "$PY" -m pbs_tune.bench.launch_count --prefix "$(lengths 32k,127k)" --chunk 2k,8k \
+    --keep-keys --out "$(out launches jsonl)"  # kernels per chunk: the state path against the stateless op
   if want crossover && has_profile crossover; then
     run crossover "$PY" -m pbs_tune.bench.chunked --parts crossover "${update[@]}" --profile "configs/$gpu.yaml" \
       --out "$(out crossover json)"

@@ -28,6 +28,7 @@ from .state import STATE
 
 logger = logging.getLogger("pbs_tune")
 MAX_PLANS = 4096  # choices kept per model (shape x queries x keys x layer)
+MAX_SERVINGS = 4  # profiles tuned_attention keeps a PbsServing for
 
 
 class PbsServing:
@@ -197,9 +198,13 @@ def tuned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, profile: 
 
 
 def _serving_of(prof) -> PbsServing:
-    """One PbsServing per profile object (its plans kept between calls), held no longer than the profile."""
+    """The PbsServing of a profile (its plans kept between calls), for the last MAX_SERVINGS profiles
+    used: a server that reloads its profile does not keep every earlier one alive."""
     ref, serving = STATE.servings.get(id(prof), (None, None))
     if ref is None or ref() is not prof:
         serving = PbsServing(prof)
+        STATE.servings.pop(id(prof), None)
         STATE.servings[id(prof)] = (weakref.ref(prof), serving)
+        while len(STATE.servings) > MAX_SERVINGS:
+            STATE.servings.pop(next(iter(STATE.servings)))  # the oldest
     return serving

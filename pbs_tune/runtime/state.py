@@ -20,7 +20,7 @@ class RuntimeState:
         self.prewarmed = set()     # KernelKey
         self.graphs = GraphCache()
         self.resolved = {}         # id of a profile read with profiles.load() -> (weak ref to it, its copy)
-        self.servings = {}         # id of a profile tuned_attention ran -> (weak ref to it, its PbsServing)
+        self.servings = {}         # id of a profile tuned_attention ran -> (weak ref to it, its PbsServing), last 4
 
     def count(self, key: str) -> None:
         with self._stats_lock:

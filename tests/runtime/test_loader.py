@@ -282,3 +282,21 @@ def test_the_tail_rows_attend_to_every_key_through_apply_also_in_chunks_and_padd
     # its 90 keys make 6 blocks of 16: the last two hold its last 26 rows
     assert torch.allclose(tail[1:, :, -26:], own[:, :, -26:], atol=1e-5) and not tail[1:, :, :6].any()
     assert torch.allclose(tail[:1, :, -32:], exact[:1, :, -32:], atol=1e-5)
+
+
+def test_tuned_attention_keeps_plans_for_a_few_profiles_only(tmp_path):
+    """A server that reloads its profile does not keep every earlier one alive through its plans."""
+    import gc
+    import weakref
+
+    from pbs_tune.runtime.serving import MAX_SERVINGS
+    from pbs_tune.runtime.state import STATE
+    q, k, v = torch.randn(1, 2, 64, 64), torch.randn(1, 1, 64, 64), torch.randn(1, 1, 64, 64)
+    refs = []
+    for i in range(MAX_SERVINGS + 2):
+        prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [tiny_entry(32)], name=f"p{i}.yaml"))
+        pbs_tune.tuned_attention(q, k, v, profile=prof)
+        refs.append(weakref.ref(prof))
+        del prof
+    gc.collect()
+    assert len(STATE.servings) <= MAX_SERVINGS and refs[0]() is None
