@@ -300,3 +300,18 @@ def test_tuned_attention_keeps_plans_for_a_few_profiles_only(tmp_path):
         del prof
     gc.collect()
     assert len(STATE.servings) <= MAX_SERVINGS and refs[0]() is None
+
+
+def test_a_model_plans_each_shape_once_and_keeps_a_bounded_number_of_plans(tmp_path, monkeypatch):
+    from pbs_tune.runtime import serving as serving_module
+    from pbs_tune.runtime.entry_choice import Choice
+    prof = pbs_tune.load_profile("auto", write_profile(tmp_path, [tiny_entry(32), tiny_entry(64, threshold=0.5)]))
+    serving = serving_module.PbsServing(prof, cuda_graphs=False)
+    q, k = torch.randn(1, 2, 80, 64), torch.randn(1, 1, 80, 64)
+    first = serving.plan(q, k, 0)
+    assert serving.plan(q, k, 0) is first and first.params.threshold == 0.5  # 80 keys: the 64 entry
+    assert serving.plan(q[:, :, :20], k[:, :, :40], 0) == Choice(fallback="short_chunk")  # 20 queries after 20
+    monkeypatch.setattr(serving_module, "MAX_PLANS", 3)
+    for n in range(40, 50):
+        serving.plan(q[:, :, :n], k[:, :, :n], 0)
+    assert len(serving._choices) <= 3
