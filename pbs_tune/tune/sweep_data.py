@@ -12,7 +12,7 @@ from typing import Callable
 from ..dtypes import torch_dtype
 from ..measure.workloads import CALIBRATION_SETS
 from . import launch_choice
-from .evaluate import Calibration, load_calibration
+from .evaluate import Calibration, load_calibration, measure_config
 from .spec import OTHER_FAMILY, SweepSpec
 
 
@@ -61,7 +61,6 @@ def measurement(spec: SweepSpec) -> Callable:
     """The function that measures a config on calibration data: `spec.stand_in`
     ("module:function", tests of the study's bookkeeping), else evaluate.measure_config."""
     if spec.stand_in is None:
-        from .evaluate import measure_config
         return measure_config
     module, _, name = spec.stand_in.partition(":")
     return getattr(importlib.import_module(module), name)
