@@ -37,9 +37,10 @@ def as_params(params=None, *, block_size=None, segment_size=None, threshold=None
     return PbsParams(**given)
 
 
-def check_inputs(q, k, v, params=None, *, launch=None, **keywords) -> PbsParams:
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: PbsParams | None = None, *,
+                 launch: LaunchConfig | None = None, **keywords: Any) -> PbsParams:
     """Raise one clear TypeError/ValueError for anything the kernels cannot do exactly; returns the
-    parameters (`params`, or made from the keyword form)."""
+    parameters (`params`, or made from the keyword form). Arguments as `pbs_attention`'s."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

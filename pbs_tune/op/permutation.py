@@ -31,8 +31,12 @@ def last_block_key_scores(q, k, *, block_size, scale):
     return key_scores(q, k, rows=min(block_size, q.shape[2]), scale=scale)
 
 
-def identity_permutation(k, v):
-    """The unpermuted baseline: keys stay in place."""
+def identity_permutation(k: torch.Tensor, v: torch.Tensor) -> KeyPermutation:
+    """The unpermuted baseline: keys stay in place.
+
+    Args:
+        k, v: (B, Hkv, N, D) keys and values, held as they are (no copy).
+    """
     B, Hkv, N, _ = k.shape
     pos = torch.arange(N, device=k.device, dtype=torch.int32).expand(B, Hkv, N).contiguous()
     return KeyPermutation(k=k, v=v, positions=pos)

@@ -143,12 +143,17 @@ def causal_block_list(heads: int, positions, block_size: int) -> "BlockList":
     return block_list_from_mask(keep, positions, block_size)
 
 
-def block_list_from_mask(keep, positions, block_size):
-    """Compact list from a (B, Hq, NQB, NKB) bool mask of candidate blocks.
+def block_list_from_mask(keep: torch.Tensor, positions: torch.Tensor, block_size: int) -> BlockList:
+    """Compact list from a mask of candidate blocks (a caller's own selection, e.g. an oracle's).
 
     Blocks whose keys all come after the query block (possible inside a permuted diagonal
     segment) are dropped: they would be fully masked. Full blocks are listed first in
     increasing key-block order, then masked ones.
+
+    Args:
+        keep: (B, Hq, NQB, NKB) bool, True where query block i may attend to key block j (permuted order).
+        positions: (B, Hkv, N) int32, the original position of each permuted key (`KeyPermutation.positions`).
+        block_size: tokens per query and key block; NQB = NKB = ceil(N / block_size).
     """
     B, Hq, nqb, nkb = keep.shape
     Hkv = positions.shape[1]

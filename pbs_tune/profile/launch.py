@@ -71,10 +71,16 @@ class LaunchConfig:
 REQUIRED_FIELDS = tuple(f.name for f in fields(LaunchConfig))[:4]
 
 
-def default_launch(block_size: int, head_dim: int, capability=None) -> LaunchConfig:
-    """A config that is good on Hopper for D=128 (see DESIGN.md) and valid everywhere. Given a
-    GPU's (major, minor) capability of sm_90 or newer, 128x128 tiles with D=128 run the Hopper
-    kernel (faster in every measured cell of density >= 0.2: benchmarks/results/HOPPER_KERNEL.md)."""
+def default_launch(block_size: int, head_dim: int, capability: tuple[int, int] | None = None) -> LaunchConfig:
+    """A config that is good on Hopper for D=128 (see DESIGN.md) and valid everywhere.
+
+    Args:
+        block_size: PBS block size (tokens); tiles are min(128, block_size) square.
+        head_dim: D, 64 or 128.
+        capability: the GPU's (major, minor), e.g. `torch.cuda.get_device_capability()`; from (9, 0) on,
+            128x128 tiles with D=128 run the Hopper kernel (faster in every measured cell of density
+            >= 0.2: benchmarks/results/HOPPER_KERNEL.md). None: the portable kernel.
+    """
     tile = min(128, block_size)
     warps = 8 if tile == 128 and head_dim == 128 else 4
     hopper = capability is not None and capability[0] >= 9 and tile == 128 and head_dim == 128

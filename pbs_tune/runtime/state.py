@@ -44,4 +44,5 @@ def stats() -> dict:
 
 
 def reset_stats() -> None:
+    """Start the counters of `stats()` again (e.g. before a benchmark)."""
     STATE.reset_stats()
