@@ -224,7 +224,8 @@ class Variants:
 
 
 def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts, batch=None,
-                 teacher_forced=False) -> dict:
+                 teacher_forced=False, save=None) -> dict:
+    """One length's parts; `save(res)` after each part, so that a run stopped at its time limit keeps them."""
     device = next(model.parameters()).device
     evals = token_sequences(tokenizer, python_sources("evaluation"), length, sequences + 1 + 4)
     res = dict(tokens=length, entries={name: picked(p, model, length) for name, p in profs.items()})
@@ -232,14 +233,20 @@ def judge_length(model, tokenizer, profs, length, *, sequences, prompts, parts, 
     use = Variants(model, profs)
     if "loss" in parts:
         res["loss"] = part_loss(model, use, [s.to(device) for s in evals[:sequences]])
+        if save:
+            save(res)
     if "retrieval" in parts:
         haystack = [int(t) for s in evals[sequences + 1:] for t in s]
         res["retrieval_batch"] = batch or default_batch(model, length)
         print(f"  retrieval: {prompts} prompts per task, {res['retrieval_batch']} per prefill", flush=True)
         res["retrieval"] = part_retrieval(model, use, tokenizer, haystack, prompts, length,
                                           batch=res["retrieval_batch"], teacher_forced=teacher_forced)
+        if save:
+            save(res)
     if "prefill" in parts:
         res["prefill"] = part_prefill(model, use, evals[sequences].to(device))
+        if save:
+            save(res)
     if "layers" in parts:
         res["layers"] = part_layers(model, profs, evals[sequences], length)
     use_entry(model, None)
@@ -270,7 +277,7 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {', '.join(VARIANTS)} (dense always)")
     ap.add_argument("--dtype", default="bfloat16", help="the model's weights and activations: bfloat16 or float16")
     ap.add_argument("--out", required=True,
-                    help="the JSON result, rewritten after each length (a run stopped early keeps the lengths done)")
+                    help="the JSON result, rewritten after each part (a run stopped early keeps the parts done)")
     args = ap.parse_args(argv)
     wanted = {"dense", *args.variants.split(",")}
     if not wanted <= set(VARIANTS):
@@ -294,10 +301,12 @@ def main(argv=None):
                              min_len=min(lengths))
     res = dict(benchmark="judge", env=env_info(), args=vars(args), model=dict(
         name=args.model, layers=model.config.num_hidden_layers, **attention_shape(model)), lengths=[])
-    for n in lengths:  # written after each length: a run stopped at its time limit keeps the ones done
-        res["lengths"].append(judge_length(model, tokenizer, profs, n, sequences=args.sequences,
-                                           prompts=args.prompts, parts=parts, batch=args.batch,
-                                           teacher_forced=args.teacher_forced and n == lengths[0]))
+    for n in lengths:  # written after each part: a run stopped at its time limit keeps the parts done
+        done = list(res["lengths"])
+        res["lengths"] = done + [judge_length(
+            model, tokenizer, profs, n, sequences=args.sequences, prompts=args.prompts, parts=parts,
+            batch=args.batch, teacher_forced=args.teacher_forced and n == lengths[0],
+            save=lambda partial, done=done: write_json(args.out, {**res, "lengths": done + [partial]}))]
         write_json(args.out, res)
 
 

@@ -64,7 +64,7 @@ def _profile(path, entry):
     return str(path)
 
 
-def test_judge_runs_every_part_through_apply_with_a_plan_that_keeps_a_layer_dense(tmp_path):
+def test_judge_runs_every_part_through_apply_with_a_plan_that_keeps_a_layer_dense(tmp_path, monkeypatch):
     cfg = tiny_llama_config(vocab_size=256, num_hidden_layers=2, max_position_embeddings=1024)
     torch.manual_seed(1)
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
@@ -75,12 +75,19 @@ def test_judge_runs_every_part_through_apply_with_a_plan_that_keeps_a_layer_dens
     plan = model_entry(net, seqlen=256, block_size=64, segment_size=128, threshold=0.9, launch=launch,
                        layers={0: profiles.DENSE, 1: (PbsParams(64, 128, (0.7, 0.95), False, "lse"), launch)})
     out = tmp_path / "judge.json"
+    written, write_json = [], judge.write_json  # the parts in the file each time: a stopped run keeps those done
+
+    def write_and_note(path, res):
+        written.append([sorted(k for k in ("loss", "retrieval", "layers") if k in n) for n in res["lengths"]])
+        write_json(path, res)
+    monkeypatch.setattr(judge, "write_json", write_and_note)
     # Every forward runs in the interpreter, the permutation stage slowest: the plan (one layer
     # dense, one unpermuted) runs every part; the paper, default and shipped profiles are made and read.
     judge.main(["--model", str(tmp_path / "model"), "--lengths", "384", "--sequences", "2", "--prompts", "2",
                 "--batch", "2", "--teacher-forced", "--variants", "plan", "--plan",
                 _profile(tmp_path / "plan.yaml", plan), "--dtype", "float32",
                 "--out", str(out), "--parts", "loss,retrieval,layers"])  # prefill: below
+    assert written == [[["loss"]], [["loss", "retrieval"]], [["layers", "loss", "retrieval"]]]
     (res,) = json.loads(out.read_text())["lengths"]
     assert res["tokens"] == 384 and "dense layers [0]" in res["entries"]["plan"]
     assert list(res["entries"]) == ["dense", "plan"]
