@@ -96,10 +96,15 @@ def bound_excess(m: dict, spec: SweepSpec) -> float:
     return excess
 
 
+ERROR_FLOOR = 1e-5  # errors and bounds are recorded to 5 decimals: below this, a difference is rounding
+
+
 def _excess(error, by_source, bound, source_bounds) -> float:
+    """Over the bound (> 0) or within it. A bound under ERROR_FLOOR (the default's error where it keeps
+    every block) counts as the floor: two exact configs differ there only by their summation order."""
     if source_bounds and by_source:
-        return max((by_source[name] - b) / max(b, 1e-12) for name, b in source_bounds.items())
-    return (float("inf") if error is None else error) - bound
+        return max((by_source[name] - max(b, ERROR_FLOOR)) / max(b, ERROR_FLOOR) for name, b in source_bounds.items())
+    return (float("inf") if error is None else error) - max(bound, ERROR_FLOOR)
 
 
 def within_bound(m: dict, spec: SweepSpec) -> bool:
