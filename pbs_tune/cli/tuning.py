@@ -27,7 +27,8 @@ from .options import ESTIMATORS_HELP, one_line_errors, parse_estimators, parse_l
 @click.option("--max-error", default=str(default("max_error")), show_default=True, callback=parse_max_error,
               help="Largest relative L2 error of the output vs dense attention a config may have, or 'default': "
                    "no more than the published default config's error on the calibration data (and the held-out "
-                   "check then compares with the default's there).")
+                   "check then compares with the default's there). A bound under 1e-5, the precision errors are "
+                   "recorded with, counts as 1e-5.")
 @click.option("--trials", default=default("trials"), show_default=True, type=click.IntRange(min=1),
               help="Finished trials per length (counted across all workers of the study).")
 @click.option("--timeout", default=None, type=float, help="Stop this worker after so many seconds per length.")

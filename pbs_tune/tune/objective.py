@@ -15,7 +15,7 @@ error), the default must still pass the bound made of it (`candidates` falls bac
 and nothing worse than it may pass; where the default keeps its tail exact, its tail error is
 rounding noise, which no trial should be compared against. SweepSpec holds one bound number, so
 the tail's bounds ride in its `source_bounds` under the keys TAIL and TAIL:<workload>
-(`default_bounds`, `tail_bounds`).
+(`default_bounds`, `tail_bounds`). Any bound under ERROR_FLOOR counts as the floor (`_excess`).
 """
 import os
 import socket

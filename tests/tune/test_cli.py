@@ -221,7 +221,7 @@ def test_max_error_default_bounds_trials_by_the_published_default_there(tmp_path
     bound = e.provenance.reference["rel_l2"]
     assert round(e.provenance.max_error, 5) == bound and e.provenance.max_error_is_default
     assert f"error bound: the default's on this data, rel_l2 {bound:.5f}" in res.output
-    assert e.measured["rel_l2"] <= e.provenance.max_error
+    assert e.measured["rel_l2"] <= max(e.provenance.max_error, ERROR_FLOOR)  # 64 tokens: the default is exact
     held = e.provenance.held_out[0]  # on the next seed the bound is the default's error there
     # and the tail's, the larger of the default's two errors there
     assert held.tail_bound == max(held.reference_rel_l2, held.reference_tail_rel_l2)
