@@ -429,7 +429,7 @@ trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 carried=
 if [ -z "$DRY" ]; then
   mkdir -p "$OUT"
-  if compgen -G ".whl/*.whl" >/dev/null; then  # carried wheels: a machine without a package index
+  if [ "$cuda" = 1 ] && compgen -G ".whl/*.whl" >/dev/null; then  # carried wheels: a GPU machine without a package index
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" .whl/*.whl &&
       carried=$work/site && export PYTHONPATH="$carried:$root"
   fi
