@@ -116,13 +116,11 @@ readonly_wheel() {  # the checkout as a wheel, installed read-only in $work/site
 }
 
 step_op() {
-  local cpu_try=()
-  [ "$cuda" = 1 ] || cpu_try=(--lengths "$(lengths 256)" --shape "${SHAPE:-2/1/64}" --workloads "${WORKLOADS:-mixed}"
-                              --knobs "${KNOBS:-default}")
-  if want knobs; then
-    run knobs "$PY" -m pbs_tune.bench.op --lengths "$(lengths 32k,128k)" --shape "${SHAPE:-32/8/128}" \
-      --workloads "${WORKLOADS:-sink_local,stripes,retrieval,diffuse,mixed}" \
-      --knobs "${KNOBS:-0:0,1:0,0:4,0:8,0:16,1:4,1:8,1:16,2:16}" "${cpu_try[@]}" --out "$(out knobs jsonl)"
+  local shape=${SHAPE:-} workloads=${WORKLOADS:-} knobs=${KNOBS:-} lens=32k,128k
+  [ "$cuda" = 1 ] || { lens=256; shape=${shape:-2/1/64}; workloads=${workloads:-mixed}; knobs=${knobs:-default}; }
+  if want knobs; then  # unset: op.py's own defaults (32/8/128, every workload, its knob list)
+    run knobs "$PY" -m pbs_tune.bench.op --lengths "$(lengths $lens)" ${shape:+--shape "$shape"} \
+      ${workloads:+--workloads "$workloads"} ${knobs:+--knobs "$knobs"} --out "$(out knobs jsonl)"
   fi
   if want ab || { [ -z "${PARTS:-}" ] && [ -n "${AB_DIR:-}" ]; }; then
     if [ -d "${AB_DIR:-}/pbs_tune" ] || skip ab "AB_DIR must name a folder holding an earlier pbs_tune/"; then
@@ -141,11 +139,13 @@ step_op() {
 }
 
 step_kernels() {
-  local launches=${LAUNCHES:-128x128w8s3,128x128w8s2,128x64w4s3,128x128w8s3-tma,128x128w8s2-tma,128x128w8s3-tma-p1,128x128w8s3-tma-p2}
-  want builds && run builds "$PY" -m pbs_tune.bench.attend_launches --parts builds --launches "$launches" \
+  want builds && run builds "$PY" -m pbs_tune.bench.attend_launches --parts builds ${LAUNCHES:+--launches "$LAUNCHES"} \
     --out "$(out builds json)"
-  want grid && run grid "$PY" -m pbs_tune.bench.kernels --parts checks,masks --lengths "$(lengths 8k,32k,128k)" \
-    --launches "$launches" --out "$(out grid json)"
+  if want grid; then  # the grid times attend_launches' list too (kernels.py's own default is a shorter one)
+    local launches=${LAUNCHES:-$("$PY" -c 'from pbs_tune.bench.attend_launches import LAUNCHES; print(LAUNCHES)')}
+    run grid "$PY" -m pbs_tune.bench.kernels --parts checks,masks --lengths "$(lengths 8k,32k,128k)" \
+      --launches "$launches" --out "$(out grid json)"
+  fi
   if want ncu && { command -v ncu >/dev/null || skip ncu "needs Nsight Compute (ncu) on PATH"; }; then
     local k dest=/dev/stdout
     for k in _attend_fwd _attend_fwd_tma; do  # clocks left alone; the runtime must let ncu read counters

@@ -302,11 +302,10 @@ def main(argv=None):
     res = dict(benchmark="judge", env=env_info(), args=vars(args), model=dict(
         name=args.model, layers=model.config.num_hidden_layers, **attention_shape(model)), lengths=[])
     for n in lengths:  # written after each part: a run stopped at its time limit keeps the parts done
-        done = list(res["lengths"])
-        res["lengths"] = done + [judge_length(
+        res["lengths"].append(judge_length(
             model, tokenizer, profs, n, sequences=args.sequences, prompts=args.prompts, parts=parts,
             batch=args.batch, teacher_forced=args.teacher_forced and n == lengths[0],
-            save=lambda partial, done=done: write_json(args.out, {**res, "lengths": done + [partial]}))]
+            save=lambda partial: write_json(args.out, {**res, "lengths": res["lengths"] + [partial]})))
         write_json(args.out, res)
 
 

@@ -43,7 +43,7 @@ def candidates(launch: LaunchConfig, stock: LaunchConfig, arch: int | None) -> l
     space holding it: space.CPU_SPACE), on it with each persistent grid."""
     base = dataclasses.replace(launch, tma=False, programs_per_sm=0)
     out = [stock, launch, base]
-    hopper = arch >= 90 if arch is not None else "tma" in space.CPU_SPACE["kernel"]
+    hopper = "tma" in (space.gpu_space(arch) if arch is not None else space.CPU_SPACE)["kernel"]
     if hopper or launch.tma:
         out += [dataclasses.replace(base, tma=True, programs_per_sm=p) for p in space.GPU_SPACE["programs_per_sm"]]
     return list(dict.fromkeys(out))

@@ -225,8 +225,8 @@ def held_out_bounds(h: HeldOutCheck, spec: SweepSpec) -> SweepSpec:
     """The bounds a held-out check is judged by, rebuilt from its own figures so that none need
     storing: with --max-error default the default's errors on its sample (on each workload of a
     calibration set, and the tail's: module docstring), else the sweep's. The figures are those it
-    records (5 digits): two near-exact configs differ by summation order alone (1e-7 against 1e-7),
-    which no bound should tell apart."""
+    records (5 digits), so that a check is judged on what it shows; near-exact figures are left to
+    ERROR_FLOOR."""
     if not spec.bound_default:
         return spec
     ref = dict(rel_l2=h.reference_rel_l2, tail_rel_l2=h.reference_tail_rel_l2,

@@ -45,10 +45,8 @@ class LengthData:
 
     def load(self, request: DataRequest) -> Calibration:
         """Read one data set (with its dense reference); it lives as long as the caller's scope."""
-        s = self.spec
-        return load_calibration(seqlen=s.seqlen, heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim,
-                                dtype=torch_dtype(s.dtype), device=s.target.device, workload=request.workload,
-                                calib_file=request.capture, seed=request.seed, samples=s.samples)
+        return load_calibration(**self.shape(), workload=request.workload, calib_file=request.capture,
+                                seed=request.seed, samples=self.spec.samples)
 
 
 def resolve_length(spec: SweepSpec) -> LengthData:
