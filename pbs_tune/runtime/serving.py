@@ -52,7 +52,7 @@ class PbsServing:
         graphs_on = cuda_graphs and os.environ.get("PBS_TUNE_CUDA_GRAPHS", "1") != "0"
         self.graphs = STATE.graphs if graphs_on else None  # shared by every layer and model
         self.prefixes = PrefixStates()  # chunked prefill: the prefix states beside each live cache
-        self._choices = {}  # (heads, kv_heads, head_dim, dtype, queries, keys, layer) -> Choice
+        self._choices = {}  # (heads, kv_heads, head_dim, torch dtype, queries, keys, layer) -> Choice
         self._last_spans = (lambda: None, None, None)  # (weak ref to a padding mask, its version, its spans)
 
     def call_fallback(self, q, k, attention_mask=None, dropout=0.0, kwargs=None, causal=True) -> str | None:
@@ -62,21 +62,22 @@ class PbsServing:
 
     def plan(self, q, k, layer_idx) -> Choice:
         """The `Choice` for queries q (B, Hq, M, D) against keys k (B, Hkv, N, D) on this layer."""
-        key = (q.shape[1], k.shape[1], q.shape[3], name_of(q.dtype), q.shape[2], k.shape[2], layer_idx)
+        key = (q.shape[1], k.shape[1], q.shape[3], q.dtype, q.shape[2], k.shape[2], layer_idx)
         choice = self._choices.get(key)
         if choice is None:
             if len(self._choices) >= MAX_PLANS:
                 self._choices.clear()  # a server's many prompt lengths: plan them again, bounded
             choice = self._choices[key] = choose(
-                self.profile, heads=key[0], kv_heads=key[1], head_dim=key[2], dtype=key[3], queries=key[4],
+                self.profile, heads=key[0], kv_heads=key[1], head_dim=key[2], dtype=name_of(key[3]), queries=key[4],
                 keys=key[5], layer_idx=layer_idx, min_seqlen=self.min_seqlen, min_chunk=self.min_chunk)
         return choice
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dense: Callable[[], torch.Tensor],
             scale: float | None = None, layer_idx: int | None = None, padding: torch.Tensor | None = None,
-            cache=None, held: dict | None = None) -> torch.Tensor:
+            cache=None, held: dict | None = None, attention_mask: torch.Tensor | None = None,
+            dropout: float = 0.0, kwargs: dict | None = None, causal: bool = True) -> torch.Tensor:
         """Attention output (B, Hq, M, D): PBS by the planned choice, else `dense()` (the caller's SDPA,
-        same shape); counts which ran.
+        same shape) where the whole call cannot run PBS (`call_fallback`) or the plan says so; counts which ran.
 
         Args:
             q: (B, Hq, M, D), the last M <= N key positions.
@@ -87,7 +88,14 @@ class PbsServing:
             padding: (B, N) bool marking real tokens: each sequence then runs on its own rows.
             cache: the transformers cache holding these keys (chunked prefill), or None;
             held: this layer's prefix states taken from beside it (take_layer).
+            attention_mask, dropout, kwargs, causal: the caller's attention arguments, which decide whether
+                the whole call can run PBS (a 2-D padding mask can; see entry_choice.call_fallback).
         """
+        reason = self.call_fallback(q, k, attention_mask, dropout, kwargs, causal)
+        if reason is not None:
+            STATE.count(f"fallback:{reason}")
+            logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", layer_idx, reason)
+            return dense()
         prefix = (cache, held if held is not None else {}) if cache is not None else None
         if padding is not None:
             out = self._run_padded(q, k, v, scale, layer_idx, padding, prefix)
@@ -189,20 +197,17 @@ def tuned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, profile: 
     """
     if profile is None:
         STATE.default_profile = STATE.default_profile or load_profile()
-    serving = _serving_of(ready(profile if profile is not None else STATE.default_profile))
-    reason = serving.call_fallback(q, k)
-    if reason is not None:
-        STATE.count(f"fallback:{reason}")
-        return dense_causal(q, k, v, scale)
+    serving = _serving_of(profile if profile is not None else STATE.default_profile)
     return serving.run(q, k, v, scale=scale, dense=lambda: dense_causal(q, k, v, scale))
 
 
 def _serving_of(prof) -> PbsServing:
-    """The PbsServing of a profile (its plans kept between calls), for the last MAX_SERVINGS profiles
-    used: a server that reloads its profile does not keep every earlier one alive."""
+    """The PbsServing of a profile (its plans kept between calls; the profile checked and bound once,
+    when it is made), for the last MAX_SERVINGS profiles made: a server that reloads its profile does not
+    keep every earlier one alive."""
     ref, serving = STATE.servings.get(id(prof), (None, None))
     if ref is None or ref() is not prof:
-        serving = PbsServing(prof)
+        serving = PbsServing(ready(prof))
         STATE.servings.pop(id(prof), None)
         STATE.servings[id(prof)] = (weakref.ref(prof), serving)
         while len(STATE.servings) > MAX_SERVINGS:

@@ -50,17 +50,16 @@ def _pbs_attention_forward(module, query, key, value, attention_mask, dropout=0.
                                       scaling=scaling, is_causal=is_causal, **kwargs)
 
     serving = getattr(module, "pbs_serving", None)
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    reason = "not_applied" if serving is None else serving.call_fallback(query, key, attention_mask, dropout,
-                                                                         kwargs, causal)
     layer, cache = getattr(module, "layer_idx", None), cache_of(module)
-    # This layer's prefix states leave the cache's side here, back only if this call extends them.
-    held = serving.prefixes.take_layer(cache, layer) if serving is not None and cache is not None else {}
-    if reason is not None:
-        STATE.count(f"fallback:{reason}")
-        logger.debug("pbs_tune: layer %s falls back to SDPA (%s)", layer, reason)
+    if serving is None:
+        STATE.count("fallback:not_applied")
+        logger.debug("pbs_tune: layer %s falls back to SDPA (not_applied)", layer)
         return sdpa()
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    # This layer's prefix states leave the cache's side here, back only if this call extends them.
+    held = serving.prefixes.take_layer(cache, layer) if cache is not None else {}
     out = serving.run(query, key, value, scale=scaling, layer_idx=layer, padding=padding, cache=cache, held=held,
+                      attention_mask=attention_mask, dropout=dropout, kwargs=kwargs, causal=causal,
                       dense=lambda: sdpa()[0].transpose(1, 2))
     return out.transpose(1, 2).contiguous(), None  # no copy where SDPA ran: its own layout comes back
 
